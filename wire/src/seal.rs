@@ -1,0 +1,185 @@
+//! Sealing and opening data-frame bodies exactly as the reference does.
+//!
+//! * Key: the raw x25519 shared secret of the two nodes is the AES-256-GCM key. There is no KDF,
+//!   no per-direction key and no associated data; both directions use the same key.
+//! * Plaintext: a 4-byte user-data header `[1, kind, 0, 0]` followed by the payload.
+//! * Body on the wire: `ciphertext (4 + payload) || tag (16) || nonce (12)`, the nonce random
+//!   per frame.
+//!
+//! The data header (addresses, hop limit) is not authenticated: that is the reference's design,
+//! and hyphae must match it to interoperate.
+//!
+//! [`SealingKey`] holds the expanded AES key, so the key schedule runs once per peer pair, not
+//! once per frame. Nonces come from the caller (this crate reads no randomness on the data
+//! path); [`random_nonce`] is the `std` convenience.
+
+use core::fmt;
+
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use bytes::BufMut;
+
+use crate::identity::SharedSecret;
+
+/// Version byte of the user-data header.
+pub const USER_DATA_VERSION: u8 = 1;
+/// User-data header length.
+pub const USER_HEADER_LEN: usize = 4;
+/// AES-GCM tag length.
+pub const TAG_LEN: usize = 16;
+/// Nonce length.
+pub const NONCE_LEN: usize = 12;
+/// Bytes a sealed body adds to its payload.
+pub const SEAL_OVERHEAD: usize = USER_HEADER_LEN + TAG_LEN + NONCE_LEN;
+
+/// The user-data type code point (open).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UserDataKind(pub u8);
+
+impl UserDataKind {
+    /// An IPv6 packet for the TUN device.
+    pub const L3: Self = Self(0);
+    /// A message-subsystem packet.
+    pub const MESSAGE: Self = Self(1);
+    /// An out-of-band ICMP error.
+    pub const OOB_ICMP: Self = Self(2);
+}
+
+impl fmt::Debug for UserDataKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::L3 => f.write_str("L3"),
+            Self::MESSAGE => f.write_str("MESSAGE"),
+            Self::OOB_ICMP => f.write_str("OOB_ICMP"),
+            Self(v) => write!(f, "UserDataKind({v})"),
+        }
+    }
+}
+
+/// Why a sealed body could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// Shorter than header, tag and nonce.
+    #[error("sealed body too short ({0} bytes)")]
+    TooShort(usize),
+    /// Authentication failed: wrong key, or tampered.
+    #[error("authentication failed")]
+    Auth,
+    /// The user-data header has a version other than 1.
+    #[error("unsupported user-data version {0}")]
+    Version(u8),
+}
+
+/// An AES-256-GCM key for one pair of nodes, expanded once.
+#[derive(Clone)]
+pub struct SealingKey(Aes256Gcm);
+
+impl SealingKey {
+    /// The key for traffic between the two nodes of `secret`.
+    pub fn new(secret: &SharedSecret) -> Self {
+        Self(Aes256Gcm::new(secret.as_bytes().into()))
+    }
+
+    /// Appends a sealed body carrying `payload` of `kind` to `out`; the sealed length is
+    /// `payload.len() + SEAL_OVERHEAD`.
+    pub fn seal<B: BufMut + AsMut<[u8]>>(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        kind: UserDataKind,
+        payload: &[u8],
+        out: &mut B,
+    ) {
+        let start = out.as_mut().len();
+        out.put_slice(&[USER_DATA_VERSION, kind.0, 0, 0]);
+        out.put_slice(payload);
+        let tag = self.seal_in_place(nonce, &mut out.as_mut()[start..]);
+        out.put_slice(&tag);
+        out.put_slice(&nonce);
+    }
+
+    /// Encrypts `plaintext` (user-data header included) in place and returns the tag; the caller
+    /// appends tag and nonce.
+    pub fn seal_in_place(&self, nonce: [u8; NONCE_LEN], plaintext: &mut [u8]) -> [u8; TAG_LEN] {
+        let n = Nonce::from(nonce);
+        // Encryption fails only for inputs longer than GCM's 64 GiB limit, far beyond any
+        // frame; a tag of zeros there would simply fail to open.
+        self.0
+            .encrypt_inout_detached(&n, &[], plaintext.into())
+            .map_or([0; TAG_LEN], Into::into)
+    }
+
+    /// Opens a sealed body in place. On success returns the kind and the payload, a sub-slice
+    /// of `sealed`.
+    pub fn open<'a>(&self, sealed: &'a mut [u8]) -> Result<(UserDataKind, &'a [u8]), OpenError> {
+        let len = sealed.len();
+        if len < SEAL_OVERHEAD {
+            return Err(OpenError::TooShort(len));
+        }
+        let (ct, rest) = sealed.split_at_mut(len - TAG_LEN - NONCE_LEN);
+        let (tag, nonce) = rest.split_at(TAG_LEN);
+        let nonce = Nonce::try_from(nonce).map_err(|_| OpenError::TooShort(len))?;
+        let tag = Tag::try_from(tag).map_err(|_| OpenError::TooShort(len))?;
+        self.0
+            .decrypt_inout_detached(&nonce, &[], (&mut *ct).into(), &tag)
+            .map_err(|_| OpenError::Auth)?;
+        if ct[0] != USER_DATA_VERSION {
+            return Err(OpenError::Version(ct[0]));
+        }
+        let kind = UserDataKind(ct[1]);
+        Ok((kind, &ct[USER_HEADER_LEN..]))
+    }
+}
+
+impl fmt::Debug for SealingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SealingKey(..)")
+    }
+}
+
+/// A fresh random nonce from the operating system.
+#[cfg(feature = "std")]
+pub fn random_nonce() -> Result<[u8; NONCE_LEN], getrandom::Error> {
+    let mut n = [0; NONCE_LEN];
+    getrandom::fill(&mut n)?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::SecretKey;
+    use alloc::vec::Vec;
+
+    fn key() -> SealingKey {
+        let a = SecretKey::from_bytes([1; 32]);
+        let b = SecretKey::from_bytes([2; 32]);
+        SealingKey::new(&a.shared_secret(&b.public_key()))
+    }
+
+    #[test]
+    fn seal_open_round_trip() {
+        let k = key();
+        let mut v = Vec::new();
+        k.seal([9; 12], UserDataKind::MESSAGE, b"payload", &mut v);
+        assert_eq!(v.len(), 7 + SEAL_OVERHEAD);
+        assert_eq!(&v[v.len() - 12..], &[9; 12]);
+        let (kind, p) = k.open(&mut v).unwrap();
+        assert_eq!((kind, p), (UserDataKind::MESSAGE, &b"payload"[..]));
+    }
+
+    #[test]
+    fn tampering_and_short_input_fail() {
+        let k = key();
+        let mut v = Vec::new();
+        k.seal([3; 12], UserDataKind::L3, b"x", &mut v);
+        for i in 0..v.len() {
+            let mut t = v.clone();
+            t[i] ^= 1;
+            assert_eq!(k.open(&mut t), Err(OpenError::Auth), "flip at {i}");
+        }
+        for n in 0..SEAL_OVERHEAD {
+            assert_eq!(k.open(&mut v.clone()[..n]), Err(OpenError::TooShort(n)));
+        }
+    }
+}
