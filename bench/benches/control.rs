@@ -1,0 +1,2 @@
+//! Placeholder until the control-plane benchmarks land.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Shared helpers for hyphae's benchmarks. The benchmarks themselves are in `benches/`.
