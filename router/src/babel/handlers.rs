@@ -60,6 +60,7 @@ impl Router {
                         return;
                     }
                 }
+                let mut arm = false;
                 if let Some(set) = self.routes.sets.get_mut(&s) {
                     set.verified_rid = Some(u.router_id);
                     if let Some(e) = set.entry_mut(peer) {
@@ -67,9 +68,12 @@ impl Router {
                         e.seqno = u.seqno;
                         e.metric = u.metric;
                         e.expires = now + hold;
+                        arm = e.needs_arming();
                     }
                 }
-                self.timers.set(TimerKey::RouteExpiry(s, peer), now + hold);
+                if arm {
+                    self.timers.set(TimerKey::RouteExpiry(s, peer), now + hold);
+                }
                 self.reselect(now, s);
                 if !feasible && self.selected_route(&s).is_none() {
                     let want = self.wanted_seqno(&s, &u.router_id, u.seqno);
@@ -100,6 +104,7 @@ impl Router {
                     seqno: u.seqno,
                     metric: u.metric,
                     expires: now + hold,
+                    armed: Some(now + hold),
                 });
                 self.routes.total += 1;
                 if let Some(n) = self.peers.get_mut(&peer) {
@@ -126,10 +131,10 @@ impl Router {
         }
         e.metric = Metric::INFINITE;
         e.expires = now + RETRACTED_ROUTE_HOLD;
-        self.timers.set(
-            TimerKey::RouteExpiry(u.subnet, peer),
-            now + RETRACTED_ROUTE_HOLD,
-        );
+        if e.needs_arming() {
+            let key = TimerKey::RouteExpiry(u.subnet, peer);
+            self.timers.set(key, now + RETRACTED_ROUTE_HOLD);
+        }
         if was_selected {
             self.reselect(now, u.subnet);
         } else if has_other {
@@ -254,9 +259,11 @@ impl Router {
                 if let Some(e) = set.entry_mut(peer) {
                     e.metric = Metric::INFINITE;
                     e.expires = now + RETRACTED_ROUTE_HOLD;
+                    if e.needs_arming() {
+                        let key = TimerKey::RouteExpiry(s, peer);
+                        self.timers.set(key, now + RETRACTED_ROUTE_HOLD);
+                    }
                 }
-                self.timers
-                    .set(TimerKey::RouteExpiry(s, peer), now + RETRACTED_ROUTE_HOLD);
             } else {
                 set.remove(peer);
                 self.routes.total -= 1;
@@ -276,14 +283,18 @@ impl Router {
         let Some(e) = set.entry_mut(peer) else {
             return;
         };
+        // The timer has fired: nothing is armed until we re-arm it here.
+        e.armed = None;
         if e.expires > now {
             let at = e.expires;
+            e.armed = Some(at);
             self.timers.set(TimerKey::RouteExpiry(s, peer), at);
             return;
         }
         if selected && alive && !e.metric.is_infinite() {
             e.metric = Metric::INFINITE;
             e.expires = now + RETRACTED_ROUTE_HOLD;
+            e.armed = Some(e.expires);
             self.timers
                 .set(TimerKey::RouteExpiry(s, peer), now + RETRACTED_ROUTE_HOLD);
         } else {

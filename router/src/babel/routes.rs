@@ -23,6 +23,21 @@ pub(crate) struct RouteEntry {
     /// As advertised by the neighbour.
     pub(crate) metric: Metric,
     pub(crate) expires: Instant,
+    /// The deadline of this entry's expiry timer. Refreshes that push `expires` later leave
+    /// the timer alone (it re-arms itself when it fires early), so the common refresh costs
+    /// no timer operation.
+    pub(crate) armed: Option<Instant>,
+}
+
+impl RouteEntry {
+    /// Whether the expiry timer must be (re)armed at `expires`; if so, records it as armed.
+    pub(crate) fn needs_arming(&mut self) -> bool {
+        if self.armed.is_some_and(|a| a <= self.expires) {
+            return false;
+        }
+        self.armed = Some(self.expires);
+        true
+    }
 }
 
 /// What we last advertised for a subnet.
@@ -145,6 +160,7 @@ mod tests {
             seqno: SeqNo(1),
             metric: Metric(metric),
             expires: Instant::now(),
+            armed: None,
         }
     }
 

@@ -535,12 +535,24 @@ fn request_route_queries_and_times_out() {
 fn route_expiry_retracts_then_removes() {
     let (mut r, t0) = setup();
     let mut u = update(2, 1, 100);
-    u.interval = Interval::from_secs(10);
+    u.interval = Interval::from_secs(4);
     r.handle_tlv(t0, PeerId(10), Tlv::Update(u));
     drain(&mut r);
     fib(&mut r);
+    let first = r.selected_route(&subnet_of(2)).unwrap().expires;
+    assert_eq!(first, t0 + Duration::from_secs(14), "3.5 x interval");
+    // A refresh pushes expiry out without touching the timer; the early timer re-arms.
+    let t8 = t0 + Duration::from_secs(8);
+    r.handle_tlv(t8, PeerId(10), Tlv::Update(u));
+    r.handle_timeout(first);
+    assert!(
+        fib(&mut r).is_empty(),
+        "refreshed route survives its first deadline"
+    );
     let exp = r.selected_route(&subnet_of(2)).unwrap().expires;
-    assert_eq!(exp, t0 + Duration::from_secs(35), "3.5 x interval");
+    assert_eq!(exp, t8 + Duration::from_secs(14));
+    assert!(r.poll_timeout().unwrap() <= exp);
+    drain(&mut r);
     r.handle_timeout(exp);
     assert_eq!(fib(&mut r)[0].next_hop, None);
     let tx = drain(&mut r);
