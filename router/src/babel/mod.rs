@@ -6,6 +6,26 @@
 //! [`Router::poll_event`], then arm one timer at [`Router::poll_timeout`] and call
 //! [`Router::handle_timeout`] when it fires.
 //!
+//! # Where this differs from the reference (all invisible to stock peers on the wire)
+//!
+//! * A Hello goes out at link-up too (not only on the global timer), so the first IHU
+//!   measures the link at once. The Hello interval is configurable ([`Config`]) and the
+//!   dead-peer threshold follows it; a closed connection ([`Router::handle_peer_down`]) is
+//!   a dead peer at once.
+//! * A changed link cost takes effect when the next Update for a route through that link is
+//!   handled (selection reruns on every Update), rather than rescanning the table on every
+//!   IHU: no update storm when costs move.
+//! * An unfeasible Update from a neighbour with a *different* router id than its current
+//!   entry is stored as unselectable (RFC 8966 3.5.4) instead of ignored, so that two
+//!   incarnations of a restarted node cannot form a loop.
+//! * A rate-limited seqno bump is deferred to the end of the 4 s window, not dropped.
+//! * A retraction from a neighbour while we still have another route answers that neighbour
+//!   with our route (RFC 8966 3.8.2.1), which speeds repair after a cut.
+//! * "Only fallback routes ⇒ silent" for RouteRequests counts finite entries only; retracted
+//!   entries in their 6 s hold do not silence a request.
+//! * Route-expiry timers are lazy: a refresh that pushes expiry later moves no timer; the old
+//!   deadline re-arms itself when it fires.
+//!
 //! Module map: [`neighbour`] (Hello/IHU, link cost), `source` (feasibility), `routes` (route
 //! table and selection), `requests` (RouteRequest/SeqnoRequest dedup), `timers` (the one
 //! deadline structure), `handlers` (what each TLV does).
@@ -345,9 +365,10 @@ impl Router {
     }
 
     /// Looks for a route to `subnet` on demand (a RouteRequest to every peer) unless one is
-    /// selected or a query is already in flight. Returns whether a route is selected now.
+    /// selected or a query is already in flight. Returns whether a route is selected now (or
+    /// the subnet is our own).
     pub fn request_route(&mut self, now: Instant, subnet: Subnet) -> bool {
-        if self.selected_route(&subnet).is_some() {
+        if self.own_subnet.contains_subnet(&subnet) || self.selected_route(&subnet).is_some() {
             return true;
         }
         if self.queries.contains_key(&subnet) {

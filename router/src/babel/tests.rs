@@ -504,6 +504,8 @@ fn route_requests() {
 #[test]
 fn request_route_queries_and_times_out() {
     let (mut r, t0) = setup();
+    assert!(r.request_route(t0, subnet_of(1)), "our own subnet");
+    assert!(drain(&mut r).is_empty());
     assert!(!r.request_route(t0, subnet_of(7)));
     let tx = drain(&mut r);
     assert_eq!(tx.len(), 3);
