@@ -353,10 +353,11 @@ impl Router {
                 }
             }
             Some(e) => {
+                // Any route (new or refreshed) answers a query in flight.
+                if !self.queries.is_empty() && self.queries.remove(&s).is_some() {
+                    self.timers.cancel(TimerKey::Query(s));
+                }
                 if old.is_none() {
-                    if self.queries.remove(&s).is_some() {
-                        self.timers.cancel(TimerKey::Query(s));
-                    }
                     self.send_selected(now, s, None);
                     return;
                 }

@@ -583,3 +583,31 @@ fn caps_bound_the_route_table() {
     assert_eq!(r.routes().count(), 5);
     assert_eq!(r.stats().updates_capped, 33);
 }
+
+#[test]
+fn used_route_near_expiry_is_refreshed_by_route_request() {
+    let (mut r, t0) = setup();
+    let mut u = update(2, 1, 100);
+    u.interval = Interval::from_secs(10);
+    r.handle_tlv(t0, PeerId(10), Tlv::Update(u));
+    drain(&mut r);
+    // 35 s hold: at 10 s the route is not close to expiry.
+    r.handle_route_used(t0 + Duration::from_secs(10), subnet_of(2));
+    assert!(drain(&mut r).is_empty());
+    // At 25 s it is within 15 s of expiry: one RouteRequest per peer, once.
+    let t25 = t0 + Duration::from_secs(25);
+    r.handle_route_used(t25, subnet_of(2));
+    let tx = drain(&mut r);
+    assert_eq!(tx.len(), 3);
+    assert!(tx.iter().all(|t| matches!(t.tlv,
+        Tlv::RouteRequest(q) if q.prefix == Some(subnet_of(2)) && q.generation == 0)));
+    r.handle_route_used(t25, subnet_of(2));
+    assert!(drain(&mut r).is_empty(), "query in flight");
+    // The answer refreshes the route and clears the query.
+    r.handle_tlv(t25, PeerId(10), Tlv::Update(u));
+    assert_eq!(
+        r.selected_route(&subnet_of(2)).unwrap().expires,
+        t25 + Duration::from_secs(35)
+    );
+    assert_eq!(r.queried().count(), 0, "query answered");
+}
