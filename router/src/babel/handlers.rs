@@ -154,11 +154,13 @@ impl Router {
             }
             return;
         }
+        // Finite fallback routes only (unfeasible, being repaired by a SeqnoRequest) or a query
+        // in flight: stay silent. Retracted entries in their hold time don't count.
         if self
             .routes
             .sets
             .get(&p)
-            .is_some_and(|s| !s.entries.is_empty())
+            .is_some_and(|s| s.entries.iter().any(|e| !e.metric.is_infinite()))
             || self.queries.contains_key(&p)
             || !GLOBAL_SUBNET.contains_subnet(&p)
         {
