@@ -51,7 +51,10 @@ fn routes_converge_over_tcp_and_quic(driver: &str) {
         &["--metrics-api-address".to_owned(), metrics.clone()],
     );
     let b = Node::start("b", driver, 2, &peers(&[&a], false));
-    let c = Node::start("c", driver, 3, &peers(&[&b], true));
+    let c_metrics = format!("127.0.0.1:{}", common::free_port());
+    let mut c_flags = peers(&[&b], true);
+    c_flags.extend(["--metrics-api-address".to_owned(), c_metrics.clone()]);
+    let c = Node::start("c", driver, 3, &c_flags);
     let (sa, sb, sc) = (a.subnet(), b.subnet(), c.subnet());
     // Own subnets are announced on every new link, and a newly acquired route is passed on at
     // once: a hears of c through b.
@@ -79,9 +82,34 @@ fn routes_converge_over_tcp_and_quic(driver: &str) {
         std::thread::sleep(Duration::from_millis(100));
         opened()
     });
-    assert!(
-        delivered.is_some(),
-        "a frame from x reaches a across QUIC and TCP and opens there"
+    let before = delivered.expect("a frame from x reaches a across QUIC and TCP and opens there");
+    // A full-MTU frame (1472 bytes on the wire) does not fit a QUIC datagram: it must cross on
+    // the stream instead of resetting the link, as the reference's does.
+    let quic_link = || -> Option<String> {
+        let (_, body) = http(c_metrics.parse().unwrap(), "GET", "/metrics", None)?;
+        let line = body
+            .lines()
+            .find(|l| l.starts_with("hyphae_peer_tx_frames{") && l.contains("quic://"))?;
+        Some(line.split('"').nth(1)?.to_owned())
+    };
+    let oversize = || -> u64 {
+        let Some((_, body)) = http(c_metrics.parse().unwrap(), "GET", "/metrics", None) else {
+            return 0;
+        };
+        body.lines()
+            .filter(|l| l.starts_with("hyphae_quic_oversize_on_stream_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let link_before = quic_link().expect("c has a QUIC link");
+    assert_eq!(oversize(), 0);
+    x.send_raw(&x.data_frame(&a_pk, 64, &[0x33; 1400])).unwrap();
+    wait_until(CONVERGE, || opened().filter(|n| *n > before)).expect("the 1472-byte frame arrives");
+    assert_eq!(oversize(), 1, "it crossed on the stream");
+    assert_eq!(
+        quic_link(),
+        Some(link_before),
+        "the QUIC link was not reset"
     );
     assert!(c.has_route(&sa), "c learned a's subnet on demand");
     let via = c
