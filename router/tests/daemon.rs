@@ -139,6 +139,9 @@ fn frame_crosses_three_hops_with_right_hop_limit(driver: &str) {
     let r1 = Node::start("r1", driver, 11, &[]);
     let r2 = Node::start("r2", driver, 12, &peers(&[&r1], false));
     let r3 = Node::start("r3", driver, 13, &peers(&[&r2], false));
+    // The chain is up once r1 has heard of r3 (a route acquired is passed on at once).
+    let s3 = r3.subnet();
+    wait_until(CONVERGE, || r1.has_route(&s3)).expect("chain up");
     let mut x = FakePeer::connect(r1.port, 21);
     let mut y = FakePeer::connect(r3.port, 22);
     x.announce();
@@ -177,6 +180,8 @@ fn killing_the_middle_node_reroutes_within_two_seconds(driver: &str) {
     // r1 dials both, so its links name their listening ports.
     let r1 = Node::start("r1", driver, 31, &peers(&[&r2, &r3], false));
     let r4 = Node::start("r4", driver, 34, &peers(&[&r2, &r3], false));
+    let s4 = r4.subnet();
+    wait_until(CONVERGE, || r1.has_route(&s4)).expect("diamond up");
     let mut x = FakePeer::connect(r1.port, 41);
     let mut y = FakePeer::connect(r4.port, 42);
     x.announce();

@@ -13,7 +13,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Receive-buffer growth step: at least this much spare room is offered to every read.
-pub(crate) const READ_CHUNK: usize = 64 * 1024;
+pub(crate) const READ_CHUNK: usize = 256 * 1024;
 
 /// The read half of a link.
 #[allow(async_fn_in_trait)]

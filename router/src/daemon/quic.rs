@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use hyphae_wire::deframer::{Frame, decode_datagram};
+use hyphae_wire::deframer::decode_datagram;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -20,7 +20,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use super::endpoint::{Endpoint, Proto};
-use super::forward::handle_frame;
+use super::forward::handle_frames;
 use super::link::{LinkRead, LinkWrite, READ_CHUNK};
 use super::worker::{Worker, link_kind};
 use super::{ControlMsg, PeerHandle, PeerType, Shared, StartError};
@@ -196,8 +196,9 @@ pub(crate) async fn datagram_loop(w: Worker, h: Arc<PeerHandle>, conn: quinn::Co
         h.counters.rx_bytes.fetch_add(d.len() as u64, Relaxed);
         h.counters.rx_frames.fetch_add(1, Relaxed);
         match decode_datagram(BytesMut::from(d)) {
-            Ok(f @ (Frame::Data(_) | Frame::Control(_) | Frame::Skipped(_))) => {
-                handle_frame(&w.shared, counters, &w.local, &h, f);
+            Ok(f) => {
+                let mut one = vec![f];
+                handle_frames(&w.shared, counters, &w.local, &h, &mut one);
             }
             Err(e) => {
                 counters.skipped_control.fetch_add(1, Relaxed);

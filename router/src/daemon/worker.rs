@@ -2,7 +2,6 @@
 //! that owns its peer links, reads and forwards their frames and writes their queues.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -16,7 +15,7 @@ use tokio::task::spawn_local;
 
 use super::config::DriverChoice;
 use super::endpoint::{Endpoint, Proto};
-use super::forward::{Local, WorkerLocal, handle_frame};
+use super::forward::{AddrCounts, Local, WorkerLocal, handle_frames};
 use super::link::{LinkRead, LinkWrite, PortableRead, PortableWrite, READ_CHUNK};
 use super::{
     ControlMsg, PEER_QUEUE_FRAMES, PeerCounters, PeerHandle, PeerType, Shared, StartError, quic,
@@ -33,7 +32,7 @@ pub(crate) enum Driver {
 }
 
 /// Packet counts by address, for the admin API.
-pub(crate) type PacketStats = (HashMap<Ipv6Addr, (u64, u64)>, HashMap<Ipv6Addr, (u64, u64)>);
+pub(crate) type PacketStats = (AddrCounts, AddrCounts);
 
 /// A command to a worker.
 #[derive(Debug)]
@@ -148,7 +147,11 @@ async fn worker_main(
     quic: Option<UdpSocket>,
     mut cmds: mpsc::UnboundedReceiver<WorkerCmd>,
 ) {
-    let local: Local = Rc::new(RefCell::new(WorkerLocal::default()));
+    // The packet-count tables are keyed by addresses peers choose: seed their hash randomly.
+    let seed = hyphae_wire::seal::random_nonce().map_or(idx as u64, |n| {
+        u64::from_le_bytes([n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7]])
+    });
+    let local: Local = Rc::new(RefCell::new(WorkerLocal::with_seed(seed)));
     let w = Worker {
         idx,
         shared: shared.clone(),
@@ -364,6 +367,7 @@ impl Worker {
         let mut shutdown = shared.shutdown.clone();
         let mut buf = BytesMut::with_capacity(2 * READ_CHUNK);
         let mut deframer = Deframer::new();
+        let mut frames = Vec::with_capacity(256);
         'link: loop {
             let (r, b) = tokio::select! {
                 biased;
@@ -382,19 +386,22 @@ impl Worker {
                     break;
                 }
             }
-            loop {
+            let corrupt = loop {
                 match deframer.next_frame(&mut buf) {
-                    Ok(Some(f)) => {
-                        handle.counters.rx_frames.fetch_add(1, Relaxed);
-                        handle_frame(&shared, counters, &self.local, &handle, f);
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        counters.framing_errors.fetch_add(1, Relaxed);
-                        tracing::warn!(peer = handle.id.0, %endpoint, "closing link: corrupt framing: {e}");
-                        break 'link;
-                    }
+                    Ok(Some(f)) => frames.push(f),
+                    Ok(None) => break None,
+                    Err(e) => break Some(e),
                 }
+            };
+            handle
+                .counters
+                .rx_frames
+                .fetch_add(frames.len() as u64, Relaxed);
+            handle_frames(&shared, counters, &self.local, &handle, &mut frames);
+            if let Some(e) = corrupt {
+                counters.framing_errors.fetch_add(1, Relaxed);
+                tracing::warn!(peer = handle.id.0, %endpoint, "closing link: corrupt framing: {e}");
+                break 'link;
             }
         }
         let _ = handle.close.send(true);

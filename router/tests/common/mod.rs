@@ -26,11 +26,11 @@ pub fn drivers() -> Vec<&'static str> {
 /// A free TCP port that is also free for UDP.
 pub fn free_port() -> u16 {
     loop {
-        let p = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let probe = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
+        let p = match probe {
+            Ok(a) => a.port(),
+            Err(e) => panic!("no free port: {e}"),
+        };
         if UdpSocket::bind(("::", p)).is_ok() && TcpListener::bind(("::", p)).is_ok() {
             return p;
         }
