@@ -49,3 +49,4 @@ pub use fib::{Fib, FibChange, FibReader, FibWriter};
 /// it must be unique among the links that are up at the same time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PeerId(pub u64);
+pub mod daemon;

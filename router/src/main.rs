@@ -1,10 +1,35 @@
-//! The `hyphae-router` binary. The daemon is not built yet: rather than pretend to run a node,
-//! it says so and exits with an error.
+//! The `hyphae-router` binary: a Mycelium node. Run with no arguments for a node with the
+//! reference's defaults (TCP and QUIC on 9651, API on 127.0.0.1:8989, key file under
+//! `~/.local/share/hyphae`).
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "hyphae-router: the node daemon is not implemented yet (see the router issue); \
-         only the wire codecs and tests exist in this build"
-    );
-    std::process::ExitCode::from(2)
+use std::process::ExitCode;
+
+use clap::Parser;
+use hyphae_router::daemon::{self, config::Cli};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match cli.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("hyphae-router: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(settings.log_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+    match daemon::run(settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hyphae-router: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

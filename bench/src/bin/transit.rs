@@ -1,0 +1,544 @@
+//! Transit load generator for `hyphae-router`.
+//!
+//! Starts a router (a child process), connects two fake peers over TCP that each announce their
+//! own /64, and streams data frames from one through the router to the other, which counts them
+//! and records one-way latency (from the frame's intended send time) in an hdrhistogram.
+//!
+//! ```text
+//! cargo build --release -p hyphae-router -p hyphae-bench
+//! target/release/transit --driver uring
+//! ```
+//!
+//! Reports, for 296-byte and 1340-byte frames at saturation: delivered frames/s, Gbit/s, the
+//! router's CPU seconds, and latency percentiles (queues must stay bounded); then, paced
+//! open-loop at a fixed rate: latency percentiles through the router and over a direct TCP
+//! connection, whose difference is the latency the hop adds.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::BytesMut;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use hyphae_wire::babel::{Tlv, Update};
+use hyphae_wire::data::DataHeader;
+use hyphae_wire::deframer::{Deframer, Frame};
+use hyphae_wire::identity::{PublicKey, SecretKey};
+use hyphae_wire::{Interval, Metric, RouterId, SeqNo};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// The router binary (default: `hyphae-router` next to this one).
+    #[arg(long)]
+    router: Option<std::path::PathBuf>,
+    /// Router I/O driver: uring or portable.
+    #[arg(long, default_value = "uring")]
+    driver: String,
+    /// Router data-plane workers.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Seconds per saturation run.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Paced rate, frames/s.
+    #[arg(long, default_value_t = 50_000)]
+    rate: u64,
+    /// Seconds of the paced run.
+    #[arg(long, default_value_t = 5.0)]
+    paced_seconds: f64,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// CPU to pin the router to (the generator takes the others).
+    #[arg(long)]
+    router_cpu: Option<usize>,
+}
+
+const MAGIC: u64 = 0x6879_7068_6165_2121;
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    set_timer_slack();
+    let base = Instant::now();
+    let mut results = Vec::new();
+
+    let router = Router::start(&args)?;
+    let (mut tx, rx) = peers(&router)?;
+    for frame_len in [296usize, 1340] {
+        let r = saturate(&mut tx, &rx, frame_len, args.seconds, base, &router)?;
+        r.print();
+        results.push(r);
+    }
+    let r = paced(
+        &mut tx,
+        &rx,
+        296,
+        args.rate,
+        args.paced_seconds,
+        base,
+        "through router",
+    )?;
+    r.print();
+    results.push(r);
+    drop(router);
+
+    let (mut dtx, drx) = direct_pair()?;
+    let r = paced(
+        &mut dtx,
+        &drx,
+        296,
+        args.rate,
+        args.paced_seconds,
+        base,
+        "direct TCP (baseline)",
+    )?;
+    r.print();
+    results.push(r);
+    let (hop, direct) = (&results[2], &results[3]);
+    println!(
+        "added by the hop at {} frames/s: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us",
+        args.rate,
+        hop.p50_us - direct.p50_us,
+        hop.p99_us - direct.p99_us,
+        hop.p999_us - direct.p999_us
+    );
+    if let Some(path) = &args.json {
+        let v: Vec<_> = results.iter().map(RunResult::json).collect();
+        let doc = serde_json::json!({"driver": args.driver, "workers": args.workers, "runs": v});
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
+    }
+    Ok(())
+}
+
+/// Lets sleeps end within ~1 us of their deadline instead of the default 50 us.
+fn set_timer_slack() {
+    // SAFETY: prctl with PR_SET_TIMERSLACK takes one integer argument and touches no memory.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1000, 0, 0, 0);
+    }
+}
+
+struct Router {
+    child: Child,
+    port: u16,
+}
+
+impl Router {
+    fn start(args: &Args) -> Result<Self> {
+        let bin = match &args.router {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?.with_file_name("hyphae-router"),
+        };
+        let port = free_port()?;
+        let api = free_port()?;
+        let dir = std::env::temp_dir().join(format!("hyphae-transit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let key = dir.join("key");
+        std::fs::write(&key, [0x77u8; 32])?;
+        let mut cmd = match args.router_cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string()]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = cmd
+            .args([
+                "-k",
+                key.to_str().unwrap_or_default(),
+                "-t",
+                &port.to_string(),
+                "--disable-quic",
+            ])
+            .args([
+                "--disable-peer-discovery",
+                "--api-addr",
+                &format!("127.0.0.1:{api}"),
+            ])
+            .args([
+                "--driver",
+                &args.driver,
+                "--workers",
+                &args.workers.to_string(),
+                "--silent",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (build it with cargo build --release -p hyphae-router)",
+                    bin.display()
+                )
+            })?;
+        let r = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", api)).is_err() {
+            if Instant::now() > deadline {
+                bail!("router did not start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(r)
+    }
+
+    /// User plus system CPU seconds the router has used.
+    fn cpu_seconds(&self) -> f64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) else {
+            return 0.0;
+        };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            return 0.0;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // SAFETY: sysconf reads a configuration value and touches no memory of ours.
+        #[allow(unsafe_code)]
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        (ticks(11) + ticks(12)) / hz.max(1.0)
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+struct Peer {
+    key: PublicKey,
+    stream: TcpStream,
+}
+
+fn announce(seed: u8, port: u16) -> Result<Peer> {
+    let secret = SecretKey::from_bytes([seed; 32]);
+    let key = secret.public_key();
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_nodelay(true)?;
+    let u = Update {
+        flags: 0,
+        interval: Interval::from_secs(300),
+        seqno: SeqNo(0),
+        metric: Metric(0),
+        subnet: key.subnet(),
+        router_id: RouterId::new(&key, 0, [seed; 6]),
+    };
+    let mut v = Vec::new();
+    Tlv::Update(u).encode_frame(&mut v);
+    stream.write_all(&v)?;
+    Ok(Peer { key, stream })
+}
+
+/// The sender and the receiver, with a route between them through the router.
+fn peers(router: &Router) -> Result<(Sender, Receiver)> {
+    let tx = announce(1, router.port)?;
+    let rx = announce(2, router.port)?;
+    // Send probes until one arrives: the router has learned both routes.
+    let hdr = DataHeader {
+        hop_limit: 64,
+        src: tx.key.address(),
+        dst: rx.key.address(),
+    };
+    let mut sender = Sender {
+        stream: tx.stream,
+        hdr,
+    };
+    let receiver = Receiver::spawn(rx.stream);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver.frames.load(Relaxed) == 0 {
+        if Instant::now() > deadline {
+            bail!("no route through the router");
+        }
+        sender.send_batch(&sender.batch(296, 1, 0))?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((sender, receiver))
+}
+
+fn direct_pair() -> Result<(Sender, Receiver)> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let a = TcpStream::connect(l.local_addr()?)?;
+    let (b, _) = l.accept()?;
+    a.set_nodelay(true)?;
+    b.set_nodelay(true)?;
+    let hdr = DataHeader {
+        hop_limit: 64,
+        src: "4a9::1".parse()?,
+        dst: "4a9::2".parse()?,
+    };
+    Ok((Sender { stream: a, hdr }, Receiver::spawn(b)))
+}
+
+struct Sender {
+    stream: TcpStream,
+    hdr: DataHeader,
+}
+
+impl Sender {
+    /// `n` frames of `frame_len` bytes on the wire, the first stamped with `stamp_ns`.
+    fn batch(&self, frame_len: usize, n: usize, stamp_ns: u64) -> Vec<u8> {
+        let body_len = frame_len - 40;
+        let mut body = vec![0u8; body_len];
+        let mut v = Vec::with_capacity(frame_len * n);
+        for i in 0..n {
+            body[..8].copy_from_slice(&(if i == 0 { MAGIC } else { 0 }).to_le_bytes());
+            body[8..16].copy_from_slice(&stamp_ns.to_le_bytes());
+            let _ = self.hdr.emit_frame(&body, &mut v);
+        }
+        v
+    }
+
+    fn send_batch(&mut self, b: &[u8]) -> Result<()> {
+        self.stream.write_all(b)?;
+        Ok(())
+    }
+}
+
+struct Receiver {
+    frames: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+    hist: Arc<std::sync::Mutex<Histogram<u64>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Receiver {
+    fn spawn(mut stream: TcpStream) -> Self {
+        let frames = Arc::new(AtomicU64::new(0));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let hist = Arc::new(std::sync::Mutex::new(new_hist()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, b, h, s) = (frames.clone(), bytes.clone(), hist.clone(), stop.clone());
+        let base = *BASE.get_or_init(Instant::now);
+        std::thread::spawn(move || {
+            let mut buf = BytesMut::with_capacity(1 << 20);
+            let mut d = Deframer::new();
+            let mut chunk = vec![0u8; 1 << 18];
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+            while !s.load(Relaxed) {
+                let n = match stream.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(_) => continue,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                let mut local_frames = 0;
+                let mut local_bytes = 0;
+                while let Ok(Some(fr)) = d.next_frame(&mut buf) {
+                    if let Frame::Data(df) = fr {
+                        local_frames += 1;
+                        local_bytes += df.as_bytes().len() as u64;
+                        let body = df.body();
+                        if body.len() >= 16 && body[..8] == MAGIC.to_le_bytes() {
+                            let sent =
+                                u64::from_le_bytes(body[8..16].try_into().unwrap_or_default());
+                            let now = base.elapsed().as_nanos() as u64;
+                            if let Ok(mut hist) = h.lock() {
+                                let _ = hist.record(now.saturating_sub(sent).max(1));
+                            }
+                        }
+                    }
+                }
+                f.fetch_add(local_frames, Relaxed);
+                b.fetch_add(local_bytes, Relaxed);
+            }
+        });
+        Self {
+            frames,
+            bytes,
+            hist,
+            stop,
+        }
+    }
+
+    fn reset(&self) {
+        if let Ok(mut h) = self.hist.lock() {
+            h.reset();
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+    }
+}
+
+static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+fn now_ns() -> u64 {
+    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+struct RunResult {
+    name: String,
+    frame_len: usize,
+    offered: Option<u64>,
+    frames_per_s: f64,
+    gbit_per_s: f64,
+    router_cpu_s: Option<f64>,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    max_us: f64,
+}
+
+impl RunResult {
+    fn print(&self) {
+        let cpu = self
+            .router_cpu_s
+            .map_or(String::new(), |c| format!(", router CPU {c:.2} s"));
+        let offered = self
+            .offered
+            .map_or(String::new(), |o| format!(" offered {o}/s"));
+        println!(
+            "{:<28} {:>5} B{offered}: {:>9.0} frames/s {:>6.2} Gbit/s{cpu}; latency p50 {:.1} us p99 {:.1} us p99.9 {:.1} us max {:.1} us",
+            self.name,
+            self.frame_len,
+            self.frames_per_s,
+            self.gbit_per_s,
+            self.p50_us,
+            self.p99_us,
+            self.p999_us,
+            self.max_us
+        );
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name, "frame_len": self.frame_len, "offered_per_s": self.offered,
+            "frames_per_s": self.frames_per_s, "gbit_per_s": self.gbit_per_s, "router_cpu_s": self.router_cpu_s,
+            "p50_us": self.p50_us, "p99_us": self.p99_us, "p999_us": self.p999_us, "max_us": self.max_us,
+        })
+    }
+}
+
+fn percentiles(rx: &Receiver) -> (f64, f64, f64, f64) {
+    let h = rx
+        .hist
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| new_hist());
+    let us = |v: u64| v as f64 / 1000.0;
+    (
+        us(h.value_at_quantile(0.5)),
+        us(h.value_at_quantile(0.99)),
+        us(h.value_at_quantile(0.999)),
+        us(h.max()),
+    )
+}
+
+fn saturate(
+    tx: &mut Sender,
+    rx: &Receiver,
+    frame_len: usize,
+    secs: f64,
+    _base: Instant,
+    router: &Router,
+) -> Result<RunResult> {
+    let per_write = (256 * 1024 / frame_len).max(1);
+    let warm = Instant::now();
+    while warm.elapsed() < Duration::from_millis(500) {
+        tx.send_batch(&tx.batch(frame_len, per_write, now_ns()))?;
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    rx.reset();
+    let (f0, b0, c0) = (
+        rx.frames.load(Relaxed),
+        rx.bytes.load(Relaxed),
+        router.cpu_seconds(),
+    );
+    let t0 = Instant::now();
+    let mut template = tx.batch(frame_len, per_write, 0);
+    while t0.elapsed().as_secs_f64() < secs {
+        // Stamp the first frame of each write with the time it is handed to the kernel.
+        template[40 + 8..40 + 16].copy_from_slice(&now_ns().to_le_bytes());
+        tx.send_batch(&template)?;
+    }
+    let el = t0.elapsed().as_secs_f64();
+    let (f1, b1, c1) = (
+        rx.frames.load(Relaxed),
+        rx.bytes.load(Relaxed),
+        router.cpu_seconds(),
+    );
+    let (p50, p99, p999, max) = percentiles(rx);
+    // Drain what is still queued before the next run.
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(RunResult {
+        name: "saturation".into(),
+        frame_len,
+        offered: None,
+        frames_per_s: (f1 - f0) as f64 / el,
+        gbit_per_s: (b1 - b0) as f64 * 8.0 / el / 1e9,
+        router_cpu_s: Some(c1 - c0),
+        p50_us: p50,
+        p99_us: p99,
+        p999_us: p999,
+        max_us: max,
+    })
+}
+
+/// Open loop: frame `i` is due at `t0 + i / rate`; each carries its due time, so lateness of
+/// the generator counts against the path, never hides (no coordinated omission).
+fn paced(
+    tx: &mut Sender,
+    rx: &Receiver,
+    frame_len: usize,
+    rate: u64,
+    secs: f64,
+    _base: Instant,
+    name: &str,
+) -> Result<RunResult> {
+    rx.reset();
+    let f0 = rx.frames.load(Relaxed);
+    let b0 = rx.bytes.load(Relaxed);
+    let interval_ns = 1_000_000_000 / rate.max(1);
+    let total = (secs * rate as f64) as u64;
+    let start = now_ns() + 1_000_000;
+    let mut frame = tx.batch(frame_len, 1, 0);
+    let mut i = 0u64;
+    while i < total {
+        let due = start + i * interval_ns;
+        let now = now_ns();
+        if due > now {
+            std::thread::sleep(Duration::from_nanos(due - now));
+        }
+        // Send every frame that is due by now.
+        let now = now_ns();
+        while i < total && start + i * interval_ns <= now {
+            frame[40 + 8..40 + 16].copy_from_slice(&(start + i * interval_ns).to_le_bytes());
+            tx.send_batch(&frame)?;
+            i += 1;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let el = secs;
+    let (p50, p99, p999, max) = percentiles(rx);
+    Ok(RunResult {
+        name: format!("paced, {name}"),
+        frame_len,
+        offered: Some(rate),
+        frames_per_s: (rx.frames.load(Relaxed) - f0) as f64 / el,
+        gbit_per_s: (rx.bytes.load(Relaxed) - b0) as f64 * 8.0 / el / 1e9,
+        router_cpu_s: None,
+        p50_us: p50,
+        p99_us: p99,
+        p999_us: p999,
+        max_us: max,
+    })
+}

@@ -1,0 +1,348 @@
+//! The admin HTTP API on `--api-addr`, with the reference's paths and JSON (WIRE.md section 6),
+//! and Prometheus metrics on `--metrics-api-address`. Handlers only message the control thread
+//! and the workers, with a timeout: a busy data plane can delay an answer, never block the API.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use super::control::Admin;
+use super::endpoint::Endpoint;
+use super::worker::WorkerCmd;
+use super::{ControlMsg, Shared, StartError};
+
+/// Reads one per-peer figure.
+type PeerGauge = fn(&super::PeerHandle) -> u64;
+/// Reads one per-worker counter.
+type WorkerCounter = fn(&super::WorkerCounters) -> u64;
+
+/// How long a handler waits for the control thread.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub(crate) fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+) -> Result<std::net::TcpListener, StartError> {
+    let l = std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind {
+        what,
+        addr,
+        source,
+    })?;
+    l.set_nonblocking(true)
+        .map_err(|source| StartError::Bind { what, addr, source })?;
+    Ok(l)
+}
+
+pub(crate) fn run(
+    shared: Arc<Shared>,
+    api: std::net::TcpListener,
+    metrics: Option<std::net::TcpListener>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("API runtime: {e}");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let app = axum::Router::new()
+            .route("/api/v1/admin", get(info))
+            .route("/api/v1/admin/peers", get(peers).post(add_peer))
+            .route("/api/v1/admin/peers/{endpoint}", delete(remove_peer))
+            .route("/api/v1/admin/routes/selected", get(selected))
+            .route("/api/v1/admin/routes/fallback", get(fallback))
+            .route("/api/v1/admin/routes/queried", get(queried))
+            .route("/api/v1/admin/stats/packets", get(packets))
+            .route("/api/v1/pubkey/{ip}", get(pubkey))
+            .with_state(shared.clone());
+        let mut tasks = Vec::new();
+        tasks.push(serve(shared.clone(), api, app));
+        if let Some(m) = metrics {
+            let app = axum::Router::new()
+                .route("/metrics", get(prometheus))
+                .with_state(shared.clone());
+            tasks.push(serve(shared.clone(), m, app));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+}
+
+fn serve(
+    shared: Arc<Shared>,
+    l: std::net::TcpListener,
+    app: axum::Router,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let l = match tokio::net::TcpListener::from_std(l) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("API listener: {e}");
+                return;
+            }
+        };
+        let mut shutdown = shared.shutdown.clone();
+        let r = axum::serve(l, app)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!("API server: {e}");
+        }
+    })
+}
+
+async fn ask<T>(
+    shared: &Shared,
+    f: impl FnOnce(oneshot::Sender<T>) -> Admin,
+) -> Result<T, Response> {
+    let (tx, rx) = oneshot::channel();
+    let unavailable = || {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "router busy or shutting down",
+        )
+            .into_response()
+    };
+    let send = shared
+        .ctl
+        .send_timeout(ControlMsg::Admin(f(tx)), ANSWER_TIMEOUT);
+    send.await.map_err(|_| unavailable())?;
+    match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
+        Ok(Ok(v)) => Ok(v),
+        _ => Err(unavailable()),
+    }
+}
+
+async fn info(State(s): State<Arc<Shared>>) -> Json<Value> {
+    let n = &s.node;
+    Json(json!({
+        "nodeSubnet": n.subnet.to_string(),
+        "nodeIp": n.address.to_string(),
+        "nodePubkey": n.public.to_string(),
+        "nodeStartTime": n.start_time,
+    }))
+}
+
+async fn peers(State(s): State<Arc<Shared>>) -> Result<Json<Value>, Response> {
+    let v = ask(&s, Admin::Peers).await?;
+    let v: Vec<Value> = v
+        .into_iter()
+        .map(|p| {
+            json!({
+                "endpoint": {"proto": p.endpoint.proto.as_str(), "addr": {"socket": p.endpoint.addr.to_string()}},
+                "type": p.kind.as_str(),
+                "connectionState": p.state,
+                "txBytes": p.tx_bytes,
+                "rxBytes": p.rx_bytes,
+                "discovered": p.discovered,
+                "lastConnected": p.last_connected,
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(v)))
+}
+
+#[derive(serde::Deserialize)]
+struct AddPeer {
+    endpoint: String,
+}
+
+async fn add_peer(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let Ok(req) = serde_json::from_slice::<AddPeer>(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected {\"endpoint\": \"proto://address:port\"}",
+        )
+            .into_response();
+    };
+    let ep: Endpoint = match req.endpoint.parse() {
+        Ok(e) => e,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    match ask(&s, |tx| Admin::AddPeer(ep, tx)).await {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(e)) => (StatusCode::CONFLICT, e).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn remove_peer(State(s): State<Arc<Shared>>, Path(endpoint): Path<String>) -> Response {
+    let ep: Endpoint = match endpoint.parse() {
+        Ok(e) => e,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}")).into_response(),
+    };
+    match ask(&s, |tx| Admin::RemovePeer(ep, tx)).await {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(e)) => (StatusCode::NOT_FOUND, e).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn routes(s: &Shared, selected: bool) -> Result<Json<Value>, Response> {
+    let v = ask(s, |tx| Admin::Routes(selected, tx)).await?;
+    Ok(Json(Value::Array(
+        v.into_iter()
+            .map(|r| {
+                let metric = if r.metric.is_infinite() { json!("infinite") } else { json!(r.metric.0) };
+                json!({"subnet": r.subnet.to_string(), "nextHop": r.next_hop, "metric": metric, "seqno": r.seqno})
+            })
+            .collect(),
+    )))
+}
+
+async fn selected(State(s): State<Arc<Shared>>) -> Result<Json<Value>, Response> {
+    routes(&s, true).await
+}
+
+async fn fallback(State(s): State<Arc<Shared>>) -> Result<Json<Value>, Response> {
+    routes(&s, false).await
+}
+
+async fn queried(State(s): State<Arc<Shared>>) -> Result<Json<Value>, Response> {
+    let v = ask(&s, Admin::Queried).await?;
+    Ok(Json(Value::Array(
+        v.into_iter()
+            .map(|(sub, secs)| json!({"subnet": sub.to_string(), "expiration": secs.to_string()}))
+            .collect(),
+    )))
+}
+
+async fn pubkey(
+    State(s): State<Arc<Shared>>,
+    Path(ip): Path<String>,
+) -> Result<Response, Response> {
+    let Ok(ip) = ip.parse::<IpAddr>() else {
+        return Ok((StatusCode::BAD_REQUEST, "not an IP address").into_response());
+    };
+    Ok(match ask(&s, |tx| Admin::PubKey(ip, tx)).await? {
+        Some(pk) => Json(json!({"publicKey": pk.to_string()})).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    })
+}
+
+async fn packet_stats(s: &Shared) -> Vec<super::worker::PacketStats> {
+    let mut out = Vec::new();
+    for w in &s.workers {
+        let (tx, rx) = oneshot::channel();
+        if w.send(WorkerCmd::PacketStats(tx)).is_ok()
+            && let Ok(Ok(v)) = tokio::time::timeout(ANSWER_TIMEOUT, rx).await
+        {
+            out.push(v);
+        }
+    }
+    out
+}
+
+async fn packets(State(s): State<Arc<Shared>>) -> Json<Value> {
+    let mut src = std::collections::BTreeMap::new();
+    let mut dst = std::collections::BTreeMap::new();
+    for (a, b) in packet_stats(&s).await {
+        for (ip, (n, bytes)) in a {
+            let e: &mut (u64, u64) = src.entry(ip).or_default();
+            e.0 += n;
+            e.1 += bytes;
+        }
+        for (ip, (n, bytes)) in b {
+            let e: &mut (u64, u64) = dst.entry(ip).or_default();
+            e.0 += n;
+            e.1 += bytes;
+        }
+    }
+    let list = |m: std::collections::BTreeMap<std::net::Ipv6Addr, (u64, u64)>| {
+        m.into_iter()
+            .map(|(ip, (n, b))| json!({"ip": ip.to_string(), "packetCount": n, "byteCount": b}))
+            .collect::<Vec<_>>()
+    };
+    Json(json!({"bySource": list(src), "byDestination": list(dst)}))
+}
+
+async fn prometheus(State(s): State<Arc<Shared>>) -> Response {
+    let mut out = String::new();
+    let c = ask(&s, Admin::Stats).await.unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "# TYPE hyphae_routes_selected gauge\nhyphae_routes_selected {}",
+        c.selected_routes
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE hyphae_routes gauge\nhyphae_routes {}",
+        c.routes
+    );
+    let _ = writeln!(out, "# TYPE hyphae_peers gauge\nhyphae_peers {}", c.peers);
+    let _ = writeln!(
+        out,
+        "# TYPE hyphae_control_tlvs_total counter\nhyphae_control_tlvs_total {}",
+        c.tlvs
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE hyphae_updates_filtered_total counter\nhyphae_updates_filtered_total {}",
+        c.updates_filtered
+    );
+    let peers = s.peers.load();
+    let per_peer: [(&str, PeerGauge); 6] = [
+        ("rx_bytes", |h| h.counters.rx_bytes.load(Relaxed)),
+        ("rx_frames", |h| h.counters.rx_frames.load(Relaxed)),
+        ("tx_bytes", |h| h.counters.tx_bytes.load(Relaxed)),
+        ("tx_frames", |h| h.counters.tx_frames.load(Relaxed)),
+        ("queue_full_drops", |h| {
+            h.counters.dropped_queue_full.load(Relaxed)
+        }),
+        ("queue_depth", |h| {
+            (super::PEER_QUEUE_FRAMES - h.data_tx.capacity()) as u64
+        }),
+    ];
+    for (name, f) in per_peer {
+        let _ = writeln!(out, "# TYPE hyphae_peer_{name} gauge");
+        for h in peers.values() {
+            let _ = writeln!(
+                out,
+                "hyphae_peer_{name}{{peer=\"{}\",endpoint=\"{}\"}} {}",
+                h.id.0,
+                h.endpoint,
+                f(h)
+            );
+        }
+    }
+    let reasons: [(&str, WorkerCounter); 12] = [
+        ("forwarded", |c| c.forwarded.load(Relaxed)),
+        ("local", |c| c.local.load(Relaxed)),
+        ("local_opened", |c| c.local_opened.load(Relaxed)),
+        ("local_unopened", |c| c.local_unopened.load(Relaxed)),
+        ("drop_hop_limit", |c| c.drop_hop_limit.load(Relaxed)),
+        ("drop_no_route", |c| c.drop_no_route.load(Relaxed)),
+        ("drop_queue_full", |c| c.drop_queue_full.load(Relaxed)),
+        ("drop_loop", |c| c.drop_loop.load(Relaxed)),
+        ("skipped_control", |c| c.skipped_control.load(Relaxed)),
+        ("framing_errors", |c| c.framing_errors.load(Relaxed)),
+        ("drop_control_queue", |c| c.drop_control_queue.load(Relaxed)),
+        ("quic_oversize_on_stream", |c| {
+            c.quic_oversize_on_stream.load(Relaxed)
+        }),
+    ];
+    for (name, f) in reasons {
+        let _ = writeln!(out, "# TYPE hyphae_{name}_total counter");
+        for (i, c) in s.counters.iter().enumerate() {
+            let _ = writeln!(out, "hyphae_{name}_total{{worker=\"{i}\"}} {}", f(c));
+        }
+    }
+    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}

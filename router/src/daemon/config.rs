@@ -1,0 +1,305 @@
+//! Command-line flags and the config file, with the reference's names where they make sense.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use super::endpoint::Endpoint;
+
+/// Default TCP listen port (the reference's).
+pub const DEFAULT_TCP_PORT: u16 = 9651;
+/// Default QUIC (UDP) listen port.
+pub const DEFAULT_QUIC_PORT: u16 = 9651;
+/// Default link-local discovery port.
+pub const DEFAULT_DISCOVERY_PORT: u16 = 9650;
+/// Default admin API address.
+pub const DEFAULT_API_ADDR: &str = "127.0.0.1:8989";
+
+/// hyphae-router: a Mycelium overlay node (wire-compatible with mycelium 0.7.x).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "hyphae-router", version, about)]
+pub struct Cli {
+    /// Key file (raw 32-byte x25519 secret); created if missing.
+    /// Default: $XDG_DATA_HOME/hyphae/priv_key.bin (~/.local/share/hyphae/priv_key.bin).
+    #[arg(short = 'k', long = "key-file")]
+    pub key_file: Option<PathBuf>,
+    /// TOML config file; may set `peers = ["tcp://..."]` and any flag below by its long name.
+    #[arg(short = 'c', long = "config-file")]
+    pub config_file: Option<PathBuf>,
+    /// Peers to connect to, as proto://address:port (tcp or quic).
+    #[arg(long, num_args = 1.., value_name = "ENDPOINT")]
+    pub peers: Vec<String>,
+    /// TCP listen port.
+    #[arg(short = 't', long = "tcp-listen-port")]
+    pub tcp_listen_port: Option<u16>,
+    /// QUIC (UDP) listen port.
+    #[arg(short = 'q', long = "quic-listen-port")]
+    pub quic_listen_port: Option<u16>,
+    /// Do not listen for or dial QUIC peers.
+    #[arg(long)]
+    pub disable_quic: bool,
+    /// UDP port for link-local peer discovery.
+    #[arg(long)]
+    pub peer_discovery_port: Option<u16>,
+    /// Do not discover peers on the local link.
+    #[arg(long)]
+    pub disable_peer_discovery: bool,
+    /// Admin HTTP API address.
+    #[arg(long)]
+    pub api_addr: Option<SocketAddr>,
+    /// Prometheus metrics address (off unless set).
+    #[arg(long)]
+    pub metrics_api_address: Option<SocketAddr>,
+    /// Run without a TUN device (hyphae has no TUN yet, so this is always the case).
+    #[arg(long)]
+    pub no_tun: bool,
+    /// Log errors only.
+    #[arg(long)]
+    pub silent: bool,
+    /// Debug logging.
+    #[arg(short = 'd', long)]
+    pub debug: bool,
+    /// Data-plane worker threads (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Hello interval in seconds towards peers (1-20; the reference uses 20). Shorter detects
+    /// silent failures sooner; it is announced in every Hello.
+    #[arg(long)]
+    pub hello_interval: Option<u64>,
+    /// I/O driver: "auto" (io_uring when the kernel allows it), "uring" or "portable".
+    #[arg(long)]
+    pub driver: Option<String>,
+}
+
+/// The config file: every field optional; flags win over the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    peers: Option<Vec<String>>,
+    tcp_listen_port: Option<u16>,
+    quic_listen_port: Option<u16>,
+    disable_quic: Option<bool>,
+    peer_discovery_port: Option<u16>,
+    disable_peer_discovery: Option<bool>,
+    api_addr: Option<SocketAddr>,
+    metrics_api_address: Option<SocketAddr>,
+    no_tun: Option<bool>,
+    workers: Option<usize>,
+    hello_interval: Option<u64>,
+    driver: Option<String>,
+    key_file: Option<PathBuf>,
+}
+
+/// Which I/O driver the data plane uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverChoice {
+    /// io_uring if the kernel allows it, else portable.
+    Auto,
+    /// io_uring or fail.
+    Uring,
+    /// Plain tokio (epoll).
+    Portable,
+}
+
+/// The resolved settings the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Key file path.
+    pub key_file: PathBuf,
+    /// Static peers.
+    pub peers: Vec<Endpoint>,
+    /// TCP listen port.
+    pub tcp_port: u16,
+    /// QUIC port, `None` if disabled.
+    pub quic_port: Option<u16>,
+    /// Discovery port, `None` if disabled.
+    pub discovery_port: Option<u16>,
+    /// Admin API address.
+    pub api_addr: SocketAddr,
+    /// Metrics address.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Worker threads.
+    pub workers: usize,
+    /// Hello interval.
+    pub hello_interval: Duration,
+    /// I/O driver.
+    pub driver: DriverChoice,
+    /// Log level.
+    pub log_level: &'static str,
+}
+
+/// A configuration error, printed as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("config file {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    /// The config file is not valid.
+    #[error("config file {0}: {1}")]
+    Parse(PathBuf, String),
+    /// A value is invalid.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Cli {
+    /// Resolves flags, config file and defaults into settings.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let file = match &self.config_file {
+            Some(p) => load_file(p)?,
+            None => FileConfig::default(),
+        };
+        let peers = if self.peers.is_empty() {
+            file.peers.unwrap_or_default()
+        } else {
+            self.peers.clone()
+        };
+        let peers = peers
+            .iter()
+            .map(|p| {
+                p.parse::<Endpoint>()
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let workers = self
+            .workers
+            .or(file.workers)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if workers == 0 || workers > 256 {
+            return Err(ConfigError::Invalid(format!(
+                "--workers must be 1..=256, not {workers}"
+            )));
+        }
+        let hello = self.hello_interval.or(file.hello_interval).unwrap_or(20);
+        if !(1..=20).contains(&hello) {
+            return Err(ConfigError::Invalid(format!(
+                "--hello-interval must be 1..=20 seconds, not {hello}"
+            )));
+        }
+        let driver = match self
+            .driver
+            .as_deref()
+            .or(file.driver.as_deref())
+            .unwrap_or("auto")
+        {
+            "auto" => DriverChoice::Auto,
+            "uring" | "io_uring" => DriverChoice::Uring,
+            "portable" => DriverChoice::Portable,
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "--driver must be auto, uring or portable, not {other:?}"
+                )));
+            }
+        };
+        let disable_quic = self.disable_quic || file.disable_quic.unwrap_or(false);
+        let disable_discovery =
+            self.disable_peer_discovery || file.disable_peer_discovery.unwrap_or(false);
+        let api_addr = match self.api_addr.or(file.api_addr) {
+            Some(a) => a,
+            None => DEFAULT_API_ADDR
+                .parse()
+                .map_err(|_| ConfigError::Invalid("default API address".into()))?,
+        };
+        let key_file = match self.key_file.clone().or(file.key_file) {
+            Some(k) => k,
+            None => default_key_file()?,
+        };
+        let log_level = match (self.silent, self.debug) {
+            (true, _) => "error",
+            (false, true) => "debug",
+            _ => "info",
+        };
+        let _ = file.no_tun;
+        Ok(Settings {
+            key_file,
+            peers,
+            tcp_port: self
+                .tcp_listen_port
+                .or(file.tcp_listen_port)
+                .unwrap_or(DEFAULT_TCP_PORT),
+            quic_port: (!disable_quic).then(|| {
+                self.quic_listen_port
+                    .or(file.quic_listen_port)
+                    .unwrap_or(DEFAULT_QUIC_PORT)
+            }),
+            discovery_port: (!disable_discovery).then(|| {
+                self.peer_discovery_port
+                    .or(file.peer_discovery_port)
+                    .unwrap_or(DEFAULT_DISCOVERY_PORT)
+            }),
+            api_addr,
+            metrics_addr: self.metrics_api_address.or(file.metrics_api_address),
+            workers,
+            hello_interval: Duration::from_secs(hello),
+            driver,
+            log_level,
+        })
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), e.message().to_owned()))
+}
+
+/// `$XDG_DATA_HOME/hyphae/priv_key.bin`, else `$HOME/.local/share/hyphae/priv_key.bin`.
+pub fn default_key_file() -> Result<PathBuf, ConfigError> {
+    let base = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(h) => PathBuf::from(h).join(".local/share"),
+            None => {
+                return Err(ConfigError::Invalid(
+                    "no HOME or XDG_DATA_HOME: pass --key-file".into(),
+                ));
+            }
+        },
+    };
+    Ok(base.join("hyphae").join("priv_key.bin"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings, ConfigError> {
+        let mut v = vec!["hyphae-router", "-k", "/tmp/k"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?
+            .settings()
+    }
+
+    #[test]
+    fn defaults_are_the_references() {
+        let s = parse(&[]).unwrap();
+        assert_eq!(
+            (s.tcp_port, s.quic_port, s.discovery_port),
+            (9651, Some(9651), Some(9650))
+        );
+        assert_eq!(s.api_addr.to_string(), "127.0.0.1:8989");
+        assert!(s.peers.is_empty() && s.workers >= 1);
+        assert_eq!(s.hello_interval, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn flags_and_file() {
+        let dir = std::env::temp_dir().join(format!("hyphae-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(&f, "peers = [\"tcp://127.0.0.1:1\"]\ntcp-listen-port = 7\n").unwrap();
+        let s = parse(&["-c", f.to_str().unwrap(), "--disable-quic", "-t", "8"]).unwrap();
+        assert_eq!(s.peers.len(), 1);
+        assert_eq!((s.tcp_port, s.quic_port), (8, None));
+        std::fs::write(&f, "peerz = []\n").unwrap();
+        let err = parse(&["-c", f.to_str().unwrap()]).unwrap_err().to_string();
+        assert!(err.contains("c.toml") && err.contains("peerz"), "{err}");
+        assert!(parse(&["--peers", "udp://1.2.3.4:5"]).is_err());
+        assert!(parse(&["--workers", "0"]).is_err());
+        assert!(parse(&["--driver", "fast"]).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,487 @@
+//! The control thread: runs the sans-IO [`crate::babel::Router`], manages configured peers
+//! (redialing the dead every 5 s), publishes forwarding-table snapshots and answers the admin
+//! API. It is the only owner of routing state; everything else messages it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use hyphae_wire::Subnet;
+use hyphae_wire::babel::Tlv;
+use hyphae_wire::identity::PublicKey;
+use tokio::sync::{mpsc, oneshot};
+
+use super::endpoint::Endpoint;
+use super::worker::WorkerCmd;
+use super::{PeerHandle, PeerType, Shared};
+use crate::PeerId;
+use crate::babel::{Config, Event, LinkKind, Router};
+use crate::fib::FibWriter;
+
+/// How often dead configured peers are redialed (the reference's interval).
+const REDIAL_INTERVAL: Duration = Duration::from_secs(5);
+/// Messages handled before outputs are flushed (batches FIB publications).
+const BATCH: usize = 256;
+
+/// A message to the control thread.
+#[derive(Debug)]
+pub(crate) enum ControlMsg {
+    /// A link came up.
+    PeerUp {
+        /// The link.
+        handle: Arc<PeerHandle>,
+        /// Its transport, for the static link cost.
+        link: LinkKind,
+    },
+    /// A link went down.
+    PeerDown {
+        /// The link.
+        peer: PeerId,
+    },
+    /// A control TLV from a peer.
+    Tlv {
+        /// From whom.
+        peer: PeerId,
+        /// What.
+        tlv: Tlv,
+    },
+    /// The data plane has frames for a subnet it has no route to.
+    NeedRoute(Subnet),
+    /// A dial failed.
+    DialFailed(Endpoint),
+    /// An admin API request.
+    Admin(Admin),
+}
+
+/// Admin API requests answered by the control thread.
+#[derive(Debug)]
+pub(crate) enum Admin {
+    /// All peers.
+    Peers(oneshot::Sender<Vec<PeerInfo>>),
+    /// Add a static peer.
+    AddPeer(Endpoint, oneshot::Sender<Result<(), String>>),
+    /// Remove a peer.
+    RemovePeer(Endpoint, oneshot::Sender<Result<(), String>>),
+    /// Selected (true) or fallback (false) routes.
+    Routes(bool, oneshot::Sender<Vec<RouteInfo>>),
+    /// Subnets being queried, with seconds left.
+    Queried(oneshot::Sender<Vec<(Subnet, u64)>>),
+    /// The public key of the node owning an address.
+    PubKey(IpAddr, oneshot::Sender<Option<PublicKey>>),
+    /// Route-table size and router counters, for metrics.
+    Stats(oneshot::Sender<ControlStats>),
+}
+
+/// A peer as the admin API shows it.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerInfo {
+    /// The endpoint.
+    pub(crate) endpoint: Endpoint,
+    /// How it came to be.
+    pub(crate) kind: PeerType,
+    /// "alive", "connecting" or "dead".
+    pub(crate) state: &'static str,
+    /// Bytes sent.
+    pub(crate) tx_bytes: u64,
+    /// Bytes received.
+    pub(crate) rx_bytes: u64,
+    /// Seconds since it was first known.
+    pub(crate) discovered: u64,
+    /// Seconds since it last connected.
+    pub(crate) last_connected: Option<u64>,
+}
+
+/// A route as the admin API shows it.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteInfo {
+    /// Destination.
+    pub(crate) subnet: Subnet,
+    /// The link, described as the reference does.
+    pub(crate) next_hop: String,
+    /// Metric as advertised plus link cost, or infinite.
+    pub(crate) metric: hyphae_wire::Metric,
+    /// The source's seqno.
+    pub(crate) seqno: u16,
+}
+
+/// Numbers for the metrics endpoint.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ControlStats {
+    /// Selected routes.
+    pub(crate) selected_routes: usize,
+    /// All route entries.
+    pub(crate) routes: usize,
+    /// Live peers.
+    pub(crate) peers: usize,
+    /// TLVs handled.
+    pub(crate) tlvs: u64,
+    /// Updates dropped by filters.
+    pub(crate) updates_filtered: u64,
+}
+
+#[derive(Debug)]
+struct Configured {
+    kind: PeerType,
+    state: PeerState,
+    discovered: Instant,
+    last_connected: Option<Instant>,
+    next_dial: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerState {
+    Connecting,
+    Alive(PeerId),
+    Dead,
+}
+
+struct Control {
+    shared: Arc<Shared>,
+    router: Router,
+    fib: FibWriter,
+    links: HashMap<PeerId, (Arc<PeerHandle>, Instant)>,
+    configured: BTreeMap<Endpoint, Configured>,
+    next_worker: usize,
+    tx_buf: BytesMut,
+    fib_dirty: bool,
+}
+
+/// The control thread's body.
+pub(crate) fn run(
+    shared: Arc<Shared>,
+    inbox: mpsc::Receiver<ControlMsg>,
+    fib: FibWriter,
+    seed: u64,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("control runtime: {e}");
+            return;
+        }
+    };
+    let now = Instant::now();
+    let config = Config {
+        hello_interval: shared.settings.hello_interval,
+        hash_seed: seed,
+        ..Config::default()
+    };
+    let router = Router::new(now, config, shared.node.router_id);
+    let mut c = Control {
+        router,
+        fib,
+        links: HashMap::new(),
+        configured: BTreeMap::new(),
+        next_worker: 0,
+        tx_buf: BytesMut::with_capacity(64 * 1024),
+        fib_dirty: false,
+        shared: shared.clone(),
+    };
+    for ep in shared.settings.peers.clone() {
+        c.configure(ep, PeerType::Static, now);
+    }
+    rt.block_on(c.main(inbox));
+}
+
+impl Control {
+    async fn main(mut self, mut inbox: mpsc::Receiver<ControlMsg>) {
+        let mut shutdown = self.shared.shutdown.clone();
+        let mut redial = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let deadline = self
+                .router
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return,
+                m = inbox.recv() => {
+                    let Some(m) = m else { return };
+                    let now = Instant::now();
+                    self.handle(now, m);
+                    // Take what else is queued before flushing, so a burst of TLVs becomes one
+                    // forwarding-table publication.
+                    for _ in 0..BATCH {
+                        match inbox.try_recv() {
+                            Ok(m) => self.handle(now, m),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(far_future)).await }, if deadline.is_some() => {
+                    self.router.handle_timeout(Instant::now());
+                }
+                _ = redial.tick() => self.redial(Instant::now()),
+            }
+            self.flush();
+        }
+    }
+
+    fn handle(&mut self, now: Instant, m: ControlMsg) {
+        match m {
+            ControlMsg::PeerUp { handle, link } => {
+                if handle.kind != PeerType::Inbound
+                    && let Some(c) = self.configured.get_mut(&handle.endpoint)
+                {
+                    c.state = PeerState::Alive(handle.id);
+                    c.last_connected = Some(now);
+                }
+                self.links.insert(handle.id, (handle.clone(), now));
+                self.router.handle_peer_up(now, handle.id, link);
+            }
+            ControlMsg::PeerDown { peer } => {
+                if let Some((h, _)) = self.links.remove(&peer)
+                    && let Some(c) = self.configured.get_mut(&h.endpoint)
+                    && c.state == PeerState::Alive(peer)
+                {
+                    c.state = PeerState::Dead;
+                    c.next_dial = now + Duration::from_millis(500);
+                }
+                self.router.handle_peer_down(now, peer);
+            }
+            ControlMsg::Tlv { peer, tlv } => self.router.handle_tlv(now, peer, tlv),
+            ControlMsg::NeedRoute(subnet) => {
+                self.router.request_route(now, subnet);
+            }
+            ControlMsg::DialFailed(ep) => {
+                if let Some(c) = self.configured.get_mut(&ep)
+                    && c.state == PeerState::Connecting
+                {
+                    c.state = PeerState::Dead;
+                    c.next_dial = now + REDIAL_INTERVAL;
+                }
+            }
+            ControlMsg::Admin(a) => self.admin(now, a),
+        }
+    }
+
+    fn configure(&mut self, ep: Endpoint, kind: PeerType, now: Instant) -> bool {
+        if self.configured.contains_key(&ep) {
+            return false;
+        }
+        self.configured.insert(
+            ep,
+            Configured {
+                kind,
+                state: PeerState::Dead,
+                discovered: now,
+                last_connected: None,
+                next_dial: now,
+            },
+        );
+        self.redial(now);
+        true
+    }
+
+    fn redial(&mut self, now: Instant) {
+        let n = self.shared.workers.len();
+        for (ep, c) in &mut self.configured {
+            if c.state != PeerState::Dead || c.next_dial > now {
+                continue;
+            }
+            // QUIC links all live on worker 0, which owns the QUIC endpoint.
+            let w = match ep.proto {
+                super::endpoint::Proto::Quic => 0,
+                super::endpoint::Proto::Tcp => {
+                    self.next_worker = (self.next_worker + 1) % n;
+                    self.next_worker
+                }
+            };
+            c.state = PeerState::Connecting;
+            c.next_dial = now + REDIAL_INTERVAL;
+            let _ = self.shared.workers[w].send(WorkerCmd::Dial(*ep, c.kind));
+        }
+    }
+
+    /// Sends what the router produced, applies forwarding changes and acts on events.
+    fn flush(&mut self) {
+        while let Some(t) = self.router.poll_transmit() {
+            let Some((h, _)) = self.links.get(&t.peer) else {
+                continue;
+            };
+            self.tx_buf.reserve(t.tlv.frame_len());
+            t.tlv.encode_frame(&mut self.tx_buf);
+            let frame: Bytes = self.tx_buf.split().freeze();
+            let _ = h.ctl_tx.send(frame);
+        }
+        let mut changed = Vec::new();
+        while let Some(ch) = self.router.poll_fib_change() {
+            changed.push(ch.subnet);
+            self.fib.apply(ch);
+            self.fib_dirty = true;
+        }
+        if self.fib_dirty {
+            self.fib.publish();
+            self.fib_dirty = false;
+            self.publish_keys(&changed);
+        }
+        while let Some(e) = self.router.poll_event() {
+            match e {
+                Event::PeerDead(p) => {
+                    if let Some((h, _)) = self.links.get(&p) {
+                        tracing::info!(peer = p.0, endpoint = %h.endpoint, "no IHU in time: closing link");
+                        let _ = h.close.send(true);
+                    }
+                }
+                Event::QueryTimedOut(s) => tracing::debug!(%s, "route query timed out"),
+            }
+        }
+    }
+
+    fn publish_keys(&mut self, changed: &[Subnet]) {
+        let mut keys = HashMap::clone(&self.shared.keys.load());
+        for s in changed {
+            match self.router.selected_route(s) {
+                Some(r) => keys.insert(*s, r.router_id.public_key()),
+                None => keys.remove(s),
+            };
+        }
+        self.shared.keys.store(Arc::new(keys));
+    }
+
+    fn admin(&mut self, now: Instant, a: Admin) {
+        match a {
+            Admin::Peers(tx) => {
+                let _ = tx.send(self.peer_infos(now));
+            }
+            Admin::AddPeer(ep, tx) => {
+                let r = match self.configure(ep, PeerType::Static, now) {
+                    true => Ok(()),
+                    false => Err(format!("a peer with endpoint {ep} already exists")),
+                };
+                let _ = tx.send(r);
+            }
+            Admin::RemovePeer(ep, tx) => {
+                let mut found = self.configured.remove(&ep).is_some();
+                for (h, _) in self.links.values() {
+                    if h.endpoint == ep {
+                        found = true;
+                        let _ = h.close.send(true);
+                    }
+                }
+                let _ = tx.send(if found {
+                    Ok(())
+                } else {
+                    Err(format!("no peer with endpoint {ep}"))
+                });
+            }
+            Admin::Routes(selected, tx) => {
+                // The reference lists the metric as the neighbour advertised it, without the
+                // link cost that selection adds.
+                let costs: HashMap<PeerId, hyphae_wire::Metric> =
+                    self.router.peers().map(|p| (p.peer, p.link_cost)).collect();
+                let v = self
+                    .router
+                    .routes()
+                    .filter(|r| r.selected == selected)
+                    .filter_map(|r| {
+                        let (h, _) = self.links.get(&r.next_hop)?;
+                        let metric = match (r.metric.is_infinite(), costs.get(&r.next_hop)) {
+                            (false, Some(c)) => hyphae_wire::Metric(r.metric.0.saturating_sub(c.0)),
+                            _ => r.metric,
+                        };
+                        Some(RouteInfo {
+                            subnet: r.subnet,
+                            next_hop: h.describe(),
+                            metric,
+                            seqno: r.seqno.0,
+                        })
+                    })
+                    .collect();
+                let _ = tx.send(v);
+            }
+            Admin::Queried(tx) => {
+                let v = self
+                    .router
+                    .queried()
+                    .map(|(s, t)| (s, t.saturating_duration_since(now).as_secs()))
+                    .collect();
+                let _ = tx.send(v);
+            }
+            Admin::PubKey(ip, tx) => {
+                let own = self
+                    .shared
+                    .node
+                    .subnet
+                    .contains_ip(ip)
+                    .then_some(self.shared.node.public);
+                let k = own.or_else(|| {
+                    let IpAddr::V6(v6) = ip else { return None };
+                    self.router
+                        .selected_route(&Subnet::v6_64(v6))
+                        .map(|r| r.router_id.public_key())
+                });
+                let _ = tx.send(k);
+            }
+            Admin::Stats(tx) => {
+                let s = self.router.stats();
+                let routes: Vec<_> = self.router.routes().collect();
+                let _ = tx.send(ControlStats {
+                    selected_routes: routes.iter().filter(|r| r.selected).count(),
+                    routes: routes.len(),
+                    peers: self.links.len(),
+                    tlvs: s.tlvs,
+                    updates_filtered: s.updates_filtered,
+                });
+            }
+        }
+    }
+
+    fn peer_infos(&self, now: Instant) -> Vec<PeerInfo> {
+        let mut v = Vec::new();
+        let live = |h: &PeerHandle| {
+            (
+                h.counters
+                    .tx_bytes
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                h.counters
+                    .rx_bytes
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )
+        };
+        for (ep, c) in &self.configured {
+            let (state, (tx, rx)) = match c.state {
+                PeerState::Alive(id) => (
+                    "alive",
+                    self.links.get(&id).map_or((0, 0), |(h, _)| live(h)),
+                ),
+                PeerState::Connecting => ("connecting", (0, 0)),
+                PeerState::Dead => ("dead", (0, 0)),
+            };
+            v.push(PeerInfo {
+                endpoint: *ep,
+                kind: c.kind,
+                state,
+                tx_bytes: tx,
+                rx_bytes: rx,
+                discovered: now.duration_since(c.discovered).as_secs(),
+                last_connected: c.last_connected.map(|t| now.duration_since(t).as_secs()),
+            });
+        }
+        for (h, since) in self
+            .links
+            .values()
+            .filter(|(h, _)| h.kind == PeerType::Inbound)
+        {
+            let (tx, rx) = live(h);
+            v.push(PeerInfo {
+                endpoint: h.endpoint,
+                kind: h.kind,
+                state: "alive",
+                tx_bytes: tx,
+                rx_bytes: rx,
+                discovered: now.duration_since(*since).as_secs(),
+                last_connected: Some(now.duration_since(*since).as_secs()),
+            });
+        }
+        v
+    }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400)
+}

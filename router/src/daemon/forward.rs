@@ -1,0 +1,232 @@
+//! What a worker does with the frames of one read: control TLVs go to the control thread,
+//! data frames are forwarded in place or delivered locally.
+//!
+//! Work is done a read-batch at a time: the peer table is loaded once, counters are summed
+//! locally and published once, and per-address packet counts collapse runs of one flow into a
+//! single table update.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::Ipv6Addr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use bytes::BytesMut;
+use hyphae_wire::Subnet;
+use hyphae_wire::data::DataFrame;
+use hyphae_wire::deframer::Frame;
+use hyphae_wire::identity::PublicKey;
+use hyphae_wire::seal::SealingKey;
+use tokio::sync::mpsc::error::TrySendError;
+
+use super::{ControlMsg, PeerHandle, Shared, WorkerCounters};
+use crate::hash::SeededState;
+
+/// Most source or destination addresses a worker keeps packet counts for.
+const MAX_STATS_ENTRIES: usize = 16_384;
+/// Most sealing keys a worker caches.
+const MAX_KEYS: usize = 4096;
+
+/// Packets and bytes by address.
+pub(crate) type AddrCounts = HashMap<Ipv6Addr, (u64, u64), SeededState>;
+
+/// Per-worker state that only its own thread touches.
+#[derive(Debug)]
+pub(crate) struct WorkerLocal {
+    keys: HashMap<PublicKey, SealingKey>,
+    /// Packets and bytes by source address.
+    pub(crate) by_source: AddrCounts,
+    /// Packets and bytes by destination address.
+    pub(crate) by_destination: AddrCounts,
+}
+
+impl WorkerLocal {
+    pub(crate) fn with_seed(seed: u64) -> Self {
+        Self {
+            keys: HashMap::new(),
+            by_source: HashMap::with_hasher(SeededState::new(seed)),
+            by_destination: HashMap::with_hasher(SeededState::new(seed.rotate_left(32))),
+        }
+    }
+}
+
+pub(crate) type Local = Rc<RefCell<WorkerLocal>>;
+
+/// A run of frames with the same address, counted once when the address changes.
+#[derive(Default)]
+struct Run {
+    addr: Option<Ipv6Addr>,
+    frames: u64,
+    bytes: u64,
+}
+
+impl Run {
+    fn add(&mut self, map: &mut AddrCounts, addr: Ipv6Addr, len: usize) {
+        if self.addr != Some(addr) {
+            self.flush(map);
+            self.addr = Some(addr);
+        }
+        self.frames += 1;
+        self.bytes += len as u64;
+    }
+
+    fn flush(&mut self, map: &mut AddrCounts) {
+        let Some(a) = self.addr.take() else { return };
+        if let Some(e) = map.get_mut(&a) {
+            e.0 += self.frames;
+            e.1 += self.bytes;
+        } else if map.len() < MAX_STATS_ENTRIES {
+            map.insert(a, (self.frames, self.bytes));
+        }
+        (self.frames, self.bytes) = (0, 0);
+    }
+}
+
+/// Counters summed over one batch, then added to the shared ones.
+#[derive(Default)]
+struct Tally {
+    forwarded: u64,
+    local: u64,
+    local_opened: u64,
+    local_unopened: u64,
+    hop_limit: u64,
+    no_route: u64,
+    queue_full: u64,
+    looped: u64,
+    skipped: u64,
+    control_full: u64,
+}
+
+impl Tally {
+    fn publish(&self, c: &WorkerCounters) {
+        let add = |a: &AtomicU64, v: u64| {
+            if v != 0 {
+                a.fetch_add(v, Relaxed);
+            }
+        };
+        add(&c.forwarded, self.forwarded);
+        add(&c.local, self.local);
+        add(&c.local_opened, self.local_opened);
+        add(&c.local_unopened, self.local_unopened);
+        add(&c.drop_hop_limit, self.hop_limit);
+        add(&c.drop_no_route, self.no_route);
+        add(&c.drop_queue_full, self.queue_full);
+        add(&c.drop_loop, self.looped);
+        add(&c.skipped_control, self.skipped);
+        add(&c.drop_control_queue, self.control_full);
+    }
+}
+
+/// Handles every frame in `frames` (from one read of `from`), leaving it empty.
+pub(crate) fn handle_frames(
+    shared: &Shared,
+    counters: &WorkerCounters,
+    local: &Local,
+    from: &PeerHandle,
+    frames: &mut Vec<Frame<BytesMut>>,
+) {
+    let peers = shared.peers.load();
+    let mut t = Tally::default();
+    let mut l = local.borrow_mut();
+    let (mut src_run, mut dst_run) = (Run::default(), Run::default());
+    // The last route looked up, reused while the destination /64 stays the same.
+    let mut last: Option<(u128, Option<crate::PeerId>)> = None;
+    for f in frames.drain(..) {
+        let mut frame = match f {
+            Frame::Data(d) => d,
+            Frame::Control(tlv) => {
+                if shared
+                    .ctl
+                    .try_send(ControlMsg::Tlv { peer: from.id, tlv })
+                    .is_err()
+                {
+                    t.control_full += 1;
+                }
+                continue;
+            }
+            Frame::Skipped(s) => {
+                t.skipped += 1;
+                tracing::debug!(peer = from.id.0, ?s, "skipped control frame");
+                continue;
+            }
+        };
+        let (src, dst, len) = (frame.src(), frame.dst(), frame.as_bytes().len());
+        let WorkerLocal {
+            by_source,
+            by_destination,
+            keys,
+        } = &mut *l;
+        src_run.add(by_source, src, len);
+        dst_run.add(by_destination, dst, len);
+        if shared.node.subnet.contains_ip(dst.into()) {
+            t.local += 1;
+            match open_local(shared, keys, &mut frame) {
+                true => t.local_opened += 1,
+                false => t.local_unopened += 1,
+            }
+            continue;
+        }
+        let hop = frame.hop_limit();
+        if hop < 2 {
+            t.hop_limit += 1;
+            continue;
+        }
+        frame.set_hop_limit(hop - 1);
+        let net = u128::from(dst) >> 64;
+        let next = match last {
+            Some((n, hop)) if n == net => hop,
+            _ => {
+                let hop = shared.fib.lookup(dst);
+                last = Some((net, hop));
+                hop
+            }
+        };
+        let Some(next) = next else {
+            t.no_route += 1;
+            let _ = shared
+                .ctl
+                .try_send(ControlMsg::NeedRoute(Subnet::v6_64(dst)));
+            continue;
+        };
+        if next == from.id {
+            t.looped += 1;
+            continue;
+        }
+        let Some(egress) = peers.get(&next) else {
+            t.no_route += 1;
+            continue;
+        };
+        match egress.data_tx.try_send(frame.into_inner().freeze()) {
+            Ok(()) => t.forwarded += 1,
+            Err(TrySendError::Full(_)) => {
+                t.queue_full += 1;
+                egress.counters.dropped_queue_full.fetch_add(1, Relaxed);
+            }
+            Err(TrySendError::Closed(_)) => t.no_route += 1,
+        }
+    }
+    src_run.flush(&mut l.by_source);
+    dst_run.flush(&mut l.by_destination);
+    t.publish(counters);
+}
+
+/// Opens a frame for this node. The message subsystem is not built yet: an authenticated
+/// frame is counted and dropped. Returns whether it opened.
+fn open_local(
+    shared: &Shared,
+    keys: &mut HashMap<PublicKey, SealingKey>,
+    frame: &mut DataFrame<BytesMut>,
+) -> bool {
+    let src_subnet = Subnet::v6_64(frame.src());
+    let Some(pk) = shared.keys.load().get(&src_subnet).copied() else {
+        let _ = shared.ctl.try_send(ControlMsg::NeedRoute(src_subnet));
+        return false;
+    };
+    if keys.len() >= MAX_KEYS && !keys.contains_key(&pk) {
+        keys.clear();
+    }
+    let key = keys
+        .entry(pk)
+        .or_insert_with(|| SealingKey::new(&shared.node.secret.shared_secret(&pk)));
+    key.open(frame.body_mut()).is_ok()
+}

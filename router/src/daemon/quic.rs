@@ -1,0 +1,311 @@
+//! QUIC peer links, as the reference makes them: one UDP socket for listening and dialing,
+//! a self-signed certificate naming the router id, SNI `dummy.mycelium`, no ALPN, TLS 1.3;
+//! control frames on one client-opened bidirectional stream, data frames as datagrams.
+//!
+//! Unlike the reference, a data frame too large for a datagram is sent on the stream (whose
+//! framing carries data frames as well), never allowed to reset the link.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use hyphae_wire::deframer::decode_datagram;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+use super::endpoint::{Endpoint, Proto};
+use super::forward::handle_frames;
+use super::link::{LinkRead, LinkWrite, READ_CHUNK};
+use super::worker::{Worker, link_kind};
+use super::{ControlMsg, PeerHandle, PeerType, Shared, StartError};
+
+/// The SNI the reference's dialers send.
+const SNI: &str = "dummy.mycelium";
+
+/// Binds the shared UDP socket, dual-stack.
+pub(crate) fn bind_socket(port: u16) -> Result<UdpSocket, StartError> {
+    let addr: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, port).into();
+    let bind = || -> io::Result<UdpSocket> {
+        let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None)?;
+        s.set_only_v6(false)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        Ok(s.into())
+    };
+    bind().map_err(|source| StartError::Bind {
+        what: "QUIC socket",
+        addr,
+        source,
+    })
+}
+
+/// The QUIC endpoint of worker 0.
+#[derive(Clone)]
+pub(crate) struct Quic {
+    ep: quinn::Endpoint,
+    client: quinn::ClientConfig,
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_uni_streams(0u8.into())
+        .max_concurrent_bidi_streams(5u8.into())
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .initial_mtu(1500)
+        .datagram_receive_buffer_size(Some(16 << 20))
+        .datagram_send_buffer_size(16 << 20)
+        .send_window(80 << 20)
+        .stream_receive_window(quinn::VarInt::from_u32(10 << 20));
+    if let Ok(idle) = Duration::from_secs(60).try_into() {
+        t.max_idle_timeout(Some(idle));
+    }
+    Arc::new(t)
+}
+
+impl Quic {
+    pub(crate) fn new(sock: UdpSocket, shared: &Shared) -> Result<Self, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cert = rcgen::generate_simple_self_signed(vec![shared.node.router_id.to_string()])
+            .map_err(|e| format!("certificate: {e}"))?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .map_err(|e| e.to_string())?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(
+            QuicServerConfig::try_from(server).map_err(|e| e.to_string())?,
+        ));
+        server.transport_config(transport());
+        let client = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+            .with_no_client_auth();
+        let mut client = quinn::ClientConfig::new(Arc::new(
+            QuicClientConfig::try_from(client).map_err(|e| e.to_string())?,
+        ));
+        client.transport_config(transport());
+        let ep = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            sock,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Self { ep, client })
+    }
+
+    pub(crate) async fn accept_loop(self, w: Worker) {
+        let mut shutdown = w.shared.shutdown.clone();
+        loop {
+            let incoming = tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => {
+                    self.ep.close(0u8.into(), b"shutdown");
+                    return;
+                }
+                i = self.ep.accept() => i,
+            };
+            let Some(incoming) = incoming else { return };
+            let w = w.clone();
+            tokio::task::spawn_local(async move {
+                let remote = super::worker::canonical(incoming.remote_address());
+                let setup = async {
+                    let conn = incoming.await?;
+                    let (send, recv) = conn.accept_bi().await?;
+                    Ok::<_, quinn::ConnectionError>((conn, send, recv))
+                };
+                match tokio::time::timeout(Duration::from_secs(10), setup).await {
+                    Ok(Ok((conn, send, recv))) => {
+                        let ep = Endpoint {
+                            proto: Proto::Quic,
+                            addr: remote,
+                        };
+                        run(w, conn, send, recv, ep, PeerType::Inbound).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%remote, "QUIC accept: {e}"),
+                    Err(_) => tracing::debug!(%remote, "QUIC accept timed out"),
+                }
+            });
+        }
+    }
+
+    pub(crate) async fn dial(self, w: Worker, ep: Endpoint, kind: PeerType) {
+        let setup = async {
+            let conn = self
+                .ep
+                .connect_with(self.client.clone(), ep.addr, SNI)
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())?;
+            let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((conn, send, recv))
+        };
+        match tokio::time::timeout(Duration::from_secs(10), setup).await {
+            Ok(Ok((conn, send, recv))) => run(w, conn, send, recv, ep, kind).await,
+            Ok(Err(e)) => {
+                tracing::debug!(%ep, "QUIC connect: {e}");
+                let _ = w.shared.ctl.send(ControlMsg::DialFailed(ep)).await;
+            }
+            Err(_) => {
+                let _ = w.shared.ctl.send(ControlMsg::DialFailed(ep)).await;
+            }
+        }
+    }
+}
+
+async fn run(
+    w: Worker,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    ep: Endpoint,
+    kind: PeerType,
+) {
+    let local = w.shared.settings.quic_port.map_or(ep.addr, |p| {
+        SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), p)
+    });
+    let lk = link_kind(Proto::Quic, ep.addr);
+    let writer = QuicWrite {
+        send,
+        conn: conn.clone(),
+        worker: w.clone(),
+    };
+    w.clone()
+        .run_link(ep, local, kind, lk, QuicRead(recv), writer, Some(conn))
+        .await;
+}
+
+/// Receives datagrams (one whole frame each) until the connection ends.
+pub(crate) async fn datagram_loop(w: Worker, h: Arc<PeerHandle>, conn: quinn::Connection) {
+    let counters = &w.shared.counters[w.idx];
+    loop {
+        let d = tokio::select! {
+            _ = async { let mut c = h.close.subscribe(); let _ = c.wait_for(|c| *c).await; } => break,
+            d = conn.read_datagram() => d,
+        };
+        let Ok(d) = d else { break };
+        h.counters.rx_bytes.fetch_add(d.len() as u64, Relaxed);
+        h.counters.rx_frames.fetch_add(1, Relaxed);
+        match decode_datagram(BytesMut::from(d)) {
+            Ok(f) => {
+                let mut one = vec![f];
+                handle_frames(&w.shared, counters, &w.local, &h, &mut one);
+            }
+            Err(e) => {
+                counters.skipped_control.fetch_add(1, Relaxed);
+                tracing::debug!(peer = h.id.0, "bad datagram: {e}");
+            }
+        }
+    }
+    let _ = h.close.send(true);
+}
+
+pub(crate) struct QuicRead(quinn::RecvStream);
+
+impl LinkRead for QuicRead {
+    async fn read(&mut self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
+        match self.0.read_chunk(READ_CHUNK, true).await {
+            Ok(Some(c)) => {
+                buf.extend_from_slice(&c.bytes);
+                (Ok(c.bytes.len()), buf)
+            }
+            Ok(None) => (Ok(0), buf),
+            Err(e) => (Err(io::Error::other(e)), buf),
+        }
+    }
+}
+
+pub(crate) struct QuicWrite {
+    send: quinn::SendStream,
+    conn: quinn::Connection,
+    worker: Worker,
+}
+
+impl LinkWrite for QuicWrite {
+    async fn write_batch(&mut self, mut batch: Vec<Bytes>) -> (io::Result<()>, Vec<Bytes>) {
+        let max = self.conn.max_datagram_size().unwrap_or(0);
+        let mut stream: Vec<Bytes> = Vec::new();
+        for f in std::mem::take(&mut batch) {
+            let is_data = f.get(1) == Some(&0);
+            if is_data && f.len() <= max {
+                match self.conn.send_datagram(f.clone()) {
+                    Ok(()) => continue,
+                    Err(quinn::SendDatagramError::TooLarge) => {}
+                    Err(e) => return (Err(io::Error::other(e)), batch),
+                }
+            }
+            if is_data {
+                self.worker.shared.counters[self.worker.idx]
+                    .quic_oversize_on_stream
+                    .fetch_add(1, Relaxed);
+            }
+            stream.push(f);
+        }
+        if !stream.is_empty()
+            && let Err(e) = self.send.write_all_chunks(&mut stream).await
+        {
+            return (Err(io::Error::other(e)), batch);
+        }
+        (Ok(()), batch)
+    }
+}
+
+/// The reference does not authenticate peers at the link level (the overlay's end-to-end
+/// encryption does not depend on it): any certificate is accepted, but the handshake
+/// signature is still checked.
+#[derive(Debug)]
+struct AnyServerCert(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

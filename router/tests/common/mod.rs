@@ -1,0 +1,392 @@
+//! Helpers for multi-process tests: start `hyphae-router` processes on loopback, talk to their
+//! admin API, and play a peer with hyphae-wire.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use hyphae_wire::babel::{Ihu, Tlv, Update};
+use hyphae_wire::data::{DataFrame, DataHeader};
+use hyphae_wire::deframer::{Deframer, Frame};
+use hyphae_wire::identity::{PublicKey, SecretKey};
+use hyphae_wire::seal::{SealingKey, UserDataKind};
+use hyphae_wire::{Interval, Metric, RouterId, SeqNo};
+use serde_json::Value;
+
+/// The drivers every daemon test runs under.
+pub fn drivers() -> Vec<&'static str> {
+    vec!["portable", "uring"]
+}
+
+/// A free TCP port that is also free for UDP.
+pub fn free_port() -> u16 {
+    loop {
+        let probe = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
+        let p = match probe {
+            Ok(a) => a.port(),
+            Err(e) => panic!("no free port: {e}"),
+        };
+        if UdpSocket::bind(("::", p)).is_ok() && TcpListener::bind(("::", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+pub struct Node {
+    pub name: String,
+    pub child: Child,
+    pub port: u16,
+    pub api: SocketAddr,
+    pub dir: PathBuf,
+}
+
+impl Node {
+    /// Starts a router with `extra` flags; its key is derived from `seed`.
+    pub fn start(name: &str, driver: &str, seed: u8, extra: &[String]) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "hyphae-it-{}-{name}-{driver}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key.bin");
+        std::fs::write(&key, [seed; 32]).unwrap();
+        let port = free_port();
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = std::fs::File::create(dir.join("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_hyphae-router"))
+            .args([
+                "-k",
+                key.to_str().unwrap(),
+                "-t",
+                &port.to_string(),
+                "-q",
+                &port.to_string(),
+            ])
+            .args([
+                "--api-addr",
+                &api.to_string(),
+                "--disable-peer-discovery",
+                "--no-tun",
+                "--workers",
+                "2",
+            ])
+            .args(["--driver", driver])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let n = Self {
+            name: name.into(),
+            child,
+            port,
+            api,
+            dir,
+        };
+        wait_until(Duration::from_secs(10), || {
+            http(n.api, "GET", "/api/v1/admin", None).is_some()
+        })
+        .unwrap_or_else(|| panic!("{name} did not start: {}", n.log()));
+        n
+    }
+
+    pub fn tcp(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    pub fn quic(&self) -> String {
+        format!("quic://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let (status, body) = http(self.api, "GET", path, None).expect("API answers");
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    pub fn info(&self) -> Value {
+        self.get("/api/v1/admin")
+    }
+
+    pub fn subnet(&self) -> String {
+        self.info()["nodeSubnet"].as_str().unwrap().to_owned()
+    }
+
+    pub fn selected(&self) -> Vec<Value> {
+        self.get("/api/v1/admin/routes/selected")
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    pub fn has_route(&self, subnet: &str) -> bool {
+        self.selected().iter().any(|r| r["subnet"] == subnet)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit on SIGTERM",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("--- log of {} ---\n{}", self.name, self.log());
+        }
+    }
+}
+
+/// Polls `f` every 20 ms until it is `Some`/true or `limit` passes.
+pub fn wait_until<T>(limit: Duration, mut f: impl FnMut() -> T) -> Option<T::Output>
+where
+    T: Ready,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().ready() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub trait Ready {
+    type Output;
+    fn ready(self) -> Option<Self::Output>;
+}
+
+impl Ready for bool {
+    type Output = ();
+    fn ready(self) -> Option<()> {
+        self.then_some(())
+    }
+}
+
+impl<T> Ready for Option<T> {
+    type Output = T;
+    fn ready(self) -> Self {
+        self
+    }
+}
+
+/// A minimal HTTP/1.1 client: returns status and body, `None` if the server is unreachable.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).ok()?;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Some((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A test-controlled Mycelium peer over TCP.
+pub struct FakePeer {
+    pub secret: SecretKey,
+    pub public: PublicKey,
+    pub router_id: RouterId,
+    pub stream: TcpStream,
+    buf: BytesMut,
+    deframer: Deframer,
+}
+
+impl FakePeer {
+    pub fn connect(port: u16, seed: u8) -> Self {
+        let secret = SecretKey::from_bytes([seed; 32]);
+        let public = secret.public_key();
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let router_id = RouterId::new(&public, 0, [seed, 1, 2, 3, 4, 5]);
+        Self {
+            secret,
+            public,
+            router_id,
+            stream,
+            buf: BytesMut::new(),
+            deframer: Deframer::new(),
+        }
+    }
+
+    pub fn address(&self) -> Ipv6Addr {
+        self.public.address()
+    }
+
+    pub fn send_tlv(&mut self, t: Tlv) {
+        let mut v = Vec::new();
+        t.encode_frame(&mut v);
+        self.stream.write_all(&v).unwrap();
+    }
+
+    /// Announces this peer's /64 (metric 0), as a node does first on a new link.
+    pub fn announce(&mut self) {
+        let u = Update {
+            flags: 0,
+            interval: Interval::from_secs(300),
+            seqno: SeqNo(0),
+            metric: Metric(0),
+            subnet: self.public.subnet(),
+            router_id: self.router_id,
+        };
+        self.send_tlv(Tlv::Update(u));
+    }
+
+    /// A sealed data frame from this peer to `dst`.
+    pub fn data_frame(&self, dst: &PublicKey, hop_limit: u8, payload: &[u8]) -> Vec<u8> {
+        let key = SealingKey::new(&self.secret.shared_secret(dst));
+        let mut body = Vec::new();
+        key.seal([7; 12], UserDataKind::MESSAGE, payload, &mut body);
+        let mut v = Vec::new();
+        DataHeader {
+            hop_limit,
+            src: self.address(),
+            dst: dst.address(),
+        }
+        .emit_frame(&body, &mut v)
+        .unwrap();
+        v
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Reads frames until a data frame arrives (answering Hellos) or `limit` passes.
+    pub fn recv_data(&mut self, limit: Duration) -> Option<DataFrame<BytesMut>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            while let Some(f) = self
+                .deframer
+                .next_frame(&mut self.buf)
+                .expect("router sends valid framing")
+            {
+                match f {
+                    Frame::Data(d) => return Some(d),
+                    Frame::Control(Tlv::Hello(_)) => {
+                        self.send_tlv(Tlv::Ihu(Ihu {
+                            rx_cost: Metric(10),
+                            interval: Interval(6000),
+                            address: None,
+                        }));
+                    }
+                    _ => {}
+                }
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            self.stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Opens a data frame addressed to this peer.
+    pub fn open(&self, frame: &mut DataFrame<BytesMut>, from: &PublicKey) -> Vec<u8> {
+        let key = SealingKey::new(&self.secret.shared_secret(from));
+        key.open(frame.body_mut()).expect("opens").1.to_vec()
+    }
+
+    /// Whether the router closed the link within `limit` (reads until EOF or error).
+    pub fn closed_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut chunk = [0u8; 65536];
+        while Instant::now() < deadline {
+            self.stream
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+}

@@ -1,0 +1,427 @@
+//! Multi-process tests: several `hyphae-router` processes on loopback, driven through their
+//! admin API and through test-controlled peers speaking the wire protocol. Every test runs
+//! under both I/O drivers (io_uring and portable).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{FakePeer, Node, http, wait_until};
+use hyphae_wire::identity::SecretKey;
+use serde_json::Value;
+
+macro_rules! both_drivers {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn portable() {
+                super::$name("portable");
+            }
+            #[test]
+            fn uring() {
+                super::$name("uring");
+            }
+        }
+    )*};
+}
+
+both_drivers!(
+    routes_converge_over_tcp_and_quic,
+    frame_crosses_three_hops_with_right_hop_limit,
+    killing_the_middle_node_reroutes_within_two_seconds,
+    hostile_peers_are_dropped_and_forwarding_goes_on,
+    admin_api_answers_with_the_reference_shapes,
+);
+
+const CONVERGE: Duration = Duration::from_secs(10);
+
+fn peers(list: &[&Node], quic: bool) -> Vec<String> {
+    let mut v = vec!["--peers".to_owned()];
+    v.extend(list.iter().map(|n| if quic { n.quic() } else { n.tcp() }));
+    v
+}
+
+fn routes_converge_over_tcp_and_quic(driver: &str) {
+    // a --tcp-- b --quic-- c -- x (a test peer)
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    let a = Node::start(
+        "a",
+        driver,
+        1,
+        &["--metrics-api-address".to_owned(), metrics.clone()],
+    );
+    let b = Node::start("b", driver, 2, &peers(&[&a], false));
+    let c_metrics = format!("127.0.0.1:{}", common::free_port());
+    let mut c_flags = peers(&[&b], true);
+    c_flags.extend(["--metrics-api-address".to_owned(), c_metrics.clone()]);
+    let c = Node::start("c", driver, 3, &c_flags);
+    let (sa, sb, sc) = (a.subnet(), b.subnet(), c.subnet());
+    // Own subnets are announced on every new link, and a newly acquired route is passed on at
+    // once: a hears of c through b.
+    wait_until(CONVERGE, || {
+        a.has_route(&sb) && b.has_route(&sa) && b.has_route(&sc) && a.has_route(&sc)
+    })
+    .expect("announced routes converge across TCP and QUIC");
+    // Routes to remote /64s are otherwise pulled on demand (as the reference since 0.6): c
+    // learns a's subnet when a peer of c sends a frame there.
+    let mut x = FakePeer::connect(c.port, 4);
+    x.announce();
+    let a_pk = SecretKey::from_bytes([1; 32]).public_key();
+    let opened = || {
+        let (_, body) = http(metrics.parse().unwrap(), "GET", "/metrics", None)?;
+        let n: u64 = body
+            .lines()
+            .filter(|l| l.starts_with("hyphae_local_opened_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        (n > 0).then_some(n)
+    };
+    let delivered = wait_until(CONVERGE, || {
+        x.send_raw(&x.data_frame(&a_pk, 64, b"over tcp and quic"))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        opened()
+    });
+    let before = delivered.expect("a frame from x reaches a across QUIC and TCP and opens there");
+    // A full-MTU frame (1472 bytes on the wire) does not fit a QUIC datagram: it must cross on
+    // the stream instead of resetting the link, as the reference's does.
+    let quic_link = || -> Option<String> {
+        let (_, body) = http(c_metrics.parse().unwrap(), "GET", "/metrics", None)?;
+        let line = body
+            .lines()
+            .find(|l| l.starts_with("hyphae_peer_tx_frames{") && l.contains("quic://"))?;
+        Some(line.split('"').nth(1)?.to_owned())
+    };
+    let oversize = || -> u64 {
+        let Some((_, body)) = http(c_metrics.parse().unwrap(), "GET", "/metrics", None) else {
+            return 0;
+        };
+        body.lines()
+            .filter(|l| l.starts_with("hyphae_quic_oversize_on_stream_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let link_before = quic_link().expect("c has a QUIC link");
+    assert_eq!(oversize(), 0);
+    x.send_raw(&x.data_frame(&a_pk, 64, &[0x33; 1400])).unwrap();
+    wait_until(CONVERGE, || opened().filter(|n| *n > before)).expect("the 1472-byte frame arrives");
+    assert_eq!(oversize(), 1, "it crossed on the stream");
+    assert_eq!(
+        quic_link(),
+        Some(link_before),
+        "the QUIC link was not reset"
+    );
+    assert!(c.has_route(&sa), "c learned a's subnet on demand");
+    let via = c
+        .selected()
+        .into_iter()
+        .find(|r| r["subnet"] == sa)
+        .unwrap();
+    assert!(
+        via["nextHop"].as_str().unwrap().starts_with("QUIC "),
+        "{via}"
+    );
+    let peers_of_b = b.get("/api/v1/admin/peers");
+    let protos: Vec<&str> = peers_of_b
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["endpoint"]["proto"].as_str().unwrap())
+        .collect();
+    assert!(
+        protos.contains(&"tcp") && protos.contains(&"quic"),
+        "{protos:?}"
+    );
+}
+
+fn frame_crosses_three_hops_with_right_hop_limit(driver: &str) {
+    // x -- r1 -- r2 -- r3 -- y
+    let r1 = Node::start("r1", driver, 11, &[]);
+    let r2 = Node::start("r2", driver, 12, &peers(&[&r1], false));
+    let r3 = Node::start("r3", driver, 13, &peers(&[&r2], false));
+    // The chain is up once r1 has heard of r3 (a route acquired is passed on at once).
+    let s3 = r3.subnet();
+    wait_until(CONVERGE, || r1.has_route(&s3)).expect("chain up");
+    let mut x = FakePeer::connect(r1.port, 21);
+    let mut y = FakePeer::connect(r3.port, 22);
+    x.announce();
+    y.announce();
+    let sy = y.public.subnet().to_string();
+    wait_until(CONVERGE, || r1.has_route(&sy)).expect("r1 learns y's subnet three hops away");
+    let payload = b"across three routers";
+    let frame = x.data_frame(&y.public, 64, payload);
+    x.send_raw(&frame).unwrap();
+    let mut got = y
+        .recv_data(Duration::from_secs(5))
+        .expect("y receives the frame");
+    assert_eq!(got.hop_limit(), 61, "one decrement per router");
+    assert_eq!((got.src(), got.dst()), (x.address(), y.address()));
+    assert_eq!(
+        y.open(&mut got, &x.public),
+        payload,
+        "body arrives intact and opens"
+    );
+    // The routers counted what they forwarded.
+    let stats = r2.get("/api/v1/admin/stats/packets");
+    let src = stats["bySource"].as_array().unwrap();
+    assert!(
+        src.iter()
+            .any(|e| e["ip"] == x.address().to_string() && e["packetCount"] == 1),
+        "{stats}"
+    );
+}
+
+fn killing_the_middle_node_reroutes_within_two_seconds(driver: &str) {
+    //      r2
+    // x - r1    r4 - y
+    //      r3
+    let mut r2 = Node::start("r2", driver, 32, &[]);
+    let mut r3 = Node::start("r3", driver, 33, &[]);
+    // r1 dials both, so its links name their listening ports.
+    let r1 = Node::start("r1", driver, 31, &peers(&[&r2, &r3], false));
+    let r4 = Node::start("r4", driver, 34, &peers(&[&r2, &r3], false));
+    let s4 = r4.subnet();
+    wait_until(CONVERGE, || r1.has_route(&s4)).expect("diamond up");
+    let mut x = FakePeer::connect(r1.port, 41);
+    let mut y = FakePeer::connect(r4.port, 42);
+    x.announce();
+    y.announce();
+    let sy = y.public.subnet().to_string();
+    wait_until(CONVERGE, || r1.has_route(&sy)).expect("route to y");
+    x.send_raw(&x.data_frame(&y.public, 64, b"before")).unwrap();
+    assert!(
+        y.recv_data(Duration::from_secs(5)).is_some(),
+        "frames flow before the cut"
+    );
+
+    // Kill whichever middle node r1 uses.
+    let route = r1
+        .selected()
+        .into_iter()
+        .find(|r| r["subnet"] == sy)
+        .unwrap();
+    let hop = route["nextHop"].as_str().unwrap().to_owned();
+    let victim = if peer_port_of(&r2, &hop) {
+        &mut r2
+    } else {
+        assert!(peer_port_of(&r3, &hop), "next hop {hop} is r2 or r3");
+        &mut r3
+    };
+    victim.kill();
+    let killed = Instant::now();
+    let mut delivered = None;
+    while killed.elapsed() < Duration::from_secs(5) {
+        x.send_raw(&x.data_frame(&y.public, 64, b"after")).unwrap();
+        if let Some(mut f) = y.recv_data(Duration::from_millis(50))
+            && y.open(&mut f, &x.public) == b"after"
+        {
+            delivered = Some(killed.elapsed());
+            break;
+        }
+    }
+    let took = delivered.expect("frames flow again after the cut");
+    println!("[{driver}] rerouted around a killed node in {took:?}");
+    assert!(took < Duration::from_secs(2), "rerouting took {took:?}");
+}
+
+/// Whether `hop` ("TCP local <-> remote") names a link to `n`'s listening port.
+fn peer_port_of(n: &Node, hop: &str) -> bool {
+    hop.ends_with(&format!(" <-> 127.0.0.1:{}", n.port))
+}
+
+fn hostile_peers_are_dropped_and_forwarding_goes_on(driver: &str) {
+    let r = Node::start("r", driver, 51, &[]);
+    let mut x = FakePeer::connect(r.port, 52);
+    let mut y = FakePeer::connect(r.port, 53);
+    x.announce();
+    y.announce();
+    let sy = y.public.subnet().to_string();
+    wait_until(CONVERGE, || r.has_route(&sy)).expect("route to y");
+    let deliver = |x: &mut FakePeer, y: &mut FakePeer, tag: &[u8]| {
+        x.send_raw(&x.data_frame(&y.public, 64, tag)).unwrap();
+        let mut f = y
+            .recv_data(Duration::from_secs(5))
+            .expect("forwarding goes on");
+        assert_eq!(
+            String::from_utf8_lossy(&y.open(&mut f, &x.public)),
+            String::from_utf8_lossy(tag)
+        );
+    };
+    deliver(&mut x, &mut y, b"first");
+
+    // Garbage: a wrong version byte is framing corruption: the link is closed.
+    let mut g = FakePeer::connect(r.port, 54);
+    g.send_raw(b"\x07\x00\x00\x00garbage garbage garbage")
+        .unwrap();
+    assert!(
+        g.closed_within(Duration::from_secs(5)),
+        "garbage peer disconnected"
+    );
+    deliver(&mut x, &mut y, b"after garbage");
+
+    // A lying TLV length inside a well-delimited packet is skipped; the link stays up and
+    // the next frame on it still counts.
+    let mut l = FakePeer::connect(r.port, 55);
+    let mut lie = vec![1, 1, 0, 0, 42, 3, 0, 8, 4, 60, 0x80, 0, 0, 1, 7, 0xd0];
+    lie.extend_from_slice(&l.data_frame(&y.public, 64, b"from the liar"));
+    l.send_raw(&lie).unwrap();
+    let mut f = y
+        .recv_data(Duration::from_secs(5))
+        .expect("frame after a lying TLV is forwarded");
+    assert_eq!(y.open(&mut f, &l.public), b"from the liar");
+    assert!(
+        !l.closed_within(Duration::from_millis(200)),
+        "a skipped TLV does not close the link"
+    );
+
+    // A 64 KiB data frame (the largest the format allows) for y is forwarded or dropped whole;
+    // either way the frame after it arrives intact.
+    let big = vec![0x5a; 65_535 - 32];
+    x.send_raw(&x.data_frame(&y.public, 64, &big)).unwrap();
+    x.send_raw(&x.data_frame(&y.public, 64, b"after the big frame"))
+        .unwrap();
+    let mut next = y
+        .recv_data(Duration::from_secs(5))
+        .expect("a frame arrives");
+    let mut body = y.open(&mut next, &x.public);
+    if body.len() == big.len() {
+        assert!(body == big, "the big frame arrives whole");
+        let mut after = y
+            .recv_data(Duration::from_secs(5))
+            .expect("the frame after it arrives");
+        body = y.open(&mut after, &x.public);
+    }
+    assert_eq!(String::from_utf8_lossy(&body), "after the big frame");
+
+    // An endless flood of announcements for subnets the sender does not own hijacks nothing.
+    let mut h = FakePeer::connect(r.port, 56);
+    for i in 0..200u8 {
+        let stolen = hyphae_wire::babel::Update {
+            flags: 0,
+            interval: hyphae_wire::Interval::from_secs(300),
+            seqno: hyphae_wire::SeqNo(u16::from(i)),
+            metric: hyphae_wire::Metric(0),
+            subnet: y.public.subnet(),
+            router_id: h.router_id,
+        };
+        h.send_tlv(hyphae_wire::babel::Tlv::Update(stolen));
+    }
+    deliver(&mut x, &mut y, b"not hijacked");
+    assert!(r.get("/api/v1/admin").is_object(), "still answering");
+}
+
+fn admin_api_answers_with_the_reference_shapes(driver: &str) {
+    let a = Node::start("a", driver, 61, &[]);
+    let b = Node::start("b", driver, 62, &peers(&[&a], false));
+    let sb = b.subnet();
+    wait_until(CONVERGE, || a.has_route(&sb)).expect("route");
+
+    let info = a.info();
+    let pk = SecretKey::from_bytes([61; 32]).public_key();
+    assert_eq!(info["nodePubkey"], pk.to_string());
+    assert_eq!(info["nodeIp"], pk.address().to_string());
+    assert_eq!(info["nodeSubnet"], pk.subnet().to_string());
+    assert!(info["nodeStartTime"].as_u64().unwrap() > 1_600_000_000);
+
+    let peers = b.get("/api/v1/admin/peers");
+    let p = &peers[0];
+    for k in [
+        "endpoint",
+        "type",
+        "connectionState",
+        "txBytes",
+        "rxBytes",
+        "discovered",
+        "lastConnected",
+    ] {
+        assert!(p.get(k).is_some(), "peer field {k}: {p}");
+    }
+    assert_eq!(
+        p["endpoint"],
+        serde_json::json!({"proto": "tcp", "addr": {"socket": format!("127.0.0.1:{}", a.port)}})
+    );
+    assert_eq!(
+        (p["type"].as_str(), p["connectionState"].as_str()),
+        (Some("static"), Some("alive"))
+    );
+
+    let route = &a.selected()[0];
+    assert_eq!(route["subnet"], sb);
+    assert!(route["nextHop"].as_str().unwrap().starts_with("TCP "));
+    assert!(
+        route["metric"].is_u64() && route["seqno"].is_u64(),
+        "{route}"
+    );
+    assert!(a.get("/api/v1/admin/routes/fallback").is_array());
+    assert!(a.get("/api/v1/admin/routes/queried").is_array());
+    let stats = a.get("/api/v1/admin/stats/packets");
+    assert!(stats["bySource"].is_array() && stats["byDestination"].is_array());
+
+    let b_ip = b.info()["nodeIp"].as_str().unwrap().to_owned();
+    let b_pk = b.info()["nodePubkey"].clone();
+    assert_eq!(a.get(&format!("/api/v1/pubkey/{b_ip}"))["publicKey"], b_pk);
+    assert_eq!(
+        http(a.api, "GET", "/api/v1/pubkey/5ff::1", None).unwrap().0,
+        404
+    );
+
+    // Peer management.
+    let post = |body: &str| {
+        http(a.api, "POST", "/api/v1/admin/peers", Some(body))
+            .unwrap()
+            .0
+    };
+    assert_eq!(post(r#"{"endpoint":"udp://1.2.3.4:5"}"#), 400);
+    assert_eq!(post(r#"{"endpoint":"tcp://127.0.0.1:9"}"#), 204);
+    assert_eq!(post(r#"{"endpoint":"tcp://127.0.0.1:9"}"#), 409);
+    let listed: Value = a.get("/api/v1/admin/peers");
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["endpoint"]["addr"]["socket"] == "127.0.0.1:9")
+    );
+    let del = |ep: &str| {
+        http(a.api, "DELETE", &format!("/api/v1/admin/peers/{ep}"), None)
+            .unwrap()
+            .0
+    };
+    assert_eq!(del("tcp%3A%2F%2F127.0.0.1%3A9"), 204);
+    assert_eq!(del("tcp%3A%2F%2F127.0.0.1%3A9"), 404);
+    assert_eq!(del("nonsense"), 400);
+}
+
+#[test]
+fn sigterm_exits_cleanly_and_bad_input_fails_with_one_line() {
+    let mut n = Node::start("t", "portable", 71, &[]);
+    assert!(n.terminate().success(), "clean exit on SIGTERM");
+
+    let bin = env!("CARGO_BIN_EXE_hyphae-router");
+    let dir = std::env::temp_dir().join(format!("hyphae-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad_key = dir.join("bad.key");
+    std::fs::write(&bad_key, b"short").unwrap();
+    let bad_cfg = dir.join("bad.toml");
+    std::fs::write(&bad_cfg, "peers = 7\n").unwrap();
+    for args in [
+        vec!["--peers".to_owned(), "bogus".to_owned()],
+        vec!["-k".to_owned(), bad_key.display().to_string()],
+        vec!["-c".to_owned(), bad_cfg.display().to_string()],
+        vec!["--no-such-flag".to_owned()],
+    ] {
+        let out = std::process::Command::new(bin)
+            .args(&args)
+            .args(["--api-addr", "127.0.0.1:1"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} must fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let first = err.lines().next().unwrap_or("");
+        assert!(
+            !first.is_empty() && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
