@@ -21,9 +21,12 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(settings.log_level));
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(tty)
+        .with_writer(std::io::stderr)
         .init();
     match daemon::run(settings) {
         Ok(()) => ExitCode::SUCCESS,

@@ -22,6 +22,8 @@ use crate::fib::FibWriter;
 
 /// How often dead configured peers are redialed (the reference's interval).
 const REDIAL_INTERVAL: Duration = Duration::from_secs(5);
+/// Failed connects after which a discovered peer is forgotten (the reference's rule).
+const MAX_DISCOVERED_FAILURES: u32 = 3;
 /// Messages handled before outputs are flushed (batches FIB publications).
 const BATCH: usize = 256;
 
@@ -51,6 +53,8 @@ pub(crate) enum ControlMsg {
     NeedRoute(Subnet),
     /// A dial failed.
     DialFailed(Endpoint),
+    /// Link-local discovery heard a beacon.
+    Discovered(Endpoint),
     /// An admin API request.
     Admin(Admin),
 }
@@ -128,6 +132,7 @@ struct Configured {
     discovered: Instant,
     last_connected: Option<Instant>,
     next_dial: Instant,
+    failures: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +234,7 @@ impl Control {
                 {
                     c.state = PeerState::Alive(handle.id);
                     c.last_connected = Some(now);
+                    c.failures = 0;
                 }
                 self.links.insert(handle.id, (handle.clone(), now));
                 self.router.handle_peer_up(now, handle.id, link);
@@ -253,6 +259,24 @@ impl Control {
                 {
                     c.state = PeerState::Dead;
                     c.next_dial = now + REDIAL_INTERVAL;
+                    c.failures += 1;
+                    if c.kind == PeerType::LinkLocalDiscovery
+                        && c.failures >= MAX_DISCOVERED_FAILURES
+                    {
+                        tracing::info!(endpoint = %ep, "forgetting discovered peer after failed connects");
+                        self.configured.remove(&ep);
+                    }
+                }
+            }
+            ControlMsg::Discovered(ep) => {
+                let known = self.configured.contains_key(&ep)
+                    || self
+                        .links
+                        .values()
+                        .any(|(h, _)| h.endpoint.addr.ip() == ep.addr.ip());
+                if !known {
+                    tracing::info!(endpoint = %ep, "discovered a peer on the local link");
+                    self.configure(ep, PeerType::LinkLocalDiscovery, now);
                 }
             }
             ControlMsg::Admin(a) => self.admin(now, a),
@@ -271,6 +295,7 @@ impl Control {
                 discovered: now,
                 last_connected: None,
                 next_dial: now,
+                failures: 0,
             },
         );
         self.redial(now);

@@ -21,6 +21,7 @@ pub mod endpoint;
 
 mod api;
 mod control;
+mod discovery;
 mod forward;
 mod link;
 mod quic;
@@ -75,7 +76,6 @@ pub(crate) enum PeerType {
     /// It connected to us.
     Inbound,
     /// Found by link-local discovery.
-    #[allow(dead_code)] // discovery is not wired yet
     LinkLocalDiscovery,
 }
 

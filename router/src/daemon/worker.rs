@@ -179,6 +179,16 @@ async fn worker_main(
         },
         None => None,
     };
+    if idx == 0
+        && let Some(port) = shared.settings.discovery_port
+    {
+        match super::discovery::bind(port) {
+            Ok(sock) => {
+                spawn_local(super::discovery::run(shared.clone(), sock, port));
+            }
+            Err(e) => tracing::warn!("peer discovery on UDP port {port} disabled: {e}"),
+        }
+    }
     while let Some(cmd) = cmds.recv().await {
         match cmd {
             WorkerCmd::Dial(ep, kind) => match ep.proto {
