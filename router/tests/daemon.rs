@@ -76,12 +76,11 @@ fn routes_converge_over_tcp_and_quic(driver: &str) {
             .sum();
         (n > 0).then_some(n)
     };
-    let delivered = wait_until(CONVERGE, || {
-        x.send_raw(&x.data_frame(&a_pk, 64, b"over tcp and quic"))
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        opened()
-    });
+    // One frame, sent before any route exists: c holds it while it asks for a's route, and a
+    // holds it while it asks for x's (to learn x's key), as the reference queues such frames.
+    x.send_raw(&x.data_frame(&a_pk, 64, b"over tcp and quic"))
+        .unwrap();
+    let delivered = wait_until(CONVERGE, opened);
     let before = delivered.expect("a frame from x reaches a across QUIC and TCP and opens there");
     // A full-MTU frame (1472 bytes on the wire) does not fit a QUIC datagram: it must cross on
     // the stream instead of resetting the link, as the reference's does.

@@ -212,6 +212,22 @@ impl Drop for Router {
     }
 }
 
+fn set_notsent_lowat(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let v: libc::c_int = 128 * 1024;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live local.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&v as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -226,6 +242,8 @@ fn announce(seed: u8, port: u16) -> Result<Peer> {
     let key = secret.public_key();
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_nodelay(true)?;
+    // Behave like a hyphae peer: a short unsent backlog in the kernel.
+    set_notsent_lowat(&stream);
     let u = Update {
         flags: 0,
         interval: Interval::from_secs(300),

@@ -7,9 +7,11 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::Ipv6Addr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use hyphae_wire::Subnet;
@@ -26,6 +28,12 @@ use crate::hash::SeededState;
 const MAX_STATS_ENTRIES: usize = 16_384;
 /// Most sealing keys a worker caches.
 const MAX_KEYS: usize = 4096;
+/// Frames held per destination /64 while its route is looked for (the reference: 100 inbound).
+const MAX_PENDING_PER_SUBNET: usize = 100;
+/// Frames held per worker while routes are looked for.
+const MAX_PENDING: usize = 10_000;
+/// How long a frame may wait for its route (the reference's route query timeout).
+pub(crate) const PENDING_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Packets and bytes by address.
 pub(crate) type AddrCounts = HashMap<Ipv6Addr, (u64, u64), SeededState>;
@@ -38,6 +46,20 @@ pub(crate) struct WorkerLocal {
     pub(crate) by_source: AddrCounts,
     /// Packets and bytes by destination address.
     pub(crate) by_destination: AddrCounts,
+    /// Frames waiting for a route, by the /64 (its upper 64 bits) whose route they need: the
+    /// destination's to be forwarded, or, for frames to this node, the source's (for its key).
+    pending: HashMap<u64, VecDeque<Held>, SeededState>,
+    pending_len: usize,
+    /// Woken when the first frame is held.
+    pub(crate) pending_wake: Rc<tokio::sync::Notify>,
+}
+
+/// A frame waiting for a route.
+#[derive(Debug)]
+struct Held {
+    since: Instant,
+    frame: DataFrame<BytesMut>,
+    local: bool,
 }
 
 impl WorkerLocal {
@@ -46,7 +68,15 @@ impl WorkerLocal {
             keys: HashMap::new(),
             by_source: HashMap::with_hasher(SeededState::new(seed)),
             by_destination: HashMap::with_hasher(SeededState::new(seed.rotate_left(32))),
+            pending: HashMap::with_hasher(SeededState::new(seed.rotate_left(16))),
+            pending_len: 0,
+            pending_wake: Rc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Whether frames are waiting for routes.
+    pub(crate) fn has_pending(&self) -> bool {
+        self.pending_len > 0
     }
 }
 
@@ -155,14 +185,20 @@ pub(crate) fn handle_frames(
             by_source,
             by_destination,
             keys,
+            ..
         } = &mut *l;
         src_run.add(by_source, src, len);
         dst_run.add(by_destination, dst, len);
         if shared.node.subnet.contains_ip(dst.into()) {
             t.local += 1;
             match open_local(shared, keys, &mut frame) {
-                true => t.local_opened += 1,
-                false => t.local_unopened += 1,
+                Some(true) => t.local_opened += 1,
+                Some(false) => t.local_unopened += 1,
+                // The source's key is not known yet: hold the frame while its route is found.
+                None => match hold(shared, &mut l, u128::from(src) >> 64, frame, true) {
+                    true => {}
+                    false => t.local_unopened += 1,
+                },
             }
             continue;
         }
@@ -182,10 +218,9 @@ pub(crate) fn handle_frames(
             }
         };
         let Some(next) = next else {
-            t.no_route += 1;
-            let _ = shared
-                .ctl
-                .try_send(ControlMsg::NeedRoute(Subnet::v6_64(dst)));
+            if !hold(shared, &mut l, net, frame, false) {
+                t.no_route += 1;
+            }
             continue;
         };
         if next == from.id {
@@ -210,23 +245,100 @@ pub(crate) fn handle_frames(
     t.publish(counters);
 }
 
+/// Holds a frame until the route for `net` (a /64's upper bits) appears, as the reference
+/// does; asks the control thread for that route with the first frame. False if over the caps.
+fn hold(
+    shared: &Shared,
+    l: &mut WorkerLocal,
+    net: u128,
+    frame: DataFrame<BytesMut>,
+    local: bool,
+) -> bool {
+    let subnet = Subnet::v6_64(Ipv6Addr::from(net << 64));
+    let q = l.pending.entry(net as u64).or_default();
+    if q.is_empty() {
+        let _ = shared.ctl.try_send(ControlMsg::NeedRoute(subnet));
+    }
+    if q.len() >= MAX_PENDING_PER_SUBNET || l.pending_len >= MAX_PENDING {
+        return false;
+    }
+    q.push_back(Held {
+        since: Instant::now(),
+        frame,
+        local,
+    });
+    l.pending_len += 1;
+    if l.pending_len == 1 {
+        l.pending_wake.notify_one();
+    }
+    true
+}
+
+/// Sends (or opens) the held frames whose route has appeared; drops and counts those that
+/// waited too long. Called by the worker while frames are held.
+pub(crate) fn flush_pending(
+    shared: &Shared,
+    counters: &WorkerCounters,
+    local: &Local,
+    now: Instant,
+) {
+    let mut l = local.borrow_mut();
+    let WorkerLocal {
+        pending,
+        pending_len,
+        keys,
+        ..
+    } = &mut *l;
+    let peers = shared.peers.load();
+    let mut t = Tally::default();
+    pending.retain(|net, q| {
+        let subnet = Subnet::v6_64(Ipv6Addr::from(u128::from(*net) << 64));
+        let next = shared.fib.lookup(Ipv6Addr::from(u128::from(*net) << 64));
+        let known_key = shared.keys.load().contains_key(&subnet);
+        while let Some(h) = q.front() {
+            let ready = if h.local { known_key } else { next.is_some() };
+            let expired = now.duration_since(h.since) >= PENDING_TIMEOUT;
+            if !ready && !expired {
+                break;
+            }
+            let Some(mut h) = q.pop_front() else { break };
+            *pending_len -= 1;
+            match (ready, h.local) {
+                (false, true) => t.local_unopened += 1,
+                (false, false) => t.no_route += 1,
+                (true, true) => match open_local(shared, keys, &mut h.frame) {
+                    Some(true) => t.local_opened += 1,
+                    _ => t.local_unopened += 1,
+                },
+                (true, false) => match next.and_then(|p| peers.get(&p)) {
+                    Some(egress) => match egress.data_tx.try_send(h.frame.into_inner().freeze()) {
+                        Ok(()) => t.forwarded += 1,
+                        Err(_) => t.queue_full += 1,
+                    },
+                    None => t.no_route += 1,
+                },
+            }
+        }
+        !q.is_empty()
+    });
+    t.publish(counters);
+}
+
 /// Opens a frame for this node. The message subsystem is not built yet: an authenticated
-/// frame is counted and dropped. Returns whether it opened.
+/// frame is counted and dropped. Returns whether it opened, or `None` if the source's key is
+/// not known (no route to the source yet).
 fn open_local(
     shared: &Shared,
     keys: &mut HashMap<PublicKey, SealingKey>,
     frame: &mut DataFrame<BytesMut>,
-) -> bool {
+) -> Option<bool> {
     let src_subnet = Subnet::v6_64(frame.src());
-    let Some(pk) = shared.keys.load().get(&src_subnet).copied() else {
-        let _ = shared.ctl.try_send(ControlMsg::NeedRoute(src_subnet));
-        return false;
-    };
+    let pk = shared.keys.load().get(&src_subnet).copied()?;
     if keys.len() >= MAX_KEYS && !keys.contains_key(&pk) {
         keys.clear();
     }
     let key = keys
         .entry(pk)
         .or_insert_with(|| SealingKey::new(&shared.node.secret.shared_secret(&pk)));
-    key.open(frame.body_mut()).is_ok()
+    Some(key.open(frame.body_mut()).is_ok())
 }

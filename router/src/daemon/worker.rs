@@ -15,7 +15,7 @@ use tokio::task::spawn_local;
 
 use super::config::DriverChoice;
 use super::endpoint::{Endpoint, Proto};
-use super::forward::{AddrCounts, Local, WorkerLocal, handle_frames};
+use super::forward::{AddrCounts, Local, WorkerLocal, flush_pending, handle_frames};
 use super::link::{LinkRead, LinkWrite, PortableRead, PortableWrite, READ_CHUNK};
 use super::{
     ControlMsg, PEER_QUEUE_FRAMES, PeerCounters, PeerHandle, PeerType, Shared, StartError, quic,
@@ -189,6 +189,7 @@ async fn worker_main(
             Err(e) => tracing::warn!("peer discovery on UDP port {port} disabled: {e}"),
         }
     }
+    spawn_local(pending_loop(w.clone()));
     while let Some(cmd) = cmds.recv().await {
         match cmd {
             WorkerCmd::Dial(ep, kind) => match ep.proto {
@@ -210,6 +211,27 @@ async fn worker_main(
             }
             WorkerCmd::Shutdown => break,
         }
+    }
+}
+
+/// Releases frames held for routes that appeared: sleeps until a frame is held, then checks
+/// every 5 ms while any are.
+async fn pending_loop(w: Worker) {
+    let mut shutdown = w.shared.shutdown.clone();
+    let wake = w.local.borrow().pending_wake.clone();
+    loop {
+        let held = w.local.borrow().has_pending();
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            _ = wake.notified(), if !held => continue,
+            _ = tokio::time::sleep(Duration::from_millis(5)), if held => {}
+        }
+        flush_pending(
+            &w.shared,
+            &w.shared.counters[w.idx],
+            &w.local,
+            std::time::Instant::now(),
+        );
     }
 }
 
@@ -290,6 +312,10 @@ impl Worker {
 
     fn start_tcp(&self, stream: tokio::net::TcpStream, ep: Endpoint, kind: PeerType) {
         let _ = stream.set_nodelay(true);
+        // Keep the kernel's unsent backlog short: frames wait in our bounded per-peer queue,
+        // where they can be dropped and counted, rather than in an autotuned send buffer
+        // (in-flight data, and so throughput over long paths, is not limited by this).
+        let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(TCP_NOTSENT_LOWAT);
         let local_addr = stream.local_addr().map_or(ep.addr, canonical);
         let lk = link_kind(Proto::Tcp, ep.addr);
         match self.driver {
@@ -424,6 +450,9 @@ impl Worker {
         tracing::info!(peer = handle.id.0, %endpoint, "peer down");
     }
 }
+
+/// Unsent bytes the kernel may hold per TCP peer socket.
+const TCP_NOTSENT_LOWAT: u32 = 128 * 1024;
 
 /// Maximum frames moved from the queues into one vectored write.
 const WRITE_BATCH: usize = 512;
