@@ -10,9 +10,10 @@
 //! ```
 //!
 //! Reports, for 296-byte and 1340-byte frames at saturation: delivered frames/s, Gbit/s, the
-//! router's CPU seconds, and latency percentiles (queues must stay bounded); then, paced
-//! open-loop at a fixed rate: latency percentiles through the router and over a direct TCP
-//! connection, whose difference is the latency the hop adds.
+//! router's CPU seconds, and latency percentiles (queues must stay bounded), next to the same
+//! saturation straight over one TCP connection (the generator's own floor on this machine);
+//! then, paced open-loop at a fixed rate: latency percentiles through the router and over a
+//! direct TCP connection, whose difference is the latency the hop adds.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -54,6 +55,9 @@ struct Args {
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Passed to the router as --tcp-rcvbuf (bytes).
+    #[arg(long)]
+    router_rcvbuf: Option<usize>,
     /// CPU to pin the router to (the generator takes the others).
     #[arg(long)]
     router_cpu: Option<usize>,
@@ -88,6 +92,12 @@ fn main() -> Result<()> {
     drop(router);
 
     let (mut dtx, drx) = direct_pair()?;
+    // The generator's own floor: the same saturation straight over one TCP connection.
+    for frame_len in [296usize, 1340] {
+        let r = saturate_direct(&mut dtx, &drx, frame_len, args.seconds)?;
+        r.print();
+        results.push(r);
+    }
     let r = paced(
         &mut dtx,
         &drx,
@@ -99,7 +109,7 @@ fn main() -> Result<()> {
     )?;
     r.print();
     results.push(r);
-    let (hop, direct) = (&results[2], &results[3]);
+    let (hop, direct) = (&results[2], &results[5]);
     println!(
         "added by the hop at {} frames/s: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us",
         args.rate,
@@ -213,15 +223,18 @@ impl Drop for Router {
 }
 
 fn set_notsent_lowat(s: &TcpStream) {
+    set_int_opt(s, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, 128 * 1024);
+}
+
+fn set_int_opt(s: &TcpStream, level: libc::c_int, name: libc::c_int, v: libc::c_int) {
     use std::os::fd::AsRawFd;
-    let v: libc::c_int = 128 * 1024;
     // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live local.
     #[allow(unsafe_code)]
     unsafe {
         libc::setsockopt(
             s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
+            level,
+            name,
             (&v as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         );
@@ -332,6 +345,10 @@ struct Receiver {
 
 impl Receiver {
     fn spawn(mut stream: TcpStream) -> Self {
+        // A sink slower than the router would otherwise time its own autotuned receive backlog
+        // (megabytes); a small buffer pushes that backlog back into the router's queue, whose
+        // bound is what the saturation latency should show.
+        set_int_opt(&stream, libc::SOL_SOCKET, libc::SO_RCVBUF, 256 * 1024);
         let frames = Arc::new(AtomicU64::new(0));
         let bytes = Arc::new(AtomicU64::new(0));
         let hist = Arc::new(std::sync::Mutex::new(new_hist()));
@@ -504,6 +521,39 @@ fn saturate(
         frames_per_s: (f1 - f0) as f64 / el,
         gbit_per_s: (b1 - b0) as f64 * 8.0 / el / 1e9,
         router_cpu_s: Some(c1 - c0),
+        p50_us: p50,
+        p99_us: p99,
+        p999_us: p999,
+        max_us: max,
+    })
+}
+
+fn saturate_direct(
+    tx: &mut Sender,
+    rx: &Receiver,
+    frame_len: usize,
+    secs: f64,
+) -> Result<RunResult> {
+    let per_write = (256 * 1024 / frame_len).max(1);
+    let mut template = tx.batch(frame_len, per_write, 0);
+    rx.reset();
+    let f0 = rx.frames.load(Relaxed);
+    let t0 = Instant::now();
+    while t0.elapsed().as_secs_f64() < secs {
+        template[40 + 8..40 + 16].copy_from_slice(&now_ns().to_le_bytes());
+        tx.send_batch(&template)?;
+    }
+    let el = t0.elapsed().as_secs_f64();
+    let frames = rx.frames.load(Relaxed) - f0;
+    let (p50, p99, p999, max) = percentiles(rx);
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(RunResult {
+        name: "saturation, direct TCP".into(),
+        frame_len,
+        offered: None,
+        frames_per_s: frames as f64 / el,
+        gbit_per_s: (frames * frame_len as u64) as f64 * 8.0 / el / 1e9,
+        router_cpu_s: None,
         p50_us: p50,
         p99_us: p99,
         p999_us: p999,

@@ -306,9 +306,7 @@ async fn prometheus(State(s): State<Arc<Shared>>) -> Response {
         ("queue_full_drops", |h| {
             h.counters.dropped_queue_full.load(Relaxed)
         }),
-        ("queue_depth", |h| {
-            (super::PEER_QUEUE_FRAMES - h.data_tx.capacity()) as u64
-        }),
+        ("queued_bytes", |h| h.queued.load(Relaxed) as u64),
     ];
     for (name, f) in per_peer {
         let _ = writeln!(out, "# TYPE hyphae_peer_{name} gauge");

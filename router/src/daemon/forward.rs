@@ -19,7 +19,6 @@ use hyphae_wire::data::DataFrame;
 use hyphae_wire::deframer::Frame;
 use hyphae_wire::identity::PublicKey;
 use hyphae_wire::seal::SealingKey;
-use tokio::sync::mpsc::error::TrySendError;
 
 use super::{ControlMsg, PeerHandle, Shared, WorkerCounters};
 use crate::hash::SeededState;
@@ -147,6 +146,32 @@ impl Tally {
     }
 }
 
+/// Longest run of frames queued as one slice.
+const MAX_RUN: usize = 64 * 1024;
+
+/// Frames for one egress peer, contiguous in the receive buffer.
+struct Staged {
+    peer: crate::PeerId,
+    run: BytesMut,
+    frames: u32,
+}
+
+impl Staged {
+    fn send(self, peers: &HashMap<crate::PeerId, std::sync::Arc<PeerHandle>>, t: &mut Tally) {
+        let n = u64::from(self.frames);
+        match peers.get(&self.peer) {
+            Some(e) if e.enqueue(self.run.freeze(), self.frames) => t.forwarded += n,
+            Some(_) => t.queue_full += n,
+            None => t.no_route += n,
+        }
+    }
+}
+
+/// Whether `b` starts where `a` ends in memory (so `unsplit` joins them without copying).
+fn adjacent(a: &BytesMut, b: &BytesMut) -> bool {
+    (a.as_ptr() as usize).wrapping_add(a.len()) == b.as_ptr() as usize
+}
+
 /// Handles every frame in `frames` (from one read of `from`), leaving it empty.
 pub(crate) fn handle_frames(
     shared: &Shared,
@@ -159,6 +184,7 @@ pub(crate) fn handle_frames(
     let mut t = Tally::default();
     let mut l = local.borrow_mut();
     let (mut src_run, mut dst_run) = (Run::default(), Run::default());
+    let mut staged: Option<Staged> = None;
     // The last route looked up, reused while the destination /64 stays the same.
     let mut last: Option<(u128, Option<crate::PeerId>)> = None;
     for f in frames.drain(..) {
@@ -227,18 +253,32 @@ pub(crate) fn handle_frames(
             t.looped += 1;
             continue;
         }
-        let Some(egress) = peers.get(&next) else {
-            t.no_route += 1;
-            continue;
-        };
-        match egress.data_tx.try_send(frame.into_inner().freeze()) {
-            Ok(()) => t.forwarded += 1,
-            Err(TrySendError::Full(_)) => {
-                t.queue_full += 1;
-                egress.counters.dropped_queue_full.fetch_add(1, Relaxed);
+        // Consecutive frames of one read for one egress peer sit side by side in the receive
+        // buffer: rejoin them (no copy) into one run, queued and written as one slice.
+        let bytes = frame.into_inner();
+        match &mut staged {
+            Some(s)
+                if s.peer == next
+                    && s.run.len() + bytes.len() <= MAX_RUN
+                    && adjacent(&s.run, &bytes) =>
+            {
+                s.run.unsplit(bytes);
+                s.frames += 1;
             }
-            Err(TrySendError::Closed(_)) => t.no_route += 1,
+            _ => {
+                if let Some(s) = staged.take() {
+                    s.send(&peers, &mut t);
+                }
+                staged = Some(Staged {
+                    peer: next,
+                    run: bytes,
+                    frames: 1,
+                });
+            }
         }
+    }
+    if let Some(s) = staged.take() {
+        s.send(&peers, &mut t);
     }
     src_run.flush(&mut l.by_source);
     dst_run.flush(&mut l.by_destination);
@@ -311,9 +351,9 @@ pub(crate) fn flush_pending(
                     _ => t.local_unopened += 1,
                 },
                 (true, false) => match next.and_then(|p| peers.get(&p)) {
-                    Some(egress) => match egress.data_tx.try_send(h.frame.into_inner().freeze()) {
-                        Ok(()) => t.forwarded += 1,
-                        Err(_) => t.queue_full += 1,
+                    Some(egress) => match egress.enqueue(h.frame.into_inner().freeze(), 1) {
+                        true => t.forwarded += 1,
+                        false => t.queue_full += 1,
                     },
                     None => t.no_route += 1,
                 },
@@ -341,4 +381,21 @@ fn open_local(
         .entry(pk)
         .or_insert_with(|| SealingKey::new(&shared.node.secret.shared_secret(&pk)));
     Some(key.open(frame.body_mut()).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_split_from_one_read_rejoin_without_copying() {
+        let mut buf = BytesMut::from(&[1u8; 600][..]);
+        let start = buf.as_ptr();
+        let mut a = buf.split_to(296);
+        let b = buf.split_to(296);
+        assert!(adjacent(&a, &b));
+        a.unsplit(b);
+        assert_eq!((a.as_ptr(), a.len()), (start, 592), "joined in place");
+        assert!(!adjacent(&a, &BytesMut::from(&[0u8; 8][..])));
+    }
 }

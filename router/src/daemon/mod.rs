@@ -30,7 +30,7 @@ mod worker;
 use std::collections::HashMap;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -46,8 +46,9 @@ use endpoint::Endpoint;
 
 pub(crate) use control::ControlMsg;
 
-/// Frames a peer's egress queue holds before new ones are dropped (and counted).
-pub(crate) const PEER_QUEUE_FRAMES: usize = 4096;
+/// Bytes a peer's egress queue holds before new frames are dropped (and counted): about a
+/// millisecond at the rates one core forwards, so a saturated link adds bounded delay.
+pub(crate) const PEER_QUEUE_BYTES: usize = 512 * 1024;
 /// Control messages the control thread's inbox holds before TLVs are dropped (and counted).
 pub(crate) const CONTROL_QUEUE: usize = 65_536;
 
@@ -115,8 +116,11 @@ pub(crate) struct PeerHandle {
     pub(crate) local: SocketAddr,
     /// How it came to be.
     pub(crate) kind: PeerType,
-    /// Data frames to send (bounded; full means drop).
-    pub(crate) data_tx: mpsc::Sender<Bytes>,
+    /// Runs of whole data frames to send, with their frame counts; bounded in bytes by
+    /// [`PeerHandle::enqueue`].
+    pub(crate) data_tx: mpsc::UnboundedSender<(Bytes, u32)>,
+    /// Bytes queued on `data_tx` and not yet written.
+    pub(crate) queued: AtomicUsize,
     /// Control frames to send (sent before data).
     pub(crate) ctl_tx: mpsc::UnboundedSender<Bytes>,
     /// Counters.
@@ -126,6 +130,26 @@ pub(crate) struct PeerHandle {
 }
 
 impl PeerHandle {
+    /// Queues a run of `frames` whole data frames for sending. Returns false, queuing nothing
+    /// and counting the drop, when the queue's byte budget is spent (an empty queue always
+    /// takes one run, so any single frame fits).
+    pub(crate) fn enqueue(&self, run: Bytes, frames: u32) -> bool {
+        let len = run.len();
+        let before = self.queued.fetch_add(len, Relaxed);
+        if before != 0 && before + len > PEER_QUEUE_BYTES {
+            self.queued.fetch_sub(len, Relaxed);
+            self.counters
+                .dropped_queue_full
+                .fetch_add(u64::from(frames), Relaxed);
+            return false;
+        }
+        if self.data_tx.send((run, frames)).is_err() {
+            self.queued.fetch_sub(len, Relaxed);
+            return false;
+        }
+        true
+    }
+
     /// The reference's description of a link, used as `nextHop` in route listings.
     pub(crate) fn describe(&self) -> String {
         let proto = match self.endpoint.proto {
@@ -256,7 +280,8 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
     tracing::info!(address = %node.address, subnet = %node.subnet, pubkey = %node.public, "node identity");
 
     let driver = worker::pick_driver(settings.driver)?;
-    let listeners = worker::bind_tcp_listeners(settings.tcp_port, settings.workers)?;
+    let listeners =
+        worker::bind_tcp_listeners(settings.tcp_port, settings.workers, settings.tcp_rcvbuf)?;
     let quic_socket = match settings.quic_port {
         Some(p) => Some(quic::bind_socket(p)?),
         None => None,

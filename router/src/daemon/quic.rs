@@ -209,6 +209,21 @@ pub(crate) async fn datagram_loop(w: Worker, h: Arc<PeerHandle>, conn: quinn::Co
     let _ = h.close.send(true);
 }
 
+/// Splits a run of whole frames (as queued by the forwarding path) into single frames.
+fn frames_in(mut run: Bytes) -> impl Iterator<Item = Bytes> {
+    std::iter::from_fn(move || {
+        if run.is_empty() {
+            return None;
+        }
+        let len = match run.get(1) {
+            Some(0) => hyphae_wire::data::frame_len(&run).ok(),
+            _ => hyphae_wire::babel::control_frame_len(&run).ok(),
+        };
+        let len = len.filter(|l| *l <= run.len()).unwrap_or(run.len());
+        Some(run.split_to(len))
+    })
+}
+
 pub(crate) struct QuicRead(quinn::RecvStream);
 
 impl LinkRead for QuicRead {
@@ -234,7 +249,7 @@ impl LinkWrite for QuicWrite {
     async fn write_batch(&mut self, mut batch: Vec<Bytes>) -> (io::Result<()>, Vec<Bytes>) {
         let max = self.conn.max_datagram_size().unwrap_or(0);
         let mut stream: Vec<Bytes> = Vec::new();
-        for f in std::mem::take(&mut batch) {
+        for f in std::mem::take(&mut batch).into_iter().flat_map(frames_in) {
             let is_data = f.get(1) == Some(&0);
             if is_data && f.len() <= max {
                 match self.conn.send_datagram(f.clone()) {
@@ -307,5 +322,28 @@ impl ServerCertVerifier for AnyServerCert {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyphae_wire::babel::{Hello, Tlv};
+    use hyphae_wire::data::DataHeader;
+    use hyphae_wire::{Interval, SeqNo};
+
+    #[test]
+    fn runs_split_into_frames() {
+        let h = DataHeader {
+            hop_limit: 9,
+            src: "4a9::1".parse().unwrap(),
+            dst: "4a9::2".parse().unwrap(),
+        };
+        let mut v = Vec::new();
+        h.emit_frame(&[7; 100], &mut v).unwrap();
+        Tlv::Hello(Hello::unicast(SeqNo(1), Interval(2000))).encode_frame(&mut v);
+        h.emit_frame(&[8; 1400], &mut v).unwrap();
+        let lens: Vec<usize> = frames_in(Bytes::from(v)).map(|f| f.len()).collect();
+        assert_eq!(lens, vec![140, 16, 1440]);
     }
 }

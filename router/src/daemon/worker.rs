@@ -17,9 +17,7 @@ use super::config::DriverChoice;
 use super::endpoint::{Endpoint, Proto};
 use super::forward::{AddrCounts, Local, WorkerLocal, flush_pending, handle_frames};
 use super::link::{LinkRead, LinkWrite, PortableRead, PortableWrite, READ_CHUNK};
-use super::{
-    ControlMsg, PEER_QUEUE_FRAMES, PeerCounters, PeerHandle, PeerType, Shared, StartError, quic,
-};
+use super::{ControlMsg, PeerCounters, PeerHandle, PeerType, Shared, StartError, quic};
 use crate::babel::LinkKind;
 
 /// The I/O driver a worker runs.
@@ -77,6 +75,7 @@ fn uring_available() -> Result<(), String> {
 pub(crate) fn bind_tcp_listeners(
     port: u16,
     n: usize,
+    rcvbuf: Option<usize>,
 ) -> Result<Vec<std::net::TcpListener>, StartError> {
     let addr: SocketAddr = (Ipv6Addr::UNSPECIFIED, port).into();
     let bind = |port_addr: SocketAddr| -> std::io::Result<std::net::TcpListener> {
@@ -85,6 +84,11 @@ pub(crate) fn bind_tcp_listeners(
         s.set_reuse_address(true)?;
         s.set_reuse_port(true)?;
         s.set_nonblocking(true)?;
+        if let Some(b) = rcvbuf {
+            // Set before listening, so accepted sockets inherit it and announce a matching
+            // window scale.
+            s.set_recv_buffer_size(b)?;
+        }
         s.bind(&port_addr.into())?;
         s.listen(1024)?;
         Ok(s.into())
@@ -316,6 +320,9 @@ impl Worker {
         // where they can be dropped and counted, rather than in an autotuned send buffer
         // (in-flight data, and so throughput over long paths, is not limited by this).
         let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(TCP_NOTSENT_LOWAT);
+        if let Some(n) = self.shared.settings.tcp_rcvbuf {
+            let _ = socket2::SockRef::from(&stream).set_recv_buffer_size(n);
+        }
         let local_addr = stream.local_addr().map_or(ep.addr, canonical);
         let lk = link_kind(Proto::Tcp, ep.addr);
         match self.driver {
@@ -368,7 +375,7 @@ impl Worker {
         datagrams: Option<quinn::Connection>,
     ) {
         let shared = self.shared.clone();
-        let (data_tx, data_rx) = mpsc::channel(PEER_QUEUE_FRAMES);
+        let (data_tx, data_rx) = mpsc::unbounded_channel();
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let (close, mut close_rx) = watch::channel(false);
         let handle = Arc::new(PeerHandle {
@@ -377,6 +384,7 @@ impl Worker {
             local: local_addr,
             kind,
             data_tx,
+            queued: Default::default(),
             ctl_tx,
             counters: PeerCounters::default(),
             close,
@@ -460,11 +468,12 @@ const WRITE_BATCH: usize = 512;
 async fn write_loop<W: LinkWrite>(
     h: Arc<PeerHandle>,
     mut w: W,
-    mut data_rx: mpsc::Receiver<Bytes>,
+    mut data_rx: mpsc::UnboundedReceiver<(Bytes, u32)>,
     mut ctl_rx: mpsc::UnboundedReceiver<Bytes>,
 ) {
     let mut close_rx = h.close.subscribe();
     let mut batch: Vec<Bytes> = Vec::with_capacity(WRITE_BATCH);
+    let mut runs: Vec<(Bytes, u32)> = Vec::with_capacity(WRITE_BATCH);
     loop {
         tokio::select! {
             biased;
@@ -474,14 +483,14 @@ async fn write_loop<W: LinkWrite>(
                 while let Ok(c) = ctl_rx.try_recv() {
                     batch.push(c);
                 }
-                while batch.len() < WRITE_BATCH {
+                while runs.len() < WRITE_BATCH {
                     match data_rx.try_recv() {
-                        Ok(d) => batch.push(d),
+                        Ok(d) => runs.push(d),
                         Err(_) => break,
                     }
                 }
             }
-            n = data_rx.recv_many(&mut batch, WRITE_BATCH) => {
+            n = data_rx.recv_many(&mut runs, WRITE_BATCH) => {
                 if n == 0 {
                     break;
                 }
@@ -490,11 +499,19 @@ async fn write_loop<W: LinkWrite>(
                 }
             }
         }
-        let frames = batch.len() as u64;
+        let ctl_frames = batch.len() as u64;
+        let mut data_bytes = 0;
+        let mut frames = ctl_frames;
+        for (run, n) in runs.drain(..) {
+            data_bytes += run.len();
+            frames += u64::from(n);
+            batch.push(run);
+        }
         let bytes: usize = batch.iter().map(Bytes::len).sum();
         let (r, b) = w.write_batch(std::mem::take(&mut batch)).await;
         batch = b;
         batch.clear();
+        h.queued.fetch_sub(data_bytes, Relaxed);
         if let Err(e) = r {
             tracing::debug!(peer = h.id.0, "write: {e}");
             break;
