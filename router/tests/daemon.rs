@@ -31,6 +31,7 @@ both_drivers!(
     killing_the_middle_node_reroutes_within_two_seconds,
     hostile_peers_are_dropped_and_forwarding_goes_on,
     admin_api_answers_with_the_reference_shapes,
+    expired_frames_are_answered_with_time_exceeded,
 );
 
 const CONVERGE: Duration = Duration::from_secs(10);
@@ -423,4 +424,46 @@ fn sigterm_exits_cleanly_and_bad_input_fails_with_one_line() {
         );
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn expired_frames_are_answered_with_time_exceeded(driver: &str) {
+    // x -- r1 -- r2 -- y; a frame leaving x with hop limit 2 expires at r2.
+    let r1 = Node::start("r1", driver, 91, &[]);
+    let r2 = Node::start("r2", driver, 92, &peers(&[&r1], false));
+    let s2 = r2.subnet();
+    wait_until(CONVERGE, || r1.has_route(&s2)).expect("r1 -- r2 up");
+    let mut x = FakePeer::connect(r1.port, 93);
+    let mut y = FakePeer::connect(r2.port, 94);
+    x.announce();
+    y.announce();
+    let (sx, sy) = (x.public.subnet().to_string(), y.public.subnet().to_string());
+    wait_until(CONVERGE, || r1.has_route(&sy) && r2.has_route(&sx)).expect("routes both ways");
+    let sent = x.data_frame(&y.public, 2, b"short-lived");
+    x.send_raw(&sent).unwrap();
+    let mut err = x.recv_data(Duration::from_secs(5)).expect("x hears back");
+    let r2_pk = SecretKey::from_bytes([92; 32]).public_key();
+    assert_eq!((err.src(), err.dst()), (r2_pk.address(), x.address()));
+    assert_eq!(err.hop_limit(), 62, "63 leaving r2, one hop back");
+    let key = hyphae_wire::seal::SealingKey::new(&x.secret.shared_secret(&r2_pk));
+    let (kind, plain) = key.open(err.body_mut()).expect("sealed for x by r2");
+    assert_eq!(kind, hyphae_wire::seal::UserDataKind::OOB_ICMP);
+    assert_eq!(
+        &plain[..16],
+        &y.address().octets(),
+        "the original destination comes first"
+    );
+    let ip6 = &plain[16..];
+    assert_eq!((ip6[0] >> 4, ip6[6], ip6[7]), (6, 58, 64));
+    assert_eq!(&ip6[8..24], &r2_pk.address().octets());
+    assert_eq!(&ip6[24..40], &x.address().octets());
+    assert_eq!(
+        (ip6[40], ip6[41]),
+        (3, 0),
+        "ICMPv6 time exceeded, hop limit"
+    );
+    assert_eq!(&ip6[48..], &sent[40..], "quotes the original sealed body");
+    assert!(
+        y.recv_data(Duration::from_millis(300)).is_none(),
+        "the expired frame went no further"
+    );
 }

@@ -320,7 +320,7 @@ async fn prometheus(State(s): State<Arc<Shared>>) -> Response {
             );
         }
     }
-    let reasons: [(&str, WorkerCounter); 12] = [
+    let reasons: [(&str, WorkerCounter); 13] = [
         ("forwarded", |c| c.forwarded.load(Relaxed)),
         ("local", |c| c.local.load(Relaxed)),
         ("local_opened", |c| c.local_opened.load(Relaxed)),
@@ -335,6 +335,7 @@ async fn prometheus(State(s): State<Arc<Shared>>) -> Response {
         ("quic_oversize_on_stream", |c| {
             c.quic_oversize_on_stream.load(Relaxed)
         }),
+        ("icmp_sent", |c| c.icmp_sent.load(Relaxed)),
     ];
     for (name, f) in reasons {
         let _ = writeln!(out, "# TYPE hyphae_{name}_total counter");

@@ -20,7 +20,7 @@ use hyphae_wire::deframer::Frame;
 use hyphae_wire::identity::PublicKey;
 use hyphae_wire::seal::SealingKey;
 
-use super::{ControlMsg, PeerHandle, Shared, WorkerCounters};
+use super::{ControlMsg, PeerHandle, Shared, WorkerCounters, icmp};
 use crate::hash::SeededState;
 
 /// Most source or destination addresses a worker keeps packet counts for.
@@ -124,6 +124,7 @@ struct Tally {
     looped: u64,
     skipped: u64,
     control_full: u64,
+    icmp: u64,
 }
 
 impl Tally {
@@ -143,6 +144,7 @@ impl Tally {
         add(&c.drop_loop, self.looped);
         add(&c.skipped_control, self.skipped);
         add(&c.drop_control_queue, self.control_full);
+        add(&c.icmp_sent, self.icmp);
     }
 }
 
@@ -215,25 +217,29 @@ pub(crate) fn handle_frames(
         } = &mut *l;
         src_run.add(by_source, src, len);
         dst_run.add(by_destination, dst, len);
+        // As the reference: the hop limit is checked before anything else, local delivery
+        // included, and an expired frame is answered with a time-exceeded error.
+        let hop = frame.hop_limit();
+        if hop < 2 {
+            t.hop_limit += 1;
+            send_icmp(shared, keys, &peers, icmp::TIME_EXCEEDED, &frame, &mut t);
+            continue;
+        }
+        frame.set_hop_limit(hop - 1);
         if shared.node.subnet.contains_ip(dst.into()) {
             t.local += 1;
             match open_local(shared, keys, &mut frame) {
                 Some(true) => t.local_opened += 1,
                 Some(false) => t.local_unopened += 1,
                 // The source's key is not known yet: hold the frame while its route is found.
-                None => match hold(shared, &mut l, u128::from(src) >> 64, frame, true) {
-                    true => {}
-                    false => t.local_unopened += 1,
-                },
+                None => {
+                    if hold(shared, &mut l, u128::from(src) >> 64, frame, true).is_err() {
+                        t.local_unopened += 1;
+                    }
+                }
             }
             continue;
         }
-        let hop = frame.hop_limit();
-        if hop < 2 {
-            t.hop_limit += 1;
-            continue;
-        }
-        frame.set_hop_limit(hop - 1);
         let net = u128::from(dst) >> 64;
         let next = match last {
             Some((n, hop)) if n == net => hop,
@@ -244,8 +250,12 @@ pub(crate) fn handle_frames(
             }
         };
         let Some(next) = next else {
-            if !hold(shared, &mut l, net, frame, false) {
+            // Held while the route is looked for; when the queue is full, the reference
+            // answers with "no route" at once.
+            if let Err(frame) = hold(shared, &mut l, net, frame, false) {
                 t.no_route += 1;
+                let WorkerLocal { keys, .. } = &mut *l;
+                send_icmp(shared, keys, &peers, icmp::DEST_UNREACHABLE, &frame, &mut t);
             }
             continue;
         };
@@ -285,6 +295,63 @@ pub(crate) fn handle_frames(
     t.publish(counters);
 }
 
+/// Most out-of-band ICMP errors a worker sends per second: they cost a seal each, and a peer
+/// must not be able to make us spend unbounded work on its bad frames.
+const ICMP_PER_SECOND: u32 = 200;
+
+/// Sends an out-of-band ICMP error about `frame` back to its source, as the reference does
+/// (silently nothing if the source's key is not known, or over the rate limit).
+fn send_icmp(
+    shared: &Shared,
+    keys: &mut HashMap<PublicKey, SealingKey>,
+    peers: &HashMap<crate::PeerId, std::sync::Arc<PeerHandle>>,
+    icmp_type: u8,
+    frame: &DataFrame<BytesMut>,
+    t: &mut Tally,
+) {
+    thread_local! {
+        static BUDGET: std::cell::Cell<(Option<Instant>, u32)> = const { std::cell::Cell::new((None, 0)) };
+    }
+    let now = Instant::now();
+    let allowed = BUDGET.with(|b| {
+        let (since, n) = b.get();
+        match since {
+            Some(s) if now.duration_since(s) < Duration::from_secs(1) => {
+                b.set((Some(s), n + 1));
+                n < ICMP_PER_SECOND
+            }
+            _ => {
+                b.set((Some(now), 1));
+                true
+            }
+        }
+    });
+    let (src, dst) = (frame.src(), frame.dst());
+    if !allowed || shared.node.subnet.contains_ip(src.into()) {
+        return;
+    }
+    let Some(pk) = shared.keys.load().get(&Subnet::v6_64(src)).copied() else {
+        return;
+    };
+    let Some(egress) = shared.fib.lookup(src).and_then(|p| peers.get(&p)) else {
+        return;
+    };
+    let Ok(nonce) = hyphae_wire::seal::random_nonce() else {
+        return;
+    };
+    if keys.len() >= MAX_KEYS && !keys.contains_key(&pk) {
+        keys.clear();
+    }
+    let key = keys
+        .entry(pk)
+        .or_insert_with(|| SealingKey::new(&shared.node.secret.shared_secret(&pk)));
+    let own = shared.node.address;
+    let err = icmp::error_frame(key, nonce, icmp_type, own, src, dst, frame.body());
+    if egress.enqueue(err.freeze(), 1) {
+        t.icmp += 1;
+    }
+}
+
 /// Holds a frame until the route for `net` (a /64's upper bits) appears, as the reference
 /// does; asks the control thread for that route with the first frame. False if over the caps.
 fn hold(
@@ -293,14 +360,14 @@ fn hold(
     net: u128,
     frame: DataFrame<BytesMut>,
     local: bool,
-) -> bool {
+) -> Result<(), DataFrame<BytesMut>> {
     let subnet = Subnet::v6_64(Ipv6Addr::from(net << 64));
     let q = l.pending.entry(net as u64).or_default();
     if q.is_empty() {
         let _ = shared.ctl.try_send(ControlMsg::NeedRoute(subnet));
     }
     if q.len() >= MAX_PENDING_PER_SUBNET || l.pending_len >= MAX_PENDING {
-        return false;
+        return Err(frame);
     }
     q.push_back(Held {
         since: Instant::now(),
@@ -311,7 +378,7 @@ fn hold(
     if l.pending_len == 1 {
         l.pending_wake.notify_one();
     }
-    true
+    Ok(())
 }
 
 /// Sends (or opens) the held frames whose route has appeared; drops and counts those that

@@ -23,6 +23,7 @@ mod api;
 mod control;
 mod discovery;
 mod forward;
+mod icmp;
 mod link;
 mod quic;
 mod worker;
@@ -188,6 +189,8 @@ pub(crate) struct WorkerCounters {
     pub(crate) drop_control_queue: AtomicU64,
     /// Data frames too large for a QUIC datagram, sent on the stream instead.
     pub(crate) quic_oversize_on_stream: AtomicU64,
+    /// Out-of-band ICMP errors sent back to sources.
+    pub(crate) icmp_sent: AtomicU64,
 }
 
 /// State every thread shares.
