@@ -41,6 +41,7 @@
 pub mod babel;
 pub mod fib;
 mod hash;
+pub mod message;
 
 pub use babel::{Config, Event, LinkKind, Router, Transmit};
 pub use fib::{Fib, FibChange, FibReader, FibWriter};

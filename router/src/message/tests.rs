@@ -1,0 +1,56 @@
+use std::time::{Duration, Instant};
+
+use super::inbound::chunk_fits;
+use super::outbound::layout;
+use super::rtt::RttTable;
+use hyphae_wire::identity::PublicKey;
+
+#[test]
+fn layout_matches_the_reference_and_avoids_short_tails() {
+    assert_eq!(layout(0, 1300), vec![]);
+    assert_eq!(layout(12, 1300), vec![(0, 12)]);
+    assert_eq!(
+        layout(3000, 1300),
+        vec![(0, 1300), (1300, 1300), (2600, 400)]
+    );
+    // 1300 + 100 would be refused by a stock receiver: 1150 + 250 instead, same count.
+    assert_eq!(layout(1400, 1300), vec![(0, 1150), (1150, 250)]);
+    assert_eq!(
+        layout(2601, 1300),
+        vec![(0, 1300), (1300, 1051), (2351, 250)]
+    );
+    for len in [1301u64, 1549, 1550, 5000, 65_000] {
+        let l = layout(len, 1300);
+        assert_eq!(l.len() as u64, len.div_ceil(1300));
+        let mut off = 0;
+        for (i, (o, n)) in l.iter().enumerate() {
+            assert_eq!(*o, off);
+            assert!(chunk_fits(len, i as u64, *o, u64::from(*n)));
+            // The stock rule: small chunks only at the highest possible index.
+            let max = len.div_ceil(250) - 1;
+            assert!(*n >= 250 || i as u64 == max);
+            off += u64::from(*n);
+        }
+        assert_eq!(off, len);
+    }
+}
+
+#[test]
+fn rto_follows_samples_and_is_clamped() {
+    let now = Instant::now();
+    let ms = Duration::from_millis;
+    let mut t = RttTable::new(2, ms(100), ms(5), ms(1000));
+    let k = |b| PublicKey::from([b; 32]);
+    assert_eq!(t.rto(&k(1)), ms(100));
+    t.sample(now, k(1), ms(20));
+    // srtt 20, rttvar 10 => 60
+    assert_eq!(t.rto(&k(1)), ms(60));
+    assert_eq!(t.rto_backoff(&k(1), 1), ms(120));
+    assert_eq!(t.rto_backoff(&k(1), 10), ms(1000));
+    t.sample(now, k(2), Duration::from_micros(100));
+    assert_eq!(t.rto(&k(2)), ms(5));
+    // Bounded: a third destination evicts the least recently used.
+    t.sample(now + ms(1), k(3), ms(1));
+    assert!(t.get(&k(1)).is_none() || t.get(&k(2)).is_none());
+    assert!(t.get(&k(3)).is_some());
+}

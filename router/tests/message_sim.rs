@@ -1,0 +1,955 @@
+//! Deterministic simulation of the message subsystem: nodes exchange message packets through
+//! an in-memory network with seeded loss, duplication, reordering and latency on a simulated
+//! clock that jumps to the next delivery or timer. Every message must be delivered exactly
+//! once and intact, or be reported aborted by its sender; replies must reach the original
+//! sender as replies; hostile input must stay bounded and never panic.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyphae_router::message::{Config, Event, Messages, State};
+use hyphae_wire::identity::PublicKey;
+use hyphae_wire::message::{MessageBody, MessageFlags, MessageId, MessagePacket};
+
+/// splitmix64.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+    fn id(&mut self) -> MessageId {
+        MessageId(self.next().to_be_bytes())
+    }
+    fn key(&mut self) -> PublicKey {
+        let mut k = [0u8; 32];
+        for c in k.chunks_mut(8) {
+            c.copy_from_slice(&self.next().to_le_bytes());
+        }
+        PublicKey::from(k)
+    }
+}
+
+/// Link behaviour.
+#[derive(Clone, Copy)]
+struct Link {
+    loss: f64,
+    dup: f64,
+    latency: Duration,
+    /// Uniform extra delay up to this, which reorders packets.
+    jitter: Duration,
+}
+
+/// A receiver that behaves as the stock mycelium 0.7.10 receiver does (`message.rs`
+/// `handle_message`): CHUNK/DONE for an unknown id dropped without ACK, INIT resets a pending
+/// message, nothing of a completed message is acknowledged again, a chunk under 250 bytes is
+/// taken only at the highest index possible for the length, chunks are placed by index.
+#[derive(Default)]
+struct StockReceiver {
+    /// id -> (declared length, chunks by index)
+    pending: HashMap<MessageId, StockPending>,
+    complete: HashSet<MessageId>,
+}
+
+struct StockPending(u64, Vec<Option<Vec<u8>>>);
+
+/// What the stock receiver answers, and what it delivered.
+struct StockOutcome(Option<Vec<u8>>, Option<(MessageId, Vec<u8>)>);
+
+/// A packet on the simulated wire, ordered by arrival time then sequence number.
+struct Flying {
+    at: Instant,
+    seq: u64,
+    from: usize,
+    to: usize,
+    bytes: Vec<u8>,
+}
+
+impl PartialEq for Flying {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Flying {}
+
+impl PartialOrd for Flying {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Flying {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+impl StockReceiver {
+    fn handle(&mut self, bytes: &[u8]) -> StockOutcome {
+        let p = MessagePacket::decode(bytes).unwrap();
+        if p.flags.contains(MessageFlags::ACK) {
+            return StockOutcome(None, None);
+        }
+        let ack = |p: &MessagePacket<'_>| {
+            let mut v = Vec::new();
+            p.ack().encode(&mut v);
+            Some(v)
+        };
+        match p.body {
+            MessageBody::Init { total_len, .. } => {
+                if self.complete.contains(&p.id) {
+                    return StockOutcome(None, None);
+                }
+                let n = (total_len as usize).div_ceil(1300);
+                self.pending
+                    .insert(p.id, StockPending(total_len, vec![None; n]));
+                StockOutcome(ack(&p), None)
+            }
+            MessageBody::Chunk {
+                index,
+                offset,
+                data,
+            } => {
+                let Some(StockPending(len, chunks)) = self.pending.get_mut(&p.id) else {
+                    return StockOutcome(None, None);
+                };
+                let size = data.len() as u64;
+                if *len < offset + size {
+                    return StockOutcome(None, None);
+                }
+                let max = if *len == 0 { 0 } else { len.div_ceil(250) - 1 };
+                if index > max || (size < 250 && index != max) {
+                    return StockOutcome(None, None);
+                }
+                if chunks.len() as u64 <= index {
+                    chunks.resize(index as usize + 1, None);
+                }
+                chunks[index as usize] = Some(data.to_vec());
+                StockOutcome(ack(&p), None)
+            }
+            MessageBody::Done {
+                chunk_count,
+                checksum,
+            } => {
+                let Some(StockPending(len, chunks)) = self.pending.get(&p.id) else {
+                    return StockOutcome(None, None);
+                };
+                if chunk_count != chunks.len() as u64 || chunks.iter().any(Option::is_none) {
+                    return StockOutcome(None, None);
+                }
+                let data: Vec<u8> = chunks.iter().flatten().flatten().copied().collect();
+                if data.len() as u64 != *len || blake3::hash(&data).as_bytes() != &checksum {
+                    return StockOutcome(None, None);
+                }
+                self.pending.remove(&p.id);
+                self.complete.insert(p.id);
+                StockOutcome(ack(&p), Some((p.id, data)))
+            }
+            MessageBody::Empty => {
+                if p.flags.contains(MessageFlags::ABORTED) {
+                    self.pending.remove(&p.id);
+                }
+                StockOutcome(None, None)
+            }
+            _ => StockOutcome(None, None),
+        }
+    }
+}
+
+enum Peer {
+    Ours(Box<Messages>),
+    Stock(StockReceiver),
+}
+
+struct Node {
+    key: PublicKey,
+    peer: Peer,
+    /// Received messages: (src, id, reply) -> payload, plus duplicates seen.
+    received: HashMap<(PublicKey, MessageId, bool), Bytes>,
+    received_at: HashMap<(PublicKey, MessageId, bool), Instant>,
+    duplicates: usize,
+    states: HashMap<MessageId, Vec<State>>,
+    /// Reply with this payload transform to every non-reply message.
+    auto_reply: bool,
+}
+
+struct Sim {
+    now: Instant,
+    t0: Instant,
+    rng: Rng,
+    link: Link,
+    nodes: Vec<Node>,
+    index: HashMap<PublicKey, usize>,
+    wire: BinaryHeap<Reverse<Flying>>,
+    seq: u64,
+    packets: u64,
+}
+
+impl Sim {
+    fn new(seed: u64, link: Link) -> Self {
+        let t0 = Instant::now();
+        Self {
+            now: t0,
+            t0,
+            rng: Rng(seed),
+            link,
+            nodes: Vec::new(),
+            index: HashMap::new(),
+            wire: BinaryHeap::new(),
+            seq: 0,
+            packets: 0,
+        }
+    }
+
+    fn add(&mut self, cfg: Config) -> usize {
+        let key = self.rng.key();
+        self.add_peer(key, Peer::Ours(Box::new(Messages::new(self.now, cfg, key))))
+    }
+
+    fn add_stock(&mut self) -> usize {
+        let key = self.rng.key();
+        self.add_peer(key, Peer::Stock(StockReceiver::default()))
+    }
+
+    fn add_peer(&mut self, key: PublicKey, peer: Peer) -> usize {
+        self.nodes.push(Node {
+            key,
+            peer,
+            received: HashMap::new(),
+            received_at: HashMap::new(),
+            duplicates: 0,
+            states: HashMap::new(),
+            auto_reply: false,
+        });
+        self.index.insert(key, self.nodes.len() - 1);
+        self.nodes.len() - 1
+    }
+
+    fn ours(&mut self, i: usize) -> &mut Messages {
+        match &mut self.nodes[i].peer {
+            Peer::Ours(m) => m,
+            Peer::Stock(_) => panic!("stock node"),
+        }
+    }
+
+    fn send(&mut self, from: usize, to: usize, bytes: Vec<u8>) {
+        self.packets += 1;
+        if self.rng.chance(self.link.loss) {
+            return;
+        }
+        let copies = if self.rng.chance(self.link.dup) { 2 } else { 1 };
+        for _ in 0..copies {
+            let jitter = self.rng.below(self.link.jitter.as_micros() as u64 + 1);
+            let at = self.now + self.link.latency + Duration::from_micros(jitter);
+            self.seq += 1;
+            self.wire.push(Reverse(Flying {
+                at,
+                seq: self.seq,
+                from,
+                to,
+                bytes: bytes.clone(),
+            }));
+        }
+    }
+
+    /// Drains every node's transmits and events.
+    fn flush(&mut self) {
+        loop {
+            let mut any = false;
+            for i in 0..self.nodes.len() {
+                let now = self.now;
+                let mut out = Vec::new();
+                let mut events = Vec::new();
+                if let Peer::Ours(m) = &mut self.nodes[i].peer {
+                    while let Some(t) = m.poll_transmit(now) {
+                        out.push(t);
+                    }
+                    while let Some(e) = m.poll_event() {
+                        events.push(e);
+                    }
+                }
+                for t in out {
+                    any = true;
+                    let to = self.index[&t.dst];
+                    self.send(i, to, t.payload);
+                }
+                for e in events {
+                    any = true;
+                    self.on_event(i, e);
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+    }
+
+    fn on_event(&mut self, i: usize, e: Event) {
+        let now = self.now;
+        match e {
+            Event::Received(msg) => {
+                let node = &mut self.nodes[i];
+                let key = (msg.src, msg.id, msg.reply);
+                if node.received.insert(key, msg.payload.clone()).is_some() {
+                    node.duplicates += 1;
+                }
+                node.received_at.insert(key, now);
+                let auto = node.auto_reply && !msg.reply;
+                let m = self.ours(i);
+                m.mark_read(now, msg.src, msg.id);
+                if auto {
+                    let mut reply = b"re:".to_vec();
+                    reply.extend_from_slice(&msg.payload);
+                    m.push_reply(now, msg.id, msg.src, Bytes::from(reply))
+                        .unwrap();
+                }
+            }
+            Event::StateChanged { id, state, .. } => {
+                self.nodes[i].states.entry(id).or_default().push(state);
+            }
+        }
+    }
+
+    fn next_time(&mut self) -> Option<Instant> {
+        let mut t = self.wire.peek().map(|Reverse(f)| f.at);
+        for n in &mut self.nodes {
+            if let Peer::Ours(m) = &mut n.peer
+                && let Some(d) = m.poll_timeout()
+            {
+                t = Some(t.map_or(d, |t| t.min(d)));
+            }
+        }
+        t
+    }
+
+    /// Runs until nothing is left to do or `limit` of simulated time passed.
+    fn run(&mut self, limit: Duration) {
+        self.flush();
+        while let Some(t) = self.next_time() {
+            if t > self.t0 + limit {
+                break;
+            }
+            self.now = self.now.max(t);
+            let now = self.now;
+            while let Some(Reverse(f)) = self.wire.peek() {
+                if f.at > now {
+                    break;
+                }
+                let Some(Reverse(Flying {
+                    from, to, bytes, ..
+                })) = self.wire.pop()
+                else {
+                    break;
+                };
+                let src = self.nodes[from].key;
+                match &mut self.nodes[to].peer {
+                    Peer::Ours(m) => m.handle_datagram(now, src, &bytes).unwrap(),
+                    Peer::Stock(s) => {
+                        let StockOutcome(ack, done) = s.handle(&bytes);
+                        if let Some(ack) = ack {
+                            self.send(to, from, ack);
+                        }
+                        if let Some((id, data)) = done {
+                            let node = &mut self.nodes[to];
+                            if node
+                                .received
+                                .insert((src, id, false), Bytes::from(data))
+                                .is_some()
+                            {
+                                node.duplicates += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            for n in &mut self.nodes {
+                if let Peer::Ours(m) = &mut n.peer {
+                    m.handle_timeout(now);
+                }
+            }
+            self.flush();
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now - self.t0
+    }
+}
+
+const SIZES: [usize; 12] = [
+    0, 1, 12, 249, 1299, 1300, 1301, 1400, 2850, 3000, 20_000, 150_000,
+];
+
+/// Many messages between three nodes over a bad network; checks exactly-once delivery.
+fn lossy_run(seed: u64, link: Link, messages: usize) -> (Duration, u64) {
+    let mut sim = Sim::new(seed, link);
+    let n: Vec<usize> = (0..3).map(|_| sim.add(Config::default())).collect();
+    let mut sent = Vec::new();
+    for k in 0..messages {
+        let from = n[k % 3];
+        let to = n[(k + 1 + sim.rng.below(2) as usize) % 3];
+        let size = SIZES[sim.rng.below(SIZES.len() as u64) as usize];
+        let payload = Bytes::from(sim.rng.bytes(size));
+        let id = sim.rng.id();
+        let topic = format!("topic-{}", k % 4).into_bytes();
+        let dst = sim.nodes[to].key;
+        let now = sim.now;
+        sim.ours(from)
+            .push(now, id, dst, &topic, payload.clone())
+            .unwrap();
+        sent.push((from, to, id, payload));
+    }
+    sim.run(Duration::from_secs(700));
+    let mut delivered = 0;
+    for (from, to, id, payload) in &sent {
+        let src = sim.nodes[*from].key;
+        let state = sim.ours(*from).status(*id).map(|s| s.state);
+        let got = sim.nodes[*to].received.get(&(src, *id, false));
+        match got {
+            Some(p) => {
+                assert_eq!(p, payload, "seed {seed}: payload of {id:?} intact");
+                delivered += 1;
+            }
+            None => assert_eq!(
+                sim.nodes[*from].states.get(id).map(|v| v.as_slice()),
+                Some(&[State::Aborted][..]),
+                "seed {seed}: undelivered {id:?} must be reported aborted"
+            ),
+        }
+        // A sender never claims reception that did not happen.
+        if let Some(State::Received | State::Read) = state {
+            assert!(got.is_some());
+        }
+        let states = sim.nodes[*from].states.get(id).cloned().unwrap_or_default();
+        assert!(
+            states == [State::Received]
+                || states == [State::Received, State::Read]
+                || states == [State::Read]
+                || states == [State::Aborted],
+            "seed {seed}: transitions {states:?}"
+        );
+    }
+    for node in &sim.nodes {
+        assert_eq!(node.duplicates, 0, "seed {seed}: delivered twice");
+    }
+    assert_eq!(delivered, sent.len(), "seed {seed}: all delivered");
+    (sim.elapsed(), sim.packets)
+}
+
+#[test]
+fn perfect_network_is_fast() {
+    let link = Link {
+        loss: 0.0,
+        dup: 0.0,
+        latency: Duration::from_micros(500),
+        jitter: Duration::ZERO,
+    };
+    let mut sim = Sim::new(1, link);
+    let a = sim.add(Config::default());
+    let b = sim.add(Config::default());
+    sim.nodes[b].auto_reply = true;
+    let id = MessageId([7; 8]);
+    let dst = sim.nodes[b].key;
+    let now = sim.now;
+    sim.ours(a)
+        .push(now, id, dst, b"t", Bytes::from(vec![42u8; 1024]))
+        .unwrap();
+    sim.run(Duration::from_secs(1));
+    let src_b = sim.nodes[b].key;
+    let reply = &sim.nodes[a].received[&(src_b, id, true)];
+    assert_eq!(&reply[..3], b"re:");
+    // Request (INIT+CHUNK, then DONE after the chunk ACK) and reply: six one-way trips of
+    // 0.5 ms each, no retransmission timer involved.
+    let took = sim.nodes[a].received_at[&(src_b, id, true)] - sim.t0;
+    assert_eq!(took, Duration::from_millis(3), "request and reply");
+    assert_eq!(sim.ours(a).status(id).unwrap().state, State::Read);
+    assert!(sim.ours(a).srtt(&src_b).is_some());
+}
+
+#[test]
+fn exactly_once_under_loss_duplication_and_reordering() {
+    let link = Link {
+        loss: 0.2,
+        dup: 0.1,
+        latency: Duration::from_millis(5),
+        jitter: Duration::from_millis(10),
+    };
+    let mut worst = Duration::ZERO;
+    for seed in 0..12 {
+        let (t, _) = lossy_run(seed, link, 24);
+        worst = worst.max(t);
+    }
+    eprintln!("20% loss, 10% dup, 5-15 ms: all delivered, slowest run settled at {worst:?}");
+}
+
+#[test]
+fn exactly_once_under_heavy_loss() {
+    let link = Link {
+        loss: 0.5,
+        dup: 0.2,
+        latency: Duration::from_millis(20),
+        jitter: Duration::from_millis(40),
+    };
+    for seed in 100..104 {
+        lossy_run(seed, link, 12);
+    }
+}
+
+#[test]
+fn replies_reach_the_waiting_sender() {
+    let link = Link {
+        loss: 0.25,
+        dup: 0.1,
+        latency: Duration::from_millis(2),
+        jitter: Duration::from_millis(4),
+    };
+    for seed in 10..16 {
+        let mut sim = Sim::new(seed, link);
+        let a = sim.add(Config::default());
+        let b = sim.add(Config::default());
+        let c = sim.add(Config::default());
+        sim.nodes[b].auto_reply = true;
+        // A accepts nothing unsolicited; replies to its own messages still pass.
+        sim.ours(a).acl_mut().set_default_accept(false);
+        let (kb, kc) = (sim.nodes[b].key, sim.nodes[c].key);
+        let mut ids = Vec::new();
+        for k in 0..5 {
+            let id = sim.rng.id();
+            let payload = Bytes::from(sim.rng.bytes(SIZES[k * 2 + 1]));
+            let now = sim.now;
+            sim.ours(a)
+                .push(now, id, kb, b"rpc", payload.clone())
+                .unwrap();
+            ids.push((id, payload));
+        }
+        // C claims to reply to a message A never sent it: the ACL applies, and refuses it.
+        let forged = ids[0].0;
+        let (now, ka) = (sim.now, sim.nodes[a].key);
+        sim.ours(c)
+            .push_reply(now, forged, ka, Bytes::from_static(b"forged"))
+            .unwrap();
+        sim.run(Duration::from_secs(60));
+        for (id, payload) in &ids {
+            let reply = &sim.nodes[a].received[&(kb, *id, true)];
+            assert_eq!(&reply[3..], &payload[..], "seed {seed}");
+            assert_eq!(&reply[..3], b"re:");
+        }
+        assert!(!sim.nodes[a].received.contains_key(&(kc, forged, true)));
+        assert!(sim.ours(a).stats().refused_acl > 0);
+        assert_eq!(sim.nodes[a].duplicates + sim.nodes[b].duplicates, 0);
+    }
+}
+
+#[test]
+fn status_transitions() {
+    let link = Link {
+        loss: 0.0,
+        dup: 0.0,
+        latency: Duration::from_millis(10),
+        jitter: Duration::ZERO,
+    };
+    let mut sim = Sim::new(3, link);
+    let mut cfg = Config::default();
+    cfg.pipelining = false;
+    let a = sim.add(cfg);
+    let b = sim.add(Config::default());
+    let id = MessageId([1; 8]);
+    let kb = sim.nodes[b].key;
+    let now = sim.now;
+    sim.ours(a)
+        .push(now, id, kb, b"", Bytes::from(vec![1u8; 3000]))
+        .unwrap();
+    let st = sim.ours(a).status(id).unwrap();
+    assert_eq!((st.state, st.len, st.dst), (State::Pending, 3000, kb));
+    assert_eq!(st.deadline - st.created, Duration::from_secs(300));
+    sim.flush();
+    // INIT out, nothing acknowledged: still pending at 15 ms.
+    sim.run(Duration::from_millis(15));
+    assert_eq!(sim.ours(a).status(id).unwrap().state, State::Pending);
+    // INIT-ACK at 20 ms: the three chunks go out.
+    sim.run(Duration::from_millis(25));
+    assert_eq!(
+        sim.ours(a).status(id).unwrap().state,
+        State::Sending {
+            pending: 0,
+            sent: 3,
+            acked: 0
+        }
+    );
+    sim.run(Duration::from_secs(1));
+    assert_eq!(sim.ours(a).status(id).unwrap().state, State::Read);
+    assert_eq!(sim.nodes[a].states[&id], vec![State::Received, State::Read]);
+    // The record lingers until window + linger, then goes.
+    sim.run(Duration::from_secs(599));
+    assert!(sim.ours(a).status(id).is_some());
+    sim.run(Duration::from_secs(601));
+    assert!(sim.ours(a).status(id).is_none());
+}
+
+#[test]
+fn unreachable_destination_is_aborted() {
+    let link = Link {
+        loss: 1.0,
+        dup: 0.0,
+        latency: Duration::from_millis(1),
+        jitter: Duration::ZERO,
+    };
+    let mut sim = Sim::new(4, link);
+    let mut cfg = Config::default();
+    cfg.send_window = Duration::from_secs(10);
+    cfg.linger = Duration::from_secs(10);
+    let a = sim.add(cfg);
+    let b = sim.add(Config::default());
+    let id = MessageId([2; 8]);
+    let kb = sim.nodes[b].key;
+    let now = sim.now;
+    sim.ours(a)
+        .push(now, id, kb, b"x", Bytes::from_static(b"hello"))
+        .unwrap();
+    sim.run(Duration::from_secs(9));
+    assert_eq!(sim.ours(a).status(id).unwrap().state, State::Pending);
+    let before = sim.packets;
+    sim.run(Duration::from_secs(11));
+    assert_eq!(sim.ours(a).status(id).unwrap().state, State::Aborted);
+    assert_eq!(sim.nodes[a].states[&id], vec![State::Aborted]);
+    // Backoff to the 1 s ceiling: about one INIT per second, not one per 100 ms; one ABORTED.
+    assert!(before < 30, "{before} packets in 9 s");
+    sim.run(Duration::from_secs(21));
+    assert!(sim.ours(a).status(id).is_none());
+    assert!(sim.ours(a).poll_timeout().is_none(), "no timer left");
+}
+
+/// Our sender against a model of the stock receiver, on a bad network: delivered exactly
+/// once; the sender ends `Received`, or `Aborted` only when the stock receiver delivered but
+/// every copy of its single DONE-ACK was lost (it never acknowledges a completed message).
+#[test]
+fn interop_with_stock_receiver_under_loss() {
+    let link = Link {
+        loss: 0.15,
+        dup: 0.1,
+        latency: Duration::from_millis(3),
+        jitter: Duration::from_millis(6),
+    };
+    let mut delivered = 0;
+    let mut total = 0;
+    for seed in 200..208 {
+        let mut sim = Sim::new(seed, link);
+        let mut cfg = Config::default();
+        cfg.send_window = Duration::from_secs(30);
+        let a = sim.add(cfg);
+        let s = sim.add_stock();
+        let ks = sim.nodes[s].key;
+        let ka = sim.nodes[a].key;
+        let mut sent = Vec::new();
+        for size in SIZES {
+            let id = sim.rng.id();
+            let payload = Bytes::from(sim.rng.bytes(size));
+            let now = sim.now;
+            sim.ours(a).push(now, id, ks, b"", payload.clone()).unwrap();
+            sent.push((id, payload));
+        }
+        sim.run(Duration::from_secs(100));
+        for (id, payload) in &sent {
+            total += 1;
+            let got = sim.nodes[s].received.get(&(ka, *id, false));
+            assert_eq!(got, Some(payload), "seed {seed}: {id:?} delivered intact");
+            delivered += 1;
+            let st = sim.ours(a).status(*id).unwrap().state;
+            assert!(
+                matches!(st, State::Received | State::Aborted),
+                "seed {seed}: {st:?}"
+            );
+        }
+        assert_eq!(sim.nodes[s].duplicates, 0);
+    }
+    assert_eq!(delivered, total);
+}
+
+/// The stock receiver drops chunks that arrive before their INIT; pipelining must cope.
+#[test]
+fn pipelining_survives_lost_init_with_stock_receiver() {
+    let link = Link {
+        loss: 0.0,
+        dup: 0.0,
+        latency: Duration::from_millis(1),
+        jitter: Duration::ZERO,
+    };
+    let mut sim = Sim::new(5, link);
+    let a = sim.add(Config::default());
+    let s = sim.add_stock();
+    let ks = sim.nodes[s].key;
+    let ka = sim.nodes[a].key;
+    let id = MessageId([3; 8]);
+    let payload = Bytes::from(vec![9u8; 5000]);
+    let now = sim.now;
+    sim.ours(a).push(now, id, ks, b"", payload.clone()).unwrap();
+    // Lose the INIT only: the pipelined chunks reach a receiver that has no INIT.
+    let init = sim.ours(a).poll_transmit(now).unwrap();
+    assert_eq!(
+        MessagePacket::decode(&init.payload).unwrap().flags,
+        MessageFlags::INIT
+    );
+    sim.run(Duration::from_secs(5));
+    assert_eq!(sim.nodes[s].received[&(ka, id, false)], payload);
+    assert_eq!(sim.ours(a).status(id).unwrap().state, State::Received);
+}
+
+/// Packets an attacker can make: none may panic, deliver junk, or grow state without bound.
+#[test]
+fn hostile_input_is_bounded() {
+    let t0 = Instant::now();
+    let mut rng = Rng(77);
+    let mut cfg = Config::default();
+    cfg.max_inbound = 100;
+    cfg.max_inbound_per_source = 10;
+    cfg.max_inbound_bytes = 1 << 20;
+    let own = rng.key();
+    let mut m = Messages::new(t0, cfg, own);
+    let evil = rng.key();
+    let enc = |p: MessagePacket<'_>| {
+        let mut v = Vec::new();
+        p.encode(&mut v);
+        v
+    };
+    let acks = |m: &mut Messages| std::iter::from_fn(|| m.poll_transmit(t0)).count();
+
+    // A chunk for an id without INIT: dropped, no ACK (as the reference).
+    let id = MessageId([1; 8]);
+    let chunk = |id, index, offset, data: &[u8]| {
+        enc(MessagePacket {
+            id,
+            flags: MessageFlags::CHUNK,
+            body: MessageBody::Chunk {
+                index,
+                offset,
+                data,
+            },
+        })
+    };
+    m.handle_datagram(t0, evil, &chunk(id, 0, 0, &[1; 300]))
+        .unwrap();
+    assert_eq!(acks(&mut m), 0);
+    assert_eq!(m.stats().unknown, 1);
+
+    // INIT for 3000 bytes, then lies.
+    let init = |id, total_len| {
+        enc(MessagePacket {
+            id,
+            flags: MessageFlags::INIT,
+            body: MessageBody::Init {
+                total_len,
+                topic: b"",
+            },
+        })
+    };
+    m.handle_datagram(t0, evil, &init(id, 3000)).unwrap();
+    assert_eq!(acks(&mut m), 1);
+    let data = rng.bytes(3000);
+    let invalid = [
+        chunk(id, 0, 2900, &data[..200]),          // beyond total_len
+        chunk(id, 12, 0, &data[..250]),            // index impossible for 3000 bytes
+        chunk(id, 0, 0, &data[..100]),             // tiny chunk that does not end the message
+        chunk(id, 0, u64::MAX - 10, &data[..300]), // offset overflow
+    ];
+    for p in &invalid {
+        m.handle_datagram(t0, evil, p).unwrap();
+    }
+    assert_eq!(m.stats().invalid, 4);
+    assert_eq!(acks(&mut m), 0);
+    // Overlap: chunk 1 at 1300..2600 stored; chunk 0 claiming 0..1400 overlaps it.
+    m.handle_datagram(t0, evil, &chunk(id, 1, 1300, &data[1300..2600]))
+        .unwrap();
+    m.handle_datagram(t0, evil, &chunk(id, 0, 0, &data[..1400]))
+        .unwrap();
+    assert_eq!(m.stats().invalid, 5);
+    m.handle_datagram(t0, evil, &chunk(id, 0, 0, &data[..1300]))
+        .unwrap();
+    m.handle_datagram(t0, evil, &chunk(id, 2, 2600, &data[2600..]))
+        .unwrap();
+    // Duplicate chunk: acknowledged again, stored once.
+    m.handle_datagram(t0, evil, &chunk(id, 2, 2600, &data[2600..]))
+        .unwrap();
+    assert_eq!(acks(&mut m), 4);
+    // DONE with a wrong checksum, or a wrong count: ignored, no ACK, nothing delivered.
+    let done = |id, chunk_count, checksum| {
+        enc(MessagePacket {
+            id,
+            flags: MessageFlags::DONE,
+            body: MessageBody::Done {
+                chunk_count,
+                checksum,
+            },
+        })
+    };
+    let good = *blake3::hash(&data).as_bytes();
+    m.handle_datagram(t0, evil, &done(id, 3, [0; 32])).unwrap();
+    m.handle_datagram(t0, evil, &done(id, 3, [0; 32])).unwrap();
+    m.handle_datagram(t0, evil, &done(id, 4, good)).unwrap();
+    assert_eq!(m.stats().bad_done, 3);
+    assert_eq!(acks(&mut m), 0);
+    assert!(m.poll_event().is_none());
+    // The right DONE delivers once; its repeats are re-acknowledged, never re-delivered.
+    for _ in 0..3 {
+        m.handle_datagram(t0, evil, &done(id, 3, good)).unwrap();
+    }
+    assert_eq!(acks(&mut m), 3);
+    let Some(Event::Received(msg)) = m.poll_event() else {
+        panic!()
+    };
+    assert_eq!(&msg.payload[..], &data[..]);
+    assert!(m.poll_event().is_none());
+    // A late duplicate INIT and chunk of the delivered message: re-acked, no new message.
+    m.handle_datagram(t0, evil, &init(id, 3000)).unwrap();
+    m.handle_datagram(t0, evil, &chunk(id, 0, 0, &data[..1300]))
+        .unwrap();
+    m.handle_datagram(t0, evil, &done(id, 3, good)).unwrap();
+    assert_eq!(acks(&mut m), 3);
+    assert!(m.poll_event().is_none());
+
+    // Oversized INIT.
+    m.handle_datagram(t0, evil, &init(MessageId([2; 8]), u64::MAX))
+        .unwrap();
+    assert_eq!(acks(&mut m), 0);
+
+    // INIT flood from one source: capped per source.
+    for _ in 0..1000 {
+        m.handle_datagram(t0, evil, &init(rng.id(), 1 << 20))
+            .unwrap();
+    }
+    assert_eq!(acks(&mut m), 10);
+    // ... and from many sources: capped in total.
+    for _ in 0..1000 {
+        let k = rng.key();
+        m.handle_datagram(t0, k, &init(rng.id(), 1 << 20)).unwrap();
+    }
+    assert_eq!(acks(&mut m), 90);
+    // Byte budget: filling the 1 MiB budget with chunks, the rest is refused.
+    let big = MessageId([9; 8]);
+    let k = rng.key();
+    m.handle_datagram(t0, k, &init(big, 2 << 20)).unwrap(); // over the total cap: no entry
+    assert_eq!(acks(&mut m), 0);
+
+    // Random garbage and mutated packets never panic.
+    let mut samples = vec![
+        init(id, 3000),
+        chunk(id, 0, 0, &data[..1300]),
+        done(id, 3, good),
+    ];
+    samples.push(vec![]);
+    for _ in 0..20_000 {
+        let mut p = samples[rng.below(samples.len() as u64) as usize].clone();
+        for _ in 0..=rng.below(4) {
+            if p.is_empty() {
+                break;
+            }
+            let i = rng.below(p.len() as u64) as usize;
+            p[i] = rng.next() as u8;
+        }
+        if rng.chance(0.2) {
+            p.truncate(rng.below(p.len() as u64 + 1) as usize);
+        }
+        let src = if rng.chance(0.5) { evil } else { rng.key() };
+        let _ = m.handle_datagram(t0, src, &p);
+        m.handle_timeout(t0);
+    }
+    while m.poll_transmit(t0).is_some() {}
+    // Everything pending expires: after the idle timeout nothing is buffered.
+    let later = t0 + Duration::from_secs(61);
+    m.handle_timeout(later);
+    let t = m.poll_timeout().unwrap();
+    assert!(t > later, "only the delivered record's expiry is left");
+}
+
+/// Byte budget on pending inbound data.
+#[test]
+fn inbound_byte_budget() {
+    let t0 = Instant::now();
+    let mut rng = Rng(8);
+    let mut cfg = Config::default();
+    cfg.max_inbound_bytes = 10_000;
+    let mut m = Messages::new(t0, cfg, rng.key());
+    let src = rng.key();
+    let mut enc = |p: MessagePacket<'_>| {
+        let mut v = Vec::new();
+        p.encode(&mut v);
+        m.handle_datagram(t0, src, &v).unwrap();
+    };
+    let id = MessageId([4; 8]);
+    enc(MessagePacket {
+        id,
+        flags: MessageFlags::INIT,
+        body: MessageBody::Init {
+            total_len: 20_000,
+            topic: b"",
+        },
+    });
+    let data = vec![5u8; 1300];
+    for i in 0..15u64 {
+        enc(MessagePacket {
+            id,
+            flags: MessageFlags::CHUNK,
+            body: MessageBody::Chunk {
+                index: i,
+                offset: i * 1300,
+                data: &data,
+            },
+        });
+    }
+    let acked = std::iter::from_fn(|| m.poll_transmit(t0)).count();
+    // INIT-ACK plus 7 chunks (9100 bytes); the 8th would pass 10 000.
+    assert_eq!(acked, 1 + 7);
+    assert_eq!(m.stats().over_limit, 8);
+}
+
+/// A sender toward a node that keeps dropping: the retransmission timer follows the measured
+/// RTT, not a fixed 100 ms.
+#[test]
+fn retransmission_follows_rtt() {
+    let link = Link {
+        loss: 0.1,
+        dup: 0.0,
+        latency: Duration::from_millis(40),
+        jitter: Duration::from_millis(2),
+    };
+    let mut sim = Sim::new(9, link);
+    let a = sim.add(Config::default());
+    let b = sim.add(Config::default());
+    let kb = sim.nodes[b].key;
+    let mut ids = BTreeMap::new();
+    for k in 0..20u8 {
+        let id = MessageId([k; 8]);
+        let now = sim.now;
+        sim.ours(a)
+            .push(now, id, kb, b"", Bytes::from(vec![k; 4000]))
+            .unwrap();
+        ids.insert(id, ());
+    }
+    sim.run(Duration::from_secs(30));
+    let srtt = sim.ours(a).srtt(&kb).unwrap();
+    assert!(
+        srtt > Duration::from_millis(75) && srtt < Duration::from_millis(90),
+        "srtt {srtt:?}"
+    );
+    for id in ids.keys() {
+        assert!(matches!(
+            sim.ours(a).status(*id).unwrap().state,
+            State::Received | State::Read
+        ));
+    }
+}
