@@ -262,6 +262,47 @@ pub enum StartError {
 
 /// Runs the node until SIGTERM or SIGINT.
 pub fn run(settings: Settings) -> Result<(), StartError> {
+    let node = start(settings)?;
+    wait_for_signal();
+    tracing::info!("shutting down");
+    node.shutdown();
+    Ok(())
+}
+
+/// A running node, started in this process by [`start`] (for tests, benchmarks and embedding).
+#[derive(Debug)]
+pub struct Running {
+    shared: Arc<Shared>,
+    shutdown_tx: watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// This node's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.shared.node.public
+    }
+
+    /// Stops every thread (waiting up to 5 s).
+    pub fn shutdown(self) {
+        let _ = self.shutdown_tx.send(true);
+        for w in &self.shared.workers {
+            let _ = w.send(worker::WorkerCmd::Shutdown);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        for t in self.threads {
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// Starts the node's threads and returns once its sockets are bound.
+pub fn start(settings: Settings) -> Result<Running, StartError> {
     let secret = hyphae_wire::identity::key_file::load_or_create(&settings.key_file)?;
     let public = secret.public_key();
     let rnd = hyphae_wire::seal::random_nonce()
@@ -342,22 +383,11 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
     tracing::info!(workers = settings.workers, driver = ?driver, tcp = settings.tcp_port,
         quic = ?settings.quic_port, api = %settings.api_addr, "hyphae-router running");
 
-    wait_for_signal();
-    tracing::info!("shutting down");
-    let _ = shutdown_tx.send(true);
-    for w in &shared.workers {
-        let _ = w.send(worker::WorkerCmd::Shutdown);
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    for t in threads {
-        while !t.is_finished() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if t.is_finished() {
-            let _ = t.join();
-        }
-    }
-    Ok(())
+    Ok(Running {
+        shared,
+        shutdown_tx,
+        threads,
+    })
 }
 
 fn spawn<F: FnOnce() + Send + 'static>(
