@@ -113,6 +113,8 @@ pub struct Config {
     pub max_rtt_entries: usize,
     /// Send the first chunks with the INIT, before its ACK.
     pub pipelining: bool,
+    /// At most this many chunks go out before the INIT is acknowledged (when pipelining).
+    pub pipeline_window: usize,
     /// Control packets (ACKs, READ) queued for `poll_transmit` before new ones are dropped.
     pub max_control_queue: usize,
 }
@@ -137,6 +139,7 @@ impl Default for Config {
             max_delivered_records: 65536,
             max_rtt_entries: 4096,
             pipelining: true,
+            pipeline_window: 128,
             max_control_queue: 65536,
         }
     }
@@ -240,7 +243,7 @@ pub struct Transmit {
     pub payload: Vec<u8>,
 }
 
-/// Counters of what the receiver dropped or repeated.
+/// Counters of what the sender repeated and what the receiver dropped or repeated.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -258,6 +261,8 @@ pub struct Stats {
     pub over_limit: u64,
     /// Repeated packets acknowledged again without effect.
     pub duplicates: u64,
+    /// Packets of our messages sent again (INIT, CHUNK, DONE).
+    pub retransmitted: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -417,7 +422,10 @@ impl Messages {
             self.cfg.chunk_size,
             self.cfg.send_window,
             self.cfg.linger,
-            self.cfg.pipelining,
+            match self.cfg.pipelining {
+                true => self.cfg.pipeline_window.max(1),
+                false => 0,
+            },
         );
         self.outbound.insert(id, m);
         self.schedule_out(id);
@@ -717,9 +725,10 @@ impl Messages {
             };
             m.queued = false;
             let mut buf = Vec::new();
-            if !m.next_packet(now, window, &mut buf) {
+            let Some(repeat) = m.next_packet(now, window, &mut buf) else {
                 continue;
-            }
+            };
+            self.stats.retransmitted += u64::from(repeat);
             let dst = m.dst;
             if m.has_work(window) {
                 m.queued = true;

@@ -80,7 +80,8 @@ pub(super) struct Outbound {
     remove_at: Instant,
     pub(super) phase: Phase,
     init_acked: bool,
-    pipelining: bool,
+    /// Chunks may go before the INIT is acknowledged, at most this many (0: INIT first).
+    pipelining: usize,
     need_init: bool,
     init_tx: Tx,
     chunks: Vec<Chunk>,
@@ -132,7 +133,7 @@ impl Outbound {
         chunk_size: usize,
         window: Duration,
         linger: Duration,
-        pipelining: bool,
+        pipelining: usize,
     ) -> Self {
         let len = payload.len() as u64;
         let chunks = layout(len, chunk_size)
@@ -186,7 +187,15 @@ impl Outbound {
     }
 
     fn can_send_chunks(&self) -> bool {
-        self.is_active() && (self.init_acked || self.pipelining)
+        self.is_active() && (self.init_acked || self.pipelining > 0)
+    }
+
+    /// The in-flight limit: `window`, or the pipelining window before the INIT-ACK.
+    fn window(&self, window: usize) -> usize {
+        match self.init_acked {
+            true => window,
+            false => window.min(self.pipelining),
+        }
     }
 
     fn done_ready(&self) -> bool {
@@ -203,7 +212,7 @@ impl Outbound {
         }
         self.need_init
             || (self.can_send_chunks()
-                && self.in_flight_count < window
+                && self.in_flight_count < self.window(window)
                 && (!self.retx.is_empty() || self.next_new < self.chunks.len()))
             || self.probe.is_some()
             || self.done_ready()
@@ -235,8 +244,14 @@ impl Outbound {
         .encode(out);
     }
 
-    /// Encodes the next packet into `out`; false if there is nothing to send now.
-    pub(super) fn next_packet(&mut self, now: Instant, window: usize, out: &mut Vec<u8>) -> bool {
+    /// Encodes the next packet into `out`: `None` if there is nothing to send now, else whether
+    /// it repeats an earlier packet.
+    pub(super) fn next_packet(
+        &mut self,
+        now: Instant,
+        window: usize,
+        out: &mut Vec<u8>,
+    ) -> Option<bool> {
         if self.need_abort {
             self.need_abort = false;
             MessagePacket {
@@ -245,10 +260,10 @@ impl Outbound {
                 body: MessageBody::Empty,
             }
             .encode(out);
-            return true;
+            return Some(false);
         }
         if !self.is_active() {
-            return false;
+            return None;
         }
         if self.need_init {
             self.need_init = false;
@@ -263,9 +278,9 @@ impl Outbound {
                 },
             }
             .encode(out);
-            return true;
+            return Some(self.init_tx.count > 1);
         }
-        if self.can_send_chunks() && self.in_flight_count < window {
+        if self.can_send_chunks() && self.in_flight_count < self.window(window) {
             let mut pick = None;
             while let Some(i) = self.retx.pop_front() {
                 if self.chunks.get(i as usize).map(|c| c.state) == Some(ChunkTx::Lost) {
@@ -284,14 +299,14 @@ impl Outbound {
                 self.in_flight.push_back((i as u32, now));
                 self.in_flight_count += 1;
                 self.encode_chunk(i, out);
-                return true;
+                return Some(count > 1);
             }
         }
         if let Some(p) = self.probe {
             if p < self.chunks.len() {
                 self.probe = Some(p + 1);
                 self.encode_chunk(p, out);
-                return true;
+                return Some(true);
             }
             self.probe = None;
         }
@@ -308,9 +323,9 @@ impl Outbound {
                 },
             }
             .encode(out);
-            return true;
+            return Some(self.done_tx.count > 1);
         }
-        false
+        None
     }
 
     /// An INIT-ACK; returns an RTT sample if the INIT went out once (Karn).
@@ -344,7 +359,7 @@ impl Outbound {
             return None;
         }
         if !self.init_acked {
-            if !self.pipelining {
+            if self.pipelining == 0 {
                 return None;
             }
             // Only a receiver that took the INIT acknowledges chunks.
@@ -460,9 +475,9 @@ impl Outbound {
             lost = true;
             self.init_tx.at = None;
             self.need_init = true;
-            if self.pipelining {
+            if self.pipelining > 0 {
                 // Fall back to INIT first (see the module docs).
-                self.pipelining = false;
+                self.pipelining = 0;
                 for c in &mut self.chunks {
                     c.state = ChunkTx::Unsent;
                 }
