@@ -15,26 +15,37 @@
 //!
 //! # Protocol as the reference runs it (`mycelium/src/message.rs` at v0.7.10)
 //!
-//! * Sender: INIT every 100 ms until INIT-ACK; then every chunk, each repeated every 100 ms
-//!   until its ACK; then DONE on every tick until DONE-ACK (`Received`); READ from the
-//!   receiver makes it `Read`. After the 5-minute send window an unfinished message is
-//!   `Aborted` (one ABORTED packet); 5 minutes later its record is removed.
-//! * Receiver: a CHUNK or DONE for an id without a pending INIT is dropped *without* ACK
-//!   (lines 436-493, 659-662); a repeated INIT resets the pending message (418-434); CHUNK
-//!   and DONE of a message already completed are dropped without ACK; a DONE with a wrong
-//!   chunk count, a missing chunk, a wrong length or a wrong checksum is ignored, no ACK
-//!   (494-540); ABORTED drops a pending message; READ and ABORTED are never acknowledged.
+//! * Sender (`push_message`, lines 1036-1270): INIT every 100 ms until INIT-ACK; chunks only
+//!   after the INIT-ACK (an INIT-ACK outside state Init and chunk ACKs outside InProgress are
+//!   dropped, 323-376); every chunk at once, each repeated every 100 ms until its ACK; then
+//!   DONE on every tick and every ACK until DONE-ACK (`Received`); READ from the receiver
+//!   makes it `Read` (663-675, only from `Received`). After the 5-minute send window an
+//!   unfinished message is `Aborted` (one ABORTED packet); 5 minutes later it is removed.
+//! * Receiver (`handle_message`, 398-700): the topic ACL is checked on INIT unless it carries
+//!   REPLY (406-410); an INIT for a completed message still in the inbox is dropped without
+//!   ACK, any other INIT unilaterally resets the pending message and is acknowledged
+//!   (411-434). A CHUNK for an id without a pending INIT is dropped *without* ACK and
+//!   leaves no state (437-488); chunks must fit the declared length, their index must be
+//!   below `ceil(len / 250)`, and one under 250 bytes is taken only at that highest possible
+//!   index (449-470); a repeated chunk overwrites. A DONE with a wrong chunk count, a missing
+//!   chunk, a wrong total length or a wrong checksum is ignored, no ACK, the message stays
+//!   pending (494-540). Nothing of a completed message is acknowledged again (the DONE and
+//!   CHUNK branches only look at pending messages). ABORTED drops a pending message
+//!   (676-682); READ and ABORTED are never acknowledged.
 //!
 //! # Where hyphae goes faster or stricter (all within the wire format)
 //!
 //! * Retransmission follows the measured round-trip time per destination (RFC 6298 SRTT and
 //!   RTTVAR from ACK timing, Karn's rule, exponential backoff, floor [`Config::min_rto`])
 //!   instead of a fixed 100 ms. ACKs go out at once, ahead of data.
-//! * Pipelining: the first window of chunks follows the INIT without waiting for the
-//!   INIT-ACK. A stock receiver accepts them if the INIT arrived first (the usual FIFO case)
-//!   and drops them silently otherwise; a chunk ACK proves the INIT arrived. If the INIT
-//!   must be repeated, the message falls back to INIT-first (see [`outbound`]'s docs),
-//!   because a repeated INIT wipes a stock receiver's chunks.
+//! * Pipelining: the first [`Config::pipeline_window`] chunks follow the INIT without
+//!   waiting for the INIT-ACK. A stock receiver takes them if the INIT arrived first (the
+//!   usual case: one route, FIFO links, one receiving task) and drops them silently, with no
+//!   ACK and no state, otherwise; so the worst case is a retransmission, never a wrong
+//!   message. A chunk ACK proves the INIT arrived. If the INIT must be repeated, the message
+//!   falls back to INIT-first, because a repeated INIT wipes a stock receiver's chunks; if a
+//!   DONE goes unanswered three times, every chunk is offered once more, which repairs a
+//!   stock receiver reset by a late duplicate INIT. [`Config::pipelining`] turns it off.
 //! * A last chunk shorter than 250 bytes takes bytes from the chunk before it: the stock
 //!   receiver rejects such a chunk unless it sits at the highest index possible for the
 //!   length, so stock nodes cannot deliver e.g. 1400-byte messages to each other.

@@ -434,6 +434,7 @@ impl Outbound {
 
     fn finish(&mut self) {
         self.payload = Bytes::new();
+        self.chunks = Vec::new();
         self.retx.clear();
         self.in_flight.clear();
         self.in_flight_count = 0;
