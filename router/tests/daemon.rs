@@ -55,7 +55,7 @@ fn routes_converge_over_tcp_and_quic(driver: &str) {
     let c_metrics = format!("127.0.0.1:{}", common::free_port());
     let mut c_flags = peers(&[&b], true);
     c_flags.extend(["--metrics-api-address".to_owned(), c_metrics.clone()]);
-    let c = Node::start("c", driver, 3, &c_flags);
+    let mut c = Node::start("c", driver, 3, &c_flags);
     let (sa, sb, sc) = (a.subnet(), b.subnet(), c.subnet());
     // Own subnets are announced on every new link, and a newly acquired route is passed on at
     // once: a hears of c through b.
@@ -132,6 +132,18 @@ fn routes_converge_over_tcp_and_quic(driver: &str) {
         protos.contains(&"tcp") && protos.contains(&"quic"),
         "{protos:?}"
     );
+    // A node that stops on SIGTERM closes its QUIC connections, so its peers drop the link at
+    // once rather than after their dead-peer timeout.
+    assert!(c.terminate().success());
+    let quic_gone = || {
+        let peers = b.get("/api/v1/admin/peers");
+        !peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["endpoint"]["proto"] == "quic")
+    };
+    wait_until(Duration::from_secs(3), quic_gone).expect("b drops the closed QUIC link at once");
 }
 
 fn frame_crosses_three_hops_with_right_hop_limit(driver: &str) {

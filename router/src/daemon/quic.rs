@@ -104,6 +104,12 @@ impl Quic {
         Ok(Self { ep, client })
     }
 
+    /// Closes every connection with CONNECTION_CLOSE and waits (briefly) until sent.
+    pub(crate) async fn close(&self) {
+        self.ep.close(0u8.into(), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.ep.wait_idle()).await;
+    }
+
     pub(crate) async fn accept_loop(self, w: Worker) {
         let mut shutdown = w.shared.shutdown.clone();
         loop {

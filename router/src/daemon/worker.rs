@@ -216,6 +216,11 @@ async fn worker_main(
             WorkerCmd::Shutdown => break,
         }
     }
+    // Tell QUIC peers we are going, so they drop the link at once instead of after their
+    // dead-peer timeout.
+    if let Some(q) = quic_ep {
+        q.close().await;
+    }
 }
 
 /// Releases frames held for routes that appeared: sleeps until a frame is held, then checks
@@ -442,6 +447,9 @@ impl Worker {
                 .rx_frames
                 .fetch_add(frames.len() as u64, Relaxed);
             handle_frames(&shared, counters, &self.local, &handle, &mut frames);
+            // Let this worker's writers drain what the read queued before reading more: a peer
+            // sending in bursts must not fill another peer's queue before it can be written.
+            tokio::task::yield_now().await;
             if let Some(e) = corrupt {
                 counters.framing_errors.fetch_add(1, Relaxed);
                 tracing::warn!(peer = handle.id.0, %endpoint, "closing link: corrupt framing: {e}");
