@@ -1155,3 +1155,88 @@ fn interop_with_stock_sender_under_loss() {
         assert!(st.msgs.iter().all(|m| m.state >= 2), "seed {seed}");
     }
 }
+
+/// A repeated INIT that matches the pending message keeps its chunks (a stock sender repeats
+/// its INIT until the ACK arrives); one that differs resets the message, as the reference.
+#[test]
+fn repeated_init_keeps_or_resets() {
+    let t0 = Instant::now();
+    let mut rng = Rng(12);
+    let mut m = Messages::new(t0, Config::default(), rng.key());
+    let src = rng.key();
+    let id = MessageId([5; 8]);
+    let data = rng.bytes(2000);
+    let feed = |m: &mut Messages, p: MessagePacket<'_>| {
+        let mut v = Vec::new();
+        p.encode(&mut v);
+        m.handle_datagram(t0, src, &v).unwrap();
+    };
+    let init = |total_len| MessagePacket {
+        id,
+        flags: MessageFlags::INIT,
+        body: MessageBody::Init {
+            total_len,
+            topic: b"t",
+        },
+    };
+    let chunk = |index, offset, data| MessagePacket {
+        id,
+        flags: MessageFlags::CHUNK,
+        body: MessageBody::Chunk {
+            index,
+            offset,
+            data,
+        },
+    };
+    let done = |chunk_count, data: &[u8]| MessagePacket {
+        id,
+        flags: MessageFlags::DONE,
+        body: MessageBody::Done {
+            chunk_count,
+            checksum: *blake3::hash(data).as_bytes(),
+        },
+    };
+    feed(&mut m, init(2000));
+    feed(&mut m, chunk(0, 0, &data[..1300]));
+    feed(&mut m, init(2000));
+    feed(&mut m, chunk(1, 1300, &data[1300..]));
+    feed(&mut m, done(2, &data));
+    let Some(Event::Received(msg)) = m.poll_event() else {
+        panic!("kept chunks across the repeated INIT")
+    };
+    assert_eq!(&msg.payload[..], &data[..]);
+
+    let id2 = MessageId([6; 8]);
+    let reinit = |total_len| MessagePacket {
+        id: id2,
+        ..init(total_len)
+    };
+    feed(&mut m, reinit(2000));
+    feed(
+        &mut m,
+        MessagePacket {
+            id: id2,
+            ..chunk(0, 0, &data[..1300])
+        },
+    );
+    feed(&mut m, reinit(12));
+    feed(
+        &mut m,
+        MessagePacket {
+            id: id2,
+            ..chunk(0, 0, &data[..12])
+        },
+    );
+    feed(
+        &mut m,
+        MessagePacket {
+            id: id2,
+            ..done(1, &data[..12])
+        },
+    );
+    let Some(Event::Received(msg)) = m.poll_event() else {
+        panic!("reset message delivered")
+    };
+    assert_eq!((msg.id, &msg.payload[..]), (id2, &data[..12]));
+    assert!(m.poll_event().is_none());
+}

@@ -334,6 +334,8 @@ impl Outbound {
             return None;
         }
         self.init_acked = true;
+        // A repeat still queued would reset a stock receiver's chunks: drop it.
+        self.need_init = false;
         self.phase = Phase::Sending;
         self.backoff = 0;
         match (self.init_tx.count, self.init_tx.at) {
@@ -364,6 +366,7 @@ impl Outbound {
             }
             // Only a receiver that took the INIT acknowledges chunks.
             self.init_acked = true;
+            self.need_init = false;
             self.phase = Phase::Sending;
         }
         let sample = match c.state {
