@@ -54,3 +54,26 @@ fn rto_follows_samples_and_is_clamped() {
     assert!(t.get(&k(1)).is_none() || t.get(&k(2)).is_none());
     assert!(t.get(&k(3)).is_some());
 }
+
+#[test]
+fn topic_acl_as_the_reference() {
+    use super::TopicAcl;
+    let (b, c) = (PublicKey::from([1; 32]), PublicKey::from([2; 32]));
+    let mut acl = TopicAcl::default();
+    assert!(acl.allows(b"any", &c), "default accept");
+    acl.add_source(b"rpc", b.subnet());
+    assert!(acl.allows(b"rpc", &b));
+    assert!(
+        !acl.allows(b"rpc", &c),
+        "whitelisted topic: only listed sources"
+    );
+    assert!(acl.allows(b"other", &c));
+    acl.remove_source(b"rpc", &b.subnet());
+    assert_eq!(acl.sources(b"rpc"), Some(&[][..]));
+    assert!(!acl.allows(b"rpc", &b), "an empty whitelist accepts nobody");
+    acl.remove_topic(b"rpc");
+    acl.set_default_accept(false);
+    assert!(!acl.allows(b"rpc", &b));
+    acl.add_topic(b"open");
+    assert!(!acl.allows(b"open", &b));
+}
