@@ -1,6 +1,5 @@
-//! The `hyphae` operator CLI: not implemented yet, and says so.
+//! The `hyphae` binary; everything lives in the library (see its docs).
 
 fn main() -> std::process::ExitCode {
-    eprintln!("hyphae: the operator CLI is not implemented yet");
-    std::process::ExitCode::from(2)
+    hyphae_tools::main()
 }

@@ -1,0 +1,161 @@
+//! The command line, as clap sees it. Global flags are accepted before or after the subcommand.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Default address of the node's HTTP API (the reference's and hyphae-router's).
+pub const DEFAULT_API_ADDR: &str = "127.0.0.1:8989";
+
+/// The hyphae operator CLI, for hyphae-router and stock mycelium nodes alike.
+#[derive(Debug, Parser)]
+#[command(name = "hyphae", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Address of the node's HTTP API.
+    #[arg(long, global = true, value_name = "ADDR", default_value = DEFAULT_API_ADDR)]
+    pub api_addr: String,
+    /// Print JSON (for scripts) instead of text for people.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Key file (raw 32-byte x25519 secret) for `inspect` without a key and for `decode`
+    /// [default: $XDG_DATA_HOME/hyphae/priv_key.bin].
+    #[arg(short = 'k', long = "key-file", global = true, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show a public key and its overlay address (the local key file's without PUBKEY).
+    Inspect {
+        /// A public key, 64 hex digits.
+        pubkey: Option<String>,
+    },
+    /// Show the node's subnet, address, public key and start time.
+    Info,
+    /// Ask the node for the public key behind an overlay address.
+    Pubkey {
+        /// An address in 400::/7.
+        ip: String,
+    },
+    /// List, add or remove peers.
+    #[command(subcommand)]
+    Peers(PeersCmd),
+    /// Show routes.
+    #[command(subcommand)]
+    Routes(RoutesCmd),
+    /// Send and receive messages.
+    #[command(subcommand)]
+    Message(MessageCmd),
+    /// Show statistics.
+    #[command(subcommand)]
+    Stats(StatsCmd),
+    /// Decode peer-link frames from hex or a pcap capture.
+    Decode(DecodeArgs),
+}
+
+/// `peers ...`
+#[derive(Debug, Subcommand)]
+pub enum PeersCmd {
+    /// List the node's peers.
+    List,
+    /// Add peers, e.g. tcp://192.0.2.1:9651 or quic://[2001:db8::1]:9651.
+    Add {
+        /// Peer endpoints.
+        #[arg(required = true, value_name = "ENDPOINT")]
+        endpoints: Vec<String>,
+    },
+    /// Remove peers.
+    Remove {
+        /// Peer endpoints, as `peers list` shows them.
+        #[arg(required = true, value_name = "ENDPOINT")]
+        endpoints: Vec<String>,
+    },
+}
+
+/// `routes ...`
+#[derive(Debug, Subcommand)]
+pub enum RoutesCmd {
+    /// Routes in use.
+    Selected,
+    /// Known routes not in use.
+    Fallback,
+    /// Subnets the node is looking for.
+    Queried,
+}
+
+/// `stats ...`
+#[derive(Debug, Subcommand)]
+pub enum StatsCmd {
+    /// Packets and bytes by source and destination.
+    Packets,
+}
+
+/// `message ...`
+#[derive(Debug, Subcommand)]
+pub enum MessageCmd {
+    /// Send a message (prints its id, or the reply with --wait).
+    Send(SendArgs),
+    /// Wait for a message and print it.
+    Receive(ReceiveArgs),
+}
+
+/// `message send`
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Wait for a reply.
+    #[arg(short = 'w', long, conflicts_with = "reply_to")]
+    pub wait: bool,
+    /// With --wait: seconds to wait for the reply.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+    /// Topic (at most 255 bytes).
+    #[arg(short = 't', long)]
+    pub topic: Option<String>,
+    /// Send the contents of this file.
+    #[arg(long, value_name = "FILE", conflicts_with = "msg")]
+    pub msg_path: Option<PathBuf>,
+    /// Send this as the reply to the received message with this id (16 hex digits).
+    #[arg(long, value_name = "ID")]
+    pub reply_to: Option<String>,
+    /// Destination: a public key (64 hex digits) or an overlay address in 400::/7.
+    pub destination: String,
+    /// The message text.
+    pub msg: Option<String>,
+}
+
+/// `message receive`
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    /// Seconds to wait for a message [default: a year].
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+    /// Only messages on this topic.
+    #[arg(short = 't', long)]
+    pub topic: Option<String>,
+    /// Write the payload to this file.
+    #[arg(long, value_name = "FILE")]
+    pub msg_path: Option<PathBuf>,
+    /// Print only the payload, as it is.
+    #[arg(long)]
+    pub raw: bool,
+}
+
+/// `decode`
+#[derive(Debug, Args)]
+pub struct DecodeArgs {
+    /// Frames as hex (one direction of a link; whitespace and ':' are ignored). Without --hex
+    /// or --pcap, hex is read from standard input.
+    #[arg(long, value_name = "HEX", conflicts_with = "pcap")]
+    pub hex: Option<String>,
+    /// A pcap file (libpcap format) of TCP peer links.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+    /// Public keys of other nodes, to open their data frames with -k (keys announced in the
+    /// capture's Updates are learned).
+    #[arg(long = "peer-key", value_name = "PUBKEY")]
+    pub peer_keys: Vec<String>,
+}
