@@ -18,8 +18,13 @@ use tokio::sync::oneshot;
 
 use super::control::Admin;
 use super::endpoint::Endpoint;
+use super::messages::{MsgCmd, Pushed, ReplyError};
 use super::worker::WorkerCmd;
 use super::{ControlMsg, Shared, StartError};
+use crate::message::{PushError, ReceivedMessage, State as MsgState};
+use bytes::Bytes;
+use hyphae_wire::identity::PublicKey;
+use hyphae_wire::message::MessageId;
 
 /// Reads one per-peer figure.
 type PeerGauge = fn(&super::PeerHandle) -> u64;
@@ -68,6 +73,13 @@ pub(crate) fn run(
             .route("/api/v1/admin/routes/queried", get(queried))
             .route("/api/v1/admin/stats/packets", get(packets))
             .route("/api/v1/pubkey/{ip}", get(pubkey))
+            .route("/api/v1/messages", get(msg_receive).post(msg_push))
+            .route(
+                "/api/v1/messages/reply/{id}",
+                axum::routing::post(msg_reply),
+            )
+            .route("/api/v1/messages/status/{id}", get(msg_status))
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_HTTP_BODY))
             .with_state(shared.clone());
         let mut tasks = Vec::new();
         tasks.push(serve(shared.clone(), api, app));
@@ -164,7 +176,7 @@ struct AddPeer {
     endpoint: String,
 }
 
-async fn add_peer(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+async fn add_peer(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
     let Ok(req) = serde_json::from_slice::<AddPeer>(&body) else {
         return (
             StatusCode::BAD_REQUEST,
@@ -344,4 +356,305 @@ async fn prometheus(State(s): State<Arc<Shared>>) -> Response {
         }
     }
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}
+
+// ---- the message API (WIRE.md section 5.2; binary fields are standard base64) ----
+
+/// Largest message payload the API takes (64 MiB, the subsystem's limit).
+const MAX_PAYLOAD: usize = 64 << 20;
+/// Largest request body: the payload in base64 plus room for the JSON around it.
+const MAX_HTTP_BODY: usize = MAX_PAYLOAD / 3 * 4 + 64 * 1024;
+/// Longest a long-poll or a wait for a reply may last.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+fn b64(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+fn unb64(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
+}
+
+fn err(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, msg.into()).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct PushBody {
+    dst: Option<Dst>,
+    topic: Option<String>,
+    payload: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Dst {
+    Ip(IpAddr),
+    Pk(String),
+}
+
+#[derive(serde::Deserialize)]
+struct PushQuery {
+    reply_timeout: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct RecvQuery {
+    peek: Option<bool>,
+    timeout: Option<u64>,
+    topic: Option<String>,
+}
+
+/// The public key of the node that owns `ip`, asking the overlay for a route if needed (up
+/// to a few seconds, as a push to an unknown address does on the reference).
+async fn resolve(s: &Shared, ip: IpAddr) -> Result<PublicKey, Response> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let IpAddr::V6(v6) = ip else {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "destination must be an overlay (400::/7) address",
+        ));
+    };
+    loop {
+        if let Some(pk) = ask(s, |tx| Admin::PubKey(ip, tx)).await? {
+            return Ok(pk);
+        }
+        let _ = s
+            .ctl
+            .try_send(ControlMsg::NeedRoute(hyphae_wire::Subnet::v6_64(v6)));
+        if tokio::time::Instant::now() > deadline {
+            return Err(err(StatusCode::NOT_FOUND, format!("no route to {ip}")));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn decode_push(
+    s: &Shared,
+    body: &[u8],
+) -> Result<(Option<PublicKey>, Bytes, Bytes), Response> {
+    let req: PushBody = serde_json::from_slice(body).map_err(|e| {
+        err(
+            StatusCode::BAD_REQUEST,
+            format!("invalid message body: {e}"),
+        )
+    })?;
+    let payload =
+        unb64(&req.payload).ok_or_else(|| err(StatusCode::BAD_REQUEST, "payload is not base64"))?;
+    if payload.len() > MAX_PAYLOAD {
+        return Err(err(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("payload over {MAX_PAYLOAD} bytes"),
+        ));
+    }
+    let topic = match &req.topic {
+        Some(t) => unb64(t).ok_or_else(|| err(StatusCode::BAD_REQUEST, "topic is not base64"))?,
+        None => Vec::new(),
+    };
+    if topic.len() > 255 {
+        return Err(err(StatusCode::BAD_REQUEST, "topic longer than 255 bytes"));
+    }
+    let dst = match req.dst {
+        None => None,
+        Some(Dst::Pk(hex)) => Some(
+            PublicKey::from_hex(&hex)
+                .ok_or_else(|| err(StatusCode::BAD_REQUEST, "pk is not 64 hex digits"))?,
+        ),
+        Some(Dst::Ip(ip)) => Some(resolve(s, ip).await?),
+    };
+    Ok((dst, Bytes::from(topic), Bytes::from(payload)))
+}
+
+fn receive_info(s: &Shared, m: &ReceivedMessage) -> Value {
+    let mut v = json!({
+        "id": m.id.to_string(),
+        "srcIp": m.src.address().to_string(),
+        "srcPk": m.src.to_string(),
+        "dstIp": s.node.address.to_string(),
+        "dstPk": s.node.public.to_string(),
+        "payload": b64(&m.payload),
+    });
+    if !m.topic.is_empty() {
+        v["topic"] = json!(b64(&m.topic));
+    }
+    v
+}
+
+fn push_error(e: PushError) -> Response {
+    match e {
+        PushError::MessageTooLarge => err(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        PushError::TopicTooLarge => err(StatusCode::BAD_REQUEST, e.to_string()),
+        _ => err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn to_msg<T>(
+    s: &Shared,
+    f: impl FnOnce(oneshot::Sender<T>) -> MsgCmd,
+    wait: Duration,
+) -> Result<T, Response> {
+    let (tx, rx) = oneshot::channel();
+    let busy = || {
+        err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "message subsystem busy or shutting down",
+        )
+    };
+    s.msg
+        .send_timeout(f(tx), ANSWER_TIMEOUT)
+        .await
+        .map_err(|_| busy())?;
+    match tokio::time::timeout(wait + ANSWER_TIMEOUT, rx).await {
+        Ok(Ok(v)) => Ok(v),
+        _ => Err(busy()),
+    }
+}
+
+async fn msg_push(
+    State(s): State<Arc<Shared>>,
+    axum::extract::Query(q): axum::extract::Query<PushQuery>,
+    body: Bytes,
+) -> Response {
+    let (dst, topic, payload) = match decode_push(&s, &body).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(dst) = dst else {
+        return err(StatusCode::BAD_REQUEST, "missing dst");
+    };
+    let wait = q
+        .reply_timeout
+        .map(|t| Duration::from_secs(t).min(MAX_WAIT));
+    let cmd = |tx| MsgCmd::Push {
+        dst,
+        topic,
+        payload,
+        wait,
+        tx,
+    };
+    match to_msg(&s, cmd, wait.unwrap_or_default()).await {
+        Ok(Ok(Pushed::Queued(id))) => {
+            (StatusCode::CREATED, Json(json!({"id": id.to_string()}))).into_response()
+        }
+        Ok(Ok(Pushed::Reply(m))) => Json(receive_info(&s, &m)).into_response(),
+        Ok(Ok(Pushed::TimedOut(id))) => (
+            StatusCode::REQUEST_TIMEOUT,
+            Json(json!({"id": id.to_string()})),
+        )
+            .into_response(),
+        Ok(Err(e)) => push_error(e),
+        Err(r) => r,
+    }
+}
+
+async fn msg_receive(
+    State(s): State<Arc<Shared>>,
+    axum::extract::Query(q): axum::extract::Query<RecvQuery>,
+) -> Response {
+    let topic = match &q.topic {
+        Some(t) => match unb64(t) {
+            Some(t) => Some(Bytes::from(t)),
+            None => return err(StatusCode::BAD_REQUEST, "topic is not base64"),
+        },
+        None => None,
+    };
+    let timeout = Duration::from_secs(q.timeout.unwrap_or(0)).min(MAX_WAIT);
+    let peek = q.peek.unwrap_or(false);
+    match to_msg(
+        &s,
+        |tx| MsgCmd::Receive {
+            topic,
+            peek,
+            timeout,
+            tx,
+        },
+        timeout,
+    )
+    .await
+    {
+        Ok(Some(m)) => Json(receive_info(&s, &m)).into_response(),
+        Ok(None) => StatusCode::NO_CONTENT.into_response(),
+        Err(r) => r,
+    }
+}
+
+fn parse_id(id: &str) -> Option<MessageId> {
+    let pk =
+        (id.len() == 16).then(|| PublicKey::from_hex(&format!("{id}{}", "0".repeat(48))))??;
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&pk.as_bytes()[..8]);
+    Some(MessageId(b))
+}
+
+async fn msg_reply(State(s): State<Arc<Shared>>, Path(id): Path<String>, body: Bytes) -> Response {
+    let Some(id) = parse_id(&id) else {
+        return err(StatusCode::BAD_REQUEST, "id is not 16 hex digits");
+    };
+    let (dst, _, payload) = match decode_push(&s, &body).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    match to_msg(
+        &s,
+        |tx| MsgCmd::Reply {
+            id,
+            dst,
+            payload,
+            tx,
+        },
+        Duration::ZERO,
+    )
+    .await
+    {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(ReplyError::UnknownId)) => {
+            err(StatusCode::NOT_FOUND, "no received message with that id")
+        }
+        Ok(Err(ReplyError::Push(e))) => push_error(e),
+        Err(r) => r,
+    }
+}
+
+async fn msg_status(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    let Some(id) = parse_id(&id) else {
+        return err(StatusCode::BAD_REQUEST, "id is not 16 hex digits");
+    };
+    let (st, at) = match to_msg(&s, |tx| MsgCmd::Status { id, tx }, Duration::ZERO).await {
+        Ok(Some(v)) => v,
+        Ok(None) => return StatusCode::NOT_FOUND.into_response(),
+        Err(r) => return r,
+    };
+    // The state machine keeps monotonic instants; the API speaks Unix seconds.
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let to_unix = |t: std::time::Instant| -> u64 {
+        match t.checked_duration_since(at) {
+            Some(ahead) => unix_now + ahead.as_secs(),
+            None => unix_now.saturating_sub(at.duration_since(t).as_secs()),
+        }
+    };
+    let state = match st.state {
+        MsgState::Pending => json!("pending"),
+        MsgState::Sending {
+            pending,
+            sent,
+            acked,
+        } => {
+            json!({"sending": {"pending": pending, "sent": sent, "acked": acked}})
+        }
+        MsgState::Received => json!("received"),
+        MsgState::Read => json!("read"),
+        MsgState::Aborted => json!("aborted"),
+    };
+    Json(json!({
+        "dst": st.dst.address().to_string(),
+        "state": state,
+        "created": to_unix(st.created),
+        "deadline": to_unix(st.deadline),
+        "msgLen": st.len,
+    }))
+    .into_response()
 }

@@ -18,8 +18,9 @@ use hyphae_wire::Subnet;
 use hyphae_wire::data::DataFrame;
 use hyphae_wire::deframer::Frame;
 use hyphae_wire::identity::PublicKey;
-use hyphae_wire::seal::SealingKey;
+use hyphae_wire::seal::{SealingKey, UserDataKind};
 
+use super::messages::MsgCmd;
 use super::{ControlMsg, PeerHandle, Shared, WorkerCounters, icmp};
 use crate::hash::SeededState;
 
@@ -228,11 +229,11 @@ pub(crate) fn handle_frames(
         frame.set_hop_limit(hop - 1);
         if shared.node.subnet.contains_ip(dst.into()) {
             t.local += 1;
-            match open_local(shared, keys, &mut frame) {
-                Some(true) => t.local_opened += 1,
-                Some(false) => t.local_unopened += 1,
+            match open_local(shared, keys, frame) {
+                Ok(true) => t.local_opened += 1,
+                Ok(false) => t.local_unopened += 1,
                 // The source's key is not known yet: hold the frame while its route is found.
-                None => {
+                Err(frame) => {
                     if hold(shared, &mut l, u128::from(src) >> 64, frame, true).is_err() {
                         t.local_unopened += 1;
                     }
@@ -408,13 +409,13 @@ pub(crate) fn flush_pending(
             if !ready && !expired {
                 break;
             }
-            let Some(mut h) = q.pop_front() else { break };
+            let Some(h) = q.pop_front() else { break };
             *pending_len -= 1;
             match (ready, h.local) {
                 (false, true) => t.local_unopened += 1,
                 (false, false) => t.no_route += 1,
-                (true, true) => match open_local(shared, keys, &mut h.frame) {
-                    Some(true) => t.local_opened += 1,
+                (true, true) => match open_local(shared, keys, h.frame) {
+                    Ok(true) => t.local_opened += 1,
                     _ => t.local_unopened += 1,
                 },
                 (true, false) => match next.and_then(|p| peers.get(&p)) {
@@ -431,24 +432,40 @@ pub(crate) fn flush_pending(
     t.publish(counters);
 }
 
-/// Opens a frame for this node. The message subsystem is not built yet: an authenticated
-/// frame is counted and dropped. Returns whether it opened, or `None` if the source's key is
-/// not known (no route to the source yet).
+/// Opens a frame for this node and hands a message packet to the message thread (other
+/// kinds have no consumer yet: TUN comes later). Returns whether it opened, or gives the frame
+/// back if the source's key is not known yet (no route to the source).
 fn open_local(
     shared: &Shared,
     keys: &mut HashMap<PublicKey, SealingKey>,
-    frame: &mut DataFrame<BytesMut>,
-) -> Option<bool> {
+    mut frame: DataFrame<BytesMut>,
+) -> Result<bool, DataFrame<BytesMut>> {
     let src_subnet = Subnet::v6_64(frame.src());
-    let pk = shared.keys.load().get(&src_subnet).copied()?;
+    let Some(pk) = shared.keys.load().get(&src_subnet).copied() else {
+        return Err(frame);
+    };
     if keys.len() >= MAX_KEYS && !keys.contains_key(&pk) {
         keys.clear();
     }
     let key = keys
         .entry(pk)
         .or_insert_with(|| SealingKey::new(&shared.node.secret.shared_secret(&pk)));
-    Some(key.open(frame.body_mut()).is_ok())
+    let body_len = frame.body().len();
+    let Ok((kind, _)) = key.open(frame.body_mut()) else {
+        return Ok(false);
+    };
+    if kind == UserDataKind::MESSAGE {
+        // The plaintext sits in place: the payload is a slice of the receive buffer.
+        let start = hyphae_wire::data::DATA_OVERHEAD + hyphae_wire::seal::USER_HEADER_LEN;
+        let end = hyphae_wire::data::DATA_OVERHEAD + body_len - TAG_AND_NONCE;
+        let payload = frame.into_inner().freeze().slice(start..end);
+        let _ = shared.msg.try_send(MsgCmd::Packet { src: pk, payload });
+    }
+    Ok(true)
 }
+
+/// Tag and nonce after the ciphertext of a sealed body.
+const TAG_AND_NONCE: usize = hyphae_wire::seal::TAG_LEN + hyphae_wire::seal::NONCE_LEN;
 
 #[cfg(test)]
 mod tests {

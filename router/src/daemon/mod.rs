@@ -25,6 +25,7 @@ mod discovery;
 mod forward;
 mod icmp;
 mod link;
+mod messages;
 mod quic;
 mod worker;
 
@@ -206,6 +207,8 @@ pub(crate) struct Shared {
     pub(crate) keys: ArcSwap<HashMap<Subnet, PublicKey>>,
     /// The control thread's inbox.
     pub(crate) ctl: mpsc::Sender<ControlMsg>,
+    /// The message thread's inbox.
+    pub(crate) msg: mpsc::Sender<messages::MsgCmd>,
     /// One set of counters per worker.
     pub(crate) counters: Vec<WorkerCounters>,
     /// Commands to each worker.
@@ -337,6 +340,7 @@ pub fn start(settings: Settings) -> Result<Running, StartError> {
     };
 
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
+    let (msg_tx, msg_rx) = mpsc::channel(CONTROL_QUEUE);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut worker_txs = Vec::new();
     let mut worker_rxs = Vec::new();
@@ -353,6 +357,7 @@ pub fn start(settings: Settings) -> Result<Running, StartError> {
         peers: ArcSwap::default(),
         keys: ArcSwap::default(),
         ctl: ctl_tx,
+        msg: msg_tx,
         counters: (0..settings.workers)
             .map(|_| WorkerCounters::default())
             .collect(),
@@ -368,6 +373,8 @@ pub fn start(settings: Settings) -> Result<Running, StartError> {
     threads.push(spawn("hyphae-control", move || {
         control::run(s, ctl_rx, fib_writer, hash_seed)
     })?);
+    let s = shared.clone();
+    threads.push(spawn("hyphae-msg", move || messages::run(s, msg_rx))?);
     let mut quic_socket = quic_socket;
     for (i, (listener, cmd_rx)) in listeners.into_iter().zip(worker_rxs).enumerate() {
         let s = shared.clone();

@@ -1,0 +1,423 @@
+//! The message thread: runs the sans-IO [`crate::message::Messages`] state machine, seals what
+//! it sends into data frames for the forwarding path, and serves the message API (push, wait
+//! for a reply, receive with long-poll, reply, status) without ever blocking one caller on
+//! another: waiting callers are parked as data with deadlines, never as held locks.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use hyphae_wire::Subnet;
+use hyphae_wire::data::DataHeader;
+use hyphae_wire::identity::PublicKey;
+use hyphae_wire::message::MessageId;
+use hyphae_wire::seal::{SEAL_OVERHEAD, SealingKey, UserDataKind};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{ControlMsg, Shared};
+use crate::message::{
+    Config, Event, Messages, PushError, ReceivedMessage, State as MsgState, Status,
+};
+
+/// Messages kept for applications that have not asked for them yet.
+const MAX_INBOX: usize = 4096;
+/// Received message ids remembered (with their sender) so replies can be addressed.
+const MAX_SENDERS: usize = 65_536;
+/// A message whose destination has had no route for this long is aborted, instead of being
+/// tried for the whole 5-minute send window as the reference does: a crashed receiver is
+/// reported to the sender in seconds. (The route query timeout.)
+const UNREACHABLE_ABORT: Duration = Duration::from_secs(15);
+
+/// A request to the message thread.
+#[derive(Debug)]
+pub(crate) enum MsgCmd {
+    /// A decrypted message packet from `src`.
+    Packet { src: PublicKey, payload: Bytes },
+    /// Send a message; with `wait`, answer with its reply (or a timeout).
+    Push {
+        dst: PublicKey,
+        topic: Bytes,
+        payload: Bytes,
+        wait: Option<Duration>,
+        tx: oneshot::Sender<Result<Pushed, PushError>>,
+    },
+    /// Answer a received message.
+    Reply {
+        id: MessageId,
+        dst: Option<PublicKey>,
+        payload: Bytes,
+        tx: oneshot::Sender<Result<(), ReplyError>>,
+    },
+    /// Take (or peek at) the next message, on `topic` if given, waiting up to `timeout`.
+    Receive {
+        topic: Option<Bytes>,
+        peek: bool,
+        timeout: Duration,
+        tx: oneshot::Sender<Option<ReceivedMessage>>,
+    },
+    /// A sent message's status.
+    Status {
+        id: MessageId,
+        tx: oneshot::Sender<Option<(Status, Instant)>>,
+    },
+}
+
+/// The outcome of a push.
+#[derive(Debug)]
+pub(crate) enum Pushed {
+    /// Queued under this id.
+    Queued(MessageId),
+    /// The reply arrived.
+    Reply(ReceivedMessage),
+    /// No reply in time.
+    TimedOut(MessageId),
+}
+
+/// Why a reply could not be sent.
+#[derive(Debug)]
+pub(crate) enum ReplyError {
+    /// No received message with that id and no destination given.
+    UnknownId,
+    /// The state machine refused it.
+    Push(PushError),
+}
+
+struct Receiver {
+    topic: Option<Bytes>,
+    peek: bool,
+    deadline: Instant,
+    tx: oneshot::Sender<Option<ReceivedMessage>>,
+}
+
+struct Thread {
+    shared: Arc<Shared>,
+    m: Messages,
+    keys: HashMap<PublicKey, SealingKey>,
+    inbox: VecDeque<ReceivedMessage>,
+    receivers: Vec<Receiver>,
+    replies: HashMap<MessageId, (Instant, oneshot::Sender<Result<Pushed, PushError>>)>,
+    senders: HashMap<MessageId, PublicKey>,
+    sender_order: VecDeque<MessageId>,
+    /// Outbound messages in progress, by destination.
+    active: HashMap<MessageId, PublicKey>,
+    /// Destinations without a route, since when.
+    unreachable: HashMap<PublicKey, Instant>,
+}
+
+/// The message thread's body.
+pub(crate) fn run(shared: Arc<Shared>, mut inbox: mpsc::Receiver<MsgCmd>) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("message runtime: {e}");
+            return;
+        }
+    };
+    let own = shared.node.public;
+    let mut t = Thread {
+        m: Messages::new(Instant::now(), Config::default(), own),
+        shared: shared.clone(),
+        keys: HashMap::new(),
+        inbox: VecDeque::new(),
+        receivers: Vec::new(),
+        replies: HashMap::new(),
+        senders: HashMap::new(),
+        sender_order: VecDeque::new(),
+        active: HashMap::new(),
+        unreachable: HashMap::new(),
+    };
+    rt.block_on(async move {
+        let mut shutdown = shared.shutdown.clone();
+        loop {
+            let deadline = t.next_deadline().map(tokio::time::Instant::from_std);
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return,
+                cmd = inbox.recv() => {
+                    let Some(cmd) = cmd else { return };
+                    let now = Instant::now();
+                    t.handle(now, cmd);
+                    for _ in 0..256 {
+                        match inbox.try_recv() {
+                            Ok(cmd) => t.handle(now, cmd),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(far)).await }, if deadline.is_some() => {
+                    t.timeout(Instant::now());
+                }
+            }
+            t.flush(Instant::now());
+        }
+    });
+}
+
+fn far() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400)
+}
+
+/// A fresh random message id.
+fn new_id() -> MessageId {
+    let n = hyphae_wire::seal::random_nonce().unwrap_or_default();
+    MessageId([n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7]])
+}
+
+impl Thread {
+    fn next_deadline(&mut self) -> Option<Instant> {
+        let waits = self
+            .receivers
+            .iter()
+            .map(|r| r.deadline)
+            .chain(self.replies.values().map(|(d, _)| *d));
+        self.m.poll_timeout().into_iter().chain(waits).min()
+    }
+
+    fn handle(&mut self, now: Instant, cmd: MsgCmd) {
+        match cmd {
+            MsgCmd::Packet { src, payload } => {
+                if let Err(e) = self.m.handle_datagram(now, src, &payload) {
+                    tracing::debug!(%src, "bad message packet: {e}");
+                }
+            }
+            MsgCmd::Push {
+                dst,
+                topic,
+                payload,
+                wait,
+                tx,
+            } => {
+                let id = new_id();
+                match self.m.push(now, id, dst, &topic, payload) {
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                    Ok(()) => {
+                        self.active.insert(id, dst);
+                        match wait {
+                            Some(w) => {
+                                self.replies.insert(id, (now + w, tx));
+                            }
+                            None => {
+                                let _ = tx.send(Ok(Pushed::Queued(id)));
+                            }
+                        }
+                    }
+                }
+            }
+            MsgCmd::Reply {
+                id,
+                dst,
+                payload,
+                tx,
+            } => {
+                let r = match self.senders.get(&id).copied().or(dst) {
+                    None => Err(ReplyError::UnknownId),
+                    Some(to) => self
+                        .m
+                        .push_reply(now, id, to, payload)
+                        .map_err(ReplyError::Push),
+                };
+                let _ = tx.send(r);
+            }
+            MsgCmd::Receive {
+                topic,
+                peek,
+                timeout,
+                tx,
+            } => {
+                let pos = self
+                    .inbox
+                    .iter()
+                    .position(|m| topic.as_ref().is_none_or(|t| *t == m.topic));
+                match pos {
+                    Some(i) => {
+                        let msg = match peek {
+                            true => self.inbox[i].clone(),
+                            false => {
+                                let Some(msg) = self.inbox.remove(i) else {
+                                    return;
+                                };
+                                self.m.mark_read(now, msg.src, msg.id);
+                                msg
+                            }
+                        };
+                        let _ = tx.send(Some(msg));
+                    }
+                    None if timeout.is_zero() => {
+                        let _ = tx.send(None);
+                    }
+                    None => self.receivers.push(Receiver {
+                        topic,
+                        peek,
+                        deadline: now + timeout,
+                        tx,
+                    }),
+                }
+            }
+            MsgCmd::Status { id, tx } => {
+                let _ = tx.send(self.m.status(id).map(|s| (s, now)));
+            }
+        }
+    }
+
+    fn timeout(&mut self, now: Instant) {
+        self.m.handle_timeout(now);
+        let (due, keep): (Vec<_>, Vec<_>) =
+            self.receivers.drain(..).partition(|r| r.deadline <= now);
+        self.receivers = keep;
+        for r in due {
+            let _ = r.tx.send(None);
+        }
+        let due: Vec<MessageId> = self
+            .replies
+            .iter()
+            .filter(|(_, (d, _))| *d <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some((_, tx)) = self.replies.remove(&id) {
+                let _ = tx.send(Ok(Pushed::TimedOut(id)));
+            }
+        }
+    }
+
+    /// Sends what the state machine queued and acts on its events, until both are empty:
+    /// acting on an event (a delivery marked read) can queue more packets.
+    fn flush(&mut self, now: Instant) {
+        loop {
+            let mut busy = false;
+            while let Some(t) = self.m.poll_transmit(now) {
+                self.send(t.dst, &t.payload);
+                busy = true;
+            }
+            while let Some(e) = self.m.poll_event() {
+                busy = true;
+                match e {
+                    Event::Received(msg) => self.deliver(now, msg),
+                    Event::StateChanged { id, state, .. } => {
+                        if matches!(
+                            state,
+                            MsgState::Received | MsgState::Read | MsgState::Aborted
+                        ) {
+                            self.active.remove(&id);
+                        }
+                    }
+                }
+            }
+            self.abort_unreachable(now);
+            if !busy {
+                return;
+            }
+        }
+    }
+
+    /// Aborts the messages whose destination has had no route for [`UNREACHABLE_ABORT`].
+    fn abort_unreachable(&mut self, now: Instant) {
+        if self.unreachable.is_empty() {
+            return;
+        }
+        let fib = self.shared.fib.snapshot();
+        self.unreachable
+            .retain(|dst, _| fib.lookup(dst.address()).is_none());
+        let unreachable = &self.unreachable;
+        let gone: Vec<MessageId> = self
+            .active
+            .iter()
+            .filter(|(_, dst)| {
+                unreachable
+                    .get(dst)
+                    .is_some_and(|t| now.duration_since(*t) >= UNREACHABLE_ABORT)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            tracing::debug!(%id, "no route to the destination: aborting the message");
+            self.m.abort(now, id);
+            self.active.remove(&id);
+        }
+        // Forget destinations no message waits for any more.
+        let active = &self.active;
+        self.unreachable
+            .retain(|dst, _| active.values().any(|d| d == dst));
+    }
+
+    fn deliver(&mut self, now: Instant, msg: ReceivedMessage) {
+        if msg.reply
+            && let Some((_, tx)) = self.replies.remove(&msg.id)
+        {
+            let _ = tx.send(Ok(Pushed::Reply(msg)));
+            return;
+        }
+        if !msg.reply {
+            if self.sender_order.len() >= MAX_SENDERS
+                && let Some(old) = self.sender_order.pop_front()
+            {
+                self.senders.remove(&old);
+            }
+            self.senders.insert(msg.id, msg.src);
+            self.sender_order.push_back(msg.id);
+        }
+        // A parked receiver whose topic matches takes it at once.
+        self.receivers.retain(|r| !r.tx.is_closed());
+        if let Some(i) = self
+            .receivers
+            .iter()
+            .position(|r| r.topic.as_ref().is_none_or(|t| *t == msg.topic))
+        {
+            let r = self.receivers.remove(i);
+            if !r.peek {
+                self.m.mark_read(now, msg.src, msg.id);
+            } else if self.inbox.len() < MAX_INBOX {
+                self.inbox.push_back(msg.clone());
+            }
+            let _ = r.tx.send(Some(msg));
+            return;
+        }
+        if self.inbox.len() < MAX_INBOX {
+            self.inbox.push_back(msg);
+        } else {
+            tracing::warn!("message inbox full: dropping a message from {}", msg.src);
+        }
+    }
+
+    /// Seals one message packet into a data frame and queues it toward `dst`.
+    fn send(&mut self, dst: PublicKey, packet: &[u8]) {
+        let shared = &self.shared;
+        let addr = dst.address();
+        let peers = shared.peers.load();
+        let Some(egress) = shared.fib.lookup(addr).and_then(|p| peers.get(&p)) else {
+            // No route yet: ask for one; the state machine retransmits.
+            let _ = shared
+                .ctl
+                .try_send(ControlMsg::NeedRoute(Subnet::v6_64(addr)));
+            self.unreachable.entry(dst).or_insert_with(Instant::now);
+            return;
+        };
+        self.unreachable.remove(&dst);
+        let Ok(nonce) = hyphae_wire::seal::random_nonce() else {
+            return;
+        };
+        let key = self
+            .keys
+            .entry(dst)
+            .or_insert_with(|| SealingKey::new(&shared.node.secret.shared_secret(&dst)));
+        let mut body = Vec::with_capacity(packet.len() + SEAL_OVERHEAD);
+        key.seal(nonce, UserDataKind::MESSAGE, packet, &mut body);
+        let mut frame = BytesMut::with_capacity(40 + body.len());
+        // Our own frames leave with hop limit 63, as the reference's (which counts its own hop).
+        if (DataHeader {
+            hop_limit: 63,
+            src: shared.node.address,
+            dst: addr,
+        })
+        .emit_frame(&body, &mut frame)
+        .is_ok()
+        {
+            egress.enqueue(frame.freeze(), 1);
+        }
+    }
+}
