@@ -62,7 +62,7 @@ pub enum Command {
 pub enum PeersCmd {
     /// List the node's peers.
     List,
-    /// Add peers, e.g. tcp://192.0.2.1:9651 or quic://[2001:db8::1]:9651.
+    /// Add peers, e.g. `tcp://192.0.2.1:9651` or `quic://[2001:db8::1]:9651`.
     Add {
         /// Peer endpoints.
         #[arg(required = true, value_name = "ENDPOINT")]

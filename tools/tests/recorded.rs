@@ -1,6 +1,6 @@
 //! The CLI against recorded responses of a stock mycelium 0.7 node (the shapes of WIRE.md
-//! sections 5.2 and 6), served by a fake HTTP server. hyphae-router does not serve the message
-//! API yet; these tests pin the client side against the reference's JSON.
+//! sections 5.2 and 6), served by a fake HTTP server: the CLI must work against the reference's
+//! API as well as hyphae-router's (tests/router.rs drives a real router, messages included).
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The CLI against hyphae-router nodes started in this process (the portable driver, one
-//! worker each): inspect, info, pubkey, peers list/add/remove, routes, stats, and the one-line
-//! errors for an unreachable API, a bad key and a bad address.
+//! worker each): inspect, info, pubkey, peers list/add/remove, routes, stats, message send and
+//! receive (topics, request and reply), and the one-line errors for an unreachable API, a bad
+//! key and a bad address.
 
 mod common;
 
@@ -270,4 +271,90 @@ fn bad_keys_and_addresses_are_one_line() {
     hyphae(&["frobnicate"]).fails(2);
     hyphae(&["routes", "sideways"]).fails(2);
     assert_eq!(hyphae(&["peers"]).code, 2);
+}
+
+#[test]
+fn messages_cross_between_two_routers() {
+    let dir = scratch("messages");
+    let a = Node::start(&dir, "a", 0x33);
+    let b = Node::start(&dir, "b", 0x44);
+    let pk_b = SecretKey::from_bytes([0x44; 32]).public_key();
+    let pk_a = SecretKey::from_bytes([0x33; 32]).public_key();
+    a.cli(&["peers", "add", &format!("tcp://127.0.0.1:{}", b.port)])
+        .ok();
+    let subnet_b = pk_b.subnet().to_string();
+    wait_until(Duration::from_secs(10), || {
+        let v = a.json(&["routes", "selected"]);
+        v.as_array()?
+            .iter()
+            .any(|r| r["subnet"] == subnet_b.as_str())
+            .then_some(())
+    })
+    .expect("a selects a route to b");
+
+    // A message on a topic, to b's public key; b receives it with that topic.
+    let b_api = b.api.clone();
+    let rx = std::thread::spawn(move || {
+        hyphae(&[
+            "--api-addr",
+            &b_api,
+            "message",
+            "receive",
+            "--timeout",
+            "20",
+            "-t",
+            "cli.topic",
+        ])
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let out = a.cli(&[
+        "message",
+        "send",
+        "-t",
+        "cli.topic",
+        &pk_b.to_string(),
+        "hello b",
+    ]);
+    assert!(out.ok().starts_with("Message id: "), "{out:?}");
+    let got = rx.join().unwrap();
+    let text = got.ok();
+    assert!(
+        text.contains(&format!("From:    {} ({pk_a})", pk_a.address())),
+        "{text}"
+    );
+    assert!(text.contains("Topic:   cli.topic\n"), "{text}");
+    assert!(text.ends_with("Payload: hello b\n"), "{text}");
+
+    // Request and reply: a waits, b receives (JSON, to learn the id) and replies.
+    let a_api = a.api.clone();
+    let dest = pk_b.address().to_string();
+    let tx = std::thread::spawn(move || {
+        hyphae(&[
+            "--api-addr",
+            &a_api,
+            "message",
+            "send",
+            "--wait",
+            "--timeout",
+            "20",
+            &dest,
+            "ping",
+        ])
+    });
+    let req = b.json(&["message", "receive", "--timeout", "20"]);
+    let id = req["id"].as_str().unwrap().to_owned();
+    assert_eq!(req["payload"], "cGluZw==");
+    let out = b.cli(&[
+        "message",
+        "send",
+        "--reply-to",
+        &id,
+        &pk_a.to_string(),
+        "pong",
+    ]);
+    assert_eq!(out.ok(), format!("Replied to message {id}\n"));
+    let reply = tx.join().unwrap();
+    let text = reply.ok();
+    assert!(text.starts_with(&format!("Message {id}\n")), "{text}");
+    assert!(text.ends_with("Payload: pong\n"), "{text}");
 }
