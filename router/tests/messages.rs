@@ -182,3 +182,188 @@ fn long_polls_block_nothing_and_a_receiver_crash_aborts_the_sender_cleanly() {
         "the sender is still healthy"
     );
 }
+
+mod local {
+    //! The local application socket, speaking hyphae's framing.
+
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    use bytes::BytesMut;
+    use hyphae_wire::framing::{self, Destination, Message, Push, Reply, StatusQuery, Subscribe};
+    use hyphae_wire::identity::PublicKey;
+
+    pub(super) struct App {
+        s: UnixStream,
+        buf: BytesMut,
+    }
+
+    impl App {
+        pub(super) fn connect(path: &std::path::Path) -> Self {
+            let s = UnixStream::connect(path).expect("local socket");
+            s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+                .unwrap();
+            Self {
+                s,
+                buf: BytesMut::new(),
+            }
+        }
+
+        pub(super) fn send(&mut self, m: &Message<'_>) {
+            let mut b = BytesMut::new();
+            m.encode(framing::DEFAULT_MAX_BODY, &mut b).unwrap();
+            self.s.write_all(&b).unwrap();
+        }
+
+        /// The next frame's kind and body.
+        pub(super) fn recv(&mut self) -> (framing::Kind, bytes::Bytes) {
+            loop {
+                if let Some(f) =
+                    framing::split_frame(&mut self.buf, framing::DEFAULT_MAX_BODY).unwrap()
+                {
+                    return f;
+                }
+                let mut chunk = vec![0u8; 1 << 16];
+                let n = self.s.read(&mut chunk).expect("an answer");
+                assert!(n > 0, "socket closed");
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+
+        pub(super) fn push(
+            &mut self,
+            tag: u64,
+            dst: &PublicKey,
+            topic: &[u8],
+            payload: &[u8],
+            wait_ms: Option<u32>,
+        ) {
+            let p = Push {
+                tag,
+                dst: Destination::PublicKey(*dst.as_bytes()),
+                topic,
+                payload,
+                reply_to: None,
+                reply_timeout_ms: wait_ms,
+            };
+            self.send(&Message::Push(p));
+        }
+
+        pub(super) fn subscribe(&mut self, topic: &[u8]) {
+            self.send(&Message::Subscribe(Subscribe {
+                tag: 1,
+                topic: Some(topic),
+            }));
+        }
+
+        pub(super) fn reply(
+            &mut self,
+            tag: u64,
+            id: hyphae_wire::message::MessageId,
+            payload: &[u8],
+        ) {
+            self.send(&Message::Reply(Reply { tag, id, payload }));
+        }
+
+        pub(super) fn status(&mut self, tag: u64, id: hyphae_wire::message::MessageId) {
+            self.send(&Message::StatusQuery(StatusQuery { tag, id }));
+        }
+    }
+}
+
+#[test]
+fn request_and_reply_over_two_hops_through_the_local_socket() {
+    use hyphae_wire::framing::{Kind, Message, MessageState};
+    use hyphae_wire::identity::SecretKey;
+
+    let (a, _b, c) = line("uring");
+    let c_pk = SecretKey::from_bytes([103; 32]).public_key();
+    let a_pk = SecretKey::from_bytes([101; 32]).public_key();
+    let mut server = local::App::connect(&c.local_socket());
+    server.subscribe(b"rpc");
+    let mut client = local::App::connect(&a.local_socket());
+    std::thread::sleep(Duration::from_millis(100));
+
+    // Several requests in flight at once, each answered by tag.
+    for tag in 10..14u64 {
+        client.push(
+            tag,
+            &c_pk,
+            b"rpc",
+            format!("request {tag}").as_bytes(),
+            Some(10_000),
+        );
+    }
+    // The server sees the four requests and its four reply acknowledgements, in any order.
+    let (mut requests, mut acks) = (0, 0);
+    while requests < 4 || acks < 4 {
+        let (kind, body) = server.recv();
+        match Message::decode(kind, &body) {
+            Ok(Message::Deliver(d)) => {
+                assert_eq!((d.topic, d.src_pk), (&b"rpc"[..], *a_pk.as_bytes()));
+                assert_eq!(d.reply_tag, None);
+                let answer = [b"reply to ", d.payload].concat();
+                server.reply(7, d.id, &answer);
+                requests += 1;
+            }
+            Ok(Message::Pushed(p)) => {
+                assert_eq!(p.tag, 7, "reply accepted");
+                acks += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let mut tags = Vec::new();
+    for _ in 0..4 {
+        let (kind, body) = client.recv();
+        let Ok(Message::Deliver(d)) = Message::decode(kind, &body) else {
+            panic!("{kind:?}")
+        };
+        let tag = d.reply_tag.expect("a reply to a waiting push");
+        assert_eq!(d.payload, format!("reply to request {tag}").as_bytes());
+        assert_eq!(d.src_pk, *c_pk.as_bytes());
+        tags.push(tag);
+    }
+    tags.sort_unstable();
+    assert_eq!(tags, vec![10, 11, 12, 13]);
+
+    // A push without waiting is accepted with an id whose status can be asked for.
+    client.push(20, &c_pk, b"rpc", b"fire and forget", None);
+    let (kind, body) = client.recv();
+    let Ok(Message::Pushed(p)) = Message::decode(kind, &body) else {
+        panic!("{kind:?}")
+    };
+    assert_eq!(p.tag, 20);
+    let (kind, body) = server.recv();
+    assert!(
+        matches!(Message::decode(kind, &body), Ok(Message::Deliver(d)) if d.payload == b"fire and forget")
+    );
+    let done = wait_until(Duration::from_secs(10), || {
+        client.status(21, p.id);
+        let (kind, body) = client.recv();
+        match Message::decode(kind, &body) {
+            Ok(Message::Status(s)) if s.tag == 21 && s.state == MessageState::Read => Some(()),
+            _ => None,
+        }
+    });
+    assert!(done.is_some(), "status reaches read");
+
+    // A malformed frame gets an error answer and the connection goes on.
+    let mut bad = bytes::BytesMut::new();
+    bad.extend_from_slice(b"HY\x01\x01\x00\x00\x00\x02\xff\xff");
+    std::io::Write::write_all(
+        &mut std::os::unix::net::UnixStream::connect(a.local_socket()).unwrap(),
+        &bad,
+    )
+    .unwrap();
+    client.push(30, &c_pk, b"rpc", b"still here", None);
+    let (kind, _) = client.recv();
+    assert_eq!(kind, Kind::PUSHED);
+    // The socket is the owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(a.local_socket())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}

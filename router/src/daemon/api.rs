@@ -52,6 +52,7 @@ pub(crate) fn run(
     shared: Arc<Shared>,
     api: std::net::TcpListener,
     metrics: Option<std::net::TcpListener>,
+    local: Option<std::os::unix::net::UnixListener>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -83,6 +84,9 @@ pub(crate) fn run(
             .with_state(shared.clone());
         let mut tasks = Vec::new();
         tasks.push(serve(shared.clone(), api, app));
+        if let Some(l) = local {
+            tasks.push(tokio::spawn(super::local::serve(shared.clone(), l)));
+        }
         if let Some(m) = metrics {
             let app = axum::Router::new()
                 .route("/metrics", get(prometheus))
@@ -409,26 +413,31 @@ struct RecvQuery {
 
 /// The public key of the node that owns `ip`, asking the overlay for a route if needed (up
 /// to a few seconds, as a push to an unknown address does on the reference).
-async fn resolve(s: &Shared, ip: IpAddr) -> Result<PublicKey, Response> {
+pub(crate) async fn resolve_key(s: &Shared, ip: IpAddr) -> Result<PublicKey, String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let IpAddr::V6(v6) = ip else {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            "destination must be an overlay (400::/7) address",
-        ));
+        return Err("destination must be an overlay (400::/7) address".into());
     };
     loop {
-        if let Some(pk) = ask(s, |tx| Admin::PubKey(ip, tx)).await? {
-            return Ok(pk);
+        match ask(s, |tx| Admin::PubKey(ip, tx)).await {
+            Ok(Some(pk)) => return Ok(pk),
+            Ok(None) => {}
+            Err(_) => return Err("router busy".into()),
         }
         let _ = s
             .ctl
             .try_send(ControlMsg::NeedRoute(hyphae_wire::Subnet::v6_64(v6)));
         if tokio::time::Instant::now() > deadline {
-            return Err(err(StatusCode::NOT_FOUND, format!("no route to {ip}")));
+            return Err(format!("no route to {ip}"));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn resolve(s: &Shared, ip: IpAddr) -> Result<PublicKey, Response> {
+    resolve_key(s, ip)
+        .await
+        .map_err(|e| err(StatusCode::NOT_FOUND, e))
 }
 
 async fn decode_push(
@@ -490,7 +499,7 @@ fn push_error(e: PushError) -> Response {
     }
 }
 
-async fn to_msg<T>(
+pub(crate) async fn to_msg<T>(
     s: &Shared,
     f: impl FnOnce(oneshot::Sender<T>) -> MsgCmd,
     wait: Duration,
@@ -626,16 +635,7 @@ async fn msg_status(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Res
         Ok(None) => return StatusCode::NOT_FOUND.into_response(),
         Err(r) => return r,
     };
-    // The state machine keeps monotonic instants; the API speaks Unix seconds.
-    let unix_now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let to_unix = |t: std::time::Instant| -> u64 {
-        match t.checked_duration_since(at) {
-            Some(ahead) => unix_now + ahead.as_secs(),
-            None => unix_now.saturating_sub(at.duration_since(t).as_secs()),
-        }
-    };
+    let to_unix = |t: std::time::Instant| unix_secs(t, at);
     let state = match st.state {
         MsgState::Pending => json!("pending"),
         MsgState::Sending {
@@ -657,4 +657,15 @@ async fn msg_status(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Res
         "msgLen": st.len,
     }))
     .into_response()
+}
+
+/// Unix seconds of a monotonic instant `t`, given that `at` was (about) now.
+pub(crate) fn unix_secs(t: std::time::Instant, at: std::time::Instant) -> u64 {
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match t.checked_duration_since(at) {
+        Some(ahead) => unix_now + ahead.as_secs(),
+        None => unix_now.saturating_sub(at.duration_since(t).as_secs()),
+    }
 }

@@ -77,6 +77,10 @@ pub struct Cli {
     /// throughput on long paths (the buffer caps a link at buffer / round-trip time).
     #[arg(long, value_name = "BYTES")]
     pub tcp_rcvbuf: Option<usize>,
+    /// The local application socket (hyphae framing; owner-only). Default:
+    /// $XDG_RUNTIME_DIR/hyphae/router.sock, or /run/hyphae/router.sock as root. "none" disables it.
+    #[arg(long, value_name = "PATH")]
+    pub local_socket: Option<PathBuf>,
 }
 
 /// The config file: every field optional; flags win over the file.
@@ -97,6 +101,7 @@ struct FileConfig {
     driver: Option<String>,
     key_file: Option<PathBuf>,
     tcp_rcvbuf: Option<usize>,
+    local_socket: Option<PathBuf>,
 }
 
 /// Which I/O driver the data plane uses.
@@ -137,6 +142,8 @@ pub struct Settings {
     pub log_level: &'static str,
     /// Receive buffer for TCP peer sockets (`None`: kernel autotuning).
     pub tcp_rcvbuf: Option<usize>,
+    /// The local application socket, if enabled.
+    pub local_socket: Option<PathBuf>,
 }
 
 /// A configuration error, printed as one line.
@@ -245,6 +252,11 @@ impl Cli {
             driver,
             log_level,
             tcp_rcvbuf: self.tcp_rcvbuf.or(file.tcp_rcvbuf),
+            local_socket: match self.local_socket.clone().or(file.local_socket) {
+                Some(p) if p.as_os_str() == "none" => None,
+                Some(p) => Some(p),
+                None => Some(default_local_socket()),
+            },
         })
     }
 }
@@ -252,6 +264,21 @@ impl Cli {
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
     toml::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), e.message().to_owned()))
+}
+
+/// `$XDG_RUNTIME_DIR/hyphae/router.sock`, else `/run/hyphae/router.sock` (root) or
+/// `/tmp/hyphae-<user>/router.sock`.
+pub fn default_local_socket() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        return PathBuf::from(d).join("hyphae/router.sock");
+    }
+    match std::env::var("USER")
+        .ok()
+        .filter(|u| u != "root" && !u.is_empty())
+    {
+        Some(u) => PathBuf::from(format!("/tmp/hyphae-{u}/router.sock")),
+        None => PathBuf::from("/run/hyphae/router.sock"),
+    }
 }
 
 /// `$XDG_DATA_HOME/hyphae/priv_key.bin`, else `$HOME/.local/share/hyphae/priv_key.bin`.

@@ -25,6 +25,7 @@ mod discovery;
 mod forward;
 mod icmp;
 mod link;
+mod local;
 mod messages;
 mod quic;
 mod worker;
@@ -338,6 +339,10 @@ pub fn start(settings: Settings) -> Result<Running, StartError> {
         Some(a) => Some(api::bind(a, "metrics API")?),
         None => None,
     };
+    let local_listener = match &settings.local_socket {
+        Some(p) => Some(local::bind(p)?),
+        None => None,
+    };
 
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
     let (msg_tx, msg_rx) = mpsc::channel(CONTROL_QUEUE);
@@ -385,7 +390,7 @@ pub fn start(settings: Settings) -> Result<Running, StartError> {
     }
     let s = shared.clone();
     threads.push(spawn("hyphae-api", move || {
-        api::run(s, api_listener, metrics_listener)
+        api::run(s, api_listener, metrics_listener, local_listener)
     })?);
     tracing::info!(workers = settings.workers, driver = ?driver, tcp = settings.tcp_port,
         quic = ?settings.quic_port, api = %settings.api_addr, "hyphae-router running");

@@ -77,6 +77,7 @@ impl Node {
                 "2",
             ])
             .args(["--driver", driver])
+            .args(["--local-socket", dir.join("router.sock").to_str().unwrap()])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -95,6 +96,10 @@ impl Node {
         })
         .unwrap_or_else(|| panic!("{name} did not start: {}", n.log()));
         n
+    }
+
+    pub fn local_socket(&self) -> PathBuf {
+        self.dir.join("router.sock")
     }
 
     pub fn tcp(&self) -> String {

@@ -1,0 +1,335 @@
+//! The local application socket: a Unix stream socket (owner-only permissions) speaking
+//! hyphae's internal framing (`hyphae_wire::framing`). Applications such as the federation
+//! edge push messages (optionally waiting for the reply), subscribe to topics (messages are
+//! streamed to them as they arrive), reply and ask for status.
+//!
+//! Every request carries a tag that its answer repeats: [`Pushed`] for an accepted push or
+//! reply, [`Deliver`] for a message (with `reply_tag` set when it answers a waiting push),
+//! [`Status`], or [`ErrorMsg`]. A connection reads and writes many frames per system call;
+//! payloads reach the message thread as slices of the read buffer, without copies.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use hyphae_wire::framing::{
+    self, Deliver, Destination, ErrorCode, ErrorMsg, Message, MessageState, Pushed, Status,
+};
+use hyphae_wire::identity::PublicKey;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+use super::api::{resolve_key, to_msg};
+use super::messages::{MsgCmd, Pushed as PushOutcome, ReplyError};
+use super::{Shared, StartError};
+use crate::message::{ReceivedMessage, State};
+
+/// Largest frame body accepted from an application (a 64 MiB payload and its envelope).
+const MAX_BODY: usize = framing::DEFAULT_MAX_BODY;
+/// How long one subscription poll parks in the message thread before it is renewed.
+const SUBSCRIPTION_POLL: Duration = Duration::from_secs(30);
+
+/// Binds the socket at `path` (replacing a stale one) with mode 0600.
+pub(crate) fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, StartError> {
+    let fail =
+        |e: std::io::Error| StartError::Other(format!("local socket {}: {e}", path.display()));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e)),
+    }
+    let l = std::os::unix::net::UnixListener::bind(path).map_err(fail)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
+    l.set_nonblocking(true).map_err(fail)?;
+    Ok(l)
+}
+
+/// Accepts applications until shutdown.
+pub(crate) async fn serve(shared: Arc<Shared>, l: std::os::unix::net::UnixListener) {
+    let l = match tokio::net::UnixListener::from_std(l) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("local socket: {e}");
+            return;
+        }
+    };
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let conn = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            c = l.accept() => c,
+        };
+        match conn {
+            Ok((s, _)) => {
+                tokio::spawn(connection(shared.clone(), s));
+            }
+            Err(e) => {
+                tracing::warn!("local socket accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Encodes `m` into one frame (an error frame if it cannot be encoded).
+fn frame(tag: u64, m: &Message<'_>) -> Bytes {
+    let mut b = BytesMut::new();
+    if m.encode(MAX_BODY, &mut b).is_err() {
+        b.clear();
+        let e = ErrorMsg {
+            tag,
+            code: ErrorCode::TOO_LARGE,
+            message: "answer too large to frame",
+        };
+        let _ = Message::Error(e).encode(MAX_BODY, &mut b);
+    }
+    b.freeze()
+}
+
+fn error(tag: u64, code: ErrorCode, message: &str) -> Bytes {
+    frame(tag, &Message::Error(ErrorMsg { tag, code, message }))
+}
+
+fn deliver(shared: &Shared, m: &ReceivedMessage, reply_tag: Option<u64>) -> Bytes {
+    let d = Deliver {
+        id: m.id,
+        src_ip: m.src.address().octets(),
+        src_pk: *m.src.as_bytes(),
+        dst_ip: shared.node.address.octets(),
+        dst_pk: *shared.node.public.as_bytes(),
+        topic: &m.topic,
+        payload: &m.payload,
+        reply_tag,
+    };
+    frame(0, &Message::Deliver(d))
+}
+
+async fn connection(shared: Arc<Shared>, stream: UnixStream) {
+    let (mut rd, mut wr) = stream.into_split();
+    let (out, mut out_rx) = mpsc::unbounded_channel::<Bytes>();
+    let writer = tokio::spawn(async move {
+        let mut batch = Vec::new();
+        while out_rx.recv_many(&mut batch, 256).await > 0 {
+            let mut buf = BytesMut::with_capacity(batch.iter().map(Bytes::len).sum());
+            for b in batch.drain(..) {
+                buf.extend_from_slice(&b);
+            }
+            if wr.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = BytesMut::with_capacity(256 * 1024);
+    let mut subscriptions = Vec::new();
+    'conn: loop {
+        buf.reserve(64 * 1024);
+        match rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        loop {
+            let (kind, body) = match framing::split_frame(&mut buf, MAX_BODY) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = out.send(error(0, ErrorCode::BAD_REQUEST, &format!("closing: {e}")));
+                    break 'conn;
+                }
+            };
+            match Message::decode(kind, &body) {
+                Ok(m) => request(&shared, &out, &body, m, &mut subscriptions),
+                Err(e) => {
+                    let _ = out.send(error(
+                        0,
+                        ErrorCode::BAD_REQUEST,
+                        &format!("bad {kind:?} frame: {e}"),
+                    ));
+                }
+            }
+        }
+    }
+    for s in subscriptions {
+        tokio::task::JoinHandle::abort(&s);
+    }
+    drop(out);
+    let _ = writer.await;
+}
+
+/// Starts the work for one request; answers go to `out` when ready.
+fn request(
+    shared: &Arc<Shared>,
+    out: &mpsc::UnboundedSender<Bytes>,
+    body: &Bytes,
+    m: Message<'_>,
+    subscriptions: &mut Vec<tokio::task::JoinHandle<()>>,
+) {
+    let (shared, out) = (shared.clone(), out.clone());
+    match m {
+        Message::Push(p) => {
+            let (tag, dst, reply_to) = (p.tag, p.dst, p.reply_to);
+            let topic = body.slice_ref(p.topic);
+            let payload = body.slice_ref(p.payload);
+            let wait = p
+                .reply_timeout_ms
+                .map(|ms| Duration::from_millis(u64::from(ms)));
+            tokio::spawn(async move {
+                let dst = match destination(&shared, dst).await {
+                    Ok(d) => d,
+                    Err(msg) => {
+                        let _ = out.send(error(tag, ErrorCode::UNREACHABLE, &msg));
+                        return;
+                    }
+                };
+                let answer = match reply_to {
+                    Some(id) => {
+                        let cmd = |tx| MsgCmd::Reply {
+                            id,
+                            dst: Some(dst),
+                            payload,
+                            tx,
+                        };
+                        match to_msg(&shared, cmd, Duration::ZERO).await {
+                            Ok(Ok(())) => frame(tag, &Message::Pushed(Pushed { tag, id })),
+                            Ok(Err(ReplyError::UnknownId)) => {
+                                error(tag, ErrorCode::NOT_FOUND, "unknown message id")
+                            }
+                            Ok(Err(ReplyError::Push(e))) => {
+                                error(tag, ErrorCode::BAD_REQUEST, &e.to_string())
+                            }
+                            Err(_) => error(tag, ErrorCode::UNAVAILABLE, "message subsystem busy"),
+                        }
+                    }
+                    None => {
+                        let cmd = |tx| MsgCmd::Push {
+                            dst,
+                            topic,
+                            payload,
+                            wait,
+                            tx,
+                        };
+                        match to_msg(&shared, cmd, wait.unwrap_or_default()).await {
+                            Ok(Ok(PushOutcome::Queued(id))) => {
+                                frame(tag, &Message::Pushed(Pushed { tag, id }))
+                            }
+                            Ok(Ok(PushOutcome::Reply(m))) => deliver(&shared, &m, Some(tag)),
+                            Ok(Ok(PushOutcome::TimedOut(_))) => {
+                                error(tag, ErrorCode::TIMEOUT, "no reply in time")
+                            }
+                            Ok(Err(e)) => error(tag, ErrorCode::TOO_LARGE, &e.to_string()),
+                            Err(_) => error(tag, ErrorCode::UNAVAILABLE, "message subsystem busy"),
+                        }
+                    }
+                };
+                let _ = out.send(answer);
+            });
+        }
+        Message::Subscribe(s) => {
+            let topic = s.topic.map(|t| body.slice_ref(t));
+            subscriptions.push(tokio::spawn(async move {
+                loop {
+                    let t = topic.clone();
+                    let cmd = |tx| MsgCmd::Receive {
+                        topic: t,
+                        peek: false,
+                        timeout: SUBSCRIPTION_POLL,
+                        tx,
+                    };
+                    match to_msg(&shared, cmd, SUBSCRIPTION_POLL).await {
+                        Ok(Some(m)) => {
+                            if out.send(deliver(&shared, &m, None)).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                    if out.is_closed() {
+                        return;
+                    }
+                }
+            }));
+        }
+        Message::Reply(r) => {
+            let (tag, id) = (r.tag, r.id);
+            let payload = body.slice_ref(r.payload);
+            tokio::spawn(async move {
+                let cmd = |tx| MsgCmd::Reply {
+                    id,
+                    dst: None,
+                    payload,
+                    tx,
+                };
+                let answer = match to_msg(&shared, cmd, Duration::ZERO).await {
+                    Ok(Ok(())) => frame(tag, &Message::Pushed(Pushed { tag, id })),
+                    Ok(Err(ReplyError::UnknownId)) => {
+                        error(tag, ErrorCode::NOT_FOUND, "unknown message id")
+                    }
+                    Ok(Err(ReplyError::Push(e))) => {
+                        error(tag, ErrorCode::BAD_REQUEST, &e.to_string())
+                    }
+                    Err(_) => error(tag, ErrorCode::UNAVAILABLE, "message subsystem busy"),
+                };
+                let _ = out.send(answer);
+            });
+        }
+        Message::StatusQuery(q) => {
+            let (tag, id) = (q.tag, q.id);
+            tokio::spawn(async move {
+                let answer =
+                    match to_msg(&shared, |tx| MsgCmd::Status { id, tx }, Duration::ZERO).await {
+                        Ok(Some((st, at))) => {
+                            let unix = |t: std::time::Instant| super::api::unix_secs(t, at);
+                            let state = match st.state {
+                                State::Pending => MessageState::Pending,
+                                State::Sending {
+                                    pending,
+                                    sent,
+                                    acked,
+                                } => MessageState::Sending {
+                                    pending: pending as u64,
+                                    sent: sent as u64,
+                                    acked: acked as u64,
+                                },
+                                State::Received => MessageState::Received,
+                                State::Read => MessageState::Read,
+                                State::Aborted => MessageState::Aborted,
+                            };
+                            let s = Status {
+                                tag,
+                                id,
+                                dst_ip: st.dst.address().octets(),
+                                state,
+                                created: unix(st.created),
+                                deadline: unix(st.deadline),
+                                msg_len: st.len,
+                            };
+                            frame(tag, &Message::Status(s))
+                        }
+                        Ok(None) => error(tag, ErrorCode::NOT_FOUND, "unknown message id"),
+                        Err(_) => error(tag, ErrorCode::UNAVAILABLE, "message subsystem busy"),
+                    };
+                let _ = out.send(answer);
+            });
+        }
+        other => {
+            let _ = out.send(error(
+                0,
+                ErrorCode::BAD_REQUEST,
+                &format!("{:?} is not a request", other.kind()),
+            ));
+        }
+    }
+}
+
+async fn destination(shared: &Shared, d: Destination) -> Result<PublicKey, String> {
+    match d {
+        Destination::PublicKey(pk) => Ok(PublicKey::from(pk)),
+        Destination::Ip(ip) => resolve_key(shared, std::net::Ipv6Addr::from(ip).into()).await,
+    }
+}
