@@ -145,7 +145,7 @@ impl Client {
             .write_all(req.as_bytes())
             .map_err(|e| unreachable(&e))?;
         let mut raw = Vec::new();
-        if let Err(e) = stream.read_to_end(&mut raw) {
+        if let Err(e) = read_answer(&mut stream, &mut raw) {
             // A server that closes without reading our whole request can reset the connection
             // after answering; keep what arrived if it is a whole answer.
             if raw.is_empty() || parse_response(&raw).is_err() {
@@ -201,6 +201,41 @@ impl Response {
             body: String::from_utf8_lossy(&self.body).into_owned(),
         }
     }
+}
+
+/// Reads until the server closes, or until the answer is whole by its own framing (a server
+/// that ignores `Connection: close` must not make us wait for the read timeout).
+fn read_answer(stream: &mut TcpStream, raw: &mut Vec<u8>) -> io::Result<()> {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if is_whole(raw) {
+            return Ok(());
+        }
+    }
+}
+
+/// Whether `raw` holds a whole answer with a `Content-Length` or a chunked body.
+fn is_whole(raw: &[u8]) -> bool {
+    let Some(end) = find(raw, b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let body = &raw[end + 4..];
+    for l in head.split("\r\n").skip(1) {
+        if let Some(v) = l.strip_prefix("content-length:") {
+            return v.trim().parse::<usize>().is_ok_and(|n| body.len() >= n);
+        }
+        if l.starts_with("transfer-encoding:") && l.contains("chunked") {
+            return dechunk(body).is_ok();
+        }
+    }
+    // 204 and 304 have no body.
+    head.starts_with("http/1.1 204") || head.starts_with("http/1.1 304")
 }
 
 /// Parses a whole HTTP/1.x response.
@@ -331,6 +366,16 @@ mod tests {
         assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n[]").is_err());
         assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
         assert!(dechunk(b"5\r\nab").is_err());
+        assert!(is_whole(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]"));
+        assert!(!is_whole(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n[]"));
+        assert!(is_whole(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n[]\r\n0\r\n\r\n"
+        ));
+        assert!(!is_whole(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n[]\r\n"
+        ));
+        assert!(is_whole(b"HTTP/1.1 204 No Content\r\n\r\n"));
+        assert!(!is_whole(b"HTTP/1.0 200 OK\r\n\r\nuntil close"));
     }
 
     #[test]
