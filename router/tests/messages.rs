@@ -367,3 +367,87 @@ fn request_and_reply_over_two_hops_through_the_local_socket() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[test]
+fn topic_configuration_admits_whitelisted_sources_only() {
+    let (a, _b, c) = line("portable");
+    let c_pk = c.info()["nodePubkey"].as_str().unwrap().to_owned();
+    let sa = a.subnet();
+    let put = http(
+        c.api,
+        "PUT",
+        "/api/v1/messages/topics/default",
+        Some(r#"{"accept":false}"#),
+    )
+    .unwrap();
+    assert_eq!(put.0, 204);
+    assert_eq!(
+        json_req(&c, "GET", "/api/v1/messages/topics/default", None).1,
+        json!({"accept": false})
+    );
+    // Topic "x" (base64 eA==) takes messages from a's /64.
+    assert_eq!(
+        http(c.api, "POST", "/api/v1/messages/topics", Some("[120]"))
+            .unwrap()
+            .0,
+        201
+    );
+    assert_eq!(
+        json_req(&c, "GET", "/api/v1/messages/topics", None).1,
+        json!(["eA=="])
+    );
+    let src = json!({"subnet": sa}).to_string();
+    assert_eq!(
+        http(
+            c.api,
+            "POST",
+            "/api/v1/messages/topics/eA==/sources",
+            Some(&src)
+        )
+        .unwrap()
+        .0,
+        201
+    );
+    assert_eq!(
+        json_req(&c, "GET", "/api/v1/messages/topics/eA==/sources", None).1,
+        json!([sa])
+    );
+
+    let push = |topic: &str, payload: &[u8]| {
+        let body = json!({"dst": {"pk": c_pk}, "topic": topic, "payload": b64(payload)});
+        assert_eq!(json_req(&a, "POST", "/api/v1/messages", Some(&body)).0, 201);
+    };
+    push("eQ==", b"on y: refused");
+    push("eA==", b"on x: admitted");
+    let (st, m) = json_req(&c, "GET", "/api/v1/messages?timeout=10", None);
+    assert_eq!(
+        (st, m["payload"].as_str()),
+        (200, Some(b64(b"on x: admitted").as_str()))
+    );
+    let (st, _) = json_req(&c, "GET", "/api/v1/messages?timeout=1", None);
+    assert_eq!(st, 204, "the message on an unlisted topic was refused");
+
+    let del = |p: &str| http(c.api, "DELETE", p, None).unwrap().0;
+    let subnet_path = sa.replace('/', "%2F");
+    assert_eq!(
+        del(&format!(
+            "/api/v1/messages/topics/eA==/sources/{subnet_path}"
+        )),
+        204
+    );
+    assert_eq!(
+        json_req(&c, "GET", "/api/v1/messages/topics/eA==/sources", None).1,
+        json!([])
+    );
+    assert_eq!(del("/api/v1/messages/topics/eA=="), 204);
+    assert_eq!(
+        json_req(&c, "GET", "/api/v1/messages/topics", None).1,
+        json!([])
+    );
+    assert_eq!(
+        http(c.api, "GET", "/api/v1/messages/topics/!!/sources", None)
+            .unwrap()
+            .0,
+        400
+    );
+}

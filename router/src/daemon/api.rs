@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use super::control::Admin;
 use super::endpoint::Endpoint;
-use super::messages::{MsgCmd, Pushed, ReplyError};
+use super::messages::{MsgCmd, Pushed, ReplyError, TopicAnswer, TopicOp};
 use super::worker::WorkerCmd;
 use super::{ControlMsg, Shared, StartError};
 use crate::message::{PushError, ReceivedMessage, State as MsgState};
@@ -80,6 +80,26 @@ pub(crate) fn run(
                 axum::routing::post(msg_reply),
             )
             .route("/api/v1/messages/status/{id}", get(msg_status))
+            .route(
+                "/api/v1/messages/topics/default",
+                get(topic_default_get).put(topic_default_set),
+            )
+            .route("/api/v1/messages/topics", get(topics_list).post(topic_add))
+            .route("/api/v1/messages/topics/{topic}", delete(topic_remove))
+            .route(
+                "/api/v1/messages/topics/{topic}/sources",
+                get(topic_sources).post(topic_source_add),
+            )
+            .route(
+                "/api/v1/messages/topics/{topic}/sources/{subnet}",
+                delete(topic_source_remove),
+            )
+            .route(
+                "/api/v1/messages/topics/{topic}/forward",
+                get(topic_forward_get)
+                    .put(topic_forward_set)
+                    .delete(topic_forward_set),
+            )
             .layer(axum::extract::DefaultBodyLimit::max(MAX_HTTP_BODY))
             .with_state(shared.clone());
         let mut tasks = Vec::new();
@@ -668,4 +688,144 @@ pub(crate) fn unix_secs(t: std::time::Instant, at: std::time::Instant) -> u64 {
         Some(ahead) => unix_now + ahead.as_secs(),
         None => unix_now.saturating_sub(at.duration_since(t).as_secs()),
     }
+}
+
+// ---- topic configuration (the reference's endpoints; topics are base64 in paths) ----
+
+async fn topic_op(s: &Shared, op: TopicOp) -> Result<TopicAnswer, Response> {
+    to_msg(s, |tx| MsgCmd::Topics { op, tx }, Duration::ZERO).await
+}
+
+fn topic_path(t: &str) -> Result<Vec<u8>, Response> {
+    unb64(t).ok_or_else(|| err(StatusCode::BAD_REQUEST, "topic is not base64"))
+}
+
+#[derive(serde::Deserialize)]
+struct AcceptBody {
+    accept: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct SourceBody {
+    subnet: String,
+}
+
+async fn topic_default_get(State(s): State<Arc<Shared>>) -> Response {
+    match topic_op(&s, TopicOp::GetDefault).await {
+        Ok(TopicAnswer::Default(a)) => Json(json!({"accept": a})).into_response(),
+        Ok(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn topic_default_set(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    let Ok(b) = serde_json::from_slice::<AcceptBody>(&body) else {
+        return err(StatusCode::BAD_REQUEST, "expected {\"accept\": true|false}");
+    };
+    match topic_op(&s, TopicOp::SetDefault(b.accept)).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn topics_list(State(s): State<Arc<Shared>>) -> Response {
+    match topic_op(&s, TopicOp::List).await {
+        Ok(TopicAnswer::Topics(t)) => {
+            Json(t.iter().map(|t| b64(t)).collect::<Vec<_>>()).into_response()
+        }
+        Ok(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn topic_add(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    // The reference takes the topic as a JSON array of bytes.
+    let Ok(t) = serde_json::from_slice::<Vec<u8>>(&body) else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "expected the topic as a JSON array of bytes",
+        );
+    };
+    if t.len() > 255 {
+        return err(StatusCode::BAD_REQUEST, "topic longer than 255 bytes");
+    }
+    match topic_op(&s, TopicOp::Add(t)).await {
+        Ok(_) => StatusCode::CREATED.into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn topic_remove(State(s): State<Arc<Shared>>, Path(topic): Path<String>) -> Response {
+    let t = match topic_path(&topic) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match topic_op(&s, TopicOp::Remove(t)).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn topic_sources(State(s): State<Arc<Shared>>, Path(topic): Path<String>) -> Response {
+    let t = match topic_path(&topic) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match topic_op(&s, TopicOp::Sources(t)).await {
+        Ok(TopicAnswer::Sources(Some(v))) => {
+            Json(v.iter().map(ToString::to_string).collect::<Vec<_>>()).into_response()
+        }
+        Ok(_) => StatusCode::NOT_FOUND.into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn topic_source_add(
+    State(s): State<Arc<Shared>>,
+    Path(topic): Path<String>,
+    body: Bytes,
+) -> Response {
+    let t = match topic_path(&topic) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Ok(b) = serde_json::from_slice::<SourceBody>(&body) else {
+        return err(StatusCode::BAD_REQUEST, "expected {\"subnet\": \"...\"}");
+    };
+    let Ok(subnet) = b.subnet.parse::<hyphae_wire::Subnet>() else {
+        return err(StatusCode::BAD_REQUEST, "not a subnet");
+    };
+    match topic_op(&s, TopicOp::AddSource(t, subnet)).await {
+        Ok(_) => StatusCode::CREATED.into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn topic_source_remove(
+    State(s): State<Arc<Shared>>,
+    Path((topic, subnet)): Path<(String, String)>,
+) -> Response {
+    let t = match topic_path(&topic) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Ok(subnet) = subnet.parse::<hyphae_wire::Subnet>() else {
+        return err(StatusCode::BAD_REQUEST, "not a subnet");
+    };
+    match topic_op(&s, TopicOp::RemoveSource(t, subnet)).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn topic_forward_get() -> Json<Value> {
+    // No topic forwards to a Unix socket: applications use the local application socket.
+    Json(Value::Null)
+}
+
+async fn topic_forward_set() -> Response {
+    err(
+        StatusCode::NOT_IMPLEMENTED,
+        "forwarding a topic to a socket is not supported; subscribe on the local application socket",
+    )
 }

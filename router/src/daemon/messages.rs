@@ -56,11 +56,38 @@ pub(crate) enum MsgCmd {
         timeout: Duration,
         tx: oneshot::Sender<Option<ReceivedMessage>>,
     },
+    /// Read or change the topic ACL.
+    Topics {
+        op: TopicOp,
+        tx: oneshot::Sender<TopicAnswer>,
+    },
     /// A sent message's status.
     Status {
         id: MessageId,
         tx: oneshot::Sender<Option<(Status, Instant)>>,
     },
+}
+
+/// An operation on the topic ACL (the reference's topic endpoints).
+#[derive(Debug)]
+pub(crate) enum TopicOp {
+    GetDefault,
+    SetDefault(bool),
+    List,
+    Add(Vec<u8>),
+    Remove(Vec<u8>),
+    Sources(Vec<u8>),
+    AddSource(Vec<u8>, Subnet),
+    RemoveSource(Vec<u8>, Subnet),
+}
+
+/// The answer to a [`TopicOp`].
+#[derive(Debug)]
+pub(crate) enum TopicAnswer {
+    Done,
+    Default(bool),
+    Topics(Vec<Vec<u8>>),
+    Sources(Option<Vec<Subnet>>),
 }
 
 /// The outcome of a push.
@@ -257,6 +284,39 @@ impl Thread {
                         tx,
                     }),
                 }
+            }
+            MsgCmd::Topics { op, tx } => {
+                let acl = self.m.acl_mut();
+                let answer = match op {
+                    TopicOp::GetDefault => TopicAnswer::Default(acl.default_accept()),
+                    TopicOp::SetDefault(a) => {
+                        acl.set_default_accept(a);
+                        TopicAnswer::Done
+                    }
+                    TopicOp::List => {
+                        TopicAnswer::Topics(acl.topics().map(<[u8]>::to_vec).collect())
+                    }
+                    TopicOp::Add(t) => {
+                        acl.add_topic(&t);
+                        TopicAnswer::Done
+                    }
+                    TopicOp::Remove(t) => {
+                        acl.remove_topic(&t);
+                        TopicAnswer::Done
+                    }
+                    TopicOp::Sources(t) => {
+                        TopicAnswer::Sources(acl.sources(&t).map(<[Subnet]>::to_vec))
+                    }
+                    TopicOp::AddSource(t, s) => {
+                        acl.add_source(&t, s);
+                        TopicAnswer::Done
+                    }
+                    TopicOp::RemoveSource(t, s) => {
+                        acl.remove_source(&t, &s);
+                        TopicAnswer::Done
+                    }
+                };
+                let _ = tx.send(answer);
             }
             MsgCmd::Status { id, tx } => {
                 let _ = tx.send(self.m.status(id).map(|s| (s, now)));
