@@ -333,10 +333,14 @@ fn main() -> Result<()> {
         let v: Vec<_> = rows
             .iter()
             .map(|r| {
+                let curve: Vec<(f64, f64)> = [0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0]
+                    .iter()
+                    .map(|q| (*q, r.h.value_at_quantile(*q) as f64 / 1000.0))
+                    .collect();
                 serde_json::json!({"path": r.path, "size": r.size,
                     "p50_us": r.h.value_at_quantile(0.5) as f64 / 1000.0,
                     "p99_us": r.h.value_at_quantile(0.99) as f64 / 1000.0,
-                    "max_us": r.h.max() as f64 / 1000.0})
+                    "max_us": r.h.max() as f64 / 1000.0, "curve": curve})
             })
             .collect();
         let doc = serde_json::json!({"driver": args.driver, "round_trips": v, "pairs_per_s": rate, "in_flight": args.in_flight});

@@ -431,6 +431,8 @@ struct RunResult {
     p99_us: f64,
     p999_us: f64,
     max_us: f64,
+    /// (quantile, microseconds) along the latency distribution, for plots.
+    curve: Vec<(f64, f64)>,
 }
 
 impl RunResult {
@@ -459,8 +461,26 @@ impl RunResult {
             "name": self.name, "frame_len": self.frame_len, "offered_per_s": self.offered,
             "frames_per_s": self.frames_per_s, "gbit_per_s": self.gbit_per_s, "router_cpu_s": self.router_cpu_s,
             "p50_us": self.p50_us, "p99_us": self.p99_us, "p999_us": self.p999_us, "max_us": self.max_us,
+            "curve": self.curve,
         })
     }
+}
+
+/// Quantiles at which latency curves are sampled.
+const CURVE: [f64; 10] = [
+    0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0,
+];
+
+fn curve(rx: &Receiver) -> Vec<(f64, f64)> {
+    let h = rx
+        .hist
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| new_hist());
+    CURVE
+        .iter()
+        .map(|q| (*q, h.value_at_quantile(*q) as f64 / 1000.0))
+        .collect()
 }
 
 fn percentiles(rx: &Receiver) -> (f64, f64, f64, f64) {
@@ -525,6 +545,7 @@ fn saturate(
         p99_us: p99,
         p999_us: p999,
         max_us: max,
+        curve: curve(rx),
     })
 }
 
@@ -558,6 +579,7 @@ fn saturate_direct(
         p99_us: p99,
         p999_us: p999,
         max_us: max,
+        curve: curve(rx),
     })
 }
 
@@ -608,5 +630,6 @@ fn paced(
         p99_us: p99,
         p999_us: p999,
         max_us: max,
+        curve: curve(rx),
     })
 }

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every benchmark (a few minutes) and regenerates bench/README.md's figures and plots.
+#   bench/report.sh            # all of it
+# Results: bench/results/*.json, *.txt; plots: bench/plots/*.png.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+out=bench/results
+mkdir -p "$out" bench/plots
+cargo build --release --locked -p hyphae-router -p hyphae-bench --bins
+
+echo "== criterion (codecs, control plane, forwarding table)"
+cargo bench --locked -p hyphae-bench --bench wire --bench control --bench fib -- \
+    --warm-up-time 1 --measurement-time 3 2>&1 | tee "$out/criterion.txt"
+
+for driver in uring portable; do
+    echo "== transit ($driver)"
+    target/release/transit --driver "$driver" --json "$out/transit-$driver.json" \
+        | tee "$out/transit-$driver.txt"
+done
+
+echo "== message round trip"
+target/release/msgbench --json "$out/msgbench.json" | tee "$out/msgbench.txt"
+
+if ! python3 -c 'import matplotlib' 2>/dev/null; then
+    python3 -m pip install --quiet matplotlib || echo "matplotlib unavailable: no plots"
+fi
+python3 bench/report.py
