@@ -52,7 +52,6 @@ pub(crate) fn run(
     shared: Arc<Shared>,
     api: std::net::TcpListener,
     metrics: Option<std::net::TcpListener>,
-    local: Option<std::os::unix::net::UnixListener>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -104,9 +103,6 @@ pub(crate) fn run(
             .with_state(shared.clone());
         let mut tasks = Vec::new();
         tasks.push(serve(shared.clone(), api, app));
-        if let Some(l) = local {
-            tasks.push(tokio::spawn(super::local::serve(shared.clone(), l)));
-        }
         if let Some(m) = metrics {
             let app = axum::Router::new()
                 .route("/metrics", get(prometheus))

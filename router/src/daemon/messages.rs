@@ -133,7 +133,11 @@ struct Thread {
 }
 
 /// The message thread's body.
-pub(crate) fn run(shared: Arc<Shared>, mut inbox: mpsc::Receiver<MsgCmd>) {
+pub(crate) fn run(
+    shared: Arc<Shared>,
+    mut inbox: mpsc::Receiver<MsgCmd>,
+    local: Option<std::os::unix::net::UnixListener>,
+) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -158,6 +162,11 @@ pub(crate) fn run(shared: Arc<Shared>, mut inbox: mpsc::Receiver<MsgCmd>) {
         unreachable: HashMap::new(),
     };
     rt.block_on(async move {
+        // The local application socket is served on this thread: an application's requests
+        // reach the state machine without a thread hop.
+        if let Some(l) = local {
+            tokio::spawn(super::local::serve(shared.clone(), l));
+        }
         let mut shutdown = shared.shutdown.clone();
         loop {
             let deadline = t.next_deadline().map(tokio::time::Instant::from_std);

@@ -379,7 +379,9 @@ pub fn start(settings: Settings) -> Result<Running, StartError> {
         control::run(s, ctl_rx, fib_writer, hash_seed)
     })?);
     let s = shared.clone();
-    threads.push(spawn("hyphae-msg", move || messages::run(s, msg_rx))?);
+    threads.push(spawn("hyphae-msg", move || {
+        messages::run(s, msg_rx, local_listener)
+    })?);
     let mut quic_socket = quic_socket;
     for (i, (listener, cmd_rx)) in listeners.into_iter().zip(worker_rxs).enumerate() {
         let s = shared.clone();
@@ -390,7 +392,7 @@ pub fn start(settings: Settings) -> Result<Running, StartError> {
     }
     let s = shared.clone();
     threads.push(spawn("hyphae-api", move || {
-        api::run(s, api_listener, metrics_listener, local_listener)
+        api::run(s, api_listener, metrics_listener)
     })?);
     tracing::info!(workers = settings.workers, driver = ?driver, tcp = settings.tcp_port,
         quic = ?settings.quic_port, api = %settings.api_addr, "hyphae-router running");
