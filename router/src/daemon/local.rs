@@ -187,24 +187,7 @@ fn request(
                     }
                 };
                 let answer = match reply_to {
-                    Some(id) => {
-                        let cmd = |tx| MsgCmd::Reply {
-                            id,
-                            dst: Some(dst),
-                            payload,
-                            tx,
-                        };
-                        match to_msg(&shared, cmd, Duration::ZERO).await {
-                            Ok(Ok(())) => frame(tag, &Message::Pushed(Pushed { tag, id })),
-                            Ok(Err(ReplyError::UnknownId)) => {
-                                error(tag, ErrorCode::NOT_FOUND, "unknown message id")
-                            }
-                            Ok(Err(ReplyError::Push(e))) => {
-                                error(tag, ErrorCode::BAD_REQUEST, &e.to_string())
-                            }
-                            Err(_) => error(tag, ErrorCode::UNAVAILABLE, "message subsystem busy"),
-                        }
-                    }
+                    Some(id) => send_reply(&shared, tag, id, Some(dst), payload).await,
                     None => {
                         let cmd = |tx| MsgCmd::Push {
                             dst,
@@ -259,22 +242,7 @@ fn request(
             let (tag, id) = (r.tag, r.id);
             let payload = body.slice_ref(r.payload);
             tokio::spawn(async move {
-                let cmd = |tx| MsgCmd::Reply {
-                    id,
-                    dst: None,
-                    payload,
-                    tx,
-                };
-                let answer = match to_msg(&shared, cmd, Duration::ZERO).await {
-                    Ok(Ok(())) => frame(tag, &Message::Pushed(Pushed { tag, id })),
-                    Ok(Err(ReplyError::UnknownId)) => {
-                        error(tag, ErrorCode::NOT_FOUND, "unknown message id")
-                    }
-                    Ok(Err(ReplyError::Push(e))) => {
-                        error(tag, ErrorCode::BAD_REQUEST, &e.to_string())
-                    }
-                    Err(_) => error(tag, ErrorCode::UNAVAILABLE, "message subsystem busy"),
-                };
+                let answer = send_reply(&shared, tag, id, None, payload).await;
                 let _ = out.send(answer);
             });
         }
@@ -324,6 +292,29 @@ fn request(
                 &format!("{:?} is not a request", other.kind()),
             ));
         }
+    }
+}
+
+/// Sends a reply to message `id` (to `dst`, or to the message's sender) and returns the answer
+/// frame for the application.
+async fn send_reply(
+    shared: &Shared,
+    tag: u64,
+    id: hyphae_wire::message::MessageId,
+    dst: Option<PublicKey>,
+    payload: Bytes,
+) -> Bytes {
+    let cmd = |tx| MsgCmd::Reply {
+        id,
+        dst,
+        payload,
+        tx,
+    };
+    match to_msg(shared, cmd, Duration::ZERO).await {
+        Ok(Ok(())) => frame(tag, &Message::Pushed(Pushed { tag, id })),
+        Ok(Err(ReplyError::UnknownId)) => error(tag, ErrorCode::NOT_FOUND, "unknown message id"),
+        Ok(Err(ReplyError::Push(e))) => error(tag, ErrorCode::BAD_REQUEST, &e.to_string()),
+        Err(_) => error(tag, ErrorCode::UNAVAILABLE, "message subsystem busy"),
     }
 }
 
