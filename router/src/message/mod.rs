@@ -517,14 +517,9 @@ impl Messages {
                 checksum,
             } => self.handle_done(now, src, &packet, chunk_count, &checksum),
             MessageBody::Empty if flags.contains(MessageFlags::READ) => {
-                let Some(m) = self.outbound.get_mut(&id) else {
-                    self.stats.unknown += 1;
+                let Some(m) = self.outbound_from(id, &src) else {
                     return;
                 };
-                if m.dst != src {
-                    self.stats.unknown += 1;
-                    return;
-                }
                 let prev = m.phase;
                 if m.on_read() {
                     self.after_out_change(id, prev);
@@ -540,16 +535,23 @@ impl Messages {
         }
     }
 
+    /// Our outbound message `id` if `src` is its destination; anything else is counted as a
+    /// packet about a message we don't know.
+    fn outbound_from(&mut self, id: MessageId, src: &PublicKey) -> Option<&mut Outbound> {
+        match self.outbound.get_mut(&id) {
+            Some(m) if m.dst == *src => Some(m),
+            _ => {
+                self.stats.unknown += 1;
+                None
+            }
+        }
+    }
+
     fn handle_ack(&mut self, now: Instant, src: PublicKey, packet: MessagePacket<'_>) {
         let id = packet.id;
-        let Some(m) = self.outbound.get_mut(&id) else {
-            self.stats.unknown += 1;
+        let Some(m) = self.outbound_from(id, &src) else {
             return;
         };
-        if m.dst != src {
-            self.stats.unknown += 1;
-            return;
-        }
         let prev = m.phase;
         let sample = match packet.body {
             MessageBody::InitAck { total_len, .. } => m.on_init_ack(now, total_len),
