@@ -9,7 +9,7 @@
 //! ```
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,6 +20,7 @@ use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use clap::Parser;
 use hdrhistogram::Histogram;
+use hyphae_bench::{free_port, router_args};
 use hyphae_wire::framing::{self, Destination, Kind, Message, Push, Reply, Subscribe};
 use hyphae_wire::identity::{PublicKey, SecretKey};
 
@@ -61,10 +62,6 @@ impl Drop for Router {
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 fn start(
     bin: &Path,
     dir: &Path,
@@ -78,27 +75,9 @@ fn start(
     let (port, api) = (free_port()?, free_port()?);
     let sock = dir.join(format!("{name}.sock"));
     let mut cmd = Command::new(bin);
-    cmd.args([
-        "-k",
-        key.to_str().unwrap_or_default(),
-        "-t",
-        &port.to_string(),
-        "--disable-quic",
-    ])
-    .args([
-        "--disable-peer-discovery",
-        "--api-addr",
-        &format!("127.0.0.1:{api}"),
-        "--silent",
-    ])
-    .args([
-        "--driver",
-        driver,
-        "--workers",
-        "1",
-        "--local-socket",
-        sock.to_str().unwrap_or_default(),
-    ]);
+    router_args(&mut cmd, &key, port, api, driver, 1)
+        .arg("--local-socket")
+        .arg(&sock);
     if let Some(p) = peer {
         cmd.args(["--peers", &format!("tcp://127.0.0.1:{p}")]);
     }

@@ -26,6 +26,7 @@ use anyhow::{Context, Result, bail};
 use bytes::BytesMut;
 use clap::Parser;
 use hdrhistogram::Histogram;
+use hyphae_bench::{free_port, router_args};
 use hyphae_wire::babel::{Tlv, Update};
 use hyphae_wire::data::DataHeader;
 use hyphae_wire::deframer::{Deframer, Frame};
@@ -159,26 +160,7 @@ impl Router {
             }
             None => Command::new(&bin),
         };
-        let child = cmd
-            .args([
-                "-k",
-                key.to_str().unwrap_or_default(),
-                "-t",
-                &port.to_string(),
-                "--disable-quic",
-            ])
-            .args([
-                "--disable-peer-discovery",
-                "--api-addr",
-                &format!("127.0.0.1:{api}"),
-            ])
-            .args([
-                "--driver",
-                &args.driver,
-                "--workers",
-                &args.workers.to_string(),
-                "--silent",
-            ])
+        let child = router_args(&mut cmd, &key, port, api, &args.driver, args.workers)
             .stdout(Stdio::null())
             .spawn()
             .with_context(|| {
@@ -239,10 +221,6 @@ fn set_int_opt(s: &TcpStream, level: libc::c_int, name: libc::c_int, v: libc::c_
             size_of::<libc::c_int>() as libc::socklen_t,
         );
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 struct Peer {
