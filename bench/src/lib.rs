@@ -11,7 +11,8 @@ pub fn free_port() -> std::io::Result<u16> {
 }
 
 /// Appends the flags every benchmarked router runs with: its key file and TCP port, QUIC and
-/// discovery off, the admin API on loopback, quiet logs, the I/O driver and worker count.
+/// discovery off, the admin API on loopback, quiet logs, the I/O driver and worker count,
+/// and a local socket beside the key file (so routers never share the default path).
 pub fn router_args<'a>(
     cmd: &'a mut Command,
     key: &Path,
@@ -30,4 +31,6 @@ pub fn router_args<'a>(
         ])
         .args(["--api-addr", &format!("127.0.0.1:{api}"), "--silent"])
         .args(["--driver", driver, "--workers", &workers.to_string()])
+        .arg("--local-socket")
+        .arg(key.with_extension("sock"))
 }

@@ -46,6 +46,8 @@ impl Router {
                 "--workers",
                 "1",
             ])
+            .arg("--local-socket")
+            .arg(key.with_extension("sock"))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -451,3 +451,60 @@ fn topic_configuration_admits_whitelisted_sources_only() {
         400
     );
 }
+
+/// Runs `hyphae-router` on loopback with its local socket at `sock`.
+fn router_at(sock: &std::path::Path, key: &std::path::Path) -> std::process::Command {
+    let port = common::free_port().to_string();
+    let api = format!("127.0.0.1:{}", common::free_port());
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hyphae-router"));
+    cmd.arg("-k")
+        .arg(key)
+        .args(["-t", &port, "--disable-quic", "--disable-peer-discovery"])
+        .args(["--api-addr", &api, "--driver", "portable", "--workers", "1"])
+        .arg("--local-socket")
+        .arg(sock)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+#[test]
+fn a_served_local_socket_is_never_taken_and_a_stale_one_is_replaced() {
+    let mut a = Node::start("a", "portable", 41, &[]);
+    let sock = a.local_socket();
+    let key = a.dir.join("second.key");
+    std::fs::write(&key, [42u8; 32]).unwrap();
+
+    // A second router pointed at the same socket refuses to start, with a one-line reason.
+    let second = router_at(&sock, &key).output().unwrap();
+    assert!(!second.status.success(), "the second router must not start");
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("another process is serving it"),
+        "stderr: {err}"
+    );
+    // ...and the first still serves its applications on that path.
+    let b_pk = hyphae_wire::identity::SecretKey::from_bytes([43; 32]).public_key();
+    let mut app = local::App::connect(&sock);
+    app.push(1, &b_pk, b"t", b"hello", None);
+    assert_eq!(app.recv().0, hyphae_wire::framing::Kind::PUSHED);
+    drop(app);
+
+    // A clean stop removes the socket file.
+    assert!(a.terminate().success());
+    assert!(!sock.exists(), "socket file left behind after SIGTERM");
+
+    // A socket file nobody listens on (a crashed router's) is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    assert!(sock.exists());
+    let mut child = router_at(&sock, &key).spawn().unwrap();
+    let up = wait_until(Duration::from_secs(10), || {
+        std::os::unix::net::UnixStream::connect(&sock).ok()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        up.is_some(),
+        "the router did not take over the stale socket"
+    );
+}

@@ -26,6 +26,7 @@ impl Node {
         std::fs::write(&key, [seed; 32]).unwrap();
         let port = free_port();
         let api = format!("127.0.0.1:{}", free_port());
+        let sock = dir.join(format!("{name}.sock"));
         let settings = daemon::config::Cli::try_parse_from([
             "hyphae-router",
             "-k",
@@ -41,6 +42,8 @@ impl Node {
             "1",
             "--driver",
             "portable",
+            "--local-socket",
+            sock.to_str().unwrap(),
         ])
         .unwrap()
         .settings()

@@ -73,11 +73,9 @@ fn start(
     let key = dir.join(format!("{name}.key"));
     std::fs::write(&key, [seed; 32])?;
     let (port, api) = (free_port()?, free_port()?);
-    let sock = dir.join(format!("{name}.sock"));
+    let sock = key.with_extension("sock");
     let mut cmd = Command::new(bin);
-    router_args(&mut cmd, &key, port, api, driver, 1)
-        .arg("--local-socket")
-        .arg(&sock);
+    router_args(&mut cmd, &key, port, api, driver, 1);
     if let Some(p) = peer {
         cmd.args(["--peers", &format!("tcp://127.0.0.1:{p}")]);
     }

@@ -79,6 +79,8 @@ pub struct Cli {
     pub tcp_rcvbuf: Option<usize>,
     /// The local application socket (hyphae framing; owner-only). Default:
     /// $XDG_RUNTIME_DIR/hyphae/router.sock, or /run/hyphae/router.sock as root. "none" disables it.
+    /// A socket another process still serves is refused (two routers on one host need their own
+    /// paths); a stale one is replaced; the file is removed at shutdown.
     #[arg(long, value_name = "PATH")]
     pub local_socket: Option<PathBuf>,
 }

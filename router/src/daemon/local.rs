@@ -8,8 +8,8 @@
 //! [`Status`], or [`ErrorMsg`]. A connection reads and writes many frames per system call;
 //! payloads reach the message thread as slices of the read buffer, without copies.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,22 +32,82 @@ const MAX_BODY: usize = framing::DEFAULT_MAX_BODY;
 /// How long one subscription poll parks in the message thread before it is renewed.
 const SUBSCRIPTION_POLL: Duration = Duration::from_secs(30);
 
-/// Binds the socket at `path` (replacing a stale one) with mode 0600.
-pub(crate) fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, StartError> {
+/// The bound local socket. Dropping it removes its file, unless another process has replaced
+/// the file since.
+pub(crate) struct LocalListener {
+    listener: Option<std::os::unix::net::UnixListener>,
+    path: PathBuf,
+    /// (device, inode) of the file we bound.
+    id: Option<(u64, u64)>,
+}
+
+impl LocalListener {
+    /// The listener, for the serving task. The file stays until `self` is dropped.
+    pub(crate) fn take(&mut self) -> Option<std::os::unix::net::UnixListener> {
+        self.listener.take()
+    }
+}
+
+impl Drop for LocalListener {
+    fn drop(&mut self) {
+        let ours = std::fs::symlink_metadata(&self.path)
+            .map(|m| Some((m.dev(), m.ino())) == self.id)
+            .unwrap_or(false);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Binds the socket at `path` with mode 0600. A socket file nobody listens on (left by a
+/// crash) is replaced; one that another process still serves is an error, never stolen.
+pub(crate) fn bind(path: &Path) -> Result<LocalListener, StartError> {
     let fail =
         |e: std::io::Error| StartError::Other(format!("local socket {}: {e}", path.display()));
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(fail)?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
+    match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(fail(e)),
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(StartError::Other(format!(
+                "local socket {}: exists and is not a socket; remove it or pick another path \
+                 with --local-socket",
+                path.display()
+            )));
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(StartError::Other(format!(
+                    "local socket {}: another process is serving it (a second router?); stop \
+                     it, or give this one its own path with --local-socket (or \"none\")",
+                    path.display()
+                )));
+            }
+            // Nobody listens: a stale file from a process that did not clean up.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                match std::fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(fail(e)),
+                }
+            }
+            Err(e) => return Err(fail(e)),
+        },
     }
     let l = std::os::unix::net::UnixListener::bind(path).map_err(fail)?;
+    let mut bound = LocalListener {
+        listener: None,
+        path: path.to_owned(),
+        id: None,
+    };
+    let m = std::fs::symlink_metadata(path).map_err(fail)?;
+    bound.id = Some((m.dev(), m.ino()));
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
     l.set_nonblocking(true).map_err(fail)?;
-    Ok(l)
+    bound.listener = Some(l);
+    Ok(bound)
 }
 
 /// Accepts applications until shutdown.

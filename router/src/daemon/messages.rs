@@ -136,7 +136,7 @@ struct Thread {
 pub(crate) fn run(
     shared: Arc<Shared>,
     mut inbox: mpsc::Receiver<MsgCmd>,
-    local: Option<std::os::unix::net::UnixListener>,
+    mut local: Option<super::local::LocalListener>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -161,10 +161,10 @@ pub(crate) fn run(
         active: HashMap::new(),
         unreachable: HashMap::new(),
     };
-    rt.block_on(async move {
+    rt.block_on(async {
         // The local application socket is served on this thread: an application's requests
         // reach the state machine without a thread hop.
-        if let Some(l) = local {
+        if let Some(l) = local.as_mut().and_then(|l| l.take()) {
             tokio::spawn(super::local::serve(shared.clone(), l));
         }
         let mut shutdown = shared.shutdown.clone();
