@@ -46,6 +46,11 @@
 //!   falls back to INIT-first, because a repeated INIT wipes a stock receiver's chunks; if a
 //!   DONE goes unanswered three times, every chunk is offered once more, which repairs a
 //!   stock receiver reset by a late duplicate INIT. [`Config::pipelining`] turns it off.
+//! * Early DONE: with pipelining, the DONE follows the first copy of the last chunk at once
+//!   instead of waiting for every chunk ACK, so on a FIFO path a message is delivered one
+//!   trip after it was pushed (the reference needs three). A receiver still missing a chunk
+//!   ignores it, the stock one silently, and the ordinary DONE follows the ACKs of the
+//!   chunks sent again; a lost early DONE is repeated by its timer.
 //! * A last chunk shorter than 250 bytes takes bytes from the chunk before it: the stock
 //!   receiver rejects such a chunk unless it sits at the highest index possible for the
 //!   length, so stock nodes cannot deliver e.g. 1400-byte messages to each other.

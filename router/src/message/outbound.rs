@@ -14,6 +14,10 @@
 //! acknowledged, the sender falls back to the reference's order for this message: every chunk
 //! counts as unsent, the INIT is repeated, and chunks wait for the INIT-ACK (chunk ACKs that
 //! arrive meanwhile may describe state the repeated INIT wipes, so they are ignored).
+//!
+//! Early DONE: while pipelining, the DONE goes once right behind the first copy of the last
+//! chunk. If every chunk was sent once, its own ACK (or its timer) settles it; once a chunk had
+//! to be sent again, the receiver had ignored it, and a DONE follows the last chunk ACK.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -92,6 +96,10 @@ pub(super) struct Outbound {
     acked: usize,
     need_done: bool,
     done_tx: Tx,
+    /// The DONE may follow the last chunk's first copy without waiting for the chunk ACKs.
+    early_done: bool,
+    /// A chunk was sent again (lost or probed): an early DONE was then ignored by the receiver.
+    resent: bool,
     probe: Option<usize>,
     need_abort: bool,
     backoff: u32,
@@ -169,6 +177,8 @@ impl Outbound {
             acked: 0,
             need_done: len == 0,
             done_tx: Tx::default(),
+            early_done: pipelining > 0,
+            resent: false,
             probe: None,
             need_abort: false,
             backoff: 0,
@@ -202,6 +212,35 @@ impl Outbound {
         self.need_done && self.init_acked && self.acked == self.chunks.len()
     }
 
+    /// The early DONE: once, right behind the first copy of the last chunk, while nothing had
+    /// to be sent again. On a FIFO path the receiver then has every chunk when it arrives and
+    /// delivers one trip after the sender started, instead of waiting for the chunk ACKs to
+    /// come back first. A receiver missing a chunk ignores it (the stock one too: no ACK, the
+    /// message stays pending) and the ordinary DONE follows the ACKs.
+    fn early_done_ready(&self) -> bool {
+        self.early_done
+            && self.done_tx.count == 0
+            && !self.resent
+            && self.next_new == self.chunks.len()
+            && self.retx.is_empty()
+    }
+
+    fn encode_done(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
+        self.need_done = false;
+        self.done_tx.at = Some(now);
+        self.done_tx.count += 1;
+        MessagePacket {
+            id: self.id,
+            flags: MessageFlags::DONE,
+            body: MessageBody::Done {
+                chunk_count: self.chunks.len() as u64,
+                checksum: self.checksum,
+            },
+        }
+        .encode(out);
+        self.done_tx.count > 1
+    }
+
     /// Whether [`Self::next_packet`] may produce something now.
     pub(super) fn has_work(&self, window: usize) -> bool {
         if self.need_abort {
@@ -216,6 +255,7 @@ impl Outbound {
                 && (!self.retx.is_empty() || self.next_new < self.chunks.len()))
             || self.probe.is_some()
             || self.done_ready()
+            || self.early_done_ready()
     }
 
     fn flags(&self, kind: MessageFlags) -> MessageFlags {
@@ -305,25 +345,18 @@ impl Outbound {
         if let Some(p) = self.probe {
             if p < self.chunks.len() {
                 self.probe = Some(p + 1);
+                self.resent = true;
                 self.encode_chunk(p, out);
                 return Some(true);
             }
             self.probe = None;
         }
+        if self.early_done_ready() {
+            self.early_done = false;
+            return Some(self.encode_done(now, out));
+        }
         if self.done_ready() {
-            self.need_done = false;
-            self.done_tx.at = Some(now);
-            self.done_tx.count += 1;
-            MessagePacket {
-                id: self.id,
-                flags: MessageFlags::DONE,
-                body: MessageBody::Done {
-                    chunk_count: self.chunks.len() as u64,
-                    checksum: self.checksum,
-                },
-            }
-            .encode(out);
-            return Some(self.done_tx.count > 1);
+            return Some(self.encode_done(now, out));
         }
         None
     }
@@ -383,7 +416,9 @@ impl Outbound {
         self.acked += 1;
         self.backoff = 0;
         self.trim_in_flight();
-        if self.acked == self.chunks.len() {
+        // An early DONE that went out behind chunks sent once is answered on its own (or its
+        // timer repeats it); after a resent chunk the receiver had ignored it.
+        if self.acked == self.chunks.len() && (self.done_tx.count == 0 || self.resent) {
             self.need_done = true;
         }
         sample
@@ -480,8 +515,12 @@ impl Outbound {
             self.init_tx.at = None;
             self.need_init = true;
             if self.pipelining > 0 {
-                // Fall back to INIT first (see the module docs).
+                // Fall back to INIT first (see the module docs); an early DONE went to a
+                // receiver without the INIT.
                 self.pipelining = 0;
+                self.early_done = false;
+                self.done_tx = Tx::default();
+                self.need_done = self.len == 0;
                 for c in &mut self.chunks {
                     c.state = ChunkTx::Unsent;
                 }
@@ -501,6 +540,7 @@ impl Outbound {
             if let Some(c) = self.chunks.get_mut(i as usize) {
                 c.state = ChunkTx::Lost;
             }
+            self.resent = true;
             self.in_flight_count -= 1;
             self.retx.push_back(i);
             lost = true;
