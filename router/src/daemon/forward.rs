@@ -432,7 +432,7 @@ pub(crate) fn flush_pending(
     t.publish(counters);
 }
 
-/// Opens a frame for this node and hands a message packet to the message thread (other
+/// Opens a frame for this node and hands a message packet to the message task (other
 /// kinds have no consumer yet: TUN comes later). Returns whether it opened, or gives the frame
 /// back if the source's key is not known yet (no route to the source).
 fn open_local(

@@ -6,7 +6,7 @@
 //! Every request carries a tag that its answer repeats: [`Pushed`] for an accepted push or
 //! reply, [`Deliver`] for a message (with `reply_tag` set when it answers a waiting push),
 //! [`Status`], or [`ErrorMsg`]. A connection reads and writes many frames per system call;
-//! payloads reach the message thread as slices of the read buffer, without copies.
+//! payloads reach the message task (same thread) as slices of the read buffer, without copies.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ use crate::message::{ReceivedMessage, State};
 
 /// Largest frame body accepted from an application (a 64 MiB payload and its envelope).
 const MAX_BODY: usize = framing::DEFAULT_MAX_BODY;
-/// How long one subscription poll parks in the message thread before it is renewed.
+/// How long one subscription poll parks in the message task before it is renewed.
 const SUBSCRIPTION_POLL: Duration = Duration::from_secs(30);
 
 /// The bound local socket. Dropping it removes its file, unless another process has replaced

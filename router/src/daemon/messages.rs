@@ -1,7 +1,8 @@
-//! The message thread: runs the sans-IO [`crate::message::Messages`] state machine, seals what
-//! it sends into data frames for the forwarding path, and serves the message API (push, wait
-//! for a reply, receive with long-poll, reply, status) without ever blocking one caller on
-//! another: waiting callers are parked as data with deadlines, never as held locks.
+//! The message task, on data-plane worker 0: runs the sans-IO [`crate::message::Messages`]
+//! state machine, seals what it sends into data frames for the forwarding path, and serves the
+//! message API (push, wait for a reply, receive with long-poll, reply, status) without ever
+//! blocking one caller on another: waiting callers are parked as data with deadlines, never as
+//! held locks.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -29,7 +30,7 @@ const MAX_SENDERS: usize = 65_536;
 /// reported to the sender in seconds. (The route query timeout.)
 const UNREACHABLE_ABORT: Duration = Duration::from_secs(15);
 
-/// A request to the message thread.
+/// A request to the message task.
 #[derive(Debug)]
 pub(crate) enum MsgCmd {
     /// A decrypted message packet from `src`.
@@ -132,22 +133,14 @@ struct Thread {
     unreachable: HashMap<PublicKey, Instant>,
 }
 
-/// The message thread's body.
-pub(crate) fn run(
+/// The message subsystem's task. It runs on data-plane worker 0, beside the peer links that
+/// worker owns: a packet to or from such a peer, and an application's request on the local
+/// socket (served on the same thread), reach the state machine without a thread hop.
+pub(crate) async fn serve(
     shared: Arc<Shared>,
     mut inbox: mpsc::Receiver<MsgCmd>,
     mut local: Option<super::local::LocalListener>,
 ) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("message runtime: {e}");
-            return;
-        }
-    };
     let own = shared.node.public;
     let mut t = Thread {
         m: Messages::new(Instant::now(), Config::default(), own),
@@ -161,35 +154,33 @@ pub(crate) fn run(
         active: HashMap::new(),
         unreachable: HashMap::new(),
     };
-    rt.block_on(async {
-        // The local application socket is served on this thread: an application's requests
-        // reach the state machine without a thread hop.
-        if let Some(l) = local.as_mut().and_then(|l| l.take()) {
-            tokio::spawn(super::local::serve(shared.clone(), l));
-        }
-        let mut shutdown = shared.shutdown.clone();
-        loop {
-            let deadline = t.next_deadline().map(tokio::time::Instant::from_std);
-            tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => return,
-                cmd = inbox.recv() => {
-                    let Some(cmd) = cmd else { return };
-                    let now = Instant::now();
-                    t.handle(now, cmd);
-                    for _ in 0..256 {
-                        match inbox.try_recv() {
-                            Ok(cmd) => t.handle(now, cmd),
-                            Err(_) => break,
-                        }
+    if let Some(l) = local.as_mut().and_then(|l| l.take()) {
+        tokio::task::spawn_local(super::local::serve(shared.clone(), l));
+    }
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let deadline = t.next_deadline().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            cmd = inbox.recv() => {
+                let Some(cmd) = cmd else { break };
+                let now = Instant::now();
+                t.handle(now, cmd);
+                for _ in 0..256 {
+                    match inbox.try_recv() {
+                        Ok(cmd) => t.handle(now, cmd),
+                        Err(_) => break,
                     }
                 }
-                _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(far)).await }, if deadline.is_some() => {
-                    t.timeout(Instant::now());
-                }
             }
-            t.flush(Instant::now());
+            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(far)).await }, if deadline.is_some() => {
+                t.timeout(Instant::now());
+            }
         }
-    });
+        t.flush(Instant::now());
+    }
+    // `local` goes here: its socket file is removed.
+    drop(local);
 }
 
 fn far() -> tokio::time::Instant {

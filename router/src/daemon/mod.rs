@@ -208,7 +208,7 @@ pub(crate) struct Shared {
     pub(crate) keys: ArcSwap<HashMap<Subnet, PublicKey>>,
     /// The control thread's inbox.
     pub(crate) ctl: mpsc::Sender<ControlMsg>,
-    /// The message thread's inbox.
+    /// The message task's inbox (it runs on worker 0).
     pub(crate) msg: mpsc::Sender<messages::MsgCmd>,
     /// One set of counters per worker.
     pub(crate) counters: Vec<WorkerCounters>,
@@ -378,16 +378,15 @@ pub fn start(settings: Settings) -> Result<Running, StartError> {
     threads.push(spawn("hyphae-control", move || {
         control::run(s, ctl_rx, fib_writer, hash_seed)
     })?);
-    let s = shared.clone();
-    threads.push(spawn("hyphae-msg", move || {
-        messages::run(s, msg_rx, local_listener)
-    })?);
     let mut quic_socket = quic_socket;
+    // Worker 0 also runs the message subsystem and serves the local socket.
+    let mut messages = Some((msg_rx, local_listener));
     for (i, (listener, cmd_rx)) in listeners.into_iter().zip(worker_rxs).enumerate() {
         let s = shared.clone();
         let q = if i == 0 { quic_socket.take() } else { None };
+        let m = if i == 0 { messages.take() } else { None };
         threads.push(spawn(&format!("hyphae-w{i}"), move || {
-            worker::run(i, s, driver, listener, q, cmd_rx)
+            worker::run(i, s, driver, listener, q, m, cmd_rx)
         })?);
     }
     let s = shared.clone();

@@ -115,6 +115,12 @@ pub(crate) fn bind_tcp_listeners(
     Ok(v)
 }
 
+/// The message subsystem's inbox and the local socket, for the worker that runs them.
+pub(crate) type MessageTask = (
+    mpsc::Receiver<super::messages::MsgCmd>,
+    Option<super::local::LocalListener>,
+);
+
 /// The worker thread's body.
 pub(crate) fn run(
     idx: usize,
@@ -122,9 +128,10 @@ pub(crate) fn run(
     driver: Driver,
     listener: std::net::TcpListener,
     quic: Option<UdpSocket>,
+    messages: Option<MessageTask>,
     cmds: mpsc::UnboundedReceiver<WorkerCmd>,
 ) {
-    let fut = worker_main(idx, shared, driver, listener, quic, cmds);
+    let fut = worker_main(idx, shared, driver, listener, quic, messages, cmds);
     match driver {
         #[cfg(target_os = "linux")]
         Driver::Uring => match tokio_uring::Runtime::new(&tokio_uring::builder()) {
@@ -149,6 +156,7 @@ async fn worker_main(
     driver: Driver,
     listener: std::net::TcpListener,
     quic: Option<UdpSocket>,
+    messages: Option<MessageTask>,
     mut cmds: mpsc::UnboundedReceiver<WorkerCmd>,
 ) {
     // The packet-count tables are keyed by addresses peers choose: seed their hash randomly.
@@ -170,6 +178,9 @@ async fn worker_main(
         }
     };
     spawn_local(w.clone().accept_loop(listener));
+    if let Some((inbox, local)) = messages {
+        spawn_local(super::messages::serve(shared.clone(), inbox, local));
+    }
     let quic_ep = match quic {
         Some(sock) => match quic::Quic::new(sock, &shared) {
             Ok(q) => {
