@@ -31,7 +31,7 @@
 //! implemented here are those of stock mycelium 0.7.10 as `../shared/WIRE.md` section 3
 //! describes them (Babel, RFC 8966, as mycelium adapts it).
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(
     not(test),
@@ -42,6 +42,7 @@ pub mod babel;
 pub mod fib;
 mod hash;
 pub mod message;
+pub mod window;
 
 pub use babel::{Config, Event, LinkKind, Router, Transmit};
 pub use fib::{Fib, FibChange, FibReader, FibWriter};

@@ -160,15 +160,16 @@ impl Router {
             }
             None => Command::new(&bin),
         };
-        let child = router_args(&mut cmd, &key, port, api, &args.driver, args.workers)
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "starting {} (build it with cargo build --release -p hyphae-router)",
-                    bin.display()
-                )
-            })?;
+        router_args(&mut cmd, &key, port, api, &args.driver, args.workers);
+        if let Some(n) = args.router_rcvbuf {
+            cmd.args(["--tcp-rcvbuf", &n.to_string()]);
+        }
+        let child = cmd.stdout(Stdio::null()).spawn().with_context(|| {
+            format!(
+                "starting {} (build it with cargo build --release -p hyphae-router)",
+                bin.display()
+            )
+        })?;
         let r = Self { child, port };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", api)).is_err() {

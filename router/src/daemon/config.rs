@@ -77,6 +77,12 @@ pub struct Cli {
     /// throughput on long paths (the buffer caps a link at buffer / round-trip time).
     #[arg(long, value_name = "BYTES")]
     pub tcp_rcvbuf: Option<usize>,
+    /// Receive buffers of TCP peer links: "auto" (default) keeps each link's buffer near twice
+    /// its bandwidth-delay product (at least 256 KiB), so frames queue in the kernel for about
+    /// one round trip when this node is the bottleneck instead of filling a 32 MiB autotuned
+    /// buffer; "kernel" leaves it to Linux autotuning. --tcp-rcvbuf fixes it instead.
+    #[arg(long, value_name = "auto|kernel")]
+    pub tcp_window: Option<String>,
     /// The local application socket (hyphae framing; owner-only). Default:
     /// $XDG_RUNTIME_DIR/hyphae/router.sock, or /run/hyphae/router.sock as root. "none" disables it.
     /// A socket another process still serves is refused (two routers on one host need their own
@@ -103,6 +109,7 @@ struct FileConfig {
     driver: Option<String>,
     key_file: Option<PathBuf>,
     tcp_rcvbuf: Option<usize>,
+    tcp_window: Option<String>,
     local_socket: Option<PathBuf>,
 }
 
@@ -144,6 +151,8 @@ pub struct Settings {
     pub log_level: &'static str,
     /// Receive buffer for TCP peer sockets (`None`: kernel autotuning).
     pub tcp_rcvbuf: Option<usize>,
+    /// Size TCP receive buffers to each link's bandwidth-delay product (`--tcp-window auto`).
+    pub tcp_window_governor: bool,
     /// The local application socket, if enabled.
     pub local_socket: Option<PathBuf>,
 }
@@ -196,6 +205,20 @@ impl Cli {
                 "--hello-interval must be 1..=20 seconds, not {hello}"
             )));
         }
+        let tcp_window_governor = match self
+            .tcp_window
+            .as_deref()
+            .or(file.tcp_window.as_deref())
+            .unwrap_or("auto")
+        {
+            "auto" => true,
+            "kernel" => false,
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "--tcp-window must be auto or kernel, not {other:?}"
+                )));
+            }
+        };
         let driver = match self
             .driver
             .as_deref()
@@ -254,6 +277,7 @@ impl Cli {
             driver,
             log_level,
             tcp_rcvbuf: self.tcp_rcvbuf.or(file.tcp_rcvbuf),
+            tcp_window_governor,
             local_socket: match self.local_socket.clone().or(file.local_socket) {
                 Some(p) if p.as_os_str() == "none" => None,
                 Some(p) => Some(p),

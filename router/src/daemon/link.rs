@@ -8,6 +8,7 @@
 //! QUIC streams implement the same trait (in `quic.rs`).
 
 use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, RawFd};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,6 +22,11 @@ pub(crate) trait LinkRead {
     /// Reads into `buf`'s spare capacity (at least [`READ_CHUNK`] is reserved first); returns
     /// the buffer and the number of bytes read, 0 at end of stream.
     async fn read(&mut self, buf: BytesMut) -> (io::Result<usize>, BytesMut);
+
+    /// The TCP socket underneath, for window sizing (`None`: not TCP).
+    fn tcp_fd(&self) -> Option<RawFd> {
+        None
+    }
 }
 
 /// The write half of a link.
@@ -57,6 +63,10 @@ impl LinkRead for PortableRead {
         let r = self.0.read_buf(&mut buf).await;
         (r, buf)
     }
+
+    fn tcp_fd(&self) -> Option<RawFd> {
+        Some(self.0.as_ref().as_raw_fd())
+    }
 }
 
 impl LinkWrite for PortableWrite {
@@ -82,6 +92,7 @@ pub(crate) use uring::{UringRead, UringWrite};
 #[cfg(target_os = "linux")]
 mod uring {
     use std::io;
+    use std::os::fd::{AsRawFd, RawFd};
     use std::rc::Rc;
 
     use bytes::{Bytes, BytesMut};
@@ -102,6 +113,10 @@ mod uring {
             // `buf.len()` past what it wrote.
             let (r, slice) = self.0.read(BoundedBuf::slice(buf, len..cap)).await;
             (r, slice.into_inner())
+        }
+
+        fn tcp_fd(&self) -> Option<RawFd> {
+            Some(self.0.as_raw_fd())
         }
     }
 

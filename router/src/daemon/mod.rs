@@ -28,6 +28,7 @@ mod link;
 mod local;
 mod messages;
 mod quic;
+mod sockopt;
 mod worker;
 
 use std::collections::HashMap;

@@ -6,7 +6,7 @@ use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use hyphae_wire::deframer::Deframer;
@@ -17,8 +17,10 @@ use super::config::DriverChoice;
 use super::endpoint::{Endpoint, Proto};
 use super::forward::{AddrCounts, Local, WorkerLocal, flush_pending, handle_frames};
 use super::link::{LinkRead, LinkWrite, PortableRead, PortableWrite, READ_CHUNK};
+use super::sockopt;
 use super::{ControlMsg, PeerCounters, PeerHandle, PeerType, Shared, StartError, quic};
 use crate::babel::LinkKind;
+use crate::window::{BufferGovernor, DEFAULT_FLOOR};
 
 /// The I/O driver a worker runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,6 +236,12 @@ async fn worker_main(
     }
 }
 
+/// Sets a TCP link's receive buffer and window clamp to `bytes`.
+fn size_receive_buffer(fd: std::os::fd::RawFd, bytes: u32) -> std::io::Result<()> {
+    sockopt::set_rcvbuf(fd, bytes)?;
+    sockopt::set_window_clamp(fd, bytes)
+}
+
 /// Releases frames held for routes that appeared: sleeps until a frame is held, then checks
 /// every 5 ms while any are.
 async fn pending_loop(w: Worker) {
@@ -250,7 +258,7 @@ async fn pending_loop(w: Worker) {
             &w.shared,
             &w.shared.counters[w.idx],
             &w.local,
-            std::time::Instant::now(),
+            Instant::now(),
         );
     }
 }
@@ -428,6 +436,16 @@ impl Worker {
         let mut buf = BytesMut::with_capacity(2 * READ_CHUNK);
         let mut deframer = Deframer::new();
         let mut frames = Vec::with_capacity(256);
+        // TCP links: the receive buffer follows the link's bandwidth-delay product (unless the
+        // operator fixed it with --tcp-rcvbuf).
+        let mut window = reader
+            .tcp_fd()
+            .filter(|_| shared.settings.tcp_window_governor && shared.settings.tcp_rcvbuf.is_none())
+            .and_then(|fd| {
+                let gov = BufferGovernor::new(DEFAULT_FLOOR);
+                size_receive_buffer(fd, gov.floor()).ok()?;
+                Some((fd, gov, 0u64))
+            });
         'link: loop {
             let (r, b) = tokio::select! {
                 biased;
@@ -440,6 +458,19 @@ impl Worker {
                 Ok(0) => break,
                 Ok(n) => {
                     handle.counters.rx_bytes.fetch_add(n as u64, Relaxed);
+                    if let Some((fd, gov, read)) = &mut window {
+                        *read += n as u64;
+                        let now = Instant::now();
+                        if gov.due(now) {
+                            let queued = sockopt::queued(*fd).unwrap_or(u32::MAX);
+                            if let Some(size) = gov.sample(now, *read, sockopt::rtt(*fd), queued)
+                                && let Err(e) = size_receive_buffer(*fd, size)
+                            {
+                                tracing::debug!(peer = handle.id.0, "receive buffer: {e}");
+                                window = None;
+                            }
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(peer = handle.id.0, "read: {e}");

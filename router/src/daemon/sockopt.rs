@@ -1,0 +1,104 @@
+//! What receive-buffer sizing needs from a TCP socket and socket2 does not wrap: the kernel's
+//! RTT estimates (`TCP_INFO`), the bytes waiting unread (`FIONREAD`), the buffer size (with
+//! `SO_RCVBUFFORCE`) and the window clamp (`TCP_WINDOW_CLAMP`), on a descriptor the caller
+//! keeps open. The only unsafe code in the crate.
+
+#![allow(unsafe_code)]
+
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+/// The kernel's receive-side RTT estimate for a TCP socket, else its send-side smoothed RTT;
+/// `None` if it has neither (or on a platform without `TCP_INFO`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub(crate) fn rtt(fd: RawFd) -> Option<Duration> {
+    // SAFETY: tcp_info is plain integers, valid when zeroed.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `info`, which lives for the call;
+    // `fd` is owned by the caller for its duration.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    let us = match (info.tcpi_rcv_rtt, info.tcpi_rtt) {
+        (0, 0) => return None,
+        (0, s) => s,
+        (r, _) => r,
+    };
+    Some(Duration::from_micros(u64::from(us)))
+}
+
+/// See the Linux version.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub(crate) fn rtt(_fd: RawFd) -> Option<Duration> {
+    None
+}
+
+/// Bytes received and not yet read.
+#[cfg(target_os = "linux")]
+pub(crate) fn queued(fd: RawFd) -> Option<u32> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int into `v`, which lives for the call.
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &raw mut v) };
+    (r == 0).then(|| u32::try_from(v).ok()).flatten()
+}
+
+/// Sets the receive buffer to `bytes` (the kernel doubles it for bookkeeping). Past
+/// `net.core.rmem_max` only with CAP_NET_ADMIN (SO_RCVBUFFORCE); otherwise capped there.
+#[cfg(target_os = "linux")]
+pub(crate) fn set_rcvbuf(fd: RawFd, bytes: u32) -> std::io::Result<()> {
+    let set = |opt| int_opt(fd, libc::SOL_SOCKET, opt, bytes);
+    set(libc::SO_RCVBUFFORCE).or_else(|_| set(libc::SO_RCVBUF))
+}
+
+#[cfg(target_os = "linux")]
+fn int_opt(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: u32) -> std::io::Result<()> {
+    let v = libc::c_int::try_from(v).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the kernel reads `size_of::<c_int>()` bytes from `v`, which lives for the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&raw const v).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    match r {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// Caps the window this socket advertises at `bytes`.
+#[cfg(target_os = "linux")]
+pub(crate) fn set_window_clamp(fd: RawFd, bytes: u32) -> std::io::Result<()> {
+    int_opt(fd, libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP, bytes)
+}
+
+/// See the Linux version.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn queued(_fd: RawFd) -> Option<u32> {
+    None
+}
+
+/// See the Linux version.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn set_rcvbuf(_fd: RawFd, _bytes: u32) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
+/// See the Linux version.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn set_window_clamp(_fd: RawFd, _bytes: u32) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
