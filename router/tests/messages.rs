@@ -508,3 +508,81 @@ fn a_served_local_socket_is_never_taken_and_a_stale_one_is_replaced() {
         "the router did not take over the stale socket"
     );
 }
+
+/// A topic with a forward socket (the reference's `/topics/{topic}/forward`): each message goes
+/// to the application on that Unix socket, whose answer returns to the waiting sender as the
+/// reply; without a listener the message falls back to the ordinary queue; the socket can be
+/// read back and removed, and one cannot be set on a topic that is not configured.
+#[test]
+fn a_topic_forward_socket_answers_requests() {
+    let (a, _b, c) = line("uring");
+    let c_pk = c.info()["nodePubkey"].as_str().unwrap().to_owned();
+    let sock = c.dir.join("app.sock");
+    // Topic "f" is base64 "Zg==".
+    let fwd = "/api/v1/messages/topics/Zg==/forward";
+    let set = json!({"socketPath": sock.to_str().unwrap()}).to_string();
+    assert_eq!(http(c.api, "PUT", fwd, Some(&set)).unwrap().0, 204);
+    assert_eq!(
+        json_req(&c, "GET", fwd, None).1,
+        Value::Null,
+        "not set on an unconfigured topic"
+    );
+    assert_eq!(
+        http(c.api, "POST", "/api/v1/messages/topics", Some("[102]"))
+            .unwrap()
+            .0,
+        201
+    );
+    // A configured topic admits only its listed sources: a's /64.
+    let src = json!({"subnet": a.subnet()}).to_string();
+    let sources = "/api/v1/messages/topics/Zg==/sources";
+    assert_eq!(http(c.api, "POST", sources, Some(&src)).unwrap().0, 201);
+    assert_eq!(http(c.api, "PUT", fwd, Some(&set)).unwrap().0, 204);
+    assert_eq!(
+        json_req(&c, "GET", fwd, None).1,
+        json!(sock.to_str().unwrap())
+    );
+    assert_eq!(
+        http(c.api, "PUT", fwd, Some("{\"path\":1}")).unwrap().0,
+        422
+    );
+
+    // The application: reads a request to its end, answers, closes; twice.
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let app = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for _ in 0..2 {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut req = Vec::new();
+            s.read_to_end(&mut req).unwrap();
+            let mut answer = b"answer to ".to_vec();
+            answer.extend_from_slice(&req);
+            s.write_all(&answer).unwrap();
+        }
+    });
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    for payload in [b"question".to_vec(), big] {
+        let push = json!({"dst": {"pk": c_pk}, "topic": "Zg==", "payload": b64(&payload)});
+        let (status, reply) =
+            json_req(&a, "POST", "/api/v1/messages?reply_timeout=10", Some(&push));
+        assert_eq!(status, 200, "{reply}");
+        let mut want = b"answer to ".to_vec();
+        want.extend_from_slice(&payload);
+        assert_eq!(reply["payload"], b64(&want));
+    }
+    app.join().unwrap();
+    let (st, _) = json_req(&c, "GET", "/api/v1/messages?timeout=0", None);
+    assert_eq!(st, 204, "forwarded messages are not queued as well");
+
+    // Nobody listens any more: the message is queued instead.
+    let push = json!({"dst": {"pk": c_pk}, "topic": "Zg==", "payload": b64(b"no app")});
+    assert_eq!(json_req(&a, "POST", "/api/v1/messages", Some(&push)).0, 201);
+    let (st, m) = json_req(&c, "GET", "/api/v1/messages?timeout=10", None);
+    assert_eq!(
+        (st, m["payload"].as_str()),
+        (200, Some(b64(b"no app").as_str()))
+    );
+
+    assert_eq!(http(c.api, "DELETE", fwd, None).unwrap().0, 204);
+    assert_eq!(json_req(&c, "GET", fwd, None).1, Value::Null);
+}

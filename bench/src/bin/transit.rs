@@ -59,7 +59,8 @@ struct Args {
     /// Passed to the router as --tcp-rcvbuf (bytes).
     #[arg(long)]
     router_rcvbuf: Option<usize>,
-    /// CPU to pin the router to (the generator takes the others).
+    /// CPU to pin the router to; the generator and the sink are then pinned to the others
+    /// (`../shared/PERF-NOTES.md` 6.1: router data plane on one vCPU, load on the other).
     #[arg(long)]
     router_cpu: Option<usize>,
 }
@@ -69,6 +70,9 @@ const MAGIC: u64 = 0x6879_7068_6165_2121;
 fn main() -> Result<()> {
     let args = Args::parse();
     set_timer_slack();
+    if let Some(cpu) = args.router_cpu {
+        pin_to_all_but(cpu)?;
+    }
     let base = Instant::now();
     let mut results = Vec::new();
 
@@ -122,6 +126,30 @@ fn main() -> Result<()> {
         let v: Vec<_> = results.iter().map(RunResult::json).collect();
         let doc = serde_json::json!({"driver": args.driver, "workers": args.workers, "runs": v});
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
+    }
+    Ok(())
+}
+
+/// Pins this thread, and so every thread it starts later, to every online CPU but `cpu`.
+fn pin_to_all_but(cpu: usize) -> Result<()> {
+    let n = std::thread::available_parallelism()?.get();
+    // SAFETY: cpu_set_t is a plain bit array, valid when zeroed; CPU_SET writes inside it.
+    #[allow(unsafe_code)]
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for c in (0..n).filter(|&c| c != cpu) {
+            libc::CPU_SET(c, &mut set);
+        }
+        set
+    };
+    if n < 2 {
+        bail!("--router-cpu needs at least two CPUs");
+    }
+    // SAFETY: sched_setaffinity reads `size_of::<cpu_set_t>()` bytes from `set`.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
+    if r != 0 {
+        bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
     }
     Ok(())
 }

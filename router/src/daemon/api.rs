@@ -97,7 +97,7 @@ pub(crate) fn run(
                 "/api/v1/messages/topics/{topic}/forward",
                 get(topic_forward_get)
                     .put(topic_forward_set)
-                    .delete(topic_forward_set),
+                    .delete(topic_forward_remove),
             )
             .layer(axum::extract::DefaultBodyLimit::max(MAX_HTTP_BODY))
             .with_state(shared.clone());
@@ -816,14 +816,56 @@ async fn topic_source_remove(
     }
 }
 
-async fn topic_forward_get() -> Json<Value> {
-    // No topic forwards to a Unix socket: applications use the local application socket.
-    Json(Value::Null)
+async fn topic_forward_get(State(s): State<Arc<Shared>>, Path(topic): Path<String>) -> Response {
+    let t = match topic_path(&topic) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match topic_op(&s, TopicOp::GetForward(t)).await {
+        Ok(TopicAnswer::Forward(p)) => {
+            Json(p.map(|p| p.to_string_lossy().into_owned())).into_response()
+        }
+        Ok(_) => Json(Value::Null).into_response(),
+        Err(r) => r,
+    }
 }
 
-async fn topic_forward_set() -> Response {
-    err(
-        StatusCode::NOT_IMPLEMENTED,
-        "forwarding a topic to a socket is not supported; subscribe on the local application socket",
-    )
+/// The reference's body for a topic's forward socket.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ForwardSocket {
+    socket_path: std::path::PathBuf,
+}
+
+async fn topic_forward_set(
+    State(s): State<Arc<Shared>>,
+    Path(topic): Path<String>,
+    body: Bytes,
+) -> Response {
+    let t = match topic_path(&topic) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let f: ForwardSocket = match serde_json::from_slice(&body) {
+        Ok(f) => f,
+        Err(e) => return err(StatusCode::UNPROCESSABLE_ENTITY, format!("body: {e}")),
+    };
+    if f.socket_path.as_os_str().is_empty() {
+        return err(StatusCode::UNPROCESSABLE_ENTITY, "socketPath is empty");
+    }
+    match topic_op(&s, TopicOp::SetForward(t, Some(f.socket_path))).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn topic_forward_remove(State(s): State<Arc<Shared>>, Path(topic): Path<String>) -> Response {
+    let t = match topic_path(&topic) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match topic_op(&s, TopicOp::SetForward(t, None)).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(r) => r,
+    }
 }

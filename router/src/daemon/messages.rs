@@ -5,6 +5,7 @@
 //! held locks.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,6 +68,8 @@ pub(crate) enum MsgCmd {
         id: MessageId,
         tx: oneshot::Sender<Option<(Status, Instant)>>,
     },
+    /// A message its topic's forward socket did not answer: queue it for receivers.
+    Unforwarded(ReceivedMessage),
 }
 
 /// An operation on the topic ACL (the reference's topic endpoints).
@@ -80,6 +83,11 @@ pub(crate) enum TopicOp {
     Sources(Vec<u8>),
     AddSource(Vec<u8>, Subnet),
     RemoveSource(Vec<u8>, Subnet),
+    /// The topic's forward socket.
+    GetForward(Vec<u8>),
+    /// Sets (or, with `None`, removes) a configured topic's forward socket. As the reference:
+    /// setting one on a topic that is not configured does nothing.
+    SetForward(Vec<u8>, Option<PathBuf>),
 }
 
 /// The answer to a [`TopicOp`].
@@ -89,6 +97,7 @@ pub(crate) enum TopicAnswer {
     Default(bool),
     Topics(Vec<Vec<u8>>),
     Sources(Option<Vec<Subnet>>),
+    Forward(Option<PathBuf>),
 }
 
 /// The outcome of a push.
@@ -129,6 +138,8 @@ struct Thread {
     sender_order: VecDeque<MessageId>,
     /// Outbound messages in progress, by destination.
     active: HashMap<MessageId, PublicKey>,
+    /// Topics whose messages go to a Unix socket.
+    forwards: HashMap<Vec<u8>, PathBuf>,
     /// Destinations without a route, since when.
     unreachable: HashMap<PublicKey, Instant>,
 }
@@ -153,6 +164,7 @@ pub(crate) async fn serve(
         sender_order: VecDeque::new(),
         active: HashMap::new(),
         unreachable: HashMap::new(),
+        forwards: HashMap::new(),
     };
     if let Some(l) = local.as_mut().and_then(|l| l.take()) {
         tokio::task::spawn_local(super::local::serve(shared.clone(), l));
@@ -185,6 +197,66 @@ pub(crate) async fn serve(
 
 fn far() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86_400)
+}
+
+/// How long a topic's forward socket may take to connect and take the payload.
+const FORWARD_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long it may take to answer (the reference waits forever).
+const FORWARD_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Gives `msg` to the application listening on `path`, as the reference does: a new Unix
+/// stream connection per message, the raw payload written, the answer read until the
+/// application closes the connection and sent back as the reply (same id). Then hyphae also
+/// closes its write side after the payload, so an application can read to the end first.
+/// No connection, a failed or slow write, an empty answer or no answer in time: the message
+/// goes to the ordinary queue instead.
+async fn forward(shared: Arc<Shared>, path: PathBuf, msg: ReceivedMessage) {
+    match forward_exchange(&path, &msg.payload).await {
+        Ok(reply) if !reply.is_empty() && !msg.reply => {
+            let (tx, _) = oneshot::channel();
+            let cmd = MsgCmd::Reply {
+                id: msg.id,
+                dst: Some(msg.src),
+                payload: reply,
+                tx,
+            };
+            let _ = shared.msg.send(cmd).await;
+        }
+        Ok(reply) if !reply.is_empty() => {}
+        r => {
+            if let Err(e) = r {
+                tracing::warn!(socket = %path.display(), "topic forward socket: {e}; queueing the message");
+            }
+            let _ = shared.msg.send(MsgCmd::Unforwarded(msg)).await;
+        }
+    }
+}
+
+async fn forward_exchange(path: &std::path::Path, payload: &[u8]) -> std::io::Result<Bytes> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
+    let mut s = tokio::time::timeout(FORWARD_WRITE_TIMEOUT, async {
+        let mut s = tokio::net::UnixStream::connect(path).await?;
+        s.write_all(payload).await?;
+        s.shutdown().await?;
+        Ok::<_, std::io::Error>(s)
+    })
+    .await
+    .map_err(|_| timed_out())??;
+    let mut reply = Vec::new();
+    let limit = Config::default().max_message_size;
+    tokio::time::timeout(
+        FORWARD_REPLY_TIMEOUT,
+        (&mut s).take(limit + 1).read_to_end(&mut reply),
+    )
+    .await
+    .map_err(|_| timed_out())??;
+    if reply.len() as u64 > limit {
+        return Err(std::io::Error::other(
+            "answer larger than the largest message",
+        ));
+    }
+    Ok(Bytes::from(reply))
 }
 
 /// A fresh random message id.
@@ -302,6 +374,18 @@ impl Thread {
                     }
                     TopicOp::Remove(t) => {
                         acl.remove_topic(&t);
+                        self.forwards.remove(&t);
+                        TopicAnswer::Done
+                    }
+                    TopicOp::GetForward(t) => TopicAnswer::Forward(self.forwards.get(&t).cloned()),
+                    TopicOp::SetForward(t, None) => {
+                        self.forwards.remove(&t);
+                        TopicAnswer::Done
+                    }
+                    TopicOp::SetForward(t, Some(p)) => {
+                        if acl.sources(&t).is_some() {
+                            self.forwards.insert(t, p);
+                        }
                         TopicAnswer::Done
                     }
                     TopicOp::Sources(t) => {
@@ -321,6 +405,7 @@ impl Thread {
             MsgCmd::Status { id, tx } => {
                 let _ = tx.send(self.m.status(id).map(|s| (s, now)));
             }
+            MsgCmd::Unforwarded(msg) => self.queue(now, msg),
         }
     }
 
@@ -412,6 +497,16 @@ impl Thread {
             let _ = tx.send(Ok(Pushed::Reply(msg)));
             return;
         }
+        if let Some(path) = self.forwards.get(&msg.topic[..]) {
+            // Handed to the topic's socket; back to the queue if the socket does not answer.
+            tokio::task::spawn_local(forward(self.shared.clone(), path.clone(), msg));
+            return;
+        }
+        self.queue(now, msg);
+    }
+
+    /// Hands a received message to a waiting receiver, or queues it.
+    fn queue(&mut self, now: Instant, msg: ReceivedMessage) {
         if !msg.reply {
             if self.sender_order.len() >= MAX_SENDERS
                 && let Some(old) = self.sender_order.pop_front()
