@@ -86,7 +86,7 @@ def table():
             out.append(
                 f"| transit, {drv}, paced {hop['offered_per_s']}/s, 296 B | through router p50 {hop['p50_us']:.1f} us, "
                 f"p99 {hop['p99_us']:.1f} us; direct p50 {base['p50_us']:.1f} us, p99 {base['p99_us']:.1f} us; "
-                f"added p50 {hop['p50_us'] - base['p50_us']:.1f} us |"
+                f"added p50 {hop['p50_us'] - base['p50_us']:.1f} us, p99 {hop['p99_us'] - base['p99_us']:.1f} us |"
             )
     m = load("msgbench.json")
     if m:

@@ -50,9 +50,12 @@ struct Args {
     /// Paced rate, frames/s.
     #[arg(long, default_value_t = 50_000)]
     rate: u64,
-    /// Seconds of the paced run.
-    #[arg(long, default_value_t = 5.0)]
+    /// Seconds of the paced run, per path.
+    #[arg(long, default_value_t = 6.0)]
     paced_seconds: f64,
+    /// Rounds the paced run is split into, alternating the router and the direct path.
+    #[arg(long, default_value_t = 6)]
+    rounds: usize,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -83,37 +86,35 @@ fn main() -> Result<()> {
         r.print();
         results.push(r);
     }
-    let r = paced(
-        &mut tx,
-        &rx,
-        296,
-        args.rate,
-        args.paced_seconds,
-        base,
-        "through router",
-    )?;
-    r.print();
-    results.push(r);
-    drop(router);
-
     let (mut dtx, drx) = direct_pair()?;
     // The generator's own floor: the same saturation straight over one TCP connection.
+    let mut direct = Vec::new();
     for frame_len in [296usize, 1340] {
         let r = saturate_direct(&mut dtx, &drx, frame_len, args.seconds)?;
         r.print();
-        results.push(r);
+        direct.push(r);
     }
-    let r = paced(
-        &mut dtx,
-        &drx,
-        296,
-        args.rate,
-        args.paced_seconds,
-        base,
-        "direct TCP (baseline)",
-    )?;
-    r.print();
-    results.push(r);
+    // Paced: short rounds through the router and straight over TCP, alternating, merged; both
+    // paths then see the same drift of a shared machine.
+    let per_round = args.paced_seconds / args.rounds.max(1) as f64;
+    let mut hop = Paced::new("through router", args.rate);
+    let mut base_line = Paced::new("direct TCP (baseline)", args.rate);
+    for round in 0..args.rounds.max(1) {
+        if round % 2 == 0 {
+            hop.round(&mut tx, &rx, 296, per_round)?;
+            base_line.round(&mut dtx, &drx, 296, per_round)?;
+        } else {
+            base_line.round(&mut dtx, &drx, 296, per_round)?;
+            hop.round(&mut tx, &rx, 296, per_round)?;
+        }
+    }
+    drop(router);
+    let (hop, base_line) = (hop.result(), base_line.result());
+    hop.print();
+    base_line.print();
+    results.push(hop);
+    results.extend(direct);
+    results.push(base_line);
     let (hop, direct) = (&results[2], &results[5]);
     println!(
         "added by the hop at {} frames/s: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us",
@@ -592,51 +593,81 @@ fn saturate_direct(
 
 /// Open loop: frame `i` is due at `t0 + i / rate`; each carries its due time, so lateness of
 /// the generator counts against the path, never hides (no coordinated omission).
-fn paced(
-    tx: &mut Sender,
-    rx: &Receiver,
-    frame_len: usize,
+/// Paced open-loop latency over one path, accumulated over rounds.
+struct Paced {
+    name: String,
     rate: u64,
+    hist: Histogram<u64>,
+    frames: u64,
+    bytes: u64,
     secs: f64,
-    _base: Instant,
-    name: &str,
-) -> Result<RunResult> {
-    rx.reset();
-    let f0 = rx.frames.load(Relaxed);
-    let b0 = rx.bytes.load(Relaxed);
-    let interval_ns = 1_000_000_000 / rate.max(1);
-    let total = (secs * rate as f64) as u64;
-    let start = now_ns() + 1_000_000;
-    let mut frame = tx.batch(frame_len, 1, 0);
-    let mut i = 0u64;
-    while i < total {
-        let due = start + i * interval_ns;
-        let now = now_ns();
-        if due > now {
-            std::thread::sleep(Duration::from_nanos(due - now));
-        }
-        // Send every frame that is due by now.
-        let now = now_ns();
-        while i < total && start + i * interval_ns <= now {
-            frame[40 + 8..40 + 16].copy_from_slice(&(start + i * interval_ns).to_le_bytes());
-            tx.send_batch(&frame)?;
-            i += 1;
+}
+
+impl Paced {
+    fn new(name: &str, rate: u64) -> Self {
+        Self {
+            name: format!("paced, {name}"),
+            rate,
+            hist: new_hist(),
+            frames: 0,
+            bytes: 0,
+            secs: 0.0,
         }
     }
-    std::thread::sleep(Duration::from_millis(200));
-    let el = secs;
-    let (p50, p99, p999, max) = percentiles(rx);
-    Ok(RunResult {
-        name: format!("paced, {name}"),
-        frame_len,
-        offered: Some(rate),
-        frames_per_s: (rx.frames.load(Relaxed) - f0) as f64 / el,
-        gbit_per_s: (rx.bytes.load(Relaxed) - b0) as f64 * 8.0 / el / 1e9,
-        router_cpu_s: None,
-        p50_us: p50,
-        p99_us: p99,
-        p999_us: p999,
-        max_us: max,
-        curve: curve(rx),
-    })
+
+    /// One round: `secs` of frames sent at their scheduled times, each stamped with it.
+    fn round(&mut self, tx: &mut Sender, rx: &Receiver, frame_len: usize, secs: f64) -> Result<()> {
+        std::thread::sleep(Duration::from_millis(100));
+        rx.reset();
+        let f0 = rx.frames.load(Relaxed);
+        let b0 = rx.bytes.load(Relaxed);
+        let interval_ns = 1_000_000_000 / self.rate.max(1);
+        let total = (secs * self.rate as f64) as u64;
+        let start = now_ns() + 1_000_000;
+        let mut frame = tx.batch(frame_len, 1, 0);
+        let mut i = 0u64;
+        while i < total {
+            let due = start + i * interval_ns;
+            let now = now_ns();
+            if due > now {
+                std::thread::sleep(Duration::from_nanos(due - now));
+            }
+            // Send every frame that is due by now.
+            let now = now_ns();
+            while i < total && start + i * interval_ns <= now {
+                frame[40 + 8..40 + 16].copy_from_slice(&(start + i * interval_ns).to_le_bytes());
+                tx.send_batch(&frame)?;
+                i += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if let Ok(h) = rx.hist.lock() {
+            self.hist += &*h;
+        }
+        self.frames += rx.frames.load(Relaxed) - f0;
+        self.bytes += rx.bytes.load(Relaxed) - b0;
+        self.secs += secs;
+        Ok(())
+    }
+
+    fn result(&self) -> RunResult {
+        let h = &self.hist;
+        let us = |v: u64| v as f64 / 1000.0;
+        RunResult {
+            name: self.name.clone(),
+            frame_len: 296,
+            offered: Some(self.rate),
+            frames_per_s: self.frames as f64 / self.secs.max(1e-9),
+            gbit_per_s: self.bytes as f64 * 8.0 / self.secs.max(1e-9) / 1e9,
+            router_cpu_s: None,
+            p50_us: us(h.value_at_quantile(0.5)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            p999_us: us(h.value_at_quantile(0.999)),
+            max_us: us(h.max()),
+            curve: CURVE
+                .iter()
+                .map(|q| (*q, h.value_at_quantile(*q) as f64 / 1000.0))
+                .collect(),
+        }
+    }
 }
