@@ -1254,25 +1254,31 @@ fn repeated_init_keeps_or_resets() {
     assert!(m.poll_event().is_none());
 }
 
-/// INIT, the chunks and the DONE go back to back: on a clean FIFO path a message is delivered
-/// one trip after it was pushed, to our receiver and to the stock one, whatever its size, and
-/// the sender hears of the delivery.
-#[test]
-fn a_message_arrives_one_trip_after_its_push() {
+/// Our sender `a` and a receiver `b` (ours, or the stock model) on a clean 1 ms FIFO link.
+fn clean_pair(seed: u64, stock: bool) -> (Sim, usize, usize) {
     let link = Link {
         loss: 0.0,
         dup: 0.0,
         latency: Duration::from_millis(1),
         jitter: Duration::ZERO,
     };
+    let mut sim = Sim::new(seed, link);
+    let a = sim.add(Config::default());
+    let b = match stock {
+        true => sim.add_stock(),
+        false => sim.add(Config::default()),
+    };
+    (sim, a, b)
+}
+
+/// INIT, the chunks and the DONE go back to back: on a clean FIFO path a message is delivered
+/// one trip after it was pushed, to our receiver and to the stock one, whatever its size, and
+/// the sender hears of the delivery.
+#[test]
+fn a_message_arrives_one_trip_after_its_push() {
     for stock in [false, true] {
         for size in [0usize, 1024, 1400, 5000, 100_000] {
-            let mut sim = Sim::new(9, link);
-            let a = sim.add(Config::default());
-            let b = match stock {
-                true => sim.add_stock(),
-                false => sim.add(Config::default()),
-            };
+            let (mut sim, a, b) = clean_pair(9, stock);
             let (ka, kb) = (sim.nodes[a].key, sim.nodes[b].key);
             let id = MessageId([5; 8]);
             let payload = Bytes::from(sim.rng.bytes(size));
@@ -1298,20 +1304,9 @@ fn a_message_arrives_one_trip_after_its_push() {
 /// the sender learns it. Same when the early DONE itself is lost.
 #[test]
 fn a_lost_chunk_or_early_done_is_repaired() {
-    let link = Link {
-        loss: 0.0,
-        dup: 0.0,
-        latency: Duration::from_millis(1),
-        jitter: Duration::ZERO,
-    };
     for stock in [false, true] {
         for lost in [MessageFlags::CHUNK, MessageFlags::DONE] {
-            let mut sim = Sim::new(10, link);
-            let a = sim.add(Config::default());
-            let b = match stock {
-                true => sim.add_stock(),
-                false => sim.add(Config::default()),
-            };
+            let (mut sim, a, b) = clean_pair(10, stock);
             let (ka, kb) = (sim.nodes[a].key, sim.nodes[b].key);
             sim.lose.push((a, lost));
             let id = MessageId([6; 8]);

@@ -754,11 +754,16 @@ async fn topic_add(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
 }
 
 async fn topic_remove(State(s): State<Arc<Shared>>, Path(topic): Path<String>) -> Response {
-    let t = match topic_path(&topic) {
+    topic_change(&s, &topic, TopicOp::Remove).await
+}
+
+/// Decodes the topic in the path, applies `op` to it, answers 204.
+async fn topic_change(s: &Shared, topic: &str, op: impl FnOnce(Vec<u8>) -> TopicOp) -> Response {
+    let t = match topic_path(topic) {
         Ok(t) => t,
         Err(r) => return r,
     };
-    match topic_op(&s, TopicOp::Remove(t)).await {
+    match topic_op(s, op(t)).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(r) => r,
     }
@@ -860,12 +865,5 @@ async fn topic_forward_set(
 }
 
 async fn topic_forward_remove(State(s): State<Arc<Shared>>, Path(topic): Path<String>) -> Response {
-    let t = match topic_path(&topic) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    match topic_op(&s, TopicOp::SetForward(t, None)).await {
-        Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(r) => r,
-    }
+    topic_change(&s, &topic, |t| TopicOp::SetForward(t, None)).await
 }
