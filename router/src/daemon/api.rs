@@ -847,10 +847,6 @@ async fn topic_forward_set(
     Path(topic): Path<String>,
     body: Bytes,
 ) -> Response {
-    let t = match topic_path(&topic) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
     let f: ForwardSocket = match serde_json::from_slice(&body) {
         Ok(f) => f,
         Err(e) => return err(StatusCode::UNPROCESSABLE_ENTITY, format!("body: {e}")),
@@ -858,10 +854,7 @@ async fn topic_forward_set(
     if f.socket_path.as_os_str().is_empty() {
         return err(StatusCode::UNPROCESSABLE_ENTITY, "socketPath is empty");
     }
-    match topic_op(&s, TopicOp::SetForward(t, Some(f.socket_path))).await {
-        Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(r) => r,
-    }
+    topic_change(&s, &topic, |t| TopicOp::SetForward(t, Some(f.socket_path))).await
 }
 
 async fn topic_forward_remove(State(s): State<Arc<Shared>>, Path(topic): Path<String>) -> Response {
