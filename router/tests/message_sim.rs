@@ -64,6 +64,9 @@ struct StockReceiver {
     /// id -> (declared length, chunks by index)
     pending: HashMap<MessageId, StockPending>,
     complete: HashSet<MessageId>,
+    /// The application reads each message at once: the reference then forgets it
+    /// (`complete_msges` pops read messages), so a repeated INIT starts it over.
+    reads_at_once: bool,
 }
 
 struct StockPending(u64, Vec<Option<Vec<u8>>>);
@@ -158,7 +161,9 @@ impl StockReceiver {
                     return StockOutcome(None, None);
                 }
                 self.pending.remove(&p.id);
-                self.complete.insert(p.id);
+                if !self.reads_at_once {
+                    self.complete.insert(p.id);
+                }
                 StockOutcome(ack(&p), Some((p.id, data)))
             }
             MessageBody::Empty => {
@@ -1326,6 +1331,52 @@ fn a_lost_chunk_or_early_done_is_repaired() {
             let took = sim.nodes[b].received_at[&(ka, id, false)] - sim.t0;
             assert!(took > Duration::from_millis(1), "{what}: {took:?}");
             assert!(took < Duration::from_secs(1), "{what}: {took:?}");
+        }
+    }
+}
+
+/// A path slower than the first retransmission timeout (100 ms): the INIT times out before its
+/// ACK arrives although the receiver, stock or ours, already has the whole message (INIT, chunks
+/// and the early DONE went together). The sender falls back to INIT first, but the DONE-ACK
+/// still settles the message: delivered once, even to a stock receiver whose application read
+/// it at once (and which would take a repeated message as new), and the sender ends Received.
+#[test]
+fn a_slow_first_path_settles_the_early_done_without_a_second_delivery() {
+    let link = Link {
+        loss: 0.0,
+        dup: 0.0,
+        latency: Duration::from_millis(80),
+        jitter: Duration::ZERO,
+    };
+    for stock in [false, true] {
+        for size in [1024usize, 5000] {
+            let mut sim = Sim::new(11, link);
+            let a = sim.add(Config::default());
+            let b = match stock {
+                true => {
+                    let key = sim.rng.key();
+                    let stock = StockReceiver {
+                        reads_at_once: true,
+                        ..StockReceiver::default()
+                    };
+                    sim.add_peer(key, Peer::Stock(stock))
+                }
+                false => sim.add(Config::default()),
+            };
+            let (ka, kb) = (sim.nodes[a].key, sim.nodes[b].key);
+            let id = MessageId([12; 8]);
+            let payload = Bytes::from(sim.rng.bytes(size));
+            let now = sim.now;
+            sim.ours(a).push(now, id, kb, b"", payload.clone()).unwrap();
+            sim.run(Duration::from_secs(20));
+            let what = format!("{size} B to {}", if stock { "stock" } else { "ours" });
+            assert_eq!(sim.nodes[b].received[&(ka, id, false)], payload, "{what}");
+            assert_eq!(sim.nodes[b].duplicates, 0, "{what}: delivered twice");
+            let st = sim.ours(a).status(id).unwrap().state;
+            assert!(
+                matches!(st, State::Received | State::Read),
+                "{what}: {st:?}"
+            );
         }
     }
 }

@@ -100,6 +100,8 @@ pub(super) struct Outbound {
     early_done: bool,
     /// A chunk was sent again (lost or probed): an early DONE was then ignored by the receiver.
     resent: bool,
+    /// Fell back to INIT first: every chunk already had a first copy.
+    fell_back: bool,
     probe: Option<usize>,
     need_abort: bool,
     backoff: u32,
@@ -179,6 +181,7 @@ impl Outbound {
             done_tx: Tx::default(),
             early_done: pipelining > 0,
             resent: false,
+            fell_back: false,
             probe: None,
             need_abort: false,
             backoff: 0,
@@ -329,7 +332,9 @@ impl Outbound {
                 }
             }
             if pick.is_none() && self.next_new < self.chunks.len() {
-                pick = Some((self.next_new, 1));
+                // After a fallback every chunk had a first copy: an ACK of that copy must not
+                // time this one (Karn).
+                pick = Some((self.next_new, if self.fell_back { 2 } else { 1 }));
                 self.next_new += 1;
             }
             if let Some((i, count)) = pick {
@@ -515,12 +520,13 @@ impl Outbound {
             self.init_tx.at = None;
             self.need_init = true;
             if self.pipelining > 0 {
-                // Fall back to INIT first (see the module docs); an early DONE went to a
-                // receiver without the INIT.
+                // Fall back to INIT first (see the module docs). An early DONE that went out
+                // stays on record: the INIT may only have been slow, the receiver may have
+                // delivered, and its DONE-ACK (or READ) must still settle the message.
                 self.pipelining = 0;
                 self.early_done = false;
-                self.done_tx = Tx::default();
-                self.need_done = self.len == 0;
+                self.resent = true;
+                self.fell_back = true;
                 for c in &mut self.chunks {
                     c.state = ChunkTx::Unsent;
                 }
