@@ -35,9 +35,16 @@ fn json_req(n: &Node, method: &str, path: &str, body: Option<&Value>) -> (u16, V
 
 /// a --tcp-- b --quic-- c
 fn line(driver: &str) -> (Node, Node, Node) {
+    line_with(driver, &[])
+}
+
+/// [`line`], with `c_extra` flags for c.
+fn line_with(driver: &str, c_extra: &[String]) -> (Node, Node, Node) {
     let a = Node::start("a", driver, 101, &[]);
     let b = Node::start("b", driver, 102, &["--peers".into(), a.tcp()]);
-    let c = Node::start("c", driver, 103, &["--peers".into(), b.quic()]);
+    let mut c_args = vec!["--peers".into(), b.quic()];
+    c_args.extend_from_slice(c_extra);
+    let c = Node::start("c", driver, 103, &c_args);
     let (sa, sc) = (a.subnet(), c.subnet());
     wait_until(Duration::from_secs(10), || {
         a.has_route(&sc) && b.has_route(&sa)
@@ -515,9 +522,12 @@ fn a_served_local_socket_is_never_taken_and_a_stale_one_is_replaced() {
 /// read back and removed, and one cannot be set on a topic that is not configured.
 #[test]
 fn a_topic_forward_socket_answers_requests() {
-    let (a, _b, c) = line("uring");
+    let dir = std::env::temp_dir().join(format!("hyphae-fwd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let flag = ["--topic-forward-dir".into(), dir.to_str().unwrap().into()];
+    let (a, _b, c) = line_with("uring", &flag);
     let c_pk = c.info()["nodePubkey"].as_str().unwrap().to_owned();
-    let sock = c.dir.join("app.sock");
+    let sock = dir.join("app.sock");
     // Topic "f" is base64 "Zg==".
     let fwd = "/api/v1/messages/topics/Zg==/forward";
     let set = json!({"socketPath": sock.to_str().unwrap()}).to_string();
@@ -545,6 +555,23 @@ fn a_topic_forward_socket_answers_requests() {
     assert_eq!(
         http(c.api, "PUT", fwd, Some("{\"path\":1}")).unwrap().0,
         422
+    );
+    // The API cannot point the router at sockets outside the forward directory.
+    for outside in [
+        c.local_socket().to_str().unwrap().to_owned(),
+        format!("{}/../x.sock", dir.display()),
+        "app.sock".to_owned(),
+    ] {
+        let body = json!({"socketPath": outside}).to_string();
+        assert_eq!(
+            http(c.api, "PUT", fwd, Some(&body)).unwrap().0,
+            403,
+            "{outside}"
+        );
+    }
+    assert_eq!(
+        json_req(&c, "GET", fwd, None).1,
+        json!(sock.to_str().unwrap())
     );
 
     // The application: reads a request to its end, answers, closes; twice.
@@ -583,6 +610,25 @@ fn a_topic_forward_socket_answers_requests() {
         (200, Some(b64(b"no app").as_str()))
     );
 
+    // A link in the directory to a socket outside it is not followed: queued, not forwarded.
+    let outside = c.dir.join("outside.sock");
+    let trap = std::os::unix::net::UnixListener::bind(&outside).unwrap();
+    trap.set_nonblocking(true).unwrap();
+    std::fs::remove_file(&sock).unwrap();
+    std::os::unix::fs::symlink(&outside, &sock).unwrap();
+    let push = json!({"dst": {"pk": c_pk}, "topic": "Zg==", "payload": b64(b"via link")});
+    assert_eq!(json_req(&a, "POST", "/api/v1/messages", Some(&push)).0, 201);
+    let (st, m) = json_req(&c, "GET", "/api/v1/messages?timeout=10", None);
+    assert_eq!(
+        (st, m["payload"].as_str()),
+        (200, Some(b64(b"via link").as_str()))
+    );
+    assert!(
+        trap.accept().is_err(),
+        "the router connected through the link"
+    );
+
     assert_eq!(http(c.api, "DELETE", fwd, None).unwrap().0, 204);
     assert_eq!(json_req(&c, "GET", fwd, None).1, Value::Null);
+    let _ = std::fs::remove_dir_all(&dir);
 }

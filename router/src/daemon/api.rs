@@ -854,6 +854,20 @@ async fn topic_forward_set(
     if f.socket_path.as_os_str().is_empty() {
         return err(StatusCode::UNPROCESSABLE_ENTITY, "socketPath is empty");
     }
+    let dir = &s.settings.topic_forward_dir;
+    let escapes = f
+        .socket_path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir));
+    if !f.socket_path.is_absolute() || escapes || !f.socket_path.starts_with(dir) {
+        return err(
+            StatusCode::FORBIDDEN,
+            format!(
+                "forward sockets must live under {} (--topic-forward-dir)",
+                dir.display()
+            ),
+        );
+    }
     topic_change(&s, &topic, |t| TopicOp::SetForward(t, Some(f.socket_path))).await
 }
 

@@ -89,6 +89,11 @@ pub struct Cli {
     /// paths); a stale one is replaced; the file is removed at shutdown.
     #[arg(long, value_name = "PATH")]
     pub local_socket: Option<PathBuf>,
+    /// The only directory topic forward sockets may live in (the message API cannot point the
+    /// router at other sockets on this host). Default: `forward/` beside the default local
+    /// socket, e.g. /run/hyphae/forward as root.
+    #[arg(long, value_name = "DIR")]
+    pub topic_forward_dir: Option<PathBuf>,
 }
 
 /// The config file: every field optional; flags win over the file.
@@ -111,6 +116,7 @@ struct FileConfig {
     tcp_rcvbuf: Option<usize>,
     tcp_window: Option<String>,
     local_socket: Option<PathBuf>,
+    topic_forward_dir: Option<PathBuf>,
 }
 
 /// Which I/O driver the data plane uses.
@@ -155,6 +161,8 @@ pub struct Settings {
     pub tcp_window_governor: bool,
     /// The local application socket, if enabled.
     pub local_socket: Option<PathBuf>,
+    /// Where topic forward sockets may live.
+    pub topic_forward_dir: PathBuf,
 }
 
 /// A configuration error, printed as one line.
@@ -283,6 +291,16 @@ impl Cli {
                 Some(p) => Some(p),
                 None => Some(default_local_socket()),
             },
+            topic_forward_dir: self
+                .topic_forward_dir
+                .clone()
+                .or(file.topic_forward_dir)
+                .unwrap_or_else(|| {
+                    default_local_socket()
+                        .parent()
+                        .map_or_else(|| PathBuf::from("/run/hyphae"), Path::to_path_buf)
+                        .join("forward")
+                }),
         })
     }
 }

@@ -140,6 +140,8 @@ struct Thread {
     active: HashMap<MessageId, PublicKey>,
     /// Topics whose messages go to a Unix socket.
     forwards: HashMap<Vec<u8>, PathBuf>,
+    /// Bounds the messages handed to forward sockets at once.
+    forward_slots: Arc<tokio::sync::Semaphore>,
     /// Destinations without a route, since when.
     unreachable: HashMap<PublicKey, Instant>,
 }
@@ -165,6 +167,7 @@ pub(crate) async fn serve(
         active: HashMap::new(),
         unreachable: HashMap::new(),
         forwards: HashMap::new(),
+        forward_slots: Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS)),
     };
     if let Some(l) = local.as_mut().and_then(|l| l.take()) {
         tokio::task::spawn_local(super::local::serve(shared.clone(), l));
@@ -203,16 +206,35 @@ fn far() -> tokio::time::Instant {
 const FORWARD_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long it may take to answer (the reference waits forever).
 const FORWARD_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Messages handed to forward sockets at once; more are queued as usual.
+const MAX_FORWARDS: usize = 64;
 
 /// Gives `msg` to the application listening on `path`, as the reference does: a new Unix
 /// stream connection per message, the raw payload written, the answer read until the
-/// application closes the connection and sent back as the reply (same id). Then hyphae also
-/// closes its write side after the payload, so an application can read to the end first.
-/// No connection, a failed or slow write, an empty answer or no answer in time: the message
-/// goes to the ordinary queue instead.
-async fn forward(shared: Arc<Shared>, path: PathBuf, msg: ReceivedMessage) {
-    match forward_exchange(&path, &msg.payload).await {
-        Ok(reply) if !reply.is_empty() && !msg.reply => {
+/// application closes the connection and sent back as the reply (same id). hyphae also closes
+/// its write side after the payload, so an application can read to the end first.
+///
+/// If the payload cannot be handed over (no listener, a write slower than 5 s, a socket that
+/// resolves outside the forward directory) the message goes to the ordinary queue. Once the
+/// application has it, it is not queued again: an empty answer, none within 60 s or a read
+/// error only mean no reply (the reference queues it again after an empty answer).
+async fn forward(
+    shared: Arc<Shared>,
+    path: PathBuf,
+    msg: ReceivedMessage,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    let handed = handover(&path, &shared.settings.topic_forward_dir, &msg.payload).await;
+    let mut s = match handed {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(socket = %path.display(), "topic forward socket: {e}; queueing the message");
+            let _ = shared.msg.send(MsgCmd::Unforwarded(msg)).await;
+            return;
+        }
+    };
+    match read_answer(&mut s).await {
+        Ok(reply) if !reply.is_empty() => {
             let (tx, _) = oneshot::channel();
             let cmd = MsgCmd::Reply {
                 id: msg.id,
@@ -222,35 +244,51 @@ async fn forward(shared: Arc<Shared>, path: PathBuf, msg: ReceivedMessage) {
             };
             let _ = shared.msg.send(cmd).await;
         }
-        Ok(reply) if !reply.is_empty() => {}
-        r => {
-            if let Err(e) = r {
-                tracing::warn!(socket = %path.display(), "topic forward socket: {e}; queueing the message");
-            }
-            let _ = shared.msg.send(MsgCmd::Unforwarded(msg)).await;
-        }
+        Ok(_) => tracing::debug!(socket = %path.display(), "topic forward socket: no answer"),
+        Err(e) => tracing::warn!(socket = %path.display(), "topic forward socket answer: {e}"),
     }
 }
 
-async fn forward_exchange(path: &std::path::Path, payload: &[u8]) -> std::io::Result<Bytes> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
-    let mut s = tokio::time::timeout(FORWARD_WRITE_TIMEOUT, async {
-        let mut s = tokio::net::UnixStream::connect(path).await?;
+/// Connects to `path` (which must resolve inside `dir`), writes `payload`, closes the write side.
+async fn handover(
+    path: &std::path::Path,
+    dir: &std::path::Path,
+    payload: &[u8],
+) -> std::io::Result<tokio::net::UnixStream> {
+    use tokio::io::AsyncWriteExt;
+    // A symbolic link must not lead the router to a socket outside the directory.
+    let (real, real_dir) = (std::fs::canonicalize(path)?, std::fs::canonicalize(dir)?);
+    if !real.starts_with(&real_dir) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "resolves to {}, outside {}",
+                real.display(),
+                real_dir.display()
+            ),
+        ));
+    }
+    tokio::time::timeout(FORWARD_WRITE_TIMEOUT, async {
+        let mut s = tokio::net::UnixStream::connect(&real).await?;
         s.write_all(payload).await?;
         s.shutdown().await?;
-        Ok::<_, std::io::Error>(s)
+        Ok(s)
     })
     .await
-    .map_err(|_| timed_out())??;
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))?
+}
+
+/// Reads the application's answer until it closes the connection.
+async fn read_answer(s: &mut tokio::net::UnixStream) -> std::io::Result<Bytes> {
+    use tokio::io::AsyncReadExt;
     let mut reply = Vec::new();
     let limit = Config::default().max_message_size;
     tokio::time::timeout(
         FORWARD_REPLY_TIMEOUT,
-        (&mut s).take(limit + 1).read_to_end(&mut reply),
+        s.take(limit + 1).read_to_end(&mut reply),
     )
     .await
-    .map_err(|_| timed_out())??;
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"))??;
     if reply.len() as u64 > limit {
         return Err(std::io::Error::other(
             "answer larger than the largest message",
@@ -498,9 +536,16 @@ impl Thread {
             return;
         }
         if let Some(path) = self.forwards.get(&msg.topic[..]) {
-            // Handed to the topic's socket; back to the queue if the socket does not answer.
-            tokio::task::spawn_local(forward(self.shared.clone(), path.clone(), msg));
-            return;
+            // Handed to the topic's socket; back to the queue if it cannot be given there.
+            match self.forward_slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    tokio::task::spawn_local(forward(self.shared.clone(), path.clone(), msg, slot));
+                    return;
+                }
+                Err(_) => tracing::warn!(
+                    "{MAX_FORWARDS} messages already wait on topic forward sockets; queueing"
+                ),
+            }
         }
         self.queue(now, msg);
     }
