@@ -30,24 +30,29 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(50);
 pub const DEFAULT_FLOOR: u32 = 256 * 1024;
 
 /// The largest buffer the governor asks for (the kernel doubles it for bookkeeping, and caps
-/// it at `net.core.rmem_max` unless the process has CAP_NET_ADMIN).
+/// it at `net.core.rmem_max` unless the process has CAP_NET_ADMIN). The driver lowers it to
+/// what autotuning could reach (half of `net.ipv4.tcp_rmem`'s maximum).
 pub const CEILING: u32 = 32 << 20;
 
 /// Sizes one link's receive buffer; see the module docs.
 #[derive(Debug, Clone)]
 pub struct BufferGovernor {
     floor: u32,
+    ceiling: u32,
     size: u32,
     /// Time and byte count of the previous sample.
     last: Option<(Instant, u64)>,
 }
 
 impl BufferGovernor {
-    /// A governor for a link whose buffer was just set to `floor` bytes.
-    pub fn new(floor: u32) -> Self {
-        let floor = floor.clamp(64 * 1024, CEILING);
+    /// A governor for a link whose buffer was just set to `floor` bytes, never asking for more
+    /// than `ceiling` (itself at most [`CEILING`]).
+    pub fn new(floor: u32, ceiling: u32) -> Self {
+        let ceiling = ceiling.min(CEILING);
+        let floor = floor.clamp(64 * 1024, CEILING).min(ceiling.max(64 * 1024));
         Self {
             floor,
+            ceiling: ceiling.max(floor),
             size: floor,
             last: None,
         }
@@ -91,7 +96,7 @@ impl BufferGovernor {
         let rtt = rtt.filter(|r| !r.is_zero())?;
         let rate = read.saturating_sub(bytes) as f64 / elapsed.as_secs_f64();
         let bdp2 = 2.0 * rate * rtt.as_secs_f64();
-        let target = (bdp2.min(f64::from(CEILING)) as u32).clamp(self.floor, CEILING);
+        let target = (bdp2.min(f64::from(self.ceiling)) as u32).clamp(self.floor, self.ceiling);
         let size = self.size;
         let new = if target > size + size / 8 {
             target
@@ -131,7 +136,7 @@ mod tests {
     }
 
     fn start() -> (BufferGovernor, Instant, u64) {
-        let mut g = BufferGovernor::new(DEFAULT_FLOOR);
+        let mut g = BufferGovernor::new(DEFAULT_FLOOR, CEILING);
         let t = Instant::now();
         assert_eq!(g.sample(t, 0, None, 0), None);
         (g, t, 0)
@@ -196,6 +201,19 @@ mod tests {
             g.sample(t + 2 * SAMPLE_INTERVAL, (1 << 30) + n, Some(50 * MS), 0)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn the_ceiling_is_what_autotuning_could_reach() {
+        let mut g = BufferGovernor::new(DEFAULT_FLOOR, 3 << 20);
+        let (mut t, mut read) = (Instant::now(), 0);
+        g.sample(t, read, None, 0);
+        assert_eq!(
+            run(&mut g, &mut t, &mut read, 100e6, 80 * MS, 0, 5),
+            3 << 20
+        );
+        // A ceiling under the floor wins over it.
+        assert_eq!(BufferGovernor::new(DEFAULT_FLOOR, 100_000).size(), 100_000);
     }
 
     #[test]

@@ -77,8 +77,8 @@ pub(crate) fn bind(path: &Path) -> Result<LocalListener, StartError> {
                 path.display()
             )));
         }
-        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => {
+        Ok(_) => match probe(path) {
+            Ok(()) => {
                 return Err(StartError::Other(format!(
                     "local socket {}: another process is serving it (a second router?); stop \
                      it, or give this one its own path with --local-socket (or \"none\")",
@@ -102,12 +102,27 @@ pub(crate) fn bind(path: &Path) -> Result<LocalListener, StartError> {
         path: path.to_owned(),
         id: None,
     };
-    let m = std::fs::symlink_metadata(path).map_err(fail)?;
+    let m = std::fs::symlink_metadata(path).map_err(|e| {
+        let _ = std::fs::remove_file(path);
+        fail(e)
+    })?;
     bound.id = Some((m.dev(), m.ino()));
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
     l.set_nonblocking(true).map_err(fail)?;
     bound.listener = Some(l);
     Ok(bound)
+}
+
+/// Whether a process serves the socket at `path`: `Ok` if it accepts (or its backlog is full),
+/// the connect error otherwise. Never blocks.
+fn probe(path: &Path) -> std::io::Result<()> {
+    let s = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+    s.set_nonblocking(true)?;
+    match s.connect(&socket2::SockAddr::unix(path)?) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Accepts applications until shutdown.

@@ -192,7 +192,11 @@ pub(crate) async fn serve(
                 t.timeout(Instant::now());
             }
         }
-        t.flush(Instant::now());
+        // The state machine runs beside worker 0's peer links: seal and send a slice at a
+        // time, letting forwarding go on in between.
+        while t.flush(Instant::now()) {
+            tokio::task::yield_now().await;
+        }
     }
     // `local` goes here: its socket file is removed.
     drop(local);
@@ -206,6 +210,8 @@ fn far() -> tokio::time::Instant {
 const FORWARD_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long it may take to answer (the reference waits forever).
 const FORWARD_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Message packets sealed and sent per turn of the message task, between turns of the links.
+const FLUSH_BUDGET: usize = 256;
 /// Messages handed to forward sockets at once; more are queued as usual.
 const MAX_FORWARDS: usize = 64;
 
@@ -470,11 +476,17 @@ impl Thread {
 
     /// Sends what the state machine queued and acts on its events, until both are empty:
     /// acting on an event (a delivery marked read) can queue more packets.
-    fn flush(&mut self, now: Instant) {
+    /// Sends and delivers what the state machine has ready, at most [`FLUSH_BUDGET`] packets;
+    /// returns whether more is ready (the caller yields to the data plane, then flushes again).
+    fn flush(&mut self, now: Instant) -> bool {
+        let mut sent = 0;
         loop {
             let mut busy = false;
-            while let Some(t) = self.m.poll_transmit(now) {
+            while sent < FLUSH_BUDGET
+                && let Some(t) = self.m.poll_transmit(now)
+            {
                 self.send(t.dst, &t.payload);
+                sent += 1;
                 busy = true;
             }
             while let Some(e) = self.m.poll_event() {
@@ -492,8 +504,11 @@ impl Thread {
                 }
             }
             self.abort_unreachable(now);
+            if sent >= FLUSH_BUDGET {
+                return true;
+            }
             if !busy {
-                return;
+                return false;
             }
         }
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 /// The kernel's receive-side RTT estimate for a TCP socket, else its send-side smoothed RTT;
 /// `None` if it has neither (or on a platform without `TCP_INFO`).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[cfg(target_os = "linux")]
 pub(crate) fn rtt(fd: RawFd) -> Option<Duration> {
     // SAFETY: tcp_info is plain integers, valid when zeroed.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
@@ -38,7 +38,7 @@ pub(crate) fn rtt(fd: RawFd) -> Option<Duration> {
 }
 
 /// See the Linux version.
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+#[cfg(not(target_os = "linux"))]
 pub(crate) fn rtt(_fd: RawFd) -> Option<Duration> {
     None
 }

@@ -236,10 +236,25 @@ async fn worker_main(
     }
 }
 
-/// Sets a TCP link's receive buffer and window clamp to `bytes`.
+/// Sets a TCP link's window clamp and receive buffer to `bytes`. If the buffer cannot be set
+/// the clamp is lifted again, leaving the link to autotuning.
 fn size_receive_buffer(fd: std::os::fd::RawFd, bytes: u32) -> std::io::Result<()> {
-    sockopt::set_rcvbuf(fd, bytes)?;
-    sockopt::set_window_clamp(fd, bytes)
+    sockopt::set_window_clamp(fd, bytes)?;
+    sockopt::set_rcvbuf(fd, bytes).inspect_err(|_| {
+        let _ = sockopt::set_window_clamp(fd, crate::window::CEILING);
+    })
+}
+
+/// Half the largest buffer autotuning may give a TCP socket (`net.ipv4.tcp_rmem`), which the
+/// kernel doubles back: the governor never asks for more than autotuning could have reached.
+fn autotune_ceiling() -> u32 {
+    static CEILING: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *CEILING.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem")
+            .ok()
+            .and_then(|v| v.split_whitespace().nth(2)?.parse::<u32>().ok())
+            .map_or(crate::window::CEILING, |max| max / 2)
+    })
 }
 
 /// Releases frames held for routes that appeared: sleeps until a frame is held, then checks
@@ -442,7 +457,7 @@ impl Worker {
             .tcp_fd()
             .filter(|_| shared.settings.tcp_window_governor && shared.settings.tcp_rcvbuf.is_none())
             .and_then(|fd| {
-                let gov = BufferGovernor::new(DEFAULT_FLOOR);
+                let gov = BufferGovernor::new(DEFAULT_FLOOR, autotune_ceiling());
                 size_receive_buffer(fd, gov.floor()).ok()?;
                 Some((fd, gov, 0u64))
             });
