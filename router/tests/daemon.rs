@@ -32,7 +32,7 @@ both_drivers!(
     hostile_peers_are_dropped_and_forwarding_goes_on,
     admin_api_answers_with_the_reference_shapes,
     expired_frames_are_answered_with_time_exceeded,
-    a_bulk_peer_gets_a_bounded_receive_buffer,
+    tcp_links_get_a_governed_receive_buffer,
 );
 
 const CONVERGE: Duration = Duration::from_secs(10);
@@ -502,11 +502,12 @@ fn receive_buffers(port: u16) -> Vec<u64> {
         .collect()
 }
 
-/// Under a bulk transfer Linux would autotune the receive buffer of a fast loopback peer to
-/// megabytes, all of it queue when the router falls behind; the router holds it near twice
-/// the link's bandwidth-delay product instead (here: the 256 KiB floor, which the kernel
-/// doubles), and goes on forwarding.
-fn a_bulk_peer_gets_a_bounded_receive_buffer(driver: &str) {
+/// Every TCP link starts with the governed receive buffer (256 KiB, which the kernel reports
+/// doubled) instead of the kernel's autotuned one, and a steady 10 MB/s over loopback (a
+/// bandwidth-delay product far under the floor) leaves it there while the router forwards.
+/// (How the size then follows the link is unit-tested in `router/src/window.rs`.)
+fn tcp_links_get_a_governed_receive_buffer(driver: &str) {
+    const GOVERNED: u64 = 2 * 256 * 1024;
     let r = Node::start("r", driver, 95, &[]);
     let mut x = FakePeer::connect(r.port, 96);
     let mut y = FakePeer::connect(r.port, 97);
@@ -514,7 +515,7 @@ fn a_bulk_peer_gets_a_bounded_receive_buffer(driver: &str) {
     y.announce();
     let sy = y.public.subnet().to_string();
     wait_until(CONVERGE, || r.has_route(&sy)).expect("route to y");
-    // y reads everything on its own thread and counts the data frames.
+    // y reads everything on its own thread and counts the bytes.
     let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let c = count.clone();
     let mut ys = y.stream.try_clone().unwrap();
@@ -535,32 +536,25 @@ fn a_bulk_peer_gets_a_bounded_receive_buffer(driver: &str) {
         .iter()
         .copied()
         .cycle()
-        .take(frame.len() * 200)
+        .take(frame.len() * 380)
         .collect();
-    let mut peak = 0u64;
-    let bytes = 96 * 1024 * 1024;
-    let mut sent = 0;
-    while sent < bytes {
+    let mut seen = Vec::new();
+    for _ in 0..30 {
         x.send_raw(&batch).unwrap();
-        sent += batch.len();
-        if sent % (8 << 20) < batch.len() {
-            peak = peak.max(receive_buffers(r.port).into_iter().max().unwrap_or(0));
-        }
+        std::thread::sleep(Duration::from_millis(50));
+        seen.extend(receive_buffers(r.port));
     }
-    // Forwarding went on (what y could not take in time was dropped at the router's bounded
-    // egress queue, and counted).
-    let delivered = wait_until(Duration::from_secs(20), || {
+    let delivered = wait_until(Duration::from_secs(10), || {
         let n = count.load(std::sync::atomic::Ordering::Relaxed);
-        (n >= 16 << 20).then_some(n)
+        (n >= 10 << 20).then_some(n)
     });
     assert!(
         delivered.is_some(),
-        "{driver}: forwarded {count:?} of {sent} bytes"
+        "{driver}: forwarded only {count:?} bytes"
     );
-    peak = peak.max(receive_buffers(r.port).into_iter().max().unwrap_or(0));
-    assert!(peak > 0, "ss saw the router's sockets");
+    assert!(!seen.is_empty(), "ss saw the router's sockets");
     assert!(
-        peak <= 1 << 20,
-        "{driver}: a receive buffer grew to {peak} bytes"
+        seen.iter().all(|&rb| rb == GOVERNED),
+        "{driver}: receive buffers {seen:?}"
     );
 }

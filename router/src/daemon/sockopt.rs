@@ -8,8 +8,8 @@
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-/// The kernel's receive-side RTT estimate for a TCP socket, else its send-side smoothed RTT;
-/// `None` if it has neither (or on a platform without `TCP_INFO`).
+/// The smaller of the kernel's receive-side RTT estimate and the smoothed RTT of our sends on
+/// a TCP socket; `None` if it has neither (or on a platform without `TCP_INFO`).
 #[cfg(target_os = "linux")]
 pub(crate) fn rtt(fd: RawFd) -> Option<Duration> {
     // SAFETY: tcp_info is plain integers, valid when zeroed.
@@ -29,10 +29,13 @@ pub(crate) fn rtt(fd: RawFd) -> Option<Duration> {
     if r != 0 {
         return None;
     }
+    // Both overestimate, each in its own way: the receive-side estimate takes the idle time
+    // before a burst for delay, the smoothed RTT of our own sends the peer's delayed ACKs. The
+    // smaller one is the closer.
     let us = match (info.tcpi_rcv_rtt, info.tcpi_rtt) {
         (0, 0) => return None,
-        (0, s) => s,
-        (r, _) => r,
+        (0, s) | (s, 0) => s,
+        (r, s) => r.min(s),
     };
     Some(Duration::from_micros(u64::from(us)))
 }
