@@ -39,6 +39,9 @@ pub(crate) struct LocalListener {
     path: PathBuf,
     /// (device, inode) of the file we bound.
     id: Option<(u64, u64)>,
+    /// Held for the router's lifetime: routers starting at the same instant on one path take
+    /// turns deciding whether the socket there is stale.
+    _lock: std::fs::File,
 }
 
 impl LocalListener {
@@ -60,12 +63,33 @@ impl Drop for LocalListener {
 }
 
 /// Binds the socket at `path` with mode 0600. A socket file nobody listens on (left by a
-/// crash) is replaced; one that another process still serves is an error, never stolen.
+/// crash) is replaced; one that another process still serves is an error, never stolen. The
+/// decision is taken under an exclusive lock on `<path>.lock`, held until the router exits, so
+/// two routers starting together on one path cannot both take it.
 pub(crate) fn bind(path: &Path) -> Result<LocalListener, StartError> {
     let fail =
         |e: std::io::Error| StartError::Other(format!("local socket {}: {e}", path.display()));
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(fail)?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(StartError::Other(format!(
+                "local socket {}: another router is serving it (or starting on it); stop it, \
+                 or give this one its own path with --local-socket (or \"none\")",
+                path.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(fail(e)),
     }
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -101,6 +125,7 @@ pub(crate) fn bind(path: &Path) -> Result<LocalListener, StartError> {
         listener: None,
         path: path.to_owned(),
         id: None,
+        _lock: lock,
     };
     let m = std::fs::symlink_metadata(path).map_err(|e| {
         let _ = std::fs::remove_file(path);
