@@ -227,6 +227,22 @@ impl Cli {
                 )));
             }
         };
+        let topic_forward_dir = self
+            .topic_forward_dir
+            .clone()
+            .or(file.topic_forward_dir)
+            .unwrap_or_else(|| {
+                default_local_socket()
+                    .parent()
+                    .map_or_else(|| PathBuf::from("/run/hyphae"), Path::to_path_buf)
+                    .join("forward")
+            });
+        if !topic_forward_dir.is_absolute() {
+            return Err(ConfigError::Invalid(format!(
+                "--topic-forward-dir must be an absolute path, not {}",
+                topic_forward_dir.display()
+            )));
+        }
         let driver = match self
             .driver
             .as_deref()
@@ -291,16 +307,7 @@ impl Cli {
                 Some(p) => Some(p),
                 None => Some(default_local_socket()),
             },
-            topic_forward_dir: self
-                .topic_forward_dir
-                .clone()
-                .or(file.topic_forward_dir)
-                .unwrap_or_else(|| {
-                    default_local_socket()
-                        .parent()
-                        .map_or_else(|| PathBuf::from("/run/hyphae"), Path::to_path_buf)
-                        .join("forward")
-                }),
+            topic_forward_dir,
         })
     }
 }

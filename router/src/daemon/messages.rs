@@ -240,7 +240,8 @@ async fn forward(
         }
     };
     match read_answer(&mut s).await {
-        Ok(reply) if !reply.is_empty() => {
+        // An answer to a message that is itself a reply goes nowhere.
+        Ok(reply) if !reply.is_empty() && !msg.reply => {
             let (tx, _) = oneshot::channel();
             let cmd = MsgCmd::Reply {
                 id: msg.id,
@@ -250,7 +251,7 @@ async fn forward(
             };
             let _ = shared.msg.send(cmd).await;
         }
-        Ok(_) => tracing::debug!(socket = %path.display(), "topic forward socket: no answer"),
+        Ok(_) => tracing::debug!(socket = %path.display(), "topic forward socket: no reply"),
         Err(e) => tracing::warn!(socket = %path.display(), "topic forward socket answer: {e}"),
     }
 }
@@ -261,9 +262,18 @@ async fn handover(
     dir: &std::path::Path,
     payload: &[u8],
 ) -> std::io::Result<tokio::net::UnixStream> {
+    use std::os::unix::fs::PermissionsExt;
     use tokio::io::AsyncWriteExt;
-    // A symbolic link must not lead the router to a socket outside the directory.
+    // A symbolic link must not lead the router to a socket outside the directory; and since a
+    // link could be swapped in between this check and the connect, nobody but trusted users
+    // may write in the directory.
     let (real, real_dir) = (std::fs::canonicalize(path)?, std::fs::canonicalize(dir)?);
+    if std::fs::metadata(&real_dir)?.permissions().mode() & 0o002 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{} is writable by everyone", real_dir.display()),
+        ));
+    }
     if !real.starts_with(&real_dir) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,

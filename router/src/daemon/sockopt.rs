@@ -82,6 +82,30 @@ fn int_opt(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: u32) -> std::io::
     }
 }
 
+/// The window clamp in force.
+#[cfg(target_os = "linux")]
+pub(crate) fn window_clamp(fd: RawFd) -> Option<u32> {
+    let mut v: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `v`, which lives for the call.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_WINDOW_CLAMP,
+            (&raw mut v).cast(),
+            &raw mut len,
+        )
+    };
+    (r == 0).then(|| u32::try_from(v).ok()).flatten()
+}
+
+/// See the Linux version.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn window_clamp(_fd: RawFd) -> Option<u32> {
+    None
+}
+
 /// Caps the window this socket advertises at `bytes`.
 #[cfg(target_os = "linux")]
 pub(crate) fn set_window_clamp(fd: RawFd, bytes: u32) -> std::io::Result<()> {

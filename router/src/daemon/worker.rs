@@ -239,9 +239,12 @@ async fn worker_main(
 /// Sets a TCP link's window clamp and receive buffer to `bytes`. If the buffer cannot be set
 /// the clamp is lifted again, leaving the link to autotuning.
 fn size_receive_buffer(fd: std::os::fd::RawFd, bytes: u32) -> std::io::Result<()> {
+    let before = sockopt::window_clamp(fd);
     sockopt::set_window_clamp(fd, bytes)?;
     sockopt::set_rcvbuf(fd, bytes).inspect_err(|_| {
-        let _ = sockopt::set_window_clamp(fd, crate::window::CEILING);
+        if let Some(c) = before {
+            let _ = sockopt::set_window_clamp(fd, c);
+        }
     })
 }
 
