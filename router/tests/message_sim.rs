@@ -1380,3 +1380,51 @@ fn a_slow_first_path_settles_the_early_done_without_a_second_delivery() {
         }
     }
 }
+
+/// A path slower than the initial retransmission timeout (300 ms round trip against 100 ms):
+/// the first message to it times out and is sent again, but the backed-off timeout is kept
+/// for the next ones until a packet sent once is acknowledged, so the sender learns the
+/// round-trip time and later messages go without a single retransmission.
+#[test]
+fn a_slow_path_is_learned_and_later_messages_are_not_retransmitted() {
+    let link = Link {
+        loss: 0.0,
+        dup: 0.0,
+        latency: Duration::from_millis(150),
+        jitter: Duration::ZERO,
+    };
+    for stock in [false, true] {
+        let mut sim = Sim::new(12, link);
+        let a = sim.add(Config::default());
+        let b = match stock {
+            true => sim.add_stock(),
+            false => sim.add(Config::default()),
+        };
+        let (ka, kb) = (sim.nodes[a].key, sim.nodes[b].key);
+        let mut per_message = Vec::new();
+        for i in 0..6u8 {
+            let before = sim.ours(a).stats().retransmitted;
+            let id = MessageId([30 + i; 8]);
+            let payload = Bytes::from(sim.rng.bytes(3000));
+            let now = sim.now;
+            sim.ours(a).push(now, id, kb, b"", payload.clone()).unwrap();
+            let limit = sim.now - sim.t0 + Duration::from_secs(10);
+            sim.run(limit);
+            assert_eq!(sim.nodes[b].received[&(ka, id, false)], payload);
+            let st = sim.ours(a).status(id).unwrap().state;
+            assert!(matches!(st, State::Received | State::Read), "{st:?}");
+            per_message.push(sim.ours(a).stats().retransmitted - before);
+        }
+        let what = if stock { "stock" } else { "ours" };
+        assert!(
+            sim.ours(a).srtt(&kb).is_some(),
+            "{what}: the RTT was learned"
+        );
+        assert_eq!(
+            per_message[3..],
+            [0, 0, 0],
+            "{what}: retransmissions per message {per_message:?}"
+        );
+        assert_eq!(sim.nodes[b].duplicates, 0);
+    }
+}

@@ -807,7 +807,12 @@ impl Messages {
         m.armed = None;
         let prev = m.phase;
         let rto = self.rtt.rto_backoff(&m.dst, m.backoff());
+        let backoff = m.backoff();
         let outcome = m.on_timeout(now, rto);
+        if m.backoff() > backoff {
+            let dst = m.dst;
+            self.rtt.timed_out(now, dst, rto);
+        }
         if outcome.remove {
             if let Some(m) = self.outbound.remove(&id)
                 && m.is_active()

@@ -11,6 +11,10 @@ use hyphae_wire::identity::PublicKey;
 pub(super) struct RttEstimator {
     srtt: Option<Duration>,
     rttvar: Duration,
+    /// A backed-off RTO kept for new packets until the next valid sample (RFC 6298 5.7):
+    /// otherwise, on a path slower than the initial RTO, every packet would time out once,
+    /// be sent twice, and (Karn) never yield the sample that would fix the RTO.
+    floor: Option<Duration>,
     last_used: Instant,
 }
 
@@ -19,12 +23,14 @@ impl RttEstimator {
         Self {
             srtt: None,
             rttvar: Duration::ZERO,
+            floor: None,
             last_used: now,
         }
     }
 
     /// Folds in one sample (RFC 6298 section 2, alpha = 1/8, beta = 1/4).
     fn sample(&mut self, r: Duration) {
+        self.floor = None;
         match self.srtt {
             None => {
                 self.srtt = Some(r);
@@ -44,7 +50,8 @@ impl RttEstimator {
             None => initial,
             Some(srtt) => srtt + (self.rttvar * 4).max(Duration::from_millis(1)),
         };
-        rto.clamp(min, max.max(min))
+        rto.max(self.floor.unwrap_or_default())
+            .clamp(min, max.max(min))
     }
 
     /// The smoothed round-trip time, once measured.
@@ -91,6 +98,19 @@ impl RttTable {
 
     /// Records a sample toward `dst`.
     pub(super) fn sample(&mut self, now: Instant, dst: PublicKey, r: Duration) {
+        self.entry(now, dst).sample(r);
+    }
+
+    /// A packet toward `dst` timed out after `rto`: new packets wait at least twice that
+    /// until a valid sample arrives.
+    pub(super) fn timed_out(&mut self, now: Instant, dst: PublicKey, rto: Duration) {
+        let max = self.max.max(self.min);
+        let e = self.entry(now, dst);
+        let backed_off = rto.saturating_mul(2).min(max);
+        e.floor = Some(e.floor.map_or(backed_off, |f| f.max(backed_off)));
+    }
+
+    fn entry(&mut self, now: Instant, dst: PublicKey) -> &mut RttEstimator {
         if !self.map.contains_key(&dst) && self.map.len() >= self.cap {
             let oldest = self
                 .map
@@ -105,8 +125,8 @@ impl RttTable {
             .map
             .entry(dst)
             .or_insert_with(|| RttEstimator::new(now));
-        e.sample(r);
         e.last_used = now;
+        e
     }
 
     /// The estimator for `dst`, if any sample was taken.
