@@ -24,36 +24,47 @@ impl Node {
     fn start(dir: &Path, name: &str, seed: u8) -> Self {
         let key = dir.join(format!("{name}.key"));
         std::fs::write(&key, [seed; 32]).unwrap();
-        let port = free_port();
-        let api = format!("127.0.0.1:{}", free_port());
         let sock = dir.join(format!("{name}.sock"));
-        let settings = daemon::config::Cli::try_parse_from([
-            "hyphae-router",
-            "-k",
-            key.to_str().unwrap(),
-            "-t",
-            &port.to_string(),
-            "-q",
-            &port.to_string(),
-            "--api-addr",
-            &api,
-            "--disable-peer-discovery",
-            "--workers",
-            "1",
-            "--driver",
-            "portable",
-            "--local-socket",
-            sock.to_str().unwrap(),
-        ])
-        .unwrap()
-        .settings()
-        .unwrap();
-        let running = daemon::start(settings).expect("router starts");
-        Self {
-            running: Some(running),
-            api,
-            port,
+        // A port found free can be taken by a parallel test before the router binds it: then
+        // start again on new ports.
+        let mut last = String::new();
+        for _attempt in 0..5 {
+            let port = free_port();
+            let api = format!("127.0.0.1:{}", free_port());
+            let settings = daemon::config::Cli::try_parse_from([
+                "hyphae-router",
+                "-k",
+                key.to_str().unwrap(),
+                "-t",
+                &port.to_string(),
+                "-q",
+                &port.to_string(),
+                "--api-addr",
+                &api,
+                "--disable-peer-discovery",
+                "--workers",
+                "1",
+                "--driver",
+                "portable",
+                "--local-socket",
+                sock.to_str().unwrap(),
+            ])
+            .unwrap()
+            .settings()
+            .unwrap();
+            match daemon::start(settings) {
+                Ok(running) => {
+                    return Self {
+                        running: Some(running),
+                        api,
+                        port,
+                    };
+                }
+                Err(e) if e.to_string().contains("in use") => last = e.to_string(),
+                Err(e) => panic!("router starts: {e}"),
+            }
         }
+        panic!("router starts: {last}")
     }
 
     fn cli(&self, args: &[&str]) -> common::Run {

@@ -56,46 +56,63 @@ impl Node {
         std::fs::create_dir_all(&dir).unwrap();
         let key = dir.join("key.bin");
         std::fs::write(&key, [seed; 32]).unwrap();
-        let port = free_port();
-        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let log = std::fs::File::create(dir.join("log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_hyphae-router"))
-            .args([
-                "-k",
-                key.to_str().unwrap(),
-                "-t",
-                &port.to_string(),
-                "-q",
-                &port.to_string(),
-            ])
-            .args([
-                "--api-addr",
-                &api.to_string(),
-                "--disable-peer-discovery",
-                "--no-tun",
-                "--workers",
-                "2",
-            ])
-            .args(["--driver", driver])
-            .args(["--local-socket", dir.join("router.sock").to_str().unwrap()])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let n = Self {
-            name: name.into(),
-            child,
-            port,
-            api,
-            dir,
-        };
-        wait_until(Duration::from_secs(10), || {
-            http(n.api, "GET", "/api/v1/admin", None).is_some()
-        })
-        .unwrap_or_else(|| panic!("{name} did not start: {}", n.log()));
-        n
+        // A port found free can be taken by a parallel test before the router binds it: then
+        // the router exits with "Address already in use" and is started again on new ports.
+        for _attempt in 0..5 {
+            let port = free_port();
+            let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let log = std::fs::File::create(dir.join("log")).unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_hyphae-router"))
+                .args([
+                    "-k",
+                    key.to_str().unwrap(),
+                    "-t",
+                    &port.to_string(),
+                    "-q",
+                    &port.to_string(),
+                ])
+                .args([
+                    "--api-addr",
+                    &api.to_string(),
+                    "--disable-peer-discovery",
+                    "--no-tun",
+                    "--workers",
+                    "2",
+                ])
+                .args(["--driver", driver])
+                .args(["--local-socket", dir.join("router.sock").to_str().unwrap()])
+                .args(extra)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            let mut n = Self {
+                name: name.into(),
+                child,
+                port,
+                api,
+                dir: dir.clone(),
+            };
+            let up = wait_until(Duration::from_secs(10), || {
+                if let Ok(Some(_)) = n.child.try_wait() {
+                    return Some(false);
+                }
+                http(n.api, "GET", "/api/v1/admin", None).map(|_| true)
+            });
+            match up {
+                // Still running (its own API answered, not another process on that port).
+                Some(true) if matches!(n.child.try_wait(), Ok(None)) => return n,
+                Some(_) if n.log().contains("Address already in use") => {
+                    let _ = n.child.kill();
+                    let _ = n.child.wait();
+                    std::mem::forget(n);
+                    continue;
+                }
+                _ => panic!("{name} did not start: {}", n.log()),
+            }
+        }
+        panic!("{name} did not start: no free ports")
     }
 
     pub fn local_socket(&self) -> PathBuf {
