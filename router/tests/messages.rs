@@ -483,7 +483,11 @@ fn a_served_local_socket_is_never_taken_and_a_stale_one_is_replaced() {
     std::fs::write(&key, [42u8; 32]).unwrap();
 
     // A second router pointed at the same socket refuses to start, with a one-line reason.
-    let second = router_at(&sock, &key).output().unwrap();
+    // (Started again if a parallel test took one of its ports in between.)
+    let second = (0..5)
+        .map(|_| router_at(&sock, &key).output().unwrap())
+        .find(|o| !String::from_utf8_lossy(&o.stderr).contains("Address already in use"))
+        .expect("free ports");
     assert!(!second.status.success(), "the second router must not start");
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(
@@ -504,12 +508,26 @@ fn a_served_local_socket_is_never_taken_and_a_stale_one_is_replaced() {
     // A socket file nobody listens on (a crashed router's) is replaced.
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
     assert!(sock.exists());
-    let mut child = router_at(&sock, &key).spawn().unwrap();
-    let up = wait_until(Duration::from_secs(10), || {
-        std::os::unix::net::UnixStream::connect(&sock).ok()
-    });
-    let _ = child.kill();
-    let _ = child.wait();
+    let mut up = None;
+    for _ in 0..5 {
+        let mut child = router_at(&sock, &key).spawn().unwrap();
+        up = wait_until(Duration::from_secs(10), || {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Some(false);
+            }
+            std::os::unix::net::UnixStream::connect(&sock)
+                .ok()
+                .map(|_| true)
+        });
+        let _ = child.kill();
+        let output = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&output.stderr).into_owned();
+        if up != Some(false) || !err.contains("Address already in use") {
+            assert_ne!(up, Some(false), "the router exited: {err}");
+            break;
+        }
+    }
+    let up = up.filter(|u| *u);
     assert!(
         up.is_some(),
         "the router did not take over the stale socket"
