@@ -55,6 +55,18 @@ struct Link {
     jitter: Duration,
 }
 
+impl Link {
+    /// No loss, no duplicates, no jitter: a FIFO path of fixed `latency`.
+    fn clean(latency: Duration) -> Self {
+        Self {
+            loss: 0.0,
+            dup: 0.0,
+            latency,
+            jitter: Duration::ZERO,
+        }
+    }
+}
+
 /// A receiver that behaves as the stock mycelium 0.7.10 receiver does (`message.rs`
 /// `handle_message`): CHUNK/DONE for an unknown id dropped without ACK, INIT resets a pending
 /// message, nothing of a completed message is acknowledged again, a chunk under 250 bytes is
@@ -620,12 +632,7 @@ fn lossy_run(seed: u64, link: Link, messages: usize) -> (Duration, Duration, u64
 
 #[test]
 fn perfect_network_is_fast() {
-    let link = Link {
-        loss: 0.0,
-        dup: 0.0,
-        latency: Duration::from_micros(500),
-        jitter: Duration::ZERO,
-    };
+    let link = Link::clean(Duration::from_micros(500));
     let mut sim = Sim::new(1, link);
     let a = sim.add(Config::default());
     let b = sim.add(Config::default());
@@ -730,12 +737,7 @@ fn replies_reach_the_waiting_sender() {
 
 #[test]
 fn status_transitions() {
-    let link = Link {
-        loss: 0.0,
-        dup: 0.0,
-        latency: Duration::from_millis(10),
-        jitter: Duration::ZERO,
-    };
+    let link = Link::clean(Duration::from_millis(10));
     let mut sim = Sim::new(3, link);
     let mut cfg = Config::default();
     cfg.pipelining = false;
@@ -862,12 +864,7 @@ fn interop_with_stock_receiver_under_loss() {
 /// The stock receiver drops chunks that arrive before their INIT; pipelining must cope.
 #[test]
 fn pipelining_survives_lost_init_with_stock_receiver() {
-    let link = Link {
-        loss: 0.0,
-        dup: 0.0,
-        latency: Duration::from_millis(1),
-        jitter: Duration::ZERO,
-    };
+    let link = Link::clean(Duration::from_millis(1));
     let mut sim = Sim::new(5, link);
     let a = sim.add(Config::default());
     let s = sim.add_stock();
@@ -1259,15 +1256,9 @@ fn repeated_init_keeps_or_resets() {
     assert!(m.poll_event().is_none());
 }
 
-/// Our sender `a` and a receiver `b` (ours, or the stock model) on a clean 1 ms FIFO link.
-fn clean_pair(seed: u64, stock: bool) -> (Sim, usize, usize) {
-    let link = Link {
-        loss: 0.0,
-        dup: 0.0,
-        latency: Duration::from_millis(1),
-        jitter: Duration::ZERO,
-    };
-    let mut sim = Sim::new(seed, link);
+/// Our sender `a` and a receiver `b` (ours, or the stock model) on a clean FIFO link.
+fn clean_pair(seed: u64, latency: Duration, stock: bool) -> (Sim, usize, usize) {
+    let mut sim = Sim::new(seed, Link::clean(latency));
     let a = sim.add(Config::default());
     let b = match stock {
         true => sim.add_stock(),
@@ -1283,7 +1274,7 @@ fn clean_pair(seed: u64, stock: bool) -> (Sim, usize, usize) {
 fn a_message_arrives_one_trip_after_its_push() {
     for stock in [false, true] {
         for size in [0usize, 1024, 1400, 5000, 100_000] {
-            let (mut sim, a, b) = clean_pair(9, stock);
+            let (mut sim, a, b) = clean_pair(9, Duration::from_millis(1), stock);
             let (ka, kb) = (sim.nodes[a].key, sim.nodes[b].key);
             let id = MessageId([5; 8]);
             let payload = Bytes::from(sim.rng.bytes(size));
@@ -1311,7 +1302,7 @@ fn a_message_arrives_one_trip_after_its_push() {
 fn a_lost_chunk_or_early_done_is_repaired() {
     for stock in [false, true] {
         for lost in [MessageFlags::CHUNK, MessageFlags::DONE] {
-            let (mut sim, a, b) = clean_pair(10, stock);
+            let (mut sim, a, b) = clean_pair(10, Duration::from_millis(1), stock);
             let (ka, kb) = (sim.nodes[a].key, sim.nodes[b].key);
             sim.lose.push((a, lost));
             let id = MessageId([6; 8]);
@@ -1342,27 +1333,12 @@ fn a_lost_chunk_or_early_done_is_repaired() {
 /// it at once (and which would take a repeated message as new), and the sender ends Received.
 #[test]
 fn a_slow_first_path_settles_the_early_done_without_a_second_delivery() {
-    let link = Link {
-        loss: 0.0,
-        dup: 0.0,
-        latency: Duration::from_millis(80),
-        jitter: Duration::ZERO,
-    };
     for stock in [false, true] {
         for size in [1024usize, 5000] {
-            let mut sim = Sim::new(11, link);
-            let a = sim.add(Config::default());
-            let b = match stock {
-                true => {
-                    let key = sim.rng.key();
-                    let stock = StockReceiver {
-                        reads_at_once: true,
-                        ..StockReceiver::default()
-                    };
-                    sim.add_peer(key, Peer::Stock(stock))
-                }
-                false => sim.add(Config::default()),
-            };
+            let (mut sim, a, b) = clean_pair(11, Duration::from_millis(80), stock);
+            if let Peer::Stock(r) = &mut sim.nodes[b].peer {
+                r.reads_at_once = true;
+            }
             let (ka, kb) = (sim.nodes[a].key, sim.nodes[b].key);
             let id = MessageId([12; 8]);
             let payload = Bytes::from(sim.rng.bytes(size));
@@ -1387,19 +1363,8 @@ fn a_slow_first_path_settles_the_early_done_without_a_second_delivery() {
 /// round-trip time and later messages go without a single retransmission.
 #[test]
 fn a_slow_path_is_learned_and_later_messages_are_not_retransmitted() {
-    let link = Link {
-        loss: 0.0,
-        dup: 0.0,
-        latency: Duration::from_millis(150),
-        jitter: Duration::ZERO,
-    };
     for stock in [false, true] {
-        let mut sim = Sim::new(12, link);
-        let a = sim.add(Config::default());
-        let b = match stock {
-            true => sim.add_stock(),
-            false => sim.add(Config::default()),
-        };
+        let (mut sim, a, b) = clean_pair(12, Duration::from_millis(150), stock);
         let (ka, kb) = (sim.nodes[a].key, sim.nodes[b].key);
         let mut per_message = Vec::new();
         for i in 0..6u8 {
