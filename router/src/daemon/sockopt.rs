@@ -14,19 +14,7 @@ use std::time::Duration;
 pub(crate) fn rtt(fd: RawFd) -> Option<Duration> {
     // SAFETY: tcp_info is plain integers, valid when zeroed.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes into `info`, which lives for the call;
-    // `fd` is owned by the caller for its duration.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &raw mut len,
-        )
-    };
-    if r != 0 {
+    if !get_opt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, &mut info) {
         return None;
     }
     // Both overestimate, each in its own way: the receive-side estimate takes the idle time
@@ -86,18 +74,20 @@ fn int_opt(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: u32) -> std::io::
 #[cfg(target_os = "linux")]
 pub(crate) fn window_clamp(fd: RawFd) -> Option<u32> {
     let mut v: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes into `v`, which lives for the call.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_WINDOW_CLAMP,
-            (&raw mut v).cast(),
-            &raw mut len,
-        )
-    };
-    (r == 0).then(|| u32::try_from(v).ok()).flatten()
+    get_opt(fd, libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP, &mut v)
+        .then(|| u32::try_from(v).ok())
+        .flatten()
+}
+
+/// Reads option `opt` into `out` (an integer, or a struct of integers the kernel fills in,
+/// possibly only in part); whether the call succeeded.
+#[cfg(target_os = "linux")]
+fn get_opt<T: Copy>(fd: RawFd, level: libc::c_int, opt: libc::c_int, out: &mut T) -> bool {
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `out`, which lives for the call;
+    // `fd` is owned by the caller for its duration.
+    let r = unsafe { libc::getsockopt(fd, level, opt, (out as *mut T).cast(), &raw mut len) };
+    r == 0
 }
 
 /// See the Linux version.
