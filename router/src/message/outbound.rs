@@ -96,8 +96,6 @@ pub(super) struct Outbound {
     acked: usize,
     need_done: bool,
     done_tx: Tx,
-    /// The DONE may follow the last chunk's first copy without waiting for the chunk ACKs.
-    early_done: bool,
     /// A chunk was sent again (lost or probed): an early DONE was then ignored by the receiver.
     resent: bool,
     /// Fell back to INIT first: every chunk already had a first copy.
@@ -179,7 +177,6 @@ impl Outbound {
             acked: 0,
             need_done: len == 0,
             done_tx: Tx::default(),
-            early_done: pipelining > 0,
             resent: false,
             fell_back: false,
             probe: None,
@@ -219,9 +216,10 @@ impl Outbound {
     /// to be sent again. On a FIFO path the receiver then has every chunk when it arrives and
     /// delivers one trip after the sender started, instead of waiting for the chunk ACKs to
     /// come back first. A receiver missing a chunk ignores it (the stock one too: no ACK, the
-    /// message stays pending) and the ordinary DONE follows the ACKs.
+    /// message stays pending) and the ordinary DONE follows the ACKs. Only while pipelining:
+    /// after the fallback to INIT first the receiver may lack the INIT.
     fn early_done_ready(&self) -> bool {
-        self.early_done
+        self.pipelining > 0
             && self.done_tx.count == 0
             && !self.resent
             && self.next_new == self.chunks.len()
@@ -357,7 +355,6 @@ impl Outbound {
             self.probe = None;
         }
         if self.early_done_ready() {
-            self.early_done = false;
             return Some(self.encode_done(now, out));
         }
         if self.done_ready() {
@@ -524,7 +521,6 @@ impl Outbound {
                 // stays on record: the INIT may only have been slow, the receiver may have
                 // delivered, and its DONE-ACK (or READ) must still settle the message.
                 self.pipelining = 0;
-                self.early_done = false;
                 self.resent = true;
                 self.fell_back = true;
                 for c in &mut self.chunks {
