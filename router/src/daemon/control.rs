@@ -198,10 +198,7 @@ impl Control {
         let mut shutdown = self.shared.shutdown.clone();
         let mut redial = tokio::time::interval(Duration::from_secs(1));
         loop {
-            let deadline = self
-                .router
-                .poll_timeout()
-                .map(tokio::time::Instant::from_std);
+            let deadline = self.router.poll_timeout();
             tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => return,
                 m = inbox.recv() => {
@@ -217,7 +214,7 @@ impl Control {
                         }
                     }
                 }
-                _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(far_future)).await }, if deadline.is_some() => {
+                () = super::sleep_until(deadline) => {
                     self.router.handle_timeout(Instant::now());
                 }
                 _ = redial.tick() => self.redial(Instant::now()),
@@ -505,8 +502,4 @@ impl Control {
         }
         v
     }
-}
-
-fn far_future() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_secs(86_400)
 }

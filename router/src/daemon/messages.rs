@@ -174,7 +174,7 @@ pub(crate) async fn serve(
     }
     let mut shutdown = shared.shutdown.clone();
     loop {
-        let deadline = t.next_deadline().map(tokio::time::Instant::from_std);
+        let deadline = t.next_deadline();
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
             cmd = inbox.recv() => {
@@ -188,7 +188,7 @@ pub(crate) async fn serve(
                     }
                 }
             }
-            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(far)).await }, if deadline.is_some() => {
+            () = super::sleep_until(deadline) => {
                 t.timeout(Instant::now());
             }
         }
@@ -200,10 +200,6 @@ pub(crate) async fn serve(
     }
     // `local` goes here: its socket file is removed.
     drop(local);
-}
-
-fn far() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_secs(86_400)
 }
 
 /// How long a topic's forward socket may take to connect and take the payload.

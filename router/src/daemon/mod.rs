@@ -441,3 +441,12 @@ fn wait_for_signal() {
         }
     });
 }
+
+/// Sleeps until `deadline`, or forever if there is none: the next timer of a sans-IO state
+/// machine, in a `select!` beside its inbox.
+pub(crate) async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}
