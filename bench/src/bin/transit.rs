@@ -479,24 +479,32 @@ const CURVE: [f64; 10] = [
     0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0,
 ];
 
-fn curve(rx: &Receiver) -> Vec<(f64, f64)> {
-    let h = rx
-        .hist
+/// A copy of what the receiver recorded so far.
+fn recorded(rx: &Receiver) -> Histogram<u64> {
+    rx.hist
         .lock()
         .map(|h| h.clone())
-        .unwrap_or_else(|_| new_hist());
+        .unwrap_or_else(|_| new_hist())
+}
+
+fn curve(rx: &Receiver) -> Vec<(f64, f64)> {
+    curve_of(&recorded(rx))
+}
+
+fn percentiles(rx: &Receiver) -> (f64, f64, f64, f64) {
+    percentiles_of(&recorded(rx))
+}
+
+/// (quantile, microseconds) at each of [`CURVE`]'s quantiles of a histogram in nanoseconds.
+fn curve_of(h: &Histogram<u64>) -> Vec<(f64, f64)> {
     CURVE
         .iter()
         .map(|q| (*q, h.value_at_quantile(*q) as f64 / 1000.0))
         .collect()
 }
 
-fn percentiles(rx: &Receiver) -> (f64, f64, f64, f64) {
-    let h = rx
-        .hist
-        .lock()
-        .map(|h| h.clone())
-        .unwrap_or_else(|_| new_hist());
+/// p50, p99, p99.9 and max, in microseconds, of a histogram in nanoseconds.
+fn percentiles_of(h: &Histogram<u64>) -> (f64, f64, f64, f64) {
     let us = |v: u64| v as f64 / 1000.0;
     (
         us(h.value_at_quantile(0.5)),
@@ -651,8 +659,7 @@ impl Paced {
     }
 
     fn result(&self) -> RunResult {
-        let h = &self.hist;
-        let us = |v: u64| v as f64 / 1000.0;
+        let (p50_us, p99_us, p999_us, max_us) = percentiles_of(&self.hist);
         RunResult {
             name: self.name.clone(),
             frame_len: 296,
@@ -660,14 +667,11 @@ impl Paced {
             frames_per_s: self.frames as f64 / self.secs.max(1e-9),
             gbit_per_s: self.bytes as f64 * 8.0 / self.secs.max(1e-9) / 1e9,
             router_cpu_s: None,
-            p50_us: us(h.value_at_quantile(0.5)),
-            p99_us: us(h.value_at_quantile(0.99)),
-            p999_us: us(h.value_at_quantile(0.999)),
-            max_us: us(h.max()),
-            curve: CURVE
-                .iter()
-                .map(|q| (*q, h.value_at_quantile(*q) as f64 / 1000.0))
-                .collect(),
+            p50_us,
+            p99_us,
+            p999_us,
+            max_us,
+            curve: curve_of(&self.hist),
         }
     }
 }
