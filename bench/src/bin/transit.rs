@@ -76,13 +76,12 @@ fn main() -> Result<()> {
     if let Some(cpu) = args.router_cpu {
         pin_to_all_but(cpu)?;
     }
-    let base = Instant::now();
     let mut results = Vec::new();
 
     let router = Router::start(&args)?;
     let (mut tx, rx) = peers(&router)?;
     for frame_len in [296usize, 1340] {
-        let r = saturate(&mut tx, &rx, frame_len, args.seconds, base, &router)?;
+        let r = saturate(&mut tx, &rx, frame_len, args.seconds, Some(&router))?;
         r.print();
         results.push(r);
     }
@@ -90,7 +89,7 @@ fn main() -> Result<()> {
     // The generator's own floor: the same saturation straight over one TCP connection.
     let mut direct = Vec::new();
     for frame_len in [296usize, 1340] {
-        let r = saturate_direct(&mut dtx, &drx, frame_len, args.seconds)?;
+        let r = saturate(&mut dtx, &drx, frame_len, args.seconds, None)?;
         r.print();
         direct.push(r);
     }
@@ -514,26 +513,26 @@ fn percentiles_of(h: &Histogram<u64>) -> (f64, f64, f64, f64) {
     )
 }
 
+/// Streams `frame_len`-byte frames as fast as `tx` takes them for `secs`. Through a router
+/// (`Some`) after half a second of warm-up, counting its CPU time; `None`: the direct path.
 fn saturate(
     tx: &mut Sender,
     rx: &Receiver,
     frame_len: usize,
     secs: f64,
-    _base: Instant,
-    router: &Router,
+    router: Option<&Router>,
 ) -> Result<RunResult> {
     let per_write = (256 * 1024 / frame_len).max(1);
-    let warm = Instant::now();
-    while warm.elapsed() < Duration::from_millis(500) {
-        tx.send_batch(&tx.batch(frame_len, per_write, now_ns()))?;
+    if router.is_some() {
+        let warm = Instant::now();
+        while warm.elapsed() < Duration::from_millis(500) {
+            tx.send_batch(&tx.batch(frame_len, per_write, now_ns()))?;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(100));
     rx.reset();
-    let (f0, b0, c0) = (
-        rx.frames.load(Relaxed),
-        rx.bytes.load(Relaxed),
-        router.cpu_seconds(),
-    );
+    let cpu = || router.map(Router::cpu_seconds);
+    let (f0, b0, c0) = (rx.frames.load(Relaxed), rx.bytes.load(Relaxed), cpu());
     let t0 = Instant::now();
     let mut template = tx.batch(frame_len, per_write, 0);
     while t0.elapsed().as_secs_f64() < secs {
@@ -542,21 +541,20 @@ fn saturate(
         tx.send_batch(&template)?;
     }
     let el = t0.elapsed().as_secs_f64();
-    let (f1, b1, c1) = (
-        rx.frames.load(Relaxed),
-        rx.bytes.load(Relaxed),
-        router.cpu_seconds(),
-    );
+    let (f1, b1, c1) = (rx.frames.load(Relaxed), rx.bytes.load(Relaxed), cpu());
     let (p50, p99, p999, max) = percentiles(rx);
     // Drain what is still queued before the next run.
     std::thread::sleep(Duration::from_millis(300));
     Ok(RunResult {
-        name: "saturation".into(),
+        name: match router {
+            Some(_) => "saturation".into(),
+            None => "saturation, direct TCP".into(),
+        },
         frame_len,
         offered: None,
         frames_per_s: (f1 - f0) as f64 / el,
         gbit_per_s: (b1 - b0) as f64 * 8.0 / el / 1e9,
-        router_cpu_s: Some(c1 - c0),
+        router_cpu_s: c1.zip(c0).map(|(c1, c0)| c1 - c0),
         p50_us: p50,
         p99_us: p99,
         p999_us: p999,
@@ -565,43 +563,9 @@ fn saturate(
     })
 }
 
-fn saturate_direct(
-    tx: &mut Sender,
-    rx: &Receiver,
-    frame_len: usize,
-    secs: f64,
-) -> Result<RunResult> {
-    let per_write = (256 * 1024 / frame_len).max(1);
-    let mut template = tx.batch(frame_len, per_write, 0);
-    rx.reset();
-    let f0 = rx.frames.load(Relaxed);
-    let t0 = Instant::now();
-    while t0.elapsed().as_secs_f64() < secs {
-        template[40 + 8..40 + 16].copy_from_slice(&now_ns().to_le_bytes());
-        tx.send_batch(&template)?;
-    }
-    let el = t0.elapsed().as_secs_f64();
-    let frames = rx.frames.load(Relaxed) - f0;
-    let (p50, p99, p999, max) = percentiles(rx);
-    std::thread::sleep(Duration::from_millis(300));
-    Ok(RunResult {
-        name: "saturation, direct TCP".into(),
-        frame_len,
-        offered: None,
-        frames_per_s: frames as f64 / el,
-        gbit_per_s: (frames * frame_len as u64) as f64 * 8.0 / el / 1e9,
-        router_cpu_s: None,
-        p50_us: p50,
-        p99_us: p99,
-        p999_us: p999,
-        max_us: max,
-        curve: curve(rx),
-    })
-}
-
-/// Open loop: frame `i` is due at `t0 + i / rate`; each carries its due time, so lateness of
-/// the generator counts against the path, never hides (no coordinated omission).
-/// Paced open-loop latency over one path, accumulated over rounds.
+/// Paced open-loop latency over one path, accumulated over rounds. Open loop: frame `i` is due
+/// at `t0 + i / rate`; each carries its due time, so lateness of the generator counts against
+/// the path, never hides (no coordinated omission).
 struct Paced {
     name: String,
     rate: u64,
