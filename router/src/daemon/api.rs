@@ -515,6 +515,24 @@ fn push_error(e: PushError) -> Response {
     }
 }
 
+/// Pushes a message; with `wait`, its reply (or a timeout) is the answer.
+pub(crate) async fn push_msg(
+    s: &Shared,
+    dst: PublicKey,
+    topic: Bytes,
+    payload: Bytes,
+    wait: Option<Duration>,
+) -> Result<Result<Pushed, PushError>, Response> {
+    let cmd = |tx| MsgCmd::Push {
+        dst,
+        topic,
+        payload,
+        wait,
+        tx,
+    };
+    to_msg(s, cmd, wait.unwrap_or_default()).await
+}
+
 pub(crate) async fn to_msg<T>(
     s: &Shared,
     f: impl FnOnce(oneshot::Sender<T>) -> MsgCmd,
@@ -552,14 +570,7 @@ async fn msg_push(
     let wait = q
         .reply_timeout
         .map(|t| Duration::from_secs(t).min(MAX_WAIT));
-    let cmd = |tx| MsgCmd::Push {
-        dst,
-        topic,
-        payload,
-        wait,
-        tx,
-    };
-    match to_msg(&s, cmd, wait.unwrap_or_default()).await {
+    match push_msg(&s, dst, topic, payload, wait).await {
         Ok(Ok(Pushed::Queued(id))) => {
             (StatusCode::CREATED, Json(json!({"id": id.to_string()}))).into_response()
         }

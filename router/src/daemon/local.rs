@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
-use super::api::{resolve_key, to_msg};
+use super::api::{push_msg, resolve_key, to_msg};
 use super::messages::{MsgCmd, Pushed as PushOutcome, ReplyError};
 use super::{Shared, StartError};
 use crate::message::{ReceivedMessage, State};
@@ -288,26 +288,17 @@ fn request(
                 };
                 let answer = match reply_to {
                     Some(id) => send_reply(&shared, tag, id, Some(dst), payload).await,
-                    None => {
-                        let cmd = |tx| MsgCmd::Push {
-                            dst,
-                            topic,
-                            payload,
-                            wait,
-                            tx,
-                        };
-                        match to_msg(&shared, cmd, wait.unwrap_or_default()).await {
-                            Ok(Ok(PushOutcome::Queued(id))) => {
-                                frame(tag, &Message::Pushed(Pushed { tag, id }))
-                            }
-                            Ok(Ok(PushOutcome::Reply(m))) => deliver(&shared, &m, Some(tag)),
-                            Ok(Ok(PushOutcome::TimedOut(_))) => {
-                                error(tag, ErrorCode::TIMEOUT, "no reply in time")
-                            }
-                            Ok(Err(e)) => error(tag, ErrorCode::TOO_LARGE, &e.to_string()),
-                            Err(_) => error(tag, ErrorCode::UNAVAILABLE, "message subsystem busy"),
+                    None => match push_msg(&shared, dst, topic, payload, wait).await {
+                        Ok(Ok(PushOutcome::Queued(id))) => {
+                            frame(tag, &Message::Pushed(Pushed { tag, id }))
                         }
-                    }
+                        Ok(Ok(PushOutcome::Reply(m))) => deliver(&shared, &m, Some(tag)),
+                        Ok(Ok(PushOutcome::TimedOut(_))) => {
+                            error(tag, ErrorCode::TIMEOUT, "no reply in time")
+                        }
+                        Ok(Err(e)) => error(tag, ErrorCode::TOO_LARGE, &e.to_string()),
+                        Err(_) => error(tag, ErrorCode::UNAVAILABLE, "message subsystem busy"),
+                    },
                 };
                 let _ = out.send(answer);
             });
