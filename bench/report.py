@@ -80,14 +80,36 @@ def table():
                     f"| (generator floor) direct TCP, {fl} B, saturation | {d['frames_per_s'] / 1e6:.2f} M frames/s; "
                     f"latency p50 {d['p50_us']:.0f} us |"
                 )
-        hop = next((r for r in t["runs"] if r["name"] == "paced, through router"), None)
-        base = next((r for r in t["runs"] if r["name"] == "paced, direct TCP (baseline)"), None)
-        if hop and base:
-            out.append(
-                f"| transit, {drv}, paced {hop['offered_per_s']}/s, 296 B | through router p50 {hop['p50_us']:.1f} us, "
-                f"p99 {hop['p99_us']:.1f} us; direct p50 {base['p50_us']:.1f} us, p99 {base['p99_us']:.1f} us; "
-                f"added p50 {hop['p50_us'] - base['p50_us']:.1f} us, p99 {hop['p99_us'] - base['p99_us']:.1f} us |"
+        runs_at = lambda pl, name: next(
+            (r for r in t["runs"] if r.get("placement") == pl and r["name"] == name), None
+        )
+        for a in t.get("added", []):
+            if a["path"] != "through router":
+                continue
+            pl = a["placement"]
+            relay = next(
+                (x for x in t["added"] if x["placement"] == pl and x["path"] == "through plain relay"),
+                None,
             )
+            base = runs_at(pl, "paced, direct TCP (baseline)")
+            hop = runs_at(pl, "paced, through router")
+            row = (
+                f"| transit, {drv}, paced {a['offered_per_s']}/s, 296 B, placement {pl} | "
+                f"router adds p50 {a['merged_us']['p50']:.1f} us, p99 {a['merged_us']['p99']:.1f} us "
+                f"(median of {a['rounds']} rounds: p50 {a['round_median_us']['p50']:.1f}, "
+                f"p99 {a['round_median_us']['p99']:.1f})"
+            )
+            if relay:
+                row += (
+                    f"; plain relay adds p50 {relay['merged_us']['p50']:.1f} us, "
+                    f"p99 {relay['merged_us']['p99']:.1f} us"
+                )
+            if hop and base:
+                row += (
+                    f"; through router p50 {hop['p50_us']:.1f} us, p99 {hop['p99_us']:.1f} us, "
+                    f"direct p50 {base['p50_us']:.1f} us, p99 {base['p99_us']:.1f} us"
+                )
+            out.append(row + " |")
     m = load("msgbench.json")
     if m:
         for r in m["round_trips"]:
@@ -118,17 +140,20 @@ def plots():
         if not t:
             continue
         fig, ax = plt.subplots(figsize=(7, 4))
-        for r in t["runs"]:
-            if r["name"].startswith("paced"):
-                qs = [c[0] for c in r["curve"]]
-                ax.plot([x(q) for q in qs], [c[1] for c in r["curve"]], marker="o", label=r["name"])
+        paced = [r for r in t["runs"] if r["name"].startswith("paced")]
+        for r in paced:
+            qs = [c[0] for c in r["curve"]]
+            style = "-" if r.get("placement") == "apart" else ":"
+            label = f"{r['name'][len('paced, '):]} ({r.get('placement')})"
+            ax.plot([x(q) for q in qs], [c[1] for c in r["curve"]], style, marker="o", markersize=3, label=label)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks([2, 10, 100, 1000, 10000])
         ax.set_xticklabels(["p50", "p90", "p99", "p99.9", "p99.99"])
         ax.set_ylabel("one-way latency (us)")
-        ax.set_title(f"transit, {drv} driver, 296 B frames at {t['runs'][2]['offered_per_s']}/s")
-        ax.legend()
+        rate = paced[0]["offered_per_s"] if paced else "?"
+        ax.set_title(f"transit, {drv} driver, 296 B frames at {rate}/s")
+        ax.legend(fontsize=6)
         fig.tight_layout()
         name = f"plots/transit-{drv}.png"
         fig.savefig(os.path.join(HERE, name), dpi=100)

@@ -11,9 +11,12 @@
 //!
 //! Reports, for 296-byte and 1340-byte frames at saturation: delivered frames/s, Gbit/s, the
 //! router's CPU seconds, and latency percentiles (queues must stay bounded), next to the same
-//! saturation straight over one TCP connection (the generator's own floor on this machine);
-//! then, paced open-loop at a fixed rate: latency percentiles through the router and over a
-//! direct TCP connection, whose difference is the latency the hop adds.
+//! saturation straight over one TCP connection (the generator's own floor on this machine).
+//!
+//! Then, paced open-loop at a fixed rate, in each of three placements of the threads on the
+//! vCPUs (see [`Placement`]), the latency over three paths: through the router, through a plain
+//! relay process (`relay`: one read and one write per wake, the floor of any hop here), and
+//! straight over TCP. A path's latency minus the direct path's is what its hop adds.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -44,17 +47,17 @@ struct Args {
     /// Router data-plane workers.
     #[arg(long, default_value_t = 1)]
     workers: usize,
-    /// Seconds per saturation run.
+    /// Seconds per saturation run (0: no saturation runs).
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
     /// Paced rate, frames/s.
     #[arg(long, default_value_t = 50_000)]
     rate: u64,
-    /// Seconds of the paced run, per path.
-    #[arg(long, default_value_t = 6.0)]
+    /// Seconds of the paced run, per path and placement.
+    #[arg(long, default_value_t = 10.0)]
     paced_seconds: f64,
-    /// Rounds the paced run is split into, alternating the router and the direct path.
-    #[arg(long, default_value_t = 6)]
+    /// Rounds the paced run is split into; in each, the three paths take turns.
+    #[arg(long, default_value_t = 10)]
     rounds: usize,
     /// Write the results as JSON here.
     #[arg(long)]
@@ -62,10 +65,46 @@ struct Args {
     /// Passed to the router as --tcp-rcvbuf (bytes).
     #[arg(long)]
     router_rcvbuf: Option<usize>,
-    /// CPU to pin the router to; the generator and the sink are then pinned to the others
-    /// (`../shared/PERF-NOTES.md` 6.1: router data plane on one vCPU, load on the other).
+    /// Placements of the paced run, comma-separated; each gets its own router and rounds.
+    #[arg(long, value_delimiter = ',', default_values = ["unpinned", "split", "apart"])]
+    placement: Vec<Placement>,
+    /// The plain relay measured as the floor of a hop (default: `relay` next to this binary).
     #[arg(long)]
-    router_cpu: Option<usize>,
+    relay: Option<std::path::PathBuf>,
+}
+
+/// Where the paced run's generator, sinks and hop (router or relay) run. The two pinned
+/// placements need two vCPUs and use vCPUs 0 and 1; `../shared/PERF-NOTES.md` 6.1 asks for
+/// every run in several placements, since they differ by up to 2x on a shared VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Placement {
+    /// Wherever the scheduler puts them.
+    Unpinned,
+    /// The hop on vCPU 1; the generator and the sinks on vCPU 0.
+    Split,
+    /// The generator on vCPU 0; the hop and the sinks on vCPU 1. Every path then hands each
+    /// frame from one vCPU to the other exactly once, so the difference between the paths is
+    /// the hop's own work rather than an extra cross-vCPU wake-up.
+    Apart,
+}
+
+impl Placement {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Unpinned => "unpinned",
+            Self::Split => "split",
+            Self::Apart => "apart",
+        }
+    }
+
+    /// The vCPUs of the generator, the sinks and the hop (`None`: any).
+    fn cpus(self) -> [Option<usize>; 3] {
+        match self {
+            Self::Unpinned => [None, None, None],
+            Self::Split => [Some(0), Some(0), Some(1)],
+            Self::Apart => [Some(0), Some(1), Some(1)],
+        }
+    }
 }
 
 const MAGIC: u64 = 0x6879_7068_6165_2121;
@@ -73,78 +112,191 @@ const MAGIC: u64 = 0x6879_7068_6165_2121;
 fn main() -> Result<()> {
     let args = Args::parse();
     set_timer_slack();
-    if let Some(cpu) = args.router_cpu {
-        pin_to_all_but(cpu)?;
-    }
     let mut results = Vec::new();
+    let mut added = Vec::new();
 
-    let router = Router::start(&args)?;
-    let (mut tx, rx) = peers(&router)?;
-    for frame_len in [296usize, 1340] {
-        let r = saturate(&mut tx, &rx, frame_len, args.seconds, Some(&router))?;
-        r.print();
-        results.push(r);
-    }
-    let (mut dtx, drx) = direct_pair()?;
-    // The generator's own floor: the same saturation straight over one TCP connection.
-    let mut direct = Vec::new();
-    for frame_len in [296usize, 1340] {
-        let r = saturate(&mut dtx, &drx, frame_len, args.seconds, None)?;
-        r.print();
-        direct.push(r);
-    }
-    // Paced: short rounds through the router and straight over TCP, alternating, merged; both
-    // paths then see the same drift of a shared machine.
-    let per_round = args.paced_seconds / args.rounds.max(1) as f64;
-    let mut hop = Paced::new("through router", args.rate);
-    let mut base_line = Paced::new("direct TCP (baseline)", args.rate);
-    for round in 0..args.rounds.max(1) {
-        if round % 2 == 0 {
-            hop.round(&mut tx, &rx, 296, per_round)?;
-            base_line.round(&mut dtx, &drx, 296, per_round)?;
-        } else {
-            base_line.round(&mut dtx, &drx, 296, per_round)?;
-            hop.round(&mut tx, &rx, 296, per_round)?;
+    if args.seconds > 0.0 {
+        let router = Router::start(&args, None)?;
+        let (mut tx, rx) = peers(&router, None)?;
+        for frame_len in [296usize, 1340] {
+            let r = saturate(&mut tx, &rx, frame_len, args.seconds, Some(&router))?;
+            r.print();
+            results.push(r);
+        }
+        drop((tx, rx, router));
+        let (mut dtx, drx) = direct_pair(None)?;
+        // The generator's own floor: the same saturation straight over one TCP connection.
+        for frame_len in [296usize, 1340] {
+            let r = saturate(&mut dtx, &drx, frame_len, args.seconds, None)?;
+            r.print();
+            results.push(r);
         }
     }
-    drop(router);
-    let (hop, base_line) = (hop.result(), base_line.result());
-    hop.print();
-    base_line.print();
-    results.push(hop);
-    results.extend(direct);
-    results.push(base_line);
-    let (hop, direct) = (&results[2], &results[5]);
-    println!(
-        "added by the hop at {} frames/s: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us",
-        args.rate,
-        hop.p50_us - direct.p50_us,
-        hop.p99_us - direct.p99_us,
-        hop.p999_us - direct.p999_us
-    );
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for &placement in &args.placement {
+        if placement != Placement::Unpinned && cpus < 2 {
+            println!("placement {}: skipped, needs two vCPUs", placement.name());
+            continue;
+        }
+        let (runs, a) = paced(&args, placement)?;
+        results.extend(runs);
+        added.extend(a);
+    }
     if let Some(path) = &args.json {
         let v: Vec<_> = results.iter().map(RunResult::json).collect();
-        let doc = serde_json::json!({"driver": args.driver, "workers": args.workers, "runs": v});
+        let a: Vec<_> = added.iter().map(Added::json).collect();
+        let doc = serde_json::json!({
+            "driver": args.driver, "workers": args.workers, "runs": v, "added": a,
+        });
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
     }
     Ok(())
 }
 
-/// Pins this thread, and so every thread it starts later, to every online CPU but `cpu`.
-fn pin_to_all_but(cpu: usize) -> Result<()> {
-    let n = std::thread::available_parallelism()?.get();
+/// The paced run in one placement: three paths from the generator to a sink (through the
+/// router, through the plain relay, straight over TCP), measured in short rounds that take
+/// turns so all three see the same drift of a shared machine, merged per path.
+fn paced(args: &Args, placement: Placement) -> Result<(Vec<RunResult>, Vec<Added>)> {
+    let [gen_cpu, sink_cpu, hop_cpu] = placement.cpus();
+    set_affinity(gen_cpu)?;
+    let router = Router::start(args, hop_cpu)?;
+    let (mut relay, rtx, rrx) = relay_pair(args, hop_cpu, sink_cpu)?;
+    let mut paths = [
+        (
+            Paced::new(placement, "through router", args.rate),
+            peers(&router, sink_cpu)?,
+        ),
+        (
+            Paced::new(placement, "through plain relay", args.rate),
+            (rtx, rrx),
+        ),
+        (
+            Paced::new(placement, "direct TCP (baseline)", args.rate),
+            direct_pair(sink_cpu)?,
+        ),
+    ];
+    let rounds = args.rounds.max(1);
+    let per_round = args.paced_seconds / rounds as f64;
+    for round in 0..rounds {
+        for i in 0..paths.len() {
+            let (paced, (tx, rx)) = &mut paths[(round + i) % 3];
+            paced.round(tx, rx, 296, per_round)?;
+        }
+    }
+    drop(router);
+    let _ = relay.kill();
+    let _ = relay.wait();
+    set_affinity(None)?;
+    let runs: Vec<RunResult> = paths.iter().map(|(p, _)| p.result()).collect();
+    for r in &runs {
+        r.print();
+    }
+    let base = &paths[2].0;
+    let added: Vec<Added> = paths[..2]
+        .iter()
+        .map(|(hop, _)| Added::new(hop, base, args.rate))
+        .collect();
+    for a in &added {
+        a.print();
+    }
+    Ok((runs, added))
+}
+
+/// The latency a hop adds over the direct path, two ways: the difference of the merged
+/// distributions' percentiles, and the median over rounds of the difference within a round.
+/// Rounds of the three paths run back to back, so the second pairs each hop round with a
+/// direct round taken moments apart, and a millisecond stall of the shared machine that falls
+/// in a few rounds moves it far less than it moves the merged tail.
+struct Added {
+    path: String,
+    placement: &'static str,
+    rate: u64,
+    rounds: usize,
+    merged: [f64; 3],
+    round_median: [f64; 3],
+    round_min: [f64; 3],
+    round_max: [f64; 3],
+}
+
+impl Added {
+    fn new(hop: &Paced, base: &Paced, rate: u64) -> Self {
+        let (h, b) = (hop.result(), base.result());
+        let mut per: [Vec<f64>; 3] = Default::default();
+        for (x, y) in hop.per_round.iter().zip(&base.per_round) {
+            per[0].push(x.0 - y.0);
+            per[1].push(x.1 - y.1);
+            per[2].push(x.2 - y.2);
+        }
+        let stat = |f: fn(&[f64]) -> f64| [f(&per[0]), f(&per[1]), f(&per[2])];
+        Self {
+            path: hop.name.trim_start_matches("paced, ").to_string(),
+            placement: hop.placement,
+            rate,
+            rounds: per[0].len(),
+            merged: [
+                h.p50_us - b.p50_us,
+                h.p99_us - b.p99_us,
+                h.p999_us - b.p999_us,
+            ],
+            round_median: stat(median),
+            round_min: stat(|v| v.iter().copied().fold(f64::INFINITY, f64::min)),
+            round_max: stat(|v| v.iter().copied().fold(f64::NEG_INFINITY, f64::max)),
+        }
+    }
+
+    fn print(&self) {
+        println!(
+            "added {} at {}/s ({}): p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us; median of {} rounds: \
+             p50 {:.1} us, p99 {:.1} us (rounds {:.1}..{:.1}), p99.9 {:.1} us",
+            self.path,
+            self.rate,
+            self.placement,
+            self.merged[0],
+            self.merged[1],
+            self.merged[2],
+            self.rounds,
+            self.round_median[0],
+            self.round_median[1],
+            self.round_min[1],
+            self.round_max[1],
+            self.round_median[2],
+        );
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "path": self.path, "placement": self.placement, "offered_per_s": self.rate, "rounds": self.rounds,
+            "merged_us": {"p50": self.merged[0], "p99": self.merged[1], "p999": self.merged[2]},
+            "round_median_us": {"p50": self.round_median[0], "p99": self.round_median[1], "p999": self.round_median[2]},
+            "round_min_us": {"p50": self.round_min[0], "p99": self.round_min[1], "p999": self.round_min[2]},
+            "round_max_us": {"p50": self.round_max[0], "p99": self.round_max[1], "p999": self.round_max[2]},
+        })
+    }
+}
+
+/// The median of `v` (NaN when empty).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Pins this thread, and every thread it starts later, to `cpu`, or lets it run anywhere.
+fn set_affinity(cpu: Option<usize>) -> Result<()> {
     // SAFETY: cpu_set_t is a plain bit array, valid when zeroed; CPU_SET writes inside it.
     #[allow(unsafe_code)]
     let set = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for c in (0..n).filter(|&c| c != cpu) {
-            libc::CPU_SET(c, &mut set);
+        match cpu {
+            Some(c) => libc::CPU_SET(c, &mut set),
+            None => (0..libc::CPU_SETSIZE as usize).for_each(|c| libc::CPU_SET(c, &mut set)),
         }
         set
     };
-    if n < 2 {
-        bail!("--router-cpu needs at least two CPUs");
-    }
     // SAFETY: sched_setaffinity reads `size_of::<cpu_set_t>()` bytes from `set`.
     #[allow(unsafe_code)]
     let r = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
@@ -152,6 +304,18 @@ fn pin_to_all_but(cpu: usize) -> Result<()> {
         bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A command, run under `taskset` when it is to be pinned.
+fn pinned_command(bin: &std::path::Path, cpu: Option<usize>) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string()]).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
 }
 
 /// Lets sleeps end within ~1 us of their deadline instead of the default 50 us.
@@ -169,7 +333,7 @@ struct Router {
 }
 
 impl Router {
-    fn start(args: &Args) -> Result<Self> {
+    fn start(args: &Args, cpu: Option<usize>) -> Result<Self> {
         let bin = match &args.router {
             Some(p) => p.clone(),
             None => std::env::current_exe()?.with_file_name("hyphae-router"),
@@ -180,14 +344,7 @@ impl Router {
         std::fs::create_dir_all(&dir)?;
         let key = dir.join("key");
         std::fs::write(&key, [0x77u8; 32])?;
-        let mut cmd = match args.router_cpu {
-            Some(cpu) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", &cpu.to_string()]).arg(&bin);
-                c
-            }
-            None => Command::new(&bin),
-        };
+        let mut cmd = pinned_command(&bin, cpu);
         router_args(&mut cmd, &key, port, api, &args.driver, args.workers);
         if let Some(n) = args.router_rcvbuf {
             cmd.args(["--tcp-rcvbuf", &n.to_string()]);
@@ -279,7 +436,7 @@ fn announce(seed: u8, port: u16) -> Result<Peer> {
 }
 
 /// The sender and the receiver, with a route between them through the router.
-fn peers(router: &Router) -> Result<(Sender, Receiver)> {
+fn peers(router: &Router, sink_cpu: Option<usize>) -> Result<(Sender, Receiver)> {
     let tx = announce(1, router.port)?;
     let rx = announce(2, router.port)?;
     // Send probes until one arrives: the router has learned both routes.
@@ -292,7 +449,7 @@ fn peers(router: &Router) -> Result<(Sender, Receiver)> {
         stream: tx.stream,
         hdr,
     };
-    let receiver = Receiver::spawn(rx.stream);
+    let receiver = Receiver::spawn(rx.stream, sink_cpu);
     let deadline = Instant::now() + Duration::from_secs(10);
     while receiver.frames.load(Relaxed) == 0 {
         if Instant::now() > deadline {
@@ -304,7 +461,7 @@ fn peers(router: &Router) -> Result<(Sender, Receiver)> {
     Ok((sender, receiver))
 }
 
-fn direct_pair() -> Result<(Sender, Receiver)> {
+fn direct_pair(sink_cpu: Option<usize>) -> Result<(Sender, Receiver)> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     let a = TcpStream::connect(l.local_addr()?)?;
     let (b, _) = l.accept()?;
@@ -315,7 +472,47 @@ fn direct_pair() -> Result<(Sender, Receiver)> {
         src: "4a9::1".parse()?,
         dst: "4a9::2".parse()?,
     };
-    Ok((Sender { stream: a, hdr }, Receiver::spawn(b)))
+    Ok((Sender { stream: a, hdr }, Receiver::spawn(b, sink_cpu)))
+}
+
+/// The plain relay (a child process) between a sender and a receiver.
+fn relay_pair(
+    args: &Args,
+    cpu: Option<usize>,
+    sink_cpu: Option<usize>,
+) -> Result<(Child, Sender, Receiver)> {
+    let bin = match &args.relay {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("relay"),
+    };
+    let sink = TcpListener::bind("127.0.0.1:0")?;
+    let mut child = pinned_command(&bin, cpu)
+        .args(["--to", &sink.local_addr()?.port().to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)?;
+    }
+    let port: u16 = line
+        .trim()
+        .parse()
+        .context("the relay did not print its port")?;
+    let a = TcpStream::connect(("127.0.0.1", port))?;
+    let (b, _) = sink.accept()?;
+    a.set_nodelay(true)?;
+    b.set_nodelay(true)?;
+    let hdr = DataHeader {
+        hop_limit: 64,
+        src: "4a9::1".parse()?,
+        dst: "4a9::2".parse()?,
+    };
+    Ok((
+        child,
+        Sender { stream: a, hdr },
+        Receiver::spawn(b, sink_cpu),
+    ))
 }
 
 struct Sender {
@@ -351,7 +548,7 @@ struct Receiver {
 }
 
 impl Receiver {
-    fn spawn(mut stream: TcpStream) -> Self {
+    fn spawn(mut stream: TcpStream, cpu: Option<usize>) -> Self {
         // A sink slower than the router would otherwise time its own autotuned receive backlog
         // (megabytes); a small buffer pushes that backlog back into the router's queue, whose
         // bound is what the saturation latency should show.
@@ -363,6 +560,9 @@ impl Receiver {
         let (f, b, h, s) = (frames.clone(), bytes.clone(), hist.clone(), stop.clone());
         let base = *BASE.get_or_init(Instant::now);
         std::thread::spawn(move || {
+            if let Err(e) = set_affinity(cpu) {
+                eprintln!("sink: {e}");
+            }
             let mut buf = BytesMut::with_capacity(1 << 20);
             let mut d = Deframer::new();
             let mut chunk = vec![0u8; 1 << 18];
@@ -429,6 +629,8 @@ fn new_hist() -> Histogram<u64> {
 
 struct RunResult {
     name: String,
+    /// The paced run's placement.
+    placement: Option<&'static str>,
     frame_len: usize,
     offered: Option<u64>,
     frames_per_s: f64,
@@ -450,9 +652,13 @@ impl RunResult {
         let offered = self
             .offered
             .map_or(String::new(), |o| format!(" offered {o}/s"));
+        let name = match self.placement {
+            Some(p) => format!("{} ({p})", self.name),
+            None => self.name.clone(),
+        };
         println!(
-            "{:<28} {:>5} B{offered}: {:>9.0} frames/s {:>6.2} Gbit/s{cpu}; latency p50 {:.1} us p99 {:.1} us p99.9 {:.1} us max {:.1} us",
-            self.name,
+            "{:<40} {:>5} B{offered}: {:>9.0} frames/s {:>6.2} Gbit/s{cpu}; latency p50 {:.1} us p99 {:.1} us p99.9 {:.1} us max {:.1} us",
+            name,
             self.frame_len,
             self.frames_per_s,
             self.gbit_per_s,
@@ -465,7 +671,7 @@ impl RunResult {
 
     fn json(&self) -> serde_json::Value {
         serde_json::json!({
-            "name": self.name, "frame_len": self.frame_len, "offered_per_s": self.offered,
+            "name": self.name, "placement": self.placement, "frame_len": self.frame_len, "offered_per_s": self.offered,
             "frames_per_s": self.frames_per_s, "gbit_per_s": self.gbit_per_s, "router_cpu_s": self.router_cpu_s,
             "p50_us": self.p50_us, "p99_us": self.p99_us, "p999_us": self.p999_us, "max_us": self.max_us,
             "curve": self.curve,
@@ -546,6 +752,7 @@ fn saturate(
     // Drain what is still queued before the next run.
     std::thread::sleep(Duration::from_millis(300));
     Ok(RunResult {
+        placement: None,
         name: match router {
             Some(_) => "saturation".into(),
             None => "saturation, direct TCP".into(),
@@ -568,6 +775,9 @@ fn saturate(
 /// the path, never hides (no coordinated omission).
 struct Paced {
     name: String,
+    placement: &'static str,
+    /// Each round's (p50, p99, p99.9, max), in microseconds.
+    per_round: Vec<(f64, f64, f64, f64)>,
     rate: u64,
     hist: Histogram<u64>,
     frames: u64,
@@ -576,9 +786,11 @@ struct Paced {
 }
 
 impl Paced {
-    fn new(name: &str, rate: u64) -> Self {
+    fn new(placement: Placement, name: &str, rate: u64) -> Self {
         Self {
             name: format!("paced, {name}"),
+            placement: placement.name(),
+            per_round: Vec::new(),
             rate,
             hist: new_hist(),
             frames: 0,
@@ -615,6 +827,7 @@ impl Paced {
         std::thread::sleep(Duration::from_millis(100));
         if let Ok(h) = rx.hist.lock() {
             self.hist += &*h;
+            self.per_round.push(percentiles_of(&h));
         }
         self.frames += rx.frames.load(Relaxed) - f0;
         self.bytes += rx.bytes.load(Relaxed) - b0;
@@ -626,6 +839,7 @@ impl Paced {
         let (p50_us, p99_us, p999_us, max_us) = percentiles_of(&self.hist);
         RunResult {
             name: self.name.clone(),
+            placement: Some(self.placement),
             frame_len: 296,
             offered: Some(self.rate),
             frames_per_s: self.frames as f64 / self.secs.max(1e-9),

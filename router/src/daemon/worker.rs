@@ -68,6 +68,17 @@ fn uring_available() -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// A worker's io_uring runtime. Completions run as cooperative task work (no interrupt of a
+/// running worker to deliver them) and the worker is the ring's only submitter; kernels before
+/// 6.0 lack those flags and get a plain ring.
+#[cfg(target_os = "linux")]
+fn uring_runtime() -> std::io::Result<tokio_uring::Runtime> {
+    let mut flags = tokio_uring::uring_builder();
+    flags.setup_coop_taskrun().setup_single_issuer();
+    tokio_uring::Runtime::new(tokio_uring::builder().uring_builder(&flags))
+        .or_else(|_| tokio_uring::Runtime::new(&tokio_uring::builder()))
+}
+
 #[cfg(not(target_os = "linux"))]
 fn uring_available() -> Result<(), String> {
     Err("not Linux".into())
@@ -136,7 +147,7 @@ pub(crate) fn run(
     let fut = worker_main(idx, shared, driver, listener, quic, messages, cmds);
     match driver {
         #[cfg(target_os = "linux")]
-        Driver::Uring => match tokio_uring::Runtime::new(&tokio_uring::builder()) {
+        Driver::Uring => match uring_runtime() {
             Ok(rt) => rt.block_on(fut),
             Err(e) => tracing::error!(worker = idx, "io_uring runtime: {e}"),
         },
