@@ -160,7 +160,7 @@ fn paced(args: &Args, placement: Placement) -> Result<(Vec<RunResult>, Vec<Added
     let [gen_cpu, sink_cpu, hop_cpu] = placement.cpus();
     set_affinity(gen_cpu)?;
     let router = Router::start(args, hop_cpu)?;
-    let (mut relay, rtx, rrx) = relay_pair(args, hop_cpu, sink_cpu)?;
+    let (relay, rtx, rrx) = relay_pair(args, hop_cpu, sink_cpu)?;
     let mut paths = [
         (
             Paced::new(placement, "through router", args.rate),
@@ -183,9 +183,7 @@ fn paced(args: &Args, placement: Placement) -> Result<(Vec<RunResult>, Vec<Added
             paced.round(tx, rx, 296, per_round)?;
         }
     }
-    drop(router);
-    let _ = relay.kill();
-    let _ = relay.wait();
+    drop((router, relay));
     set_affinity(None)?;
     let runs: Vec<RunResult> = paths.iter().map(|(p, _)| p.result()).collect();
     for r in &runs {
@@ -328,7 +326,7 @@ fn set_timer_slack() {
 }
 
 struct Router {
-    child: Child,
+    child: Reaped,
     port: u16,
 }
 
@@ -355,7 +353,10 @@ impl Router {
                 bin.display()
             )
         })?;
-        let r = Self { child, port };
+        let r = Self {
+            child: Reaped(child),
+            port,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", api)).is_err() {
             if Instant::now() > deadline {
@@ -368,7 +369,7 @@ impl Router {
 
     /// User plus system CPU seconds the router has used.
     fn cpu_seconds(&self) -> f64 {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) else {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.child.0.id())) else {
             return 0.0;
         };
         let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
@@ -383,10 +384,13 @@ impl Router {
     }
 }
 
-impl Drop for Router {
+/// A child process, killed and reaped when this is dropped.
+struct Reaped(Child);
+
+impl Drop for Reaped {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -465,6 +469,11 @@ fn direct_pair(sink_cpu: Option<usize>) -> Result<(Sender, Receiver)> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     let a = TcpStream::connect(l.local_addr()?)?;
     let (b, _) = l.accept()?;
+    raw_pair(a, b, sink_cpu)
+}
+
+/// A sender on `a` and a receiver on `b`, for paths that do not route (direct and relayed).
+fn raw_pair(a: TcpStream, b: TcpStream, sink_cpu: Option<usize>) -> Result<(Sender, Receiver)> {
     a.set_nodelay(true)?;
     b.set_nodelay(true)?;
     let hdr = DataHeader {
@@ -480,19 +489,21 @@ fn relay_pair(
     args: &Args,
     cpu: Option<usize>,
     sink_cpu: Option<usize>,
-) -> Result<(Child, Sender, Receiver)> {
+) -> Result<(Reaped, Sender, Receiver)> {
     let bin = match &args.relay {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("relay"),
     };
     let sink = TcpListener::bind("127.0.0.1:0")?;
-    let mut child = pinned_command(&bin, cpu)
-        .args(["--to", &sink.local_addr()?.port().to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut child = Reaped(
+        pinned_command(&bin, cpu)
+            .args(["--to", &sink.local_addr()?.port().to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?,
+    );
     let mut line = String::new();
-    if let Some(out) = child.stdout.take() {
+    if let Some(out) = child.0.stdout.take() {
         std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)?;
     }
     let port: u16 = line
@@ -501,18 +512,8 @@ fn relay_pair(
         .context("the relay did not print its port")?;
     let a = TcpStream::connect(("127.0.0.1", port))?;
     let (b, _) = sink.accept()?;
-    a.set_nodelay(true)?;
-    b.set_nodelay(true)?;
-    let hdr = DataHeader {
-        hop_limit: 64,
-        src: "4a9::1".parse()?,
-        dst: "4a9::2".parse()?,
-    };
-    Ok((
-        child,
-        Sender { stream: a, hdr },
-        Receiver::spawn(b, sink_cpu),
-    ))
+    let (tx, rx) = raw_pair(a, b, sink_cpu)?;
+    Ok((child, tx, rx))
 }
 
 struct Sender {
