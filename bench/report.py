@@ -104,11 +104,23 @@ def table():
                     f"; plain relay adds p50 {relay['merged_us']['p50']:.1f} us, "
                     f"p99 {relay['merged_us']['p99']:.1f} us"
                 )
+            over = next(
+                (x for x in t["added"] if x["placement"] == pl and x["path"] == "router over plain relay"),
+                None,
+            )
+            if over:
+                row += (
+                    f"; router over relay p50 {over['merged_us']['p50']:+.1f} us, "
+                    f"p99 {over['merged_us']['p99']:+.1f} us"
+                )
             if hop and base:
                 row += (
                     f"; through router p50 {hop['p50_us']:.1f} us, p99 {hop['p99_us']:.1f} us, "
                     f"direct p50 {base['p50_us']:.1f} us, p99 {base['p99_us']:.1f} us"
                 )
+            lost = sum(r.get("lost") or 0 for r in t["runs"] if r.get("placement") == pl)
+            if lost:
+                row += f"; {lost} frames lost"
             out.append(row + " |")
     m = load("msgbench.json")
     if m:

@@ -3,7 +3,7 @@
 //!
 //! It binds an ephemeral loopback port and prints it on one line, accepts one connection, dials
 //! `--to`, and then copies bytes as they come: one blocking read and one write per wake, with
-//! no parsing, no routing and no queues. It exits when either side closes.
+//! no parsing, no routing and no queues. It exits when the sending side closes or a write fails.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -54,10 +54,11 @@ struct Args {
     #[arg(long, default_value_t = 50_000)]
     rate: u64,
     /// Seconds of the paced run, per path and placement.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 12.0)]
     paced_seconds: f64,
-    /// Rounds the paced run is split into; in each, the three paths take turns.
-    #[arg(long, default_value_t = 10)]
+    /// Rounds the paced run is split into; in each, the three paths take turns, and each path
+    /// goes first equally often when this is a multiple of three.
+    #[arg(long, default_value_t = 12)]
     rounds: usize,
     /// Write the results as JSON here.
     #[arg(long)]
@@ -97,12 +98,13 @@ impl Placement {
         }
     }
 
-    /// The vCPUs of the generator, the sinks and the hop (`None`: any).
-    fn cpus(self) -> [Option<usize>; 3] {
+    /// The vCPUs of the generator, the sinks and the hop (`None`: any the process may use),
+    /// given the two vCPUs the pinned placements use.
+    fn cpus(self, [a, b]: [usize; 2]) -> [Option<usize>; 3] {
         match self {
             Self::Unpinned => [None, None, None],
-            Self::Split => [Some(0), Some(0), Some(1)],
-            Self::Apart => [Some(0), Some(1), Some(1)],
+            Self::Split => [Some(a), Some(a), Some(b)],
+            Self::Apart => [Some(a), Some(b), Some(b)],
         }
     }
 }
@@ -112,6 +114,8 @@ const MAGIC: u64 = 0x6879_7068_6165_2121;
 fn main() -> Result<()> {
     let args = Args::parse();
     set_timer_slack();
+    // The CPUs this process may use, before anything is pinned.
+    let cpus = allowed_cpus()?;
     let mut results = Vec::new();
     let mut added = Vec::new();
 
@@ -132,13 +136,16 @@ fn main() -> Result<()> {
             results.push(r);
         }
     }
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     for &placement in &args.placement {
-        if placement != Placement::Unpinned && cpus < 2 {
-            println!("placement {}: skipped, needs two vCPUs", placement.name());
-            continue;
-        }
-        let (runs, a) = paced(&args, placement)?;
+        let pair = match cpus[..] {
+            [a, b, ..] => [a, b],
+            _ if placement == Placement::Unpinned => [0, 0],
+            _ => {
+                println!("placement {}: skipped, needs two vCPUs", placement.name());
+                continue;
+            }
+        };
+        let (runs, a) = paced(&args, placement, pair)?;
         results.extend(runs);
         added.extend(a);
     }
@@ -156,8 +163,12 @@ fn main() -> Result<()> {
 /// The paced run in one placement: three paths from the generator to a sink (through the
 /// router, through the plain relay, straight over TCP), measured in short rounds that take
 /// turns so all three see the same drift of a shared machine, merged per path.
-fn paced(args: &Args, placement: Placement) -> Result<(Vec<RunResult>, Vec<Added>)> {
-    let [gen_cpu, sink_cpu, hop_cpu] = placement.cpus();
+fn paced(
+    args: &Args,
+    placement: Placement,
+    pair: [usize; 2],
+) -> Result<(Vec<RunResult>, Vec<Added>)> {
+    let [gen_cpu, sink_cpu, hop_cpu] = placement.cpus(pair);
     set_affinity(gen_cpu)?;
     let router = Router::start(args, hop_cpu)?;
     let (relay, rtx, rrx) = relay_pair(args, hop_cpu, sink_cpu)?;
@@ -189,11 +200,15 @@ fn paced(args: &Args, placement: Placement) -> Result<(Vec<RunResult>, Vec<Added
     for r in &runs {
         r.print();
     }
-    let base = &paths[2].0;
-    let added: Vec<Added> = paths[..2]
-        .iter()
-        .map(|(hop, _)| Added::new(hop, base, args.rate))
-        .collect();
+    let [(router, _), (relay, _), (direct, _)] = &paths;
+    // Over the direct path: what each hop adds. Router over relay: what the router costs beyond
+    // the plainest hop in the same placement (the only fair comparison in `split`, where the
+    // direct path never crosses between vCPUs and a hop path crosses twice).
+    let added = vec![
+        Added::new("through router", router, direct, args.rate),
+        Added::new("through plain relay", relay, direct, args.rate),
+        Added::new("router over plain relay", router, relay, args.rate),
+    ];
     for a in &added {
         a.print();
     }
@@ -217,17 +232,18 @@ struct Added {
 }
 
 impl Added {
-    fn new(hop: &Paced, base: &Paced, rate: u64) -> Self {
+    fn new(label: &str, hop: &Paced, base: &Paced, rate: u64) -> Self {
         let (h, b) = (hop.result(), base.result());
         let mut per: [Vec<f64>; 3] = Default::default();
-        for (x, y) in hop.per_round.iter().zip(&base.per_round) {
+        let rounds = hop.per_round.iter().zip(&base.per_round);
+        for (x, y) in rounds.filter_map(|(x, y)| x.zip(*y)) {
             per[0].push(x.0 - y.0);
             per[1].push(x.1 - y.1);
             per[2].push(x.2 - y.2);
         }
         let stat = |f: fn(&[f64]) -> f64| [f(&per[0]), f(&per[1]), f(&per[2])];
         Self {
-            path: hop.name.trim_start_matches("paced, ").to_string(),
+            path: label.to_string(),
             placement: hop.placement,
             rate,
             rounds: per[0].len(),
@@ -283,17 +299,55 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-/// Pins this thread, and every thread it starts later, to `cpu`, or lets it run anywhere.
-fn set_affinity(cpu: Option<usize>) -> Result<()> {
-    // SAFETY: cpu_set_t is a plain bit array, valid when zeroed; CPU_SET writes inside it.
+/// The CPU mask the process started with.
+static ALLOWED: std::sync::OnceLock<libc::cpu_set_t> = std::sync::OnceLock::new();
+
+/// The CPU mask the process started with (read on the first call, before any pinning).
+fn allowed() -> Result<libc::cpu_set_t> {
+    if let Some(set) = ALLOWED.get() {
+        return Ok(*set);
+    }
+    // SAFETY: cpu_set_t is a plain bit array, valid when zeroed.
     #[allow(unsafe_code)]
-    let set = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        match cpu {
-            Some(c) => libc::CPU_SET(c, &mut set),
-            None => (0..libc::CPU_SETSIZE as usize).for_each(|c| libc::CPU_SET(c, &mut set)),
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sched_getaffinity writes at most `size_of::<cpu_set_t>()` bytes into `set`.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) };
+    if r != 0 {
+        bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
+    }
+    Ok(*ALLOWED.get_or_init(|| set))
+}
+
+/// The CPUs in the mask the process started with, in order.
+fn allowed_cpus() -> Result<Vec<usize>> {
+    let set = allowed()?;
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET reads one bit inside `set`, for indices below CPU_SETSIZE.
+        .filter(|&c| {
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::CPU_ISSET(c, &set)
+            }
+        })
+        .collect())
+}
+
+/// Pins this thread, and every thread it starts later, to `cpu`, or gives it back the mask the
+/// process started with.
+fn set_affinity(cpu: Option<usize>) -> Result<()> {
+    let set = match cpu {
+        Some(c) => {
+            // SAFETY: cpu_set_t is a plain bit array, valid when zeroed; CPU_SET writes one
+            // bit inside it.
+            #[allow(unsafe_code)]
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(c, &mut set);
+                set
+            }
         }
-        set
+        None => allowed()?,
     };
     // SAFETY: sched_setaffinity reads `size_of::<cpu_set_t>()` bytes from `set`.
     #[allow(unsafe_code)]
@@ -453,7 +507,7 @@ fn peers(router: &Router, sink_cpu: Option<usize>) -> Result<(Sender, Receiver)>
         stream: tx.stream,
         hdr,
     };
-    let receiver = Receiver::spawn(rx.stream, sink_cpu);
+    let receiver = Receiver::spawn(rx.stream, sink_cpu)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while receiver.frames.load(Relaxed) == 0 {
         if Instant::now() > deadline {
@@ -481,7 +535,7 @@ fn raw_pair(a: TcpStream, b: TcpStream, sink_cpu: Option<usize>) -> Result<(Send
         src: "4a9::1".parse()?,
         dst: "4a9::2".parse()?,
     };
-    Ok((Sender { stream: a, hdr }, Receiver::spawn(b, sink_cpu)))
+    Ok((Sender { stream: a, hdr }, Receiver::spawn(b, sink_cpu)?))
 }
 
 /// The plain relay (a child process) between a sender and a receiver.
@@ -511,7 +565,24 @@ fn relay_pair(
         .parse()
         .context("the relay did not print its port")?;
     let a = TcpStream::connect(("127.0.0.1", port))?;
-    let (b, _) = sink.accept()?;
+    sink.set_nonblocking(true)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let b = loop {
+        match sink.accept() {
+            Ok((b, _)) => break b,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Some(status) = child.0.try_wait()? {
+                    bail!("the relay exited: {status}");
+                }
+                if Instant::now() > deadline {
+                    bail!("the relay did not connect to the sink");
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    b.set_nonblocking(false)?;
     let (tx, rx) = raw_pair(a, b, sink_cpu)?;
     Ok((child, tx, rx))
 }
@@ -549,7 +620,7 @@ struct Receiver {
 }
 
 impl Receiver {
-    fn spawn(mut stream: TcpStream, cpu: Option<usize>) -> Self {
+    fn spawn(mut stream: TcpStream, cpu: Option<usize>) -> Result<Self> {
         // A sink slower than the router would otherwise time its own autotuned receive backlog
         // (megabytes); a small buffer pushes that backlog back into the router's queue, whose
         // bound is what the saturation latency should show.
@@ -560,9 +631,13 @@ impl Receiver {
         let stop = Arc::new(AtomicBool::new(false));
         let (f, b, h, s) = (frames.clone(), bytes.clone(), hist.clone(), stop.clone());
         let base = *BASE.get_or_init(Instant::now);
+        let (pinned_tx, pinned) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            if let Err(e) = set_affinity(cpu) {
-                eprintln!("sink: {e}");
+            let r = set_affinity(cpu).map_err(|e| e.to_string());
+            let ok = r.is_ok();
+            let _ = pinned_tx.send(r);
+            if !ok {
+                return;
             }
             let mut buf = BytesMut::with_capacity(1 << 20);
             let mut d = Deframer::new();
@@ -596,12 +671,17 @@ impl Receiver {
                 b.fetch_add(local_bytes, Relaxed);
             }
         });
-        Self {
+        match pinned.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bail!("pinning a sink: {e}"),
+            Err(_) => bail!("a sink thread did not start"),
+        }
+        Ok(Self {
             frames,
             bytes,
             hist,
             stop,
-        }
+        })
     }
 
     fn reset(&self) {
@@ -637,6 +717,8 @@ struct RunResult {
     frames_per_s: f64,
     gbit_per_s: f64,
     router_cpu_s: Option<f64>,
+    /// Paced runs: frames that never arrived.
+    lost: Option<u64>,
     p50_us: f64,
     p99_us: f64,
     p999_us: f64,
@@ -653,12 +735,16 @@ impl RunResult {
         let offered = self
             .offered
             .map_or(String::new(), |o| format!(" offered {o}/s"));
+        let lost = match self.lost {
+            Some(n) if n > 0 => format!(", {n} lost"),
+            _ => String::new(),
+        };
         let name = match self.placement {
             Some(p) => format!("{} ({p})", self.name),
             None => self.name.clone(),
         };
         println!(
-            "{:<40} {:>5} B{offered}: {:>9.0} frames/s {:>6.2} Gbit/s{cpu}; latency p50 {:.1} us p99 {:.1} us p99.9 {:.1} us max {:.1} us",
+            "{:<40} {:>5} B{offered}: {:>9.0} frames/s {:>6.2} Gbit/s{cpu}{lost}; latency p50 {:.1} us p99 {:.1} us p99.9 {:.1} us max {:.1} us",
             name,
             self.frame_len,
             self.frames_per_s,
@@ -673,7 +759,7 @@ impl RunResult {
     fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "name": self.name, "placement": self.placement, "frame_len": self.frame_len, "offered_per_s": self.offered,
-            "frames_per_s": self.frames_per_s, "gbit_per_s": self.gbit_per_s, "router_cpu_s": self.router_cpu_s,
+            "frames_per_s": self.frames_per_s, "gbit_per_s": self.gbit_per_s, "router_cpu_s": self.router_cpu_s, "lost": self.lost,
             "p50_us": self.p50_us, "p99_us": self.p99_us, "p999_us": self.p999_us, "max_us": self.max_us,
             "curve": self.curve,
         })
@@ -763,6 +849,7 @@ fn saturate(
         frames_per_s: (f1 - f0) as f64 / el,
         gbit_per_s: (b1 - b0) as f64 * 8.0 / el / 1e9,
         router_cpu_s: c1.zip(c0).map(|(c1, c0)| c1 - c0),
+        lost: None,
         p50_us: p50,
         p99_us: p99,
         p999_us: p999,
@@ -777,8 +864,10 @@ fn saturate(
 struct Paced {
     name: String,
     placement: &'static str,
-    /// Each round's (p50, p99, p99.9, max), in microseconds.
-    per_round: Vec<(f64, f64, f64, f64)>,
+    /// Each round's (p50, p99, p99.9, max), in microseconds (`None`: nothing arrived).
+    per_round: Vec<Option<(f64, f64, f64, f64)>>,
+    /// Frames that had not arrived a second after their round ended.
+    lost: u64,
     rate: u64,
     hist: Histogram<u64>,
     frames: u64,
@@ -792,6 +881,7 @@ impl Paced {
             name: format!("paced, {name}"),
             placement: placement.name(),
             per_round: Vec::new(),
+            lost: 0,
             rate,
             hist: new_hist(),
             frames: 0,
@@ -825,12 +915,20 @@ impl Paced {
                 i += 1;
             }
         }
-        std::thread::sleep(Duration::from_millis(100));
+        // Wait for the round's last frames: a late frame counts at its lateness; one still
+        // missing after a second is reported as lost.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while rx.frames.load(Relaxed) - f0 < total && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let received = rx.frames.load(Relaxed) - f0;
+        self.lost += total.saturating_sub(received);
         if let Ok(h) = rx.hist.lock() {
             self.hist += &*h;
-            self.per_round.push(percentiles_of(&h));
+            self.per_round
+                .push((received > 0).then(|| percentiles_of(&h)));
         }
-        self.frames += rx.frames.load(Relaxed) - f0;
+        self.frames += received;
         self.bytes += rx.bytes.load(Relaxed) - b0;
         self.secs += secs;
         Ok(())
@@ -846,11 +944,43 @@ impl Paced {
             frames_per_s: self.frames as f64 / self.secs.max(1e-9),
             gbit_per_s: self.bytes as f64 * 8.0 / self.secs.max(1e-9) / 1e9,
             router_cpu_s: None,
+            lost: Some(self.lost),
             p50_us,
             p99_us,
             p999_us,
             max_us,
             curve: curve_of(&self.hist),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paced_with(rounds: &[Option<f64>]) -> Paced {
+        let mut p = Paced::new(Placement::Apart, "x", 1000);
+        p.per_round = rounds.iter().map(|r| r.map(|v| (v, v, v, v))).collect();
+        p
+    }
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn added_pairs_rounds_and_skips_empty_ones() {
+        // Round 2 of the hop and round 3 of the base received nothing: only rounds 1 and 4,
+        // paired with themselves, count.
+        let hop = paced_with(&[Some(30.0), None, Some(10.0), Some(50.0)]);
+        let base = paced_with(&[Some(10.0), Some(10.0), None, Some(20.0)]);
+        let a = Added::new("hop", &hop, &base, 1000);
+        assert_eq!(a.rounds, 2);
+        assert_eq!(a.round_median[1], 25.0);
+        assert_eq!(a.round_min[1], 20.0);
+        assert_eq!(a.round_max[1], 30.0);
     }
 }

@@ -69,14 +69,25 @@ fn uring_available() -> Result<(), String> {
 }
 
 /// A worker's io_uring runtime. Completions run as cooperative task work (no interrupt of a
-/// running worker to deliver them) and the worker is the ring's only submitter; kernels before
-/// 6.0 lack those flags and get a plain ring.
+/// running worker to deliver them) and the worker is the ring's only submitter, where the
+/// kernel has those flags (cooperative task work since 5.19, single issuer since 6.0). Each
+/// set of flags is probed on a one-entry ring first: a runtime that fails to build leaks its
+/// tokio half in tokio-uring 0.5.
 #[cfg(target_os = "linux")]
-fn uring_runtime() -> std::io::Result<tokio_uring::Runtime> {
-    let mut flags = tokio_uring::uring_builder();
-    flags.setup_coop_taskrun().setup_single_issuer();
+fn uring_runtime(idx: usize) -> std::io::Result<tokio_uring::Runtime> {
+    let mut both = tokio_uring::uring_builder();
+    both.setup_coop_taskrun().setup_single_issuer();
+    let mut coop = tokio_uring::uring_builder();
+    coop.setup_coop_taskrun();
+    let (flags, name) = [
+        (both, "cooperative task work, single issuer"),
+        (coop, "cooperative task work"),
+    ]
+    .into_iter()
+    .find(|(b, _)| b.build(1).is_ok())
+    .unwrap_or_else(|| (tokio_uring::uring_builder(), "no setup flags"));
+    tracing::debug!(worker = idx, "io_uring ring: {name}");
     tokio_uring::Runtime::new(tokio_uring::builder().uring_builder(&flags))
-        .or_else(|_| tokio_uring::Runtime::new(&tokio_uring::builder()))
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -147,7 +158,7 @@ pub(crate) fn run(
     let fut = worker_main(idx, shared, driver, listener, quic, messages, cmds);
     match driver {
         #[cfg(target_os = "linux")]
-        Driver::Uring => match uring_runtime() {
+        Driver::Uring => match uring_runtime(idx) {
             Ok(rt) => rt.block_on(fut),
             Err(e) => tracing::error!(worker = idx, "io_uring runtime: {e}"),
         },
