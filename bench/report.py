@@ -121,6 +121,8 @@ def table():
             lost = sum(r.get("lost") or 0 for r in t["runs"] if r.get("placement") == pl)
             if lost:
                 row += f"; {lost} frames lost"
+            if a.get("steal_ms") is not None:
+                row += f"; host took {a['steal_ms']:.0f} ms of vCPU time during the rounds"
             out.append(row + " |")
     m = load("msgbench.json")
     if m:

@@ -188,27 +188,39 @@ fn paced(
     ];
     let rounds = args.rounds.max(1);
     let per_round = args.paced_seconds / rounds as f64;
+    let (steal0, t0) = (steal_ms(), Instant::now());
     for round in 0..rounds {
         for i in 0..paths.len() {
             let (paced, (tx, rx)) = &mut paths[(round + i) % 3];
             paced.round(tx, rx, 296, per_round)?;
         }
     }
+    let steal = steal_ms() - steal0;
+    let elapsed = t0.elapsed().as_secs_f64();
     drop((router, relay));
     set_affinity(None)?;
     let runs: Vec<RunResult> = paths.iter().map(|(p, _)| p.result()).collect();
     for r in &runs {
         r.print();
     }
+    // A busy host takes whole slices from the vCPUs; those stalls, not the paths, then make
+    // the tail. Shown so such a run can be told apart (PERF-NOTES 6.1: discard it).
+    println!(
+        "placement {}: the host took {steal:.0} ms of vCPU time in these {elapsed:.0} s",
+        placement.name()
+    );
     let [(router, _), (relay, _), (direct, _)] = &paths;
     // Over the direct path: what each hop adds. Router over relay: what the router costs beyond
     // the plainest hop in the same placement (the only fair comparison in `split`, where the
     // direct path never crosses between vCPUs and a hop path crosses twice).
-    let added = vec![
+    let mut added = vec![
         Added::new("through router", router, direct, args.rate),
         Added::new("through plain relay", relay, direct, args.rate),
         Added::new("router over plain relay", router, relay, args.rate),
     ];
+    for a in &mut added {
+        a.steal_ms = steal;
+    }
     for a in &added {
         a.print();
     }
@@ -225,6 +237,8 @@ struct Added {
     placement: &'static str,
     rate: u64,
     rounds: usize,
+    /// vCPU time the host took during the placement's rounds, in milliseconds.
+    steal_ms: f64,
     merged: [f64; 3],
     round_median: [f64; 3],
     round_min: [f64; 3],
@@ -247,6 +261,7 @@ impl Added {
             placement: hop.placement,
             rate,
             rounds: per[0].len(),
+            steal_ms: 0.0,
             merged: [
                 h.p50_us - b.p50_us,
                 h.p99_us - b.p99_us,
@@ -279,7 +294,7 @@ impl Added {
 
     fn json(&self) -> serde_json::Value {
         serde_json::json!({
-            "path": self.path, "placement": self.placement, "offered_per_s": self.rate, "rounds": self.rounds,
+            "path": self.path, "placement": self.placement, "offered_per_s": self.rate, "rounds": self.rounds, "steal_ms": self.steal_ms,
             "merged_us": {"p50": self.merged[0], "p99": self.merged[1], "p999": self.merged[2]},
             "round_median_us": {"p50": self.round_median[0], "p99": self.round_median[1], "p999": self.round_median[2]},
             "round_min_us": {"p50": self.round_min[0], "p99": self.round_min[1], "p999": self.round_min[2]},
@@ -431,11 +446,32 @@ impl Router {
         };
         let f: Vec<&str> = rest.split_whitespace().collect();
         let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        // SAFETY: sysconf reads a configuration value and touches no memory of ours.
-        #[allow(unsafe_code)]
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        (ticks(11) + ticks(12)) / hz.max(1.0)
+        (ticks(11) + ticks(12)) / clock_ticks_per_s()
     }
+}
+
+/// The kernel's clock ticks per second (the unit of `/proc` CPU times).
+fn clock_ticks_per_s() -> f64 {
+    // SAFETY: sysconf reads a configuration value and touches no memory of ours.
+    #[allow(unsafe_code)]
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    hz.max(1.0)
+}
+
+/// CPU time the hypervisor has taken from this machine's vCPUs so far, in milliseconds
+/// (`steal` in `/proc/stat`; 0 where the kernel does not report it).
+fn steal_ms() -> f64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()?
+                .split_whitespace()
+                .nth(8)?
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(0.0, |t| t * 1000.0 / clock_ticks_per_s())
 }
 
 /// A child process, killed and reaped when this is dropped.
