@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every benchmark (a few minutes) and regenerates bench/README.md's figures and plots.
+# Runs every benchmark (about ten minutes on 2 cores) and regenerates bench/README.md's figures and plots.
 #   bench/report.sh            # all of it
 # Results: bench/results/*.json, *.txt; plots: bench/plots/*.png.
 set -euo pipefail
