@@ -213,14 +213,11 @@ fn paced(
     // Over the direct path: what each hop adds. Router over relay: what the router costs beyond
     // the plainest hop in the same placement (the only fair comparison in `split`, where the
     // direct path never crosses between vCPUs and a hop path crosses twice).
-    let mut added = vec![
-        Added::new("through router", router, direct, args.rate),
-        Added::new("through plain relay", relay, direct, args.rate),
-        Added::new("router over plain relay", router, relay, args.rate),
+    let added = vec![
+        Added::new("through router", router, direct, steal),
+        Added::new("through plain relay", relay, direct, steal),
+        Added::new("router over plain relay", router, relay, steal),
     ];
-    for a in &mut added {
-        a.steal_ms = steal;
-    }
     for a in &added {
         a.print();
     }
@@ -246,8 +243,9 @@ struct Added {
 }
 
 impl Added {
-    fn new(label: &str, hop: &Paced, base: &Paced, rate: u64) -> Self {
-        let (h, b) = (hop.result(), base.result());
+    /// `hop` over `base`, measured while the host took `steal_ms` of vCPU time.
+    fn new(label: &str, hop: &Paced, base: &Paced, steal_ms: f64) -> Self {
+        let (h, b) = (percentiles_of(&hop.hist), percentiles_of(&base.hist));
         let mut per: [Vec<f64>; 3] = Default::default();
         let rounds = hop.per_round.iter().zip(&base.per_round);
         for (x, y) in rounds.filter_map(|(x, y)| x.zip(*y)) {
@@ -259,14 +257,10 @@ impl Added {
         Self {
             path: label.to_string(),
             placement: hop.placement,
-            rate,
+            rate: hop.rate,
             rounds: per[0].len(),
-            steal_ms: 0.0,
-            merged: [
-                h.p50_us - b.p50_us,
-                h.p99_us - b.p99_us,
-                h.p999_us - b.p999_us,
-            ],
+            steal_ms,
+            merged: [h.0 - b.0, h.1 - b.1, h.2 - b.2],
             round_median: stat(median),
             round_min: stat(|v| v.iter().copied().fold(f64::INFINITY, f64::min)),
             round_max: stat(|v| v.iter().copied().fold(f64::NEG_INFINITY, f64::max)),
@@ -1013,7 +1007,7 @@ mod tests {
         // paired with themselves, count.
         let hop = paced_with(&[Some(30.0), None, Some(10.0), Some(50.0)]);
         let base = paced_with(&[Some(10.0), Some(10.0), None, Some(20.0)]);
-        let a = Added::new("hop", &hop, &base, 1000);
+        let a = Added::new("hop", &hop, &base, 0.0);
         assert_eq!(a.rounds, 2);
         assert_eq!(a.round_median[1], 25.0);
         assert_eq!(a.round_min[1], 20.0);
