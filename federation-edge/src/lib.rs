@@ -1,5 +1,43 @@
-//! hyphae-edge: runs beside a Matrix homeserver and relays its federation over the overlay.
+//! hyphae-edge: runs beside a Matrix homeserver and carries its federation over the Mycelium
+//! overlay.
 //!
-//! Not implemented yet: the edge comes after the router daemon and the message subsystem. The
-//! edge-to-edge framing it will speak is defined in `hyphae_wire::framing`.
+//! ```text
+//! homeserver A --CONNECT+TLS--> edge A --local socket / message API--> router A
+//!      router A ==overlay messages (hyphae framing: Envelope)==> router B
+//! router B --> edge B --HTTPS--> homeserver B, and the real response back the same way
+//! ```
+//!
+//! * [`proxy`]: the homeserver's HTTPS CONNECT proxy. A CONNECT to a routed server name is
+//!   terminated with a certificate minted from the site CA ([`ca`]) and every HTTP/1.1 request
+//!   on it is relayed; anything else is a plain byte tunnel (ordinary federation).
+//! * [`relay`]: the edge-to-edge protocol as a sans-IO state machine (requests, responses,
+//!   streamed bodies with flow control, batching, peer liveness); no socket, clock or task.
+//! * [`overlay`]: the thin drivers to a router (a hyphae-router's local socket, or any
+//!   mycelium node's HTTP message API).
+//! * [`egress`]: delivery of relayed requests to the homeserver's federation listener.
+//! * [`routes`]: the server-name route map (lock-free reads, atomic persistence).
+//! * [`api`]: the bridge API and Prometheus metrics.
+//!
+//! Nothing is acknowledged early: a homeserver's request stays open until the destination
+//! homeserver's real response is back, or fails with 502/504 so the homeserver retries.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod ca;
+pub mod config;
+pub mod egress;
+pub mod metrics;
+pub mod overlay;
+pub mod proxy;
+pub mod relay;
+pub mod routes;
+pub mod server;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+pub mod xmatrix;
+
+/// The rustls crypto provider every TLS endpoint of the edge uses (ring).
+pub fn tls_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}

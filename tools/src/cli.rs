@@ -1,11 +1,19 @@
 //! The command line, as clap sees it. Global flags are accepted before or after the subcommand.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hyphae_wire::identity::PublicKey;
 
 /// Default address of the node's HTTP API (the reference's and hyphae-router's).
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:8989";
+/// Default address of the federation edge's bridge API.
+pub const DEFAULT_EDGE_API: &str = "127.0.0.1:8460";
+/// The environment variable `--edge-token` falls back to.
+pub const EDGE_TOKEN_ENV: &str = "HYPHAE_EDGE_TOKEN";
 
 /// The hyphae operator CLI, for hyphae-router and stock mycelium nodes alike.
 #[derive(Debug, Parser)]
@@ -55,6 +63,8 @@ pub enum Command {
     Stats(StatsCmd),
     /// Decode peer-link frames from hex or a pcap capture.
     Decode(DecodeArgs),
+    /// Talk to a federation edge's bridge API: its status and its routes to Matrix servers.
+    Edge(EdgeArgs),
 }
 
 /// `peers ...`
@@ -158,4 +168,115 @@ pub struct DecodeArgs {
     /// capture's Updates are learned).
     #[arg(long = "peer-key", value_name = "PUBKEY")]
     pub peer_keys: Vec<String>,
+}
+
+/// `edge ...`: its own API address and token, accepted before or after the subcommand.
+#[derive(Debug, Args)]
+pub struct EdgeArgs {
+    /// Address of the edge's bridge API.
+    #[arg(long, global = true, value_name = "ADDR", default_value = DEFAULT_EDGE_API)]
+    pub edge_api: String,
+    /// Bearer token for the edge's bridge API [env: HYPHAE_EDGE_TOKEN].
+    #[arg(long, global = true, value_name = "TOKEN", value_parser = BearerToken)]
+    pub edge_token: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: EdgeCmd,
+}
+
+/// `edge ...`
+#[derive(Debug, Subcommand)]
+pub enum EdgeCmd {
+    /// Show the edge's version, uptime, router connection and destinations.
+    Status,
+    /// List, add or remove the edge's routes (Matrix server name to overlay public key).
+    #[command(subcommand)]
+    Routes(EdgeRoutesCmd),
+}
+
+/// `edge routes ...`
+#[derive(Debug, Subcommand)]
+pub enum EdgeRoutesCmd {
+    /// List the routes.
+    List,
+    /// Add a route, or replace the route for NAME.
+    Add {
+        /// The Matrix server name, e.g. `b.example:8448`.
+        name: String,
+        /// The public key of the overlay node that serves it, 64 hex digits.
+        #[arg(value_parser = pubkey_arg)]
+        pubkey: PublicKey,
+        /// What to do when the overlay cannot reach it: go direct over the internet, or never.
+        #[arg(long, value_enum, default_value_t = Fallback::Direct)]
+        fallback: Fallback,
+    },
+    /// Remove the route for NAME.
+    Remove {
+        /// The Matrix server name, as `edge routes list` shows it.
+        name: String,
+    },
+}
+
+/// What the edge does when a destination is down on the overlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Fallback {
+    /// Go direct, over the internet.
+    Direct,
+    /// Never leave the overlay.
+    Never,
+}
+
+impl Fallback {
+    /// As the bridge API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Never => "never",
+        }
+    }
+}
+
+/// A public key on the command line (a usage error if it is not 64 hex digits).
+fn pubkey_arg(s: &str) -> Result<PublicKey, String> {
+    crate::cmd::parse_pubkey(s).map_err(|_| "expected a public key, 64 hex digits".into())
+}
+
+/// A bearer token: visible ASCII, no spaces (it goes into a header line as it is).
+pub fn check_bearer_token(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() {
+        return Err("it is empty");
+    }
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("a token is visible ASCII without spaces");
+    }
+    Ok(())
+}
+
+/// `--edge-token`, checked by [`check_bearer_token`]. A parser of its own because clap's usual
+/// error repeats the value, and this one is a secret.
+#[derive(Debug, Clone, Copy)]
+pub struct BearerToken;
+
+impl TypedValueParser for BearerToken {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<String, clap::Error> {
+        let checked = value
+            .to_str()
+            .ok_or("a token is visible ASCII without spaces")
+            .and_then(|s| check_bearer_token(s).map(|()| s));
+        match checked {
+            Ok(s) => Ok(s.to_owned()),
+            Err(why) => Err(clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!("invalid --edge-token: {why}\n"),
+            )
+            .with_cmd(cmd)),
+        }
+    }
 }

@@ -38,6 +38,7 @@ pub fn run(cli: &Cli) -> Result<()> {
         Command::Message(MessageCmd::Send(a)) => send(&api()?, a, json),
         Command::Message(MessageCmd::Receive(a)) => receive(&api()?, a, json),
         Command::Decode(a) => crate::decode::run(a, cli.key_file.as_deref()),
+        Command::Edge(a) => crate::edge::run(a, json),
     }
 }
 
@@ -64,13 +65,13 @@ pub fn parse_pubkey(s: &str) -> Result<PublicKey> {
         .ok_or_else(|| anyhow!("invalid public key '{s}': expected 64 hex digits"))
 }
 
-fn print_json(v: &Value) -> Result<()> {
+pub(crate) fn print_json(v: &Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
 /// A JSON scalar as text: strings without quotes, null as `-`.
-fn text(v: &Value) -> String {
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
@@ -78,7 +79,7 @@ fn text(v: &Value) -> String {
     }
 }
 
-fn array<'a>(v: &'a Value, what: &str) -> Result<&'a Vec<Value>> {
+pub(crate) fn array<'a>(v: &'a Value, what: &str) -> Result<&'a Vec<Value>> {
     v.as_array()
         .ok_or_else(|| anyhow!("the API's answer for {what} is not a list"))
 }

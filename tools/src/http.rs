@@ -13,11 +13,25 @@ use serde_json::Value;
 /// How long to wait for the connection and for an ordinary answer.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The node's API at one address.
-#[derive(Debug, Clone)]
+/// The node's API (or another API of ours) at one address.
+#[derive(Clone)]
 pub struct Client {
     shown: String,
     addrs: Vec<SocketAddr>,
+    what: &'static str,
+    bearer: Option<String>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the token.
+        f.debug_struct("Client")
+            .field("shown", &self.shown)
+            .field("addrs", &self.addrs)
+            .field("what", &self.what)
+            .field("bearer", &self.bearer.as_ref().map(|_| "..."))
+            .finish()
+    }
 }
 
 /// One answer.
@@ -40,10 +54,7 @@ pub struct ApiError {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the API answered {}", self.status)?;
-        if let Some(r) = reason(self.status) {
-            write!(f, " {r}")?;
-        }
+        write!(f, "the API answered {}", status_text(self.status))?;
         let body = self.body.trim();
         if !body.is_empty() {
             write!(f, ": {}", body.lines().next().unwrap_or_default())?;
@@ -57,6 +68,8 @@ impl std::error::Error for ApiError {}
 /// The API could not be reached at all (nothing listens, no route, timeout).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unreachable {
+    /// Which API, in a word or two ("API", "edge API").
+    pub what: &'static str,
     /// The address as given.
     pub addr: String,
     /// Why, in a few words.
@@ -65,7 +78,11 @@ pub struct Unreachable {
 
 impl fmt::Display for Unreachable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cannot reach the API at {}: {}", self.addr, self.reason)
+        write!(
+            f,
+            "cannot reach the {} at {}: {}",
+            self.what, self.addr, self.reason
+        )
     }
 }
 
@@ -74,17 +91,31 @@ impl std::error::Error for Unreachable {}
 impl Client {
     /// Resolves `addr` (`IP:PORT` or `HOST:PORT`).
     pub fn new(addr: &str) -> Result<Self> {
+        Self::named(addr, "API")
+    }
+
+    /// Resolves `addr`, for an API that messages call `what` ("edge API").
+    pub fn named(addr: &str, what: &'static str) -> Result<Self> {
         let addrs: Vec<SocketAddr> = addr
             .to_socket_addrs()
-            .map_err(|e| anyhow!("bad API address '{addr}': {}", io_reason(&e)))?
+            .map_err(|e| anyhow!("bad {what} address '{addr}': {}", io_reason(&e)))?
             .collect();
         if addrs.is_empty() {
-            bail!("bad API address '{addr}': it resolves to nothing");
+            bail!("bad {what} address '{addr}': it resolves to nothing");
         }
         Ok(Self {
             shown: addr.to_owned(),
             addrs,
+            what,
+            bearer: None,
         })
+    }
+
+    /// Sends `Authorization: Bearer TOKEN` with every request (the token must be a header value:
+    /// see [`crate::cli::check_bearer_token`]).
+    pub fn with_bearer(mut self, token: Option<String>) -> Self {
+        self.bearer = token;
+        self
     }
 
     /// The address as the user gave it.
@@ -103,6 +134,7 @@ impl Client {
     ) -> Result<Response> {
         let unreachable = |e: &io::Error| {
             anyhow::Error::new(Unreachable {
+                what: self.what,
                 addr: self.shown.clone(),
                 reason: io_reason(e),
             })
@@ -132,6 +164,9 @@ impl Client {
             self.shown,
             env!("CARGO_PKG_VERSION")
         );
+        if let Some(t) = &self.bearer {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
         match &body {
             Some(b) => {
                 req.push_str("Content-Type: application/json\r\n");
@@ -151,11 +186,13 @@ impl Client {
             if raw.is_empty() || parse_response(&raw).is_err() {
                 return Err(match e.kind() {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => anyhow!(
-                        "the API at {} did not answer {method} {path} in time",
+                        "the {} at {} did not answer {method} {path} in time",
+                        self.what,
                         self.shown
                     ),
                     _ => anyhow!(
-                        "the API at {} broke off the answer to {method} {path}: {}",
+                        "the {} at {} broke off the answer to {method} {path}: {}",
+                        self.what,
                         self.shown,
                         io_reason(&e)
                     ),
@@ -164,8 +201,8 @@ impl Client {
         }
         parse_response(&raw).with_context(|| {
             format!(
-                "the API at {} sent a malformed answer to {method} {path}",
-                self.shown
+                "the {} at {} sent a malformed answer to {method} {path}",
+                self.what, self.shown
             )
         })
     }
@@ -334,14 +371,26 @@ fn io_reason(e: &io::Error) -> String {
     }
 }
 
+/// A status for people: `404 Not Found`, or just the number for the rarer ones.
+pub fn status_text(status: u16) -> String {
+    match reason(status) {
+        Some(r) => format!("{status} {r}"),
+        None => status.to_string(),
+    }
+}
+
 fn reason(status: u16) -> Option<&'static str> {
     Some(match status {
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
+        405 => "Method Not Allowed",
         408 => "Request Timeout",
         409 => "Conflict",
         413 => "Payload Too Large",
         500 => "Internal Server Error",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
         _ => return None,
     })

@@ -12,6 +12,10 @@
 //!   message send [-w] [--timeout S] [-t TOPIC] [--msg-path F] [--reply-to ID] DEST [MSG]
 //!   message receive [--timeout S] [-t TOPIC] [--msg-path F] [--raw]
 //!   decode [--hex HEX | --pcap FILE] [--peer-key PUBKEY...]   (-k opens data frames)
+//!
+//! hyphae edge [--edge-api ADDR] [--edge-token TOKEN] [--json] COMMAND   (a federation edge)
+//!   status                            version, uptime, router connection, destinations
+//!   routes list | add NAME PUBKEY [--fallback direct|never] | remove NAME
 //! ```
 //!
 //! Errors are one line on stderr and exit status 1; usage errors exit 2. Nothing here is on a
@@ -20,6 +24,7 @@
 pub mod cli;
 pub mod cmd;
 pub mod decode;
+pub mod edge;
 pub mod http;
 pub mod pcap;
 pub mod table;

@@ -182,3 +182,21 @@ fn edge_envelope_is_pinned() {
         )
     );
 }
+
+#[test]
+fn edge_flow_control_and_liveness_items_are_pinned() {
+    let env = Message::Envelope(Envelope {
+        items: vec![
+            RelayItem::Window { id: 1, offset: 300 },
+            RelayItem::Ping { nonce: 7 },
+            RelayItem::Pong { nonce: 7 },
+        ],
+    });
+    // Variants 4, 5 and 6 follow Cancel (3): the schema is append-only.
+    assert_eq!(
+        enc(&env),
+        concat!(
+            "48590120", "00000009", "03", "04", "01", "ac02", "05", "07", "06", "07"
+        )
+    );
+}

@@ -184,6 +184,9 @@ proptest! {
                 RelayItem::Response(RelayResponse { id: tag, status: n, headers, body: &b, more: !flag }),
                 RelayItem::Body(BodyPart { id: tag, offset: u64::from(n), data: &a, more: flag }),
                 RelayItem::Cancel { id: tag, code: ErrorCode::UNREACHABLE },
+                RelayItem::Window { id: tag, offset: u64::from(n) },
+                RelayItem::Ping { nonce: tag },
+                RelayItem::Pong { nonce: u64::from(n) },
             ]}),
         };
         let mut buf = BytesMut::new();

@@ -49,11 +49,22 @@ pub fn hyphae_stdin(args: &[&str], stdin: Option<&str>) -> Run {
 
 /// Runs the CLI with `XDG_DATA_HOME` set to `data_home` (or unset).
 pub fn hyphae_env(args: &[&str], stdin: Option<&str>, data_home: Option<&std::path::Path>) -> Run {
+    let data_home = data_home.map(|d| d.to_str().unwrap());
+    hyphae_vars(args, stdin, &[("XDG_DATA_HOME", data_home)])
+}
+
+/// Runs the CLI with these environment variables set (`Some`) or unset (`None`).
+/// `HYPHAE_EDGE_TOKEN` and `XDG_DATA_HOME` are unset unless given.
+pub fn hyphae_vars(args: &[&str], stdin: Option<&str>, vars: &[(&str, Option<&str>)]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hyphae"));
-    match data_home {
-        Some(d) => cmd.env("XDG_DATA_HOME", d),
-        None => cmd.env_remove("XDG_DATA_HOME"),
-    };
+    cmd.env_remove("XDG_DATA_HOME")
+        .env_remove("HYPHAE_EDGE_TOKEN");
+    for (k, v) in vars {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
     cmd.args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -123,7 +134,20 @@ pub fn wait_until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
 pub struct Seen {
     pub method: String,
     pub path: String,
+    /// Header lines as sent, names lowercased.
+    pub headers: Vec<(String, String)>,
     pub body: String,
+}
+
+impl Seen {
+    /// The value of the one header `name` (lowercase), if sent.
+    #[track_caller]
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let mut found = self.headers.iter().filter(|(n, _)| n == name);
+        let first = found.next().map(|(_, v)| v.as_str());
+        assert!(found.next().is_none(), "header {name} sent twice: {self:?}");
+        first
+    }
 }
 
 /// One canned answer: for requests whose `METHOD path` starts with `prefix`.
@@ -202,10 +226,17 @@ fn serve(mut s: TcpStream, answers: &[Canned], log: &Mutex<Vec<Seen>>) {
     let mut first = head.lines().next().unwrap_or_default().split(' ');
     let method = first.next().unwrap_or_default().to_owned();
     let path = first.next().unwrap_or_default().to_owned();
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
     let body = String::from_utf8_lossy(&buf[head_end..]).into_owned();
     log.lock().unwrap().push(Seen {
         method: method.clone(),
         path: path.clone(),
+        headers,
         body,
     });
     let key = format!("{method} {path}");

@@ -256,6 +256,24 @@ pub enum RelayItem<'a> {
         /// Why.
         code: ErrorCode,
     },
+    /// Flow control for a streamed body: the receiver has room for the body of request `id`
+    /// up to byte `offset` (exclusive). A streamed body waits for the first one.
+    Window {
+        /// The request's id.
+        id: u64,
+        /// The body may be sent up to this offset.
+        offset: u64,
+    },
+    /// Liveness probe to the other edge; answered by [`RelayItem::Pong`] at once.
+    Ping {
+        /// Echoed in the answer.
+        nonce: u64,
+    },
+    /// The answer to a [`RelayItem::Ping`].
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
+    },
 }
 
 /// A batch of relayed requests and responses between two edges (kind [`Kind::ENVELOPE`]).
