@@ -1,22 +1,35 @@
 #!/usr/bin/env bash
 # CI for tuning/: shellcheck on every script, systemd-analyze verify on every unit (any warning
-# fails), and self-tests of check and irq/affinity.sh against fake /proc and /sys trees.
-# Needs shellcheck and systemd-analyze. Changes nothing on the host.
+# fails), self-tests of check and irq/affinity.sh against fake /proc and /sys trees, and (as root
+# only) units-test.sh, which runs the router and the edge the way their units do.
+# Needs shellcheck and systemd-analyze. Apart from units-test.sh (system users and group hyphae),
+# changes nothing on the host.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 echo "shellcheck"
-shellcheck -x check irq/affinity.sh lib/cpus.sh ci.sh
+shellcheck -x check irq/affinity.sh lib/cpus.sh ci.sh units-test.sh
 
-# systemd-analyze verify checks that ExecStart's binary exists: point a copy of each unit at the
-# router binary when it is built, else at an existing stand-in, so every other line is checked.
+# systemd-analyze verify checks that ExecStart's binary exists: point a copy of each unit at its
+# binary (hyphae-router or hyphae-edge) when it is built, else at an existing stand-in, so every
+# other line is checked. The copies keep their names, so After=/Wants= between them resolve.
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-bin=$(command -v true)
-if [[ -x ../target/debug/hyphae-router ]]; then bin=$(cd ../target/debug && pwd)/hyphae-router; fi
+declare -A bins
 for unit in systemd/*.service; do
-    echo "systemd-analyze verify $unit (ExecStart -> $bin)"
-    sed "s|^ExecStart=/usr/local/bin/hyphae-router|ExecStart=$bin|" "$unit" >"$tmp/${unit##*/}"
+    name=${unit##*/}
+    name=${name%.service}
+    bin=$(command -v true)
+    if [[ -x ../target/debug/$name ]]; then bin=$(cd ../target/debug && pwd)/$name; fi
+    bins[$unit]=$bin
+    sed -E "s|^(ExecStart(Pre)?=)/usr/local/bin/$name( \|$)|\1$bin\3|" "$unit" >"$tmp/${unit##*/}"
+    if grep -q "^ExecStart[A-Za-z]*=/usr/local/bin/" "$tmp/${unit##*/}"; then
+        echo "$unit: an ExecStart= line was not pointed at the built binary" >&2
+        exit 1
+    fi
+done
+for unit in systemd/*.service; do
+    echo "systemd-analyze verify $unit (ExecStart -> ${bins[$unit]})"
     out=$(systemd-analyze verify "$tmp/${unit##*/}" 2>&1) || {
         echo "$out" >&2
         exit 1
@@ -107,4 +120,13 @@ echo 4-7 >"$root/sys/devices/system/cpu/isolated"
 out=$(ROOT=$root irq/affinity.sh)
 expect "$out" "router worker CPUs: 4-7"
 expect "$out" "NIC interrupt CPUs: 0-3"
+# The router and the edge as their units run them (users, group, modes): needs root.
+if ((EUID == 0)); then
+    echo "units-test: cargo build -p hyphae-router -p hyphae-edge"
+    (cd .. && cargo build --locked --quiet -p hyphae-router -p hyphae-edge)
+    echo "units-test"
+    ./units-test.sh
+else
+    echo "SKIPPED: units-test: needs root"
+fi
 echo "tuning: all checks passed"

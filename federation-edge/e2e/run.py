@@ -559,6 +559,13 @@ class Edge:
 # The scenario
 
 
+class Lacking(str):
+    """A falsy reason: wait_until keeps polling and reports the last one on timeout."""
+
+    def __bool__(self) -> bool:
+        return False
+
+
 class Side:
     def __init__(self, label: str, user: dict):
         self.label, self.user = label, user
@@ -890,8 +897,12 @@ class Run:
     def wait_routes(self, what: str) -> float:
         ra, rb = self.path
         t = time.monotonic()
-        wait_until(what, lambda: rb.subnet in ra.selected_subnets()
-                   and ra.subnet in rb.selected_subnets(), ROUTE_TIMEOUT, alive=self.alive)
+
+        def converged():
+            lacking = [f"{x.name} has no selected route to {y.subnet}"
+                       for x, y in ((ra, rb), (rb, ra)) if y.subnet not in x.selected_subnets()]
+            return True if not lacking else Lacking("; ".join(lacking))
+        wait_until(what, converged, ROUTE_TIMEOUT, alive=self.alive)
         return time.monotonic() - t
 
     # ---- the scenario

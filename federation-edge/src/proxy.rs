@@ -1,1 +1,638 @@
-//! TODO
+//! The homeserver's HTTPS CONNECT proxy.
+//!
+//! * `CONNECT name:port` for a routed name (the port defaults to 8448 for a route without
+//!   one): the edge terminates TLS with a certificate for the name minted from the site CA and
+//!   relays every HTTP/1.1 request on the kept-alive connection over the overlay.
+//! * `CONNECT name:443` for a routed name without a port: the edge answers the well-known
+//!   fetch itself (`{"m.server": "name:8448"}`) and 404 to anything else.
+//! * Anything else, and a routed destination that is down with `fallback = "direct"`: a plain
+//!   byte tunnel (ordinary federation, TLS end to end), refused with 403 when the target
+//!   address is not public and not in `tunnel_allow` (the homeserver's own IP blacklist does not
+//!   apply behind a proxy).
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::canonical_ip;
+use crate::egress::REQUEST_HEADERS;
+use crate::relay::{Failure, RequestHead};
+use crate::routes::{DEFAULT_PORT, Entry, Fallback, Target};
+use crate::server::{ChannelBody, Edge, RequestEvent};
+
+/// A response body.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// How long a tunnel's target may take to accept.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a homeserver may take to send a request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Accepts homeserver connections until `shutdown` turns true.
+pub async fn serve(edge: Arc<Edge>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            () = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("proxy accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let edge = edge.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let edge = edge.clone();
+                async move { Ok::<_, Infallible>(connect(edge, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades();
+            let _ = conn.await;
+        });
+    }
+}
+
+fn text(status: StatusCode, msg: &str) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::from(format!("{msg}\n"))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|e| match e {}).boxed()
+}
+
+/// Matrix-style JSON error.
+fn matrix_error(status: u16, msg: &str) -> Response<Body> {
+    let body = serde_json::json!({"errcode": "M_UNKNOWN", "error": msg}).to_string();
+    let mut r = Response::new(full(Bytes::from(body)));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn connect(edge: Arc<Edge>, mut req: Request<Incoming>) -> Response<Body> {
+    let m = &edge.metrics;
+    if req.method() != Method::CONNECT {
+        m.inc(&m.proxy_bad_requests);
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "this proxy only takes CONNECT (federation is always HTTPS)",
+        );
+    }
+    if let Some((user, pass)) = &edge.config.proxy_auth
+        && !proxy_auth_ok(&req, user, pass)
+    {
+        m.inc(&m.proxy_auth_failed);
+        let mut r = text(
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            "proxy credentials needed",
+        );
+        r.headers_mut().insert(
+            hyper::header::PROXY_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Basic realm=\"hyphae-edge\""),
+        );
+        return r;
+    }
+    let Some((host, port)) = req
+        .uri()
+        .authority()
+        .and_then(|a| Some((a.host().to_owned(), a.port_u16()?)))
+    else {
+        m.inc(&m.proxy_bad_requests);
+        return text(StatusCode::BAD_REQUEST, "CONNECT needs host:port");
+    };
+    let host_bare = host.trim_matches(['[', ']']).to_owned();
+    let mut target = edge.routes.target(&host, port);
+    if let Some(e) = route_of(&edge, &target)
+        && e.fallback == Fallback::Direct
+        && edge.is_down(&e.pubkey)
+    {
+        target = Target::Tunnel;
+    }
+    match target {
+        Target::Relay(entry) => {
+            m.inc(&m.connects_relayed);
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                match upgrade.await {
+                    Ok(up) => serve_relayed(edge, entry, host_bare, up).await,
+                    Err(e) => tracing::debug!("CONNECT upgrade: {e}"),
+                }
+            });
+            Response::new(full(Bytes::new()))
+        }
+        Target::WellKnown(name) => {
+            m.inc(&m.connects_well_known);
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                match upgrade.await {
+                    Ok(up) => serve_well_known(edge, name, up).await,
+                    Err(e) => tracing::debug!("CONNECT upgrade: {e}"),
+                }
+            });
+            Response::new(full(Bytes::new()))
+        }
+        Target::Tunnel => {
+            let upstream = match open_tunnel(&edge, &host_bare, port).await {
+                Ok(s) => s,
+                Err((status, msg)) => {
+                    if status == StatusCode::FORBIDDEN {
+                        m.inc(&m.tunnels_refused);
+                        tracing::info!("tunnel to {host}:{port} refused: {msg}");
+                    } else {
+                        m.inc(&m.tunnels_failed);
+                    }
+                    return text(status, &msg);
+                }
+            };
+            m.inc(&m.connects_tunnelled);
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(up) = upgrade.await {
+                    let mut up = TokioIo::new(up);
+                    let mut upstream = upstream;
+                    let _ = tokio::io::copy_bidirectional(&mut up, &mut upstream).await;
+                }
+            });
+            Response::new(full(Bytes::new()))
+        }
+    }
+}
+
+/// The route behind a CONNECT target, if any.
+fn route_of(edge: &Edge, target: &Target) -> Option<Arc<Entry>> {
+    match target {
+        Target::Relay(e) => Some(e.clone()),
+        Target::WellKnown(h) => edge
+            .routes
+            .get(h)
+            .or_else(|| edge.routes.get(&format!("{h}:{DEFAULT_PORT}"))),
+        Target::Tunnel => None,
+    }
+}
+
+fn proxy_auth_ok(req: &Request<Incoming>, user: &str, pass: &str) -> bool {
+    let Some(v) = req
+        .headers()
+        .get(hyper::header::PROXY_AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(b64) = v
+        .strip_prefix("Basic ")
+        .or_else(|| v.strip_prefix("basic "))
+    else {
+        return false;
+    };
+    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
+        return false;
+    };
+    let want = format!("{user}:{pass}");
+    constant_time_eq(&raw, want.as_bytes())
+}
+
+/// Compares without an early exit on the first differing byte.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether `ip` is an address on the public internet.
+pub fn is_public(ip: IpAddr) -> bool {
+    match canonical_ip(ip) {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            !(a.is_unspecified()
+                || a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_broadcast()
+                || a.is_documentation()
+                || a.is_multicast()
+                || o[0] == 0
+                || o[0] >= 240
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0))
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            !(a.is_unspecified()
+                || a.is_loopback()
+                || a.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
+                || (s[0] & 0xfe00) == 0x0400
+                || (s[0] == 0x64 && s[1] == 0xff9b)
+                || (s[0] == 0x2002)
+                || s[0] == 0x0100)
+        }
+    }
+}
+
+/// Resolves and connects a tunnel's target: the first allowed address that accepts.
+async fn open_tunnel(
+    edge: &Edge,
+    host: &str,
+    port: u16,
+) -> Result<TcpStream, (StatusCode, String)> {
+    let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| {
+                (
+                    StatusCode::BAD_GATEWAY,
+                    format!("cannot resolve {host}: {e}"),
+                )
+            })?
+            .collect(),
+    };
+    let allowed: Vec<SocketAddr> = addrs
+        .iter()
+        .copied()
+        .filter(|a| {
+            is_public(a.ip()) || edge.config.tunnel_allow.iter().any(|c| c.contains(a.ip()))
+        })
+        .collect();
+    if allowed.is_empty() {
+        return Err((
+            StatusCode::FORBIDDEN,
+            format!("{host}:{port} is not a public address (add it to tunnel_allow to allow it)"),
+        ));
+    }
+    let mut last = String::new();
+    for a in allowed {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(a)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Ok(Err(e)) => last = format!("{a}: {e}"),
+            Err(_) => last = format!("{a}: timed out"),
+        }
+    }
+    Err((
+        StatusCode::BAD_GATEWAY,
+        format!("cannot reach {host}:{port}: {last}"),
+    ))
+}
+
+async fn tls_accept(
+    edge: &Edge,
+    name: &str,
+    up: hyper::upgrade::Upgraded,
+) -> Option<tokio_rustls::server::TlsStream<TokioIo<hyper::upgrade::Upgraded>>> {
+    let cfg = match edge.ca.server_config(name) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("certificate for {name}: {e}");
+            return None;
+        }
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(TokioIo::new(up))).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::info!("TLS from the homeserver for {name}: {e}");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+async fn serve_well_known(edge: Arc<Edge>, name: String, up: hyper::upgrade::Upgraded) {
+    let Some(tls) = tls_accept(&edge, &name, up).await else {
+        return;
+    };
+    let m_server = format!("{name}:{DEFAULT_PORT}");
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let m_server = m_server.clone();
+        async move {
+            let r = if req.method() == Method::GET
+                && req.uri().path() == "/.well-known/matrix/server"
+            {
+                let body = serde_json::json!({"m.server": m_server}).to_string();
+                let mut r = Response::new(full(Bytes::from(body)));
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("application/json"),
+                );
+                r
+            } else {
+                matrix_error(404, "not found")
+            };
+            Ok::<_, Infallible>(r)
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(tls), svc)
+        .await;
+}
+
+async fn serve_relayed(
+    edge: Arc<Edge>,
+    entry: Arc<Entry>,
+    name: String,
+    up: hyper::upgrade::Upgraded,
+) {
+    let Some(tls) = tls_accept(&edge, &name, up).await else {
+        return;
+    };
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (edge, entry) = (edge.clone(), entry.clone());
+        async move { Ok::<_, Infallible>(relay(edge, entry, req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(tls), svc)
+        .await;
+}
+
+/// Relays one request over the overlay and returns the destination's real response (or
+/// 502/504 when the overlay or the destination edge fails).
+async fn relay(edge: Arc<Edge>, entry: Arc<Entry>, req: Request<Incoming>) -> Response<Body> {
+    let _active = edge.enter();
+    let m = &edge.metrics;
+    m.inc(&m.requests_relayed);
+    let t0 = Instant::now();
+    let (parts, mut body) = req.into_parts();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .as_bytes();
+    let head = RequestHead {
+        method: parts.method.as_str().to_owned(),
+        target: Bytes::copy_from_slice(target),
+        headers: parts
+            .headers
+            .iter()
+            .filter(|(n, _)| REQUEST_HEADERS.contains(&n.as_str()))
+            .map(|(n, v)| (n.as_str().to_owned(), Bytes::copy_from_slice(v.as_bytes())))
+            .collect(),
+    };
+    let inline = edge.limits().inline_body;
+    let part_size = edge.limits().part_size;
+    // The body up to one inline part; the rest streams.
+    let mut first = bytes::BytesMut::new();
+    let mut carry = Bytes::new();
+    let mut ended = false;
+    while first.len() < inline && !ended {
+        match body.frame().await {
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    let room = inline - first.len();
+                    if d.len() > room {
+                        first.extend_from_slice(&d[..room]);
+                        carry = d.slice(room..);
+                    } else {
+                        first.extend_from_slice(&d);
+                    }
+                }
+            }
+            Some(Err(_)) => return matrix_error(400, "request body"),
+            None => ended = true,
+        }
+    }
+    if !ended && carry.is_empty() {
+        match body.frame().await {
+            None => ended = true,
+            Some(Ok(f)) => carry = f.into_data().unwrap_or_default(),
+            Some(Err(_)) => return matrix_error(400, "request body"),
+        }
+    }
+    let more = !ended;
+    let (mut guard, mut events) = match edge
+        .start_request(entry.pubkey, head, first.freeze(), more)
+        .await
+    {
+        Ok(v) => v,
+        Err(f) => return failed(&edge, &entry, f),
+    };
+    let id = guard.id();
+    // Our upload streams in its own task as credit arrives.
+    let (credit_tx, credit_rx) = mpsc::channel::<u64>(64);
+    let uploader = more.then(|| {
+        let edge = edge.clone();
+        tokio::spawn(upload(edge, id, body, carry, part_size, credit_rx))
+    });
+    let response = loop {
+        match events.recv().await {
+            Some(RequestEvent::Credit(c)) => {
+                let _ = credit_tx.try_send(c);
+            }
+            Some(RequestEvent::Response { head, body, more }) => break (head, body, more),
+            Some(RequestEvent::Failed(f)) => {
+                guard.disarm();
+                if let Some(u) = uploader {
+                    u.abort();
+                }
+                return failed(&edge, &entry, f);
+            }
+            Some(RequestEvent::Body { .. }) => {}
+            None => {
+                guard.disarm();
+                return failed(&edge, &entry, Failure::Busy);
+            }
+        }
+    };
+    if let Some(u) = uploader {
+        u.abort();
+    }
+    m.inc(&m.responses_relayed);
+    m.observe_relay(t0.elapsed());
+    let (rhead, first, more) = response;
+    let mut r = if more {
+        let (tx, rx) = mpsc::channel(4);
+        let _ = tx.try_send(Ok(hyper::body::Frame::data(first)));
+        let edge2 = edge.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                match ev {
+                    RequestEvent::Body { data, more } => {
+                        let n = data.len() as u64;
+                        if tx.send(Ok(hyper::body::Frame::data(data))).await.is_err() {
+                            return; // The homeserver went away: the guard cancels.
+                        }
+                        edge2.consumed(id, n);
+                        if !more {
+                            guard.disarm();
+                            return;
+                        }
+                    }
+                    RequestEvent::Failed(_) => {
+                        guard.disarm();
+                        let _ = tx
+                            .send(Err(std::io::Error::other("response body failed")))
+                            .await;
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Response::new(ChannelBody(rx).boxed())
+    } else {
+        guard.disarm();
+        Response::new(full(first))
+    };
+    *r.status_mut() = StatusCode::from_u16(rhead.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    for (n, v) in &rhead.headers {
+        if let (Ok(n), Ok(v)) = (
+            hyper::header::HeaderName::from_bytes(n.as_bytes()),
+            hyper::header::HeaderValue::from_bytes(v),
+        ) {
+            r.headers_mut().append(n, v);
+        }
+    }
+    r
+}
+
+/// Sends the rest of a request body as credit allows.
+async fn upload(
+    edge: Arc<Edge>,
+    id: u64,
+    mut body: Incoming,
+    mut pending: Bytes,
+    part_size: usize,
+    mut credits: mpsc::Receiver<u64>,
+) {
+    let mut credit = 0u64;
+    let mut done = false;
+    loop {
+        if pending.is_empty() && !done {
+            match body.frame().await {
+                Some(Ok(f)) => pending = f.into_data().unwrap_or_default(),
+                Some(Err(_)) => return,
+                None => done = true,
+            }
+            continue;
+        }
+        while credit == 0 {
+            match credits.recv().await {
+                Some(c) => credit += c,
+                None => return,
+            }
+        }
+        let n = (pending.len() as u64).min(credit).min(part_size as u64) as usize;
+        let data = pending.split_to(n);
+        credit -= n as u64;
+        let last = done && pending.is_empty();
+        if n == 0 && !last {
+            continue;
+        }
+        if !edge.send_body(id, data, !last).await || last {
+            return;
+        }
+    }
+}
+
+/// The homeserver's answer when a relayed request failed. With `fallback = "direct"` the
+/// connection is closed too, so the homeserver's retry opens a new CONNECT, which is tunnelled
+/// while the destination is down.
+fn failed(edge: &Edge, entry: &Entry, f: Failure) -> Response<Body> {
+    let m = &edge.metrics;
+    let msg = match f {
+        Failure::Unreachable => {
+            m.inc(&m.failed_502);
+            "the overlay has no path to the destination".to_owned()
+        }
+        Failure::Timeout => {
+            m.inc(&m.failed_504);
+            "the destination's edge did not answer in time".to_owned()
+        }
+        Failure::Peer(s) => {
+            m.inc(&m.failed_other);
+            format!("the destination's edge refused the request ({s})")
+        }
+        Failure::Busy => {
+            m.inc(&m.failed_other);
+            "the edge is busy".to_owned()
+        }
+    };
+    let mut r = matrix_error(f.status(), &msg);
+    if entry.fallback == Fallback::Direct && matches!(f, Failure::Unreachable | Failure::Timeout) {
+        m.inc(&m.fallback_closes);
+        r.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_addresses() {
+        for a in ["8.8.8.8", "1.1.1.1", "2a01:4f8::1", "::ffff:8.8.8.8"] {
+            assert!(is_public(a.parse().unwrap()), "{a}");
+        }
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.1.1",
+            "0.0.0.0",
+            "100.64.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "400::1",
+            "5ff:1::1",
+            "2001:db8::1",
+            "198.18.0.1",
+        ] {
+            assert!(!is_public(a.parse().unwrap()), "{a}");
+        }
+    }
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_time_eq(b"a:b", b"a:b"));
+        assert!(!constant_time_eq(b"a:b", b"a:c"));
+        assert!(!constant_time_eq(b"a:b", b"a:bb"));
+    }
+}

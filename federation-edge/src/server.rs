@@ -1,1 +1,974 @@
-//! TODO
+//! The running edge: shared state, the relay task that drives [`Relay`], the delivery of
+//! peers' requests to our homeserver, and start-up and shutdown.
+//!
+//! One task owns the [`Relay`] state machine. HTTP handlers (the proxy's relayed requests, the
+//! deliveries) talk to it through one bounded command channel and get their events on a small
+//! bounded channel each; everything the relay task takes in one wake-up is handled before it
+//! polls for envelopes, so requests that arrive together leave in one envelope.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyphae_wire::message::MessageId;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::ca::SiteCa;
+use crate::config::Config;
+use crate::egress::{self, Egress};
+use crate::metrics::Metrics;
+use crate::overlay::{Incoming, Overlay};
+use crate::relay::{
+    Event, Failure, Limits, PeerKey, Relay, RequestHead, ResponseHead, Stats as RelayStats,
+};
+use crate::routes::Routes;
+
+/// Commands to the relay task.
+const COMMAND_QUEUE: usize = 16 * 1024;
+/// Events queued for one request's handler (a window of body parts plus its head).
+const REQUEST_EVENTS: usize = 64;
+/// Messages from the router queued for the relay task.
+const INCOMING_QUEUE: usize = 1024;
+/// How long shutdown waits for requests in flight.
+pub const DRAIN: Duration = Duration::from_secs(10);
+
+/// What a relayed request's handler hears.
+#[derive(Debug)]
+pub enum RequestEvent {
+    /// The response head and first body bytes.
+    Response {
+        /// The head.
+        head: ResponseHead,
+        /// The body or its first part.
+        body: Bytes,
+        /// Whether more follows.
+        more: bool,
+    },
+    /// More body.
+    Body {
+        /// The bytes.
+        data: Bytes,
+        /// Whether more follows.
+        more: bool,
+    },
+    /// Failed.
+    Failed(Failure),
+    /// Credit for our upload.
+    Credit(u64),
+}
+
+/// What a delivery task hears.
+#[derive(Debug)]
+enum DeliveryEvent {
+    Body { data: Bytes, more: bool },
+    Credit(u64),
+    Abandoned,
+}
+
+#[derive(Debug)]
+enum Cmd {
+    Start {
+        peer: PeerKey,
+        head: RequestHead,
+        body: Bytes,
+        more: bool,
+        events: mpsc::Sender<RequestEvent>,
+        id: oneshot::Sender<Result<u64, Failure>>,
+    },
+    SendBody {
+        peer: Option<PeerKey>,
+        id: u64,
+        data: Bytes,
+        more: bool,
+    },
+    Consumed {
+        peer: Option<PeerKey>,
+        id: u64,
+        n: u64,
+    },
+    Cancel {
+        id: u64,
+    },
+    Respond {
+        peer: PeerKey,
+        id: u64,
+        head: ResponseHead,
+        body: Bytes,
+        more: bool,
+    },
+    Refuse {
+        peer: PeerKey,
+        id: u64,
+        status: u16,
+    },
+    Pushed {
+        peer: PeerKey,
+        nonce: u64,
+        msg: Option<MessageId>,
+    },
+    Delivery {
+        peer: PeerKey,
+        nonce: u64,
+        delivered: bool,
+    },
+    Forget {
+        peer: PeerKey,
+    },
+}
+
+/// Everything the edge's tasks share.
+#[derive(Debug)]
+pub struct Edge {
+    /// The configuration.
+    pub config: Config,
+    /// Server-name routes.
+    pub routes: Routes,
+    /// The site CA.
+    pub ca: SiteCa,
+    /// The router connection.
+    pub overlay: Overlay,
+    /// Delivery to our homeserver.
+    pub egress: Egress,
+    /// Counters.
+    pub metrics: Metrics,
+    /// Destinations (by key) whose overlay path is down: lock-free reads for every CONNECT.
+    down: ArcSwap<HashSet<PeerKey>>,
+    /// The relay's counters, as of its last wake-up.
+    relay_stats: Mutex<RelayStats>,
+    cmd: mpsc::Sender<Cmd>,
+    /// Requests in flight (relayed or delivered), for the shutdown drain.
+    active: AtomicUsize,
+    idle: Notify,
+    started: Instant,
+    relay_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Counts one request in flight until dropped.
+#[derive(Debug)]
+pub struct ActiveGuard(Arc<Edge>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Cancels a relayed request at the peer if its handler goes away before the end.
+#[derive(Debug)]
+pub struct CancelGuard {
+    edge: Arc<Edge>,
+    id: u64,
+    armed: bool,
+}
+
+impl CancelGuard {
+    /// The request's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The request finished: nothing to cancel.
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.edge.cmd.try_send(Cmd::Cancel { id: self.id });
+        }
+    }
+}
+
+impl Edge {
+    /// Starts the relay task and the router connection.
+    pub fn start(config: Config) -> Result<Arc<Self>, String> {
+        let routes = Routes::load(&config.state_dir)?;
+        let ca = SiteCa::load(&config.state_dir)?;
+        let egress = Egress::new(&config.homeserver)?;
+        let (in_tx, in_rx) = mpsc::channel(INCOMING_QUEUE);
+        let overlay = Overlay::start(config.router.clone(), in_tx);
+        let (cmd, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let edge = Arc::new(Self {
+            config,
+            routes,
+            ca,
+            overlay,
+            egress,
+            metrics: Metrics::default(),
+            down: ArcSwap::from_pointee(HashSet::new()),
+            relay_stats: Mutex::new(RelayStats::default()),
+            cmd,
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+            started: Instant::now(),
+            relay_task: Mutex::new(None),
+        });
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).map_err(|e| format!("random source: {e}"))?;
+        let relay = Relay::new(Limits::default(), u64::from_le_bytes(seed));
+        let task = tokio::spawn(relay_task(edge.clone(), relay, cmd_rx, in_rx));
+        *edge.relay_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        Ok(edge)
+    }
+
+    /// The relay's limits.
+    pub fn limits(&self) -> &'static Limits {
+        static LIMITS: std::sync::OnceLock<Limits> = std::sync::OnceLock::new();
+        LIMITS.get_or_init(Limits::default)
+    }
+
+    /// Seconds since start.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Whether the overlay path to `peer` is marked down.
+    pub fn is_down(&self, peer: &PeerKey) -> bool {
+        self.down.load().contains(peer)
+    }
+
+    /// The relay's counters.
+    pub fn relay_stats(&self) -> RelayStats {
+        *self.relay_stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Requests in flight.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in flight.
+    pub fn enter(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        ActiveGuard(self.clone())
+    }
+
+    /// Waits until no request is in flight, or `limit` passed.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let idle = self.idle.notified();
+            if self.active.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.active.load(Ordering::Acquire) == 0;
+            }
+        }
+    }
+
+    /// A route was removed or changed: stop probing that destination.
+    pub fn forget(&self, peer: PeerKey) {
+        let _ = self.cmd.try_send(Cmd::Forget { peer });
+    }
+
+    /// Starts relaying a request to `peer`: its id and the channel its events come on.
+    pub async fn start_request(
+        self: &Arc<Self>,
+        peer: PeerKey,
+        head: RequestHead,
+        body: Bytes,
+        more: bool,
+    ) -> Result<(CancelGuard, mpsc::Receiver<RequestEvent>), Failure> {
+        let (events, rx) = mpsc::channel(REQUEST_EVENTS);
+        let (id_tx, id_rx) = oneshot::channel();
+        let cmd = Cmd::Start {
+            peer,
+            head,
+            body,
+            more,
+            events,
+            id: id_tx,
+        };
+        self.cmd.send(cmd).await.map_err(|_| Failure::Busy)?;
+        let id = id_rx.await.map_err(|_| Failure::Busy)??;
+        Ok((
+            CancelGuard {
+                edge: self.clone(),
+                id,
+                armed: true,
+            },
+            rx,
+        ))
+    }
+
+    /// Sends more of our request body (within the credit received).
+    pub async fn send_body(&self, id: u64, data: Bytes, more: bool) -> bool {
+        let cmd = Cmd::SendBody {
+            peer: None,
+            id,
+            data,
+            more,
+        };
+        self.cmd.send(cmd).await.is_ok()
+    }
+
+    /// Our homeserver consumed `n` bytes of the response to request `id`.
+    pub fn consumed(&self, id: u64, n: u64) {
+        let _ = self.cmd.try_send(Cmd::Consumed { peer: None, id, n });
+    }
+}
+
+/// The relay task: the only owner of the [`Relay`].
+async fn relay_task(
+    edge: Arc<Edge>,
+    mut relay: Relay,
+    mut cmds: mpsc::Receiver<Cmd>,
+    mut incoming: mpsc::Receiver<Incoming>,
+) {
+    let mut requests: HashMap<u64, mpsc::Sender<RequestEvent>> = HashMap::new();
+    let mut deliveries: HashMap<(PeerKey, u64), mpsc::Sender<DeliveryEvent>> = HashMap::new();
+    let mut ping_msgs: HashMap<(PeerKey, u64), MessageId> = HashMap::new();
+    let mut batch = Vec::with_capacity(256);
+    let mut msgs = Vec::with_capacity(256);
+    loop {
+        let sleep = async {
+            match relay.poll_timeout() {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            n = cmds.recv_many(&mut batch, 256) => {
+                if n == 0 {
+                    return;
+                }
+            }
+            n = incoming.recv_many(&mut msgs, 256) => {
+                if n == 0 {
+                    return;
+                }
+            }
+            () = sleep => {}
+        }
+        let now = Instant::now();
+        // Take whatever else is ready too, so it leaves in the same envelopes.
+        while let Ok(m) = incoming.try_recv() {
+            msgs.push(m);
+            if msgs.len() >= 1024 {
+                break;
+            }
+        }
+        while let Ok(c) = cmds.try_recv() {
+            batch.push(c);
+            if batch.len() >= 1024 {
+                break;
+            }
+        }
+        for m in msgs.drain(..) {
+            relay.handle_message(now, m.src, &m.topic, &m.payload);
+        }
+        for c in batch.drain(..) {
+            handle_cmd(
+                &edge,
+                &mut relay,
+                now,
+                c,
+                &mut requests,
+                &mut deliveries,
+                &mut ping_msgs,
+            );
+        }
+        relay.handle_timeout(now);
+        while let Some(t) = relay.poll_transmit() {
+            let (edge2, overlay) = (edge.clone(), edge.overlay.clone());
+            tokio::spawn(async move {
+                let r = overlay.push(t.peer, t.topic, t.payload).await;
+                if let Err(e) = &r {
+                    tracing::debug!("push to {}: {e}", hex::encode(t.peer));
+                }
+                if let Some(nonce) = t.ping {
+                    let cmd = Cmd::Pushed {
+                        peer: t.peer,
+                        nonce,
+                        msg: r.ok(),
+                    };
+                    let _ = edge2.cmd.send(cmd).await;
+                }
+            });
+        }
+        while let Some(e) = relay.poll_event() {
+            handle_event(&edge, e, &mut requests, &mut deliveries, &mut ping_msgs);
+        }
+        *edge.relay_stats.lock().unwrap_or_else(|p| p.into_inner()) = relay.stats();
+    }
+}
+
+fn handle_cmd(
+    edge: &Arc<Edge>,
+    relay: &mut Relay,
+    now: Instant,
+    c: Cmd,
+    requests: &mut HashMap<u64, mpsc::Sender<RequestEvent>>,
+    deliveries: &mut HashMap<(PeerKey, u64), mpsc::Sender<DeliveryEvent>>,
+    ping_msgs: &mut HashMap<(PeerKey, u64), MessageId>,
+) {
+    match c {
+        Cmd::Start {
+            peer,
+            head,
+            body,
+            more,
+            events,
+            id,
+        } => {
+            let r = relay.start_request(now, peer, head, body, more);
+            if let Ok(i) = r {
+                requests.insert(i, events);
+            }
+            let _ = id.send(r);
+        }
+        Cmd::SendBody {
+            peer,
+            id,
+            data,
+            more,
+        } => {
+            if !relay.send_body(now, peer, id, data, more) {
+                tracing::debug!("body part for request {id} refused");
+            }
+            if peer.is_some() && !more {
+                deliveries.remove(&(peer.unwrap_or_default(), id));
+            }
+        }
+        Cmd::Consumed { peer, id, n } => relay.body_consumed(now, peer, id, n),
+        Cmd::Cancel { id } => {
+            requests.remove(&id);
+            relay.cancel(now, id);
+        }
+        Cmd::Respond {
+            peer,
+            id,
+            head,
+            body,
+            more,
+        } => {
+            relay.respond(now, peer, id, head, body, more);
+            if !more {
+                deliveries.remove(&(peer, id));
+            }
+        }
+        Cmd::Refuse { peer, id, status } => {
+            relay.refuse(now, peer, id, status);
+            deliveries.remove(&(peer, id));
+        }
+        Cmd::Pushed { peer, nonce, msg } => match msg {
+            Some(m) => {
+                ping_msgs.retain(|(p, _), _| *p != peer);
+                ping_msgs.insert((peer, nonce), m);
+            }
+            None => relay.handle_pushed(now, peer, nonce, false),
+        },
+        Cmd::Delivery {
+            peer,
+            nonce,
+            delivered,
+        } => {
+            ping_msgs.remove(&(peer, nonce));
+            relay.handle_delivery_check(now, peer, nonce, delivered);
+        }
+        Cmd::Forget { peer } => {
+            relay.forget(&peer);
+            edge.down.rcu(|d| {
+                let mut d = HashSet::clone(d);
+                d.remove(&peer);
+                d
+            });
+        }
+    }
+}
+
+fn handle_event(
+    edge: &Arc<Edge>,
+    e: Event,
+    requests: &mut HashMap<u64, mpsc::Sender<RequestEvent>>,
+    deliveries: &mut HashMap<(PeerKey, u64), mpsc::Sender<DeliveryEvent>>,
+    ping_msgs: &mut HashMap<(PeerKey, u64), MessageId>,
+) {
+    let to_request = |requests: &mut HashMap<u64, mpsc::Sender<RequestEvent>>,
+                      id: u64,
+                      ev: RequestEvent,
+                      last: bool| {
+        let ok = requests.get(&id).is_some_and(|tx| tx.try_send(ev).is_ok());
+        if last || !ok {
+            requests.remove(&id);
+        }
+        if !ok {
+            // The handler is gone or not keeping up: the request ends here.
+            let _ = edge.cmd.try_send(Cmd::Cancel { id });
+        }
+    };
+    match e {
+        Event::Response {
+            id,
+            head,
+            body,
+            more,
+        } => to_request(
+            requests,
+            id,
+            RequestEvent::Response { head, body, more },
+            !more,
+        ),
+        Event::ResponseBody { id, data, more } => {
+            to_request(requests, id, RequestEvent::Body { data, more }, !more);
+        }
+        Event::Failed { id, failure } => {
+            if let Some(tx) = requests.remove(&id) {
+                let _ = tx.try_send(RequestEvent::Failed(failure));
+            }
+        }
+        Event::Credit {
+            id,
+            peer: None,
+            bytes,
+        } => to_request(requests, id, RequestEvent::Credit(bytes), false),
+        Event::Credit {
+            id,
+            peer: Some(peer),
+            bytes,
+        } => {
+            if let Some(tx) = deliveries.get(&(peer, id)) {
+                let _ = tx.try_send(DeliveryEvent::Credit(bytes));
+            }
+        }
+        Event::Deliver {
+            peer,
+            id,
+            head,
+            body,
+            more,
+        } => {
+            tracing::debug!("deliver {id} {} {:?} more={more}", head.method, head.target);
+            // Kept until the response is sent: body parts, credits and cancels reach the
+            // delivery through it.
+            let (tx, rx) = mpsc::channel(REQUEST_EVENTS);
+            deliveries.insert((peer, id), tx);
+            tokio::spawn(deliver(edge.clone(), peer, id, head, body, more, rx));
+        }
+        Event::RequestBody {
+            peer,
+            id,
+            data,
+            more,
+        } => {
+            let ok = deliveries
+                .get(&(peer, id))
+                .is_some_and(|tx| tx.try_send(DeliveryEvent::Body { data, more }).is_ok());
+            if !ok {
+                deliveries.remove(&(peer, id));
+                let _ = edge.cmd.try_send(Cmd::Refuse {
+                    peer,
+                    id,
+                    status: 502,
+                });
+            }
+        }
+        Event::Abandoned { peer, id } => {
+            if let Some(tx) = deliveries.remove(&(peer, id)) {
+                let _ = tx.try_send(DeliveryEvent::Abandoned);
+            }
+        }
+        Event::CheckDelivery { peer, nonce } => {
+            let msg = ping_msgs.get(&(peer, nonce)).copied();
+            let edge = edge.clone();
+            tokio::spawn(async move {
+                let delivered = match msg {
+                    Some(m) => edge.overlay.delivered(m).await.unwrap_or(false),
+                    None => false,
+                };
+                let _ = edge
+                    .cmd
+                    .send(Cmd::Delivery {
+                        peer,
+                        nonce,
+                        delivered,
+                    })
+                    .await;
+            });
+        }
+        Event::PeerDown { peer, failure } => {
+            tracing::warn!(
+                "overlay path to {} is down ({})",
+                hex::encode(peer),
+                failure.status()
+            );
+            edge.down.rcu(|d| {
+                let mut d = HashSet::clone(d);
+                d.insert(peer);
+                d
+            });
+        }
+        Event::PeerUp { peer } => {
+            tracing::info!("overlay path to {} is up again", hex::encode(peer));
+            edge.down.rcu(|d| {
+                let mut d = HashSet::clone(d);
+                d.remove(&peer);
+                d
+            });
+        }
+    }
+}
+
+/// Delivers a peer's request to our homeserver and relays the response back.
+async fn deliver(
+    edge: Arc<Edge>,
+    peer: PeerKey,
+    id: u64,
+    head: RequestHead,
+    first: Bytes,
+    more: bool,
+    mut events: mpsc::Receiver<DeliveryEvent>,
+) {
+    let _active = edge.enter();
+    let refuse = |status: u16| Cmd::Refuse { peer, id, status };
+    if let Err(e) = edge.egress.check(&head) {
+        edge.metrics.inc(&edge.metrics.delivery_refused);
+        tracing::info!("refused a relayed request: {e}");
+        let _ = edge.cmd.send(refuse(e.status())).await;
+        return;
+    }
+    // The request body: whole, or streamed from the relay's parts.
+    let (body_tx, body_rx) = mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(4);
+    let req_body: egress::Body = if more {
+        let _ = body_tx.try_send(Ok(hyper::body::Frame::data(first)));
+        ChannelBody(body_rx).boxed()
+    } else {
+        http_body_util::Full::new(first)
+            .map_err(|e| match e {})
+            .boxed()
+    };
+    let (abandon_tx, mut abandon_rx) = oneshot::channel::<()>();
+    let mut credit_rx = if more {
+        let (credit_tx, credit_rx) = mpsc::channel::<u64>(REQUEST_EVENTS);
+        let edge2 = edge.clone();
+        tokio::spawn(async move {
+            let mut abandon = Some(abandon_tx);
+            while let Some(ev) = events.recv().await {
+                match ev {
+                    DeliveryEvent::Body { data, more } => {
+                        let n = data.len() as u64;
+                        if body_tx
+                            .send(Ok(hyper::body::Frame::data(data)))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        let _ = edge2.cmd.try_send(Cmd::Consumed {
+                            peer: Some(peer),
+                            id,
+                            n,
+                        });
+                        if !more {
+                            break;
+                        }
+                    }
+                    DeliveryEvent::Credit(c) => {
+                        let _ = credit_tx.try_send(c);
+                    }
+                    DeliveryEvent::Abandoned => {
+                        if let Some(a) = abandon.take() {
+                            let _ = a.send(());
+                        }
+                        return;
+                    }
+                }
+            }
+            drop(body_tx);
+            // Keep forwarding credits and abandonment for the response body.
+            while let Some(ev) = events.recv().await {
+                match ev {
+                    DeliveryEvent::Credit(c) => {
+                        let _ = credit_tx.try_send(c);
+                    }
+                    DeliveryEvent::Abandoned => {
+                        if let Some(a) = abandon.take() {
+                            let _ = a.send(());
+                        }
+                        return;
+                    }
+                    DeliveryEvent::Body { .. } => {}
+                }
+            }
+        });
+        Some(credit_rx)
+    } else {
+        drop(body_tx);
+        // Credits for a streamed response come through `events` too.
+        let (credit_tx, credit_rx) = mpsc::channel::<u64>(REQUEST_EVENTS);
+        tokio::spawn(async move {
+            let mut abandon = Some(abandon_tx);
+            while let Some(ev) = events.recv().await {
+                match ev {
+                    DeliveryEvent::Credit(c) => {
+                        let _ = credit_tx.try_send(c);
+                    }
+                    DeliveryEvent::Abandoned => {
+                        if let Some(a) = abandon.take() {
+                            let _ = a.send(());
+                        }
+                        return;
+                    }
+                    DeliveryEvent::Body { .. } => {}
+                }
+            }
+        });
+        Some(credit_rx)
+    };
+    let t0 = Instant::now();
+    let res = tokio::select! {
+        r = edge.egress.deliver(&head, req_body) => r,
+        Ok(()) = &mut abandon_rx => {
+            edge.metrics.inc(&edge.metrics.delivery_abandoned);
+            return;
+        }
+    };
+    tracing::debug!(
+        "delivered {} {:?}: {:?}",
+        head.method,
+        head.target,
+        res.as_ref().map(|r| r.status())
+    );
+    let res = match res {
+        Ok(r) => r,
+        Err(e) => {
+            edge.metrics.inc(&edge.metrics.delivery_failed);
+            tracing::warn!("delivery to our homeserver failed: {e}");
+            let _ = edge.cmd.send(refuse(e.status())).await;
+            return;
+        }
+    };
+    edge.metrics.inc(&edge.metrics.delivered);
+    edge.metrics.observe_delivery(t0.elapsed());
+    let (parts, mut body) = res.into_parts();
+    let head = ResponseHead {
+        status: parts.status.as_u16(),
+        headers: parts
+            .headers
+            .iter()
+            .filter(|(n, _)| egress::RESPONSE_HEADERS.contains(&n.as_str()))
+            .map(|(n, v)| (n.as_str().to_owned(), Bytes::copy_from_slice(v.as_bytes())))
+            .collect(),
+    };
+    let limits = Limits::default();
+    // Read up to one inline body; if the body ends there, it travels with the head.
+    let mut first = bytes::BytesMut::new();
+    let mut ended = false;
+    let mut carry = Bytes::new();
+    while first.len() < limits.inline_body {
+        match body.frame().await {
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    let room = limits.inline_body - first.len();
+                    if d.len() > room {
+                        first.extend_from_slice(&d[..room]);
+                        carry = d.slice(room..);
+                    } else {
+                        first.extend_from_slice(&d);
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!("reading our homeserver's response: {e}");
+                let _ = edge.cmd.send(refuse(502)).await;
+                return;
+            }
+            None => {
+                ended = true;
+                break;
+            }
+        }
+    }
+    if !ended && carry.is_empty() {
+        // Exactly one inline body's worth: see whether anything follows.
+        match body.frame().await {
+            None => ended = true,
+            Some(Ok(f)) => carry = f.into_data().unwrap_or_default(),
+            Some(Err(_)) => {
+                let _ = edge.cmd.send(refuse(502)).await;
+                return;
+            }
+        }
+    }
+    let more = !ended;
+    let cmd = Cmd::Respond {
+        peer,
+        id,
+        head,
+        body: first.freeze(),
+        more,
+    };
+    if edge.cmd.send(cmd).await.is_err() || !more {
+        return;
+    }
+    // Stream the rest inside the window the requester grants.
+    let Some(credits) = credit_rx.as_mut() else {
+        return;
+    };
+    let (mut credit, mut got_credit) = (0u64, false);
+    let mut pending = carry;
+    let mut done = false;
+    loop {
+        if pending.is_empty() && !done {
+            match tokio::time::timeout(Duration::from_secs(60), body.frame()).await {
+                Ok(Some(Ok(f))) => pending = f.into_data().unwrap_or_default(),
+                Ok(None) => done = true,
+                Ok(Some(Err(_))) | Err(_) => {
+                    let _ = edge.cmd.send(refuse(502)).await;
+                    return;
+                }
+            }
+            continue;
+        }
+        // Nothing leaves before the first window: it proves the head arrived.
+        while credit == 0 && (!pending.is_empty() || !got_credit) {
+            let c = tokio::select! {
+                c = credits.recv() => c,
+                _ = &mut abandon_rx => None,
+            };
+            let Some(c) = c else { return };
+            credit += c;
+            got_credit = true;
+        }
+        let n = (pending.len() as u64)
+            .min(credit)
+            .min(limits.part_size as u64) as usize;
+        let data = pending.split_to(n);
+        credit -= n as u64;
+        let last = done && pending.is_empty();
+        if n == 0 && !last {
+            continue;
+        }
+        let cmd = Cmd::SendBody {
+            peer: Some(peer),
+            id,
+            data,
+            more: !last,
+        };
+        if edge.cmd.send(cmd).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+/// A body fed through a channel, a frame at a time.
+#[derive(Debug)]
+pub struct ChannelBody(pub mpsc::Receiver<Result<hyper::body::Frame<Bytes>, std::io::Error>>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// Binds a TCP listener.
+pub async fn bind(addr: SocketAddr, what: &str) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("{what} {addr}: {e}"))
+}
+
+/// A running edge: its listeners' addresses and the handle to stop it.
+#[derive(Debug)]
+pub struct Serving {
+    /// The proxy's address.
+    pub proxy: SocketAddr,
+    /// The bridge API's address.
+    pub api: SocketAddr,
+    /// The shared state.
+    pub edge: Arc<Edge>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Serving {
+    /// Stops accepting, waits up to [`DRAIN`] for requests in flight; whether all finished.
+    pub async fn shutdown(self) -> bool {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let drained = self.edge.drain(DRAIN).await;
+        if !drained {
+            tracing::warn!(
+                "{} requests still in flight after {DRAIN:?}",
+                self.edge.active()
+            );
+        }
+        self.edge.overlay.close();
+        let task = self
+            .edge
+            .relay_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = task {
+            t.abort();
+        }
+        drained
+    }
+}
+
+/// Binds the proxy and the API and starts the edge.
+pub async fn serve(config: Config) -> Result<Serving, String> {
+    let proxy_l = bind(config.proxy, "proxy").await?;
+    let api_l = bind(config.api, "api").await?;
+    let proxy = proxy_l.local_addr().map_err(|e| e.to_string())?;
+    let api = api_l.local_addr().map_err(|e| e.to_string())?;
+    let edge = Edge::start(config)?;
+    tracing::info!(
+        "hyphae-edge: proxy on {proxy}, bridge API on {api}, router {}",
+        edge.config.router
+    );
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut api_stop = stop_rx.clone();
+    let app = crate::api::router(edge.clone());
+    let tasks = vec![
+        tokio::spawn(crate::proxy::serve(edge.clone(), proxy_l, stop_rx)),
+        tokio::spawn(async move {
+            let _ = axum::serve(api_l, app)
+                .with_graceful_shutdown(async move {
+                    let _ = api_stop.wait_for(|s| *s).await;
+                })
+                .await;
+        }),
+    ];
+    Ok(Serving {
+        proxy,
+        api,
+        edge,
+        stop,
+        tasks,
+    })
+}
+
+/// Runs the edge until SIGTERM or SIGINT: then it stops accepting, lets requests in flight
+/// finish for up to [`DRAIN`], and returns.
+pub async fn run(config: Config) -> Result<(), String> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("SIGTERM handler: {e}"))?;
+    let serving = serve(config).await?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("stopping: no new connections, finishing requests in flight");
+    serving.shutdown().await;
+    Ok(())
+}

@@ -172,8 +172,8 @@ impl TlsIdentity {
         ];
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(&key, issuer)?;
-        let key = PrivateKeyDer::try_from(key.serialize_der())
-            .map_err(|e| anyhow!("leaf key: {e}"))?;
+        let key =
+            PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| anyhow!("leaf key: {e}"))?;
         Ok(Self {
             chain: vec![cert.der().clone()],
             key,
@@ -419,10 +419,7 @@ impl FakeHomeserver {
 
     /// Accepts requests from `server_name` signed with `key_id` / `public_key`.
     pub fn trust(&self, server_name: &str, key_id: &str, public_key: [u8; 32]) {
-        lock(&self.shared.trusted).insert(
-            (server_name.to_owned(), key_id.to_owned()),
-            public_key,
-        );
+        lock(&self.shared.trusted).insert((server_name.to_owned(), key_id.to_owned()), public_key);
     }
 
     /// The requests accepted so far, in arrival order.
@@ -478,7 +475,11 @@ async fn accept_loop(
     conns.shutdown().await;
 }
 
-async fn serve_connection(tcp: TcpStream, acceptor: tokio_rustls::TlsAcceptor, shared: Arc<Shared>) {
+async fn serve_connection(
+    tcp: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+) {
     let Ok(Ok(tls)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
     else {
         return;
@@ -518,7 +519,7 @@ fn key_document(shared: &Shared) -> Value {
         "server_name": shared.name,
         "verify_keys": { shared.key.key_id(): { "key": shared.key.public_base64() } },
         "old_verify_keys": {},
-        "valid_until_ts": unix_ms() + 24 * 3600 * 1000,
+        "valid_until_ts": unix_ms().saturating_add(24 * 3600 * 1000),
     });
     // Cannot fail: an object of strings and a small integer.
     let _ = shared.key.sign_json_in_place(&mut doc, &shared.name);
@@ -546,10 +547,17 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> hyper::Response<Resp
     }
 
     let auth = req.headers().get(AUTHORIZATION).cloned();
-    let body = match Limited::new(req.into_body(), MAX_REQUEST_BODY).collect().await {
+    let body = match Limited::new(req.into_body(), MAX_REQUEST_BODY)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return error_response(StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE", "body too large");
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "M_TOO_LARGE",
+                "body too large",
+            );
         }
         Err(_) => return error_response(StatusCode::BAD_REQUEST, "M_UNKNOWN", "body read error"),
     };
@@ -564,7 +572,13 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> hyper::Response<Resp
         }
     };
 
-    let origin = match authenticate(shared, auth.as_ref(), method.as_str(), &target, content.as_ref()) {
+    let origin = match authenticate(
+        shared,
+        auth.as_ref(),
+        method.as_str(),
+        &target,
+        content.as_ref(),
+    ) {
         Ok(origin) => origin,
         Err(why) => return error_response(StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", &why),
     };
@@ -582,14 +596,19 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> hyper::Response<Resp
         }
         let size = req_query_param(&target, "size").and_then(|s| s.parse::<u64>().ok());
         let Some(size) = size else {
-            return error_response(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "size=N required");
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "M_INVALID_PARAM",
+                "size=N required",
+            );
         };
         let mut resp = hyper::Response::new(PatternBody { remaining: size }.boxed());
         resp.headers_mut().insert(
             CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),
         );
-        resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(size));
+        resp.headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(size));
         return resp;
     }
 
@@ -633,7 +652,12 @@ fn req_query_param<'a>(target: &'a str, name: &str) -> Option<&'a str> {
 fn pattern_chunk() -> Bytes {
     static PATTERN: OnceLock<Bytes> = OnceLock::new();
     PATTERN
-        .get_or_init(|| (0..251u64 * 256).map(big_body_byte).collect::<Vec<u8>>().into())
+        .get_or_init(|| {
+            (0..251u64 * 256)
+                .map(big_body_byte)
+                .collect::<Vec<u8>>()
+                .into()
+        })
         .clone()
 }
 
@@ -839,7 +863,8 @@ impl FederationClient {
         let auth = self
             .sign(destination, method, raw_uri, content.as_ref())?
             .to_string();
-        self.send(destination, method, raw_uri, bytes, Some(&auth)).await
+        self.send(destination, method, raw_uri, bytes, Some(&auth))
+            .await
     }
 
     /// Like [`FederationClient::request`] but with the given `Authorization` value (or none)
@@ -853,7 +878,8 @@ impl FederationClient {
         authorization: Option<&str>,
     ) -> anyhow::Result<Response> {
         let (bytes, _) = encode_body(body)?;
-        self.send(destination, method, raw_uri, bytes, authorization).await
+        self.send(destination, method, raw_uri, bytes, authorization)
+            .await
     }
 
     async fn send(

@@ -252,7 +252,9 @@ impl SigningKey {
 
     /// The key version (the key ID without `ed25519:`).
     pub fn version(&self) -> &str {
-        &self.key_id[ED25519_PREFIX.len()..]
+        self.key_id
+            .strip_prefix(ED25519_PREFIX)
+            .unwrap_or(&self.key_id)
     }
 
     /// The 32-byte seed (secret).
@@ -697,6 +699,42 @@ pub fn request_object(
     Value::Object(obj)
 }
 
+/// The canonical JSON of [`request_object`], written directly so that a large `content` is
+/// not copied. Keys in canonical order: content, destination, method, origin, uri.
+pub fn canonical_request(
+    method: &str,
+    uri: &str,
+    origin: &str,
+    destination: &str,
+    content: Option<&Value>,
+) -> Result<String, CanonicalError> {
+    let mut out = String::with_capacity(128 + uri.len());
+    out.push('{');
+    if let Some(content) = content {
+        out.push_str("\"content\":");
+        write_canonical(content, &mut out, 1)?;
+        out.push(',');
+    }
+    for (n, (name, value)) in [
+        ("destination", destination),
+        ("method", method),
+        ("origin", origin),
+        ("uri", uri),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if n > 0 {
+            out.push(',');
+        }
+        write_string(name, &mut out);
+        out.push(':');
+        write_string(value, &mut out);
+    }
+    out.push('}');
+    Ok(out)
+}
+
 /// Signs a federation request as `origin` for `destination` and returns its `X-Matrix` header.
 ///
 /// `uri` is the raw request target as it will be sent; `content` is the JSON body, if any.
@@ -709,12 +747,12 @@ pub fn sign_request(
     uri: &str,
     content: Option<&Value>,
 ) -> Result<XMatrix, CanonicalError> {
-    let object = request_object(method, uri, origin, destination, content);
+    let signed = canonical_request(method, uri, origin, destination, content)?;
     Ok(XMatrix {
         origin: origin.to_owned(),
         destination: Some(destination.to_owned()),
         key: key.key_id().to_owned(),
-        sig: key.sign_json(&object)?,
+        sig: key.sign_bytes(signed.as_bytes()),
     })
 }
 
@@ -743,8 +781,8 @@ pub fn verify_request(
     if !x.key.starts_with(ED25519_PREFIX) {
         return Err(XMatrixError::UnsupportedAlgorithm(x.key.clone()));
     }
-    let object = request_object(method, uri, &x.origin, own_name, content);
-    verify_bytes(canonical_json(&object)?.as_bytes(), &x.sig, public_key)
+    let signed = canonical_request(method, uri, &x.origin, own_name, content)?;
+    verify_bytes(signed.as_bytes(), &x.sig, public_key)
 }
 
 #[cfg(test)]
@@ -835,9 +873,15 @@ mod tests {
         ));
         // serde_json parses `-0` as the float -0.0, which canonical JSON cannot express.
         let neg_zero: Value = serde_json::from_str("-0").unwrap();
-        assert!(matches!(canonical_json(&neg_zero), Err(CanonicalError::Float(_))));
+        assert!(matches!(
+            canonical_json(&neg_zero),
+            Err(CanonicalError::Float(_))
+        ));
         let parsed: Value = serde_json::from_str("[0, -1, 1e2]").unwrap();
-        assert!(matches!(canonical_json(&parsed), Err(CanonicalError::Float(_))));
+        assert!(matches!(
+            canonical_json(&parsed),
+            Err(CanonicalError::Float(_))
+        ));
     }
 
     #[test]
@@ -996,6 +1040,34 @@ mod tests {
             h.insert(20, b);
             let _ = XMatrix::parse(&h);
         }
+    }
+
+    #[test]
+    fn canonical_request_matches_the_object() {
+        let bodies = [
+            None,
+            Some(json!({})),
+            Some(json!({"z": [1, "\u{1}"], "a": {"y": null, "b": true}})),
+        ];
+        for content in &bodies {
+            let direct = canonical_request(
+                "PUT",
+                "/_matrix/x/%21a?b=\"c\"",
+                "o.example",
+                "d.example:1",
+                content.as_ref(),
+            )
+            .unwrap();
+            let object = request_object(
+                "PUT",
+                "/_matrix/x/%21a?b=\"c\"",
+                "o.example",
+                "d.example:1",
+                content.as_ref(),
+            );
+            assert_eq!(direct, canonical_json(&object).unwrap());
+        }
+        assert!(canonical_request("GET", "/", "o", "d", Some(&json!([1.5]))).is_err());
     }
 
     #[test]

@@ -505,12 +505,31 @@ fn a_served_local_socket_is_never_taken_and_a_stale_one_is_replaced() {
     assert!(a.terminate().success());
     assert!(!sock.exists(), "socket file left behind after SIGTERM");
 
-    // A socket file nobody listens on (a crashed router's) is replaced.
+    // A mode that would open the socket to every user is refused before anything is bound,
+    // with one line naming the flag.
+    let open = router_at(&sock, &key)
+        .args(["--local-socket-mode", "0666"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&open.stderr);
+    assert_eq!(open.status.code(), Some(2), "stderr: {err}");
+    assert!(
+        err.contains("--local-socket-mode") && err.lines().count() == 1,
+        "stderr: {err}"
+    );
+    assert!(!sock.exists());
+
+    // A socket file nobody listens on (a crashed router's) is replaced, here with the group
+    // allowed in by --local-socket-mode.
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
     assert!(sock.exists());
     let mut up = None;
+    let mut mode = 0;
     for _ in 0..5 {
-        let mut child = router_at(&sock, &key).spawn().unwrap();
+        let mut child = router_at(&sock, &key)
+            .args(["--local-socket-mode", "0660"])
+            .spawn()
+            .unwrap();
         up = wait_until(Duration::from_secs(10), || {
             if let Ok(Some(_)) = child.try_wait() {
                 return Some(false);
@@ -519,6 +538,10 @@ fn a_served_local_socket_is_never_taken_and_a_stale_one_is_replaced() {
                 .ok()
                 .map(|_| true)
         });
+        if up == Some(true) {
+            use std::os::unix::fs::PermissionsExt;
+            mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o7777;
+        }
         let _ = child.kill();
         let output = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&output.stderr).into_owned();
@@ -532,6 +555,7 @@ fn a_served_local_socket_is_never_taken_and_a_stale_one_is_replaced() {
         up.is_some(),
         "the router did not take over the stale socket"
     );
+    assert_eq!(mode, 0o660, "--local-socket-mode 0660: mode {mode:o}");
 }
 
 /// A topic with a forward socket (the reference's `/topics/{topic}/forward`): each message goes

@@ -83,12 +83,18 @@ pub struct Cli {
     /// buffer; "kernel" leaves it to Linux autotuning. --tcp-rcvbuf fixes it instead.
     #[arg(long, value_name = "auto|kernel")]
     pub tcp_window: Option<String>,
-    /// The local application socket (hyphae framing; owner-only). Default:
+    /// The local application socket (hyphae framing; owner-only unless --local-socket-mode
+    /// says otherwise). Default:
     /// $XDG_RUNTIME_DIR/hyphae/router.sock, or /run/hyphae/router.sock as root. "none" disables it.
     /// A socket another process still serves is refused (two routers on one host need their own
     /// paths); a stale one is replaced; the file is removed at shutdown.
     #[arg(long, value_name = "PATH")]
     pub local_socket: Option<PathBuf>,
+    /// Permissions of the local socket, in octal: 0600 (default) lets only the router's user
+    /// connect, 0660 its group too (e.g. a federation edge running as another user in the
+    /// router's group). Bits for other users are refused.
+    #[arg(long, value_name = "MODE")]
+    pub local_socket_mode: Option<String>,
     /// The only directory topic forward sockets may live in (the message API cannot point the
     /// router at other sockets on this host). Default: `forward/` beside the default local
     /// socket, e.g. /run/hyphae/forward as root.
@@ -116,6 +122,7 @@ struct FileConfig {
     tcp_rcvbuf: Option<usize>,
     tcp_window: Option<String>,
     local_socket: Option<PathBuf>,
+    local_socket_mode: Option<String>,
     topic_forward_dir: Option<PathBuf>,
 }
 
@@ -161,6 +168,8 @@ pub struct Settings {
     pub tcp_window_governor: bool,
     /// The local application socket, if enabled.
     pub local_socket: Option<PathBuf>,
+    /// Permission bits of the local socket (never any for other users).
+    pub local_socket_mode: u32,
     /// Where topic forward sockets may live.
     pub topic_forward_dir: PathBuf,
 }
@@ -258,6 +267,14 @@ impl Cli {
                 )));
             }
         };
+        let local_socket_mode = match self
+            .local_socket_mode
+            .as_deref()
+            .or(file.local_socket_mode.as_deref())
+        {
+            Some(m) => parse_socket_mode(m)?,
+            None => DEFAULT_LOCAL_SOCKET_MODE,
+        };
         let disable_quic = self.disable_quic || file.disable_quic.unwrap_or(false);
         let disable_discovery =
             self.disable_peer_discovery || file.disable_peer_discovery.unwrap_or(false);
@@ -307,9 +324,41 @@ impl Cli {
                 Some(p) => Some(p),
                 None => Some(default_local_socket()),
             },
+            local_socket_mode,
             topic_forward_dir,
         })
     }
+}
+
+/// Default permissions of the local socket: the router's user only.
+pub const DEFAULT_LOCAL_SOCKET_MODE: u32 = 0o600;
+
+/// Parses `--local-socket-mode`: an octal mode such as `0660` (a `0o` prefix is accepted) with
+/// no bits outside 0o777 and none for other users.
+fn parse_socket_mode(s: &str) -> Result<u32, ConfigError> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    let octal = !digits.is_empty() && digits.bytes().all(|b| matches!(b, b'0'..=b'7'));
+    let mode = octal
+        .then(|| u32::from_str_radix(digits, 8).ok())
+        .flatten()
+        .ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "--local-socket-mode must be an octal mode such as 0600 or 0660, not {s:?}"
+            ))
+        })?;
+    if mode & !0o777 != 0 {
+        return Err(ConfigError::Invalid(format!(
+            "--local-socket-mode {s}: only permission bits (0777) may be set, not \
+             set-id or sticky bits"
+        )));
+    }
+    if mode & 0o007 != 0 {
+        return Err(ConfigError::Invalid(format!(
+            "--local-socket-mode {s}: bits for other users would let anyone on the host use \
+             the router; use 0600 or 0660 (and a shared group)"
+        )));
+    }
+    Ok(mode)
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -370,6 +419,52 @@ mod tests {
         assert_eq!(s.api_addr.to_string(), "127.0.0.1:8989");
         assert!(s.peers.is_empty() && s.workers >= 1);
         assert_eq!(s.hello_interval, Duration::from_secs(20));
+        assert_eq!(s.local_socket_mode, 0o600);
+    }
+
+    #[test]
+    fn local_socket_mode_is_octal_and_never_open_to_others() {
+        for (arg, want) in [
+            ("0660", 0o660),
+            ("660", 0o660),
+            ("0600", 0o600),
+            ("0o640", 0o640),
+            ("0", 0),
+            ("000770", 0o770),
+        ] {
+            let s = parse(&["--local-socket-mode", arg]).unwrap();
+            assert_eq!(s.local_socket_mode, want, "{arg}");
+        }
+        for arg in [
+            "",
+            "0o",
+            "rw",
+            "0x1b0",
+            "0668",
+            "-600",
+            "+600",
+            " 0660",
+            "0660 ",
+            "0666",
+            "0661",
+            "0602",
+            "0604",
+            "0777",
+            "4660",
+            "1660",
+            "2660",
+            "07777",
+            "0100660",
+            "77777777777",
+        ] {
+            let err = parse(&[&format!("--local-socket-mode={arg}")])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("--local-socket-mode") && !err.contains('\n'),
+                "{arg:?}: {err}"
+            );
+        }
     }
 
     #[test]
@@ -387,6 +482,9 @@ mod tests {
         assert!(parse(&["--peers", "udp://1.2.3.4:5"]).is_err());
         assert!(parse(&["--workers", "0"]).is_err());
         assert!(parse(&["--driver", "fast"]).is_err());
+        std::fs::write(&f, "local-socket-mode = \"0640\"\n").unwrap();
+        let s = parse(&["-c", f.to_str().unwrap()]).unwrap();
+        assert_eq!(s.local_socket_mode, 0o640);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

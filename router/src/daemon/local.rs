@@ -1,4 +1,5 @@
-//! The local application socket: a Unix stream socket (owner-only permissions) speaking
+//! The local application socket: a Unix stream socket (owner-only permissions unless
+//! `--local-socket-mode` opens it to the router's group) speaking
 //! hyphae's internal framing (`hyphae_wire::framing`). Applications such as the federation
 //! edge push messages (optionally waiting for the reply), subscribe to topics (messages are
 //! streamed to them as they arrive), reply and ask for status.
@@ -62,11 +63,12 @@ impl Drop for LocalListener {
     }
 }
 
-/// Binds the socket at `path` with mode 0600. A socket file nobody listens on (left by a
+/// Binds the socket at `path` with permissions `mode` (0600 by default, see
+/// `--local-socket-mode`). A socket file nobody listens on (left by a
 /// crash) is replaced; one that another process still serves is an error, never stolen. The
 /// decision is taken under an exclusive lock on `<path>.lock`, held until the router exits, so
 /// two routers starting together on one path cannot both take it.
-pub(crate) fn bind(path: &Path) -> Result<LocalListener, StartError> {
+pub(crate) fn bind(path: &Path, mode: u32) -> Result<LocalListener, StartError> {
     let fail =
         |e: std::io::Error| StartError::Other(format!("local socket {}: {e}", path.display()));
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -132,7 +134,7 @@ pub(crate) fn bind(path: &Path) -> Result<LocalListener, StartError> {
         fail(e)
     })?;
     bound.id = Some((m.dev(), m.ino()));
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(fail)?;
     l.set_nonblocking(true).map_err(fail)?;
     bound.listener = Some(l);
     Ok(bound)

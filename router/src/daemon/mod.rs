@@ -341,7 +341,7 @@ pub fn start(settings: Settings) -> Result<Running, StartError> {
         None => None,
     };
     let local_listener = match &settings.local_socket {
-        Some(p) => Some(local::bind(p)?),
+        Some(p) => Some(local::bind(p, settings.local_socket_mode)?),
         None => None,
     };
 

@@ -1,0 +1,723 @@
+//! Federation through two edges and two hyphae routers, all in this process: fake homeservers
+//! that sign every request (X-Matrix, ed25519) and verify every request on arrival.
+//!
+//! ```text
+//! client "A" --CONNECT--> edge A --local socket--> router A ==TCP== router B --> edge B --> HS B
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser as _;
+use hyphae_edge::config::Config;
+use hyphae_edge::server::{self, Serving};
+use hyphae_edge::testkit::{FakeHomeserver, FederationClient, RequestBody, TestCa, checksum};
+use hyphae_router::daemon::{self, Running};
+use serde_json::{Value, json};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("hyphae-edge-relay-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+struct Router {
+    running: Option<Running>,
+    args: Vec<String>,
+    api: String,
+    tcp: u16,
+    sock: PathBuf,
+}
+
+impl Router {
+    fn start(dir: &Path, name: &str, seed: u8, peer: Option<u16>) -> Self {
+        let key = dir.join(format!("{name}.key"));
+        std::fs::write(&key, [seed; 32]).unwrap();
+        let sock = dir.join(format!("{name}.sock"));
+        let mut last = String::new();
+        for _ in 0..5 {
+            let tcp = free_port();
+            let api = format!("127.0.0.1:{}", free_port());
+            let mut args: Vec<String> = [
+                "hyphae-router",
+                "-k",
+                key.to_str().unwrap(),
+                "-t",
+                &tcp.to_string(),
+                "-q",
+                &tcp.to_string(),
+                "--api-addr",
+                &api,
+                "--disable-peer-discovery",
+                "--workers",
+                "1",
+                "--driver",
+                "portable",
+                "--local-socket",
+                sock.to_str().unwrap(),
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect();
+            if let Some(p) = peer {
+                args.push("--peers".into());
+                args.push(format!("tcp://127.0.0.1:{p}"));
+            }
+            match Self::launch(&args) {
+                Ok(running) => {
+                    return Self {
+                        running: Some(running),
+                        args,
+                        api,
+                        tcp,
+                        sock,
+                    };
+                }
+                Err(e) if e.contains("in use") => last = e,
+                Err(e) => panic!("router starts: {e}"),
+            }
+        }
+        panic!("router starts: {last}")
+    }
+
+    fn launch(args: &[String]) -> Result<Running, String> {
+        let settings = daemon::config::Cli::try_parse_from(args)
+            .unwrap()
+            .settings()
+            .unwrap();
+        // The router builds runtimes of its own: start it off this test's runtime.
+        std::thread::scope(|s| s.spawn(|| daemon::start(settings)).join())
+            .unwrap()
+            .map_err(|e| e.to_string())
+    }
+
+    fn public_key(&self) -> String {
+        self.running.as_ref().unwrap().public_key().to_string()
+    }
+
+    fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            std::thread::scope(|s| s.spawn(|| r.shutdown()).join()).unwrap();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Self::launch(&self.args) {
+                Ok(r) => {
+                    self.running = Some(r);
+                    return;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("router restart: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("router restart: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn http_get(addr: &str, path: &str) -> Option<Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let body = text.split_once("\r\n\r\n")?.1;
+    serde_json::from_str(body).ok()
+}
+
+/// Two homeservers, two edges, two routers.
+struct World {
+    _dir: PathBuf,
+    ca: TestCa,
+    hs_a: FakeHomeserver,
+    hs_b: FakeHomeserver,
+    ra: Router,
+    rb: Router,
+    edge_a: Option<Serving>,
+    edge_b: Option<Serving>,
+    edge_a_config: PathBuf,
+}
+
+fn edge_config(
+    dir: &Path,
+    name: &str,
+    router: &Router,
+    hs: &FakeHomeserver,
+    extra_names: &[&str],
+    ca_pem: &Path,
+    tunnel_allow: bool,
+) -> PathBuf {
+    let state = dir.join(format!("edge-{name}"));
+    std::fs::create_dir_all(&state).unwrap();
+    let mut names = vec![format!("\"{}\"", hs.name())];
+    names.extend(extra_names.iter().map(|n| format!("\"{n}\"")));
+    let text = format!(
+        "proxy = \"127.0.0.1:0\"\napi = \"127.0.0.1:0\"\nrouter = \"unix:{sock}\"\n\
+         router_api = \"http://{api}\"\nstate_dir = \"{state}\"\n{allow}\n\
+         [homeserver]\nserver_names = [{names}]\nfederation_url = \"https://127.0.0.1:{port}\"\n\
+         ca_file = \"{ca}\"\n",
+        sock = router.sock.display(),
+        api = router.api,
+        state = state.display(),
+        allow = if tunnel_allow {
+            "tunnel_allow = [\"127.0.0.0/8\"]"
+        } else {
+            ""
+        },
+        names = names.join(", "),
+        port = hs.addr().port(),
+        ca = ca_pem.display(),
+    );
+    let path = dir.join(format!("edge-{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    hyphae_edge::ca::init(&state).unwrap();
+    path
+}
+
+async fn start_edge(path: &Path) -> Serving {
+    let config = Config::load(path).unwrap();
+    server::serve(config).await.unwrap()
+}
+
+impl World {
+    async fn new(name: &str) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_test_writer()
+            .try_init();
+        let dir = scratch(name);
+        let ca = TestCa::generate("relay test CA").unwrap();
+        let ca_pem = dir.join("test-ca.pem");
+        std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
+        let (pa, pb) = (free_port(), free_port());
+        let leaf = ca.leaf(&["localhost", "127.0.0.1"]).unwrap();
+        let hs_a = FakeHomeserver::start(
+            &format!("localhost:{pa}"),
+            leaf.clone(),
+            SocketAddr::from(([127, 0, 0, 1], pa)),
+        )
+        .await
+        .unwrap();
+        let hs_b = FakeHomeserver::start(
+            &format!("localhost:{pb}"),
+            leaf,
+            SocketAddr::from(([127, 0, 0, 1], pb)),
+        )
+        .await
+        .unwrap();
+        hs_b.trust(hs_a.name(), hs_a.key_id(), hs_a.public_key());
+        hs_a.trust(hs_b.name(), hs_b.key_id(), hs_b.public_key());
+        let ra = Router::start(&dir, "ra", 0x11, None);
+        let rb = Router::start(&dir, "rb", 0x22, Some(ra.tcp));
+        let edge_a_config = edge_config(&dir, "a", &ra, &hs_a, &[], &ca_pem, true);
+        let edge_b_config = edge_config(&dir, "b", &rb, &hs_b, &["hs-b.test"], &ca_pem, false);
+        let edge_a = start_edge(&edge_a_config).await;
+        let edge_b = start_edge(&edge_b_config).await;
+        let w = Self {
+            _dir: dir,
+            ca,
+            hs_a,
+            hs_b,
+            ra,
+            rb,
+            edge_a: Some(edge_a),
+            edge_b: Some(edge_b),
+            edge_a_config,
+        };
+        w.wait_for_routes().await;
+        w
+    }
+
+    async fn wait_for_routes(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for r in [&self.ra, &self.rb] {
+            loop {
+                let n = http_get(&r.api, "/api/v1/admin/routes/selected")
+                    .await
+                    .and_then(|v| v.as_array().map(Vec::len))
+                    .unwrap_or(0);
+                if n >= 1 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "routers did not converge");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    fn edge_a(&self) -> &Serving {
+        self.edge_a.as_ref().unwrap()
+    }
+
+    fn edge_b(&self) -> &Serving {
+        self.edge_b.as_ref().unwrap()
+    }
+
+    /// Adds a route on edge A through its API (as an operator would).
+    async fn route_a(&self, server_name: &str, pubkey: &str, fallback: &str) {
+        let body = json!({"server_name": server_name, "pubkey": pubkey, "fallback": fallback});
+        let (status, _) = api(
+            self.edge_a().api,
+            "POST",
+            "/api/v1/bridge/routes",
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+
+    /// The client of homeserver A, through edge A's proxy, trusting edge A's CA and the test
+    /// CA (for tunnelled destinations).
+    fn client_a(&self) -> FederationClient {
+        let edge_ca =
+            std::fs::read_to_string(self.edge_a().edge.config.state_dir.join("ca.crt")).unwrap();
+        FederationClient::via_proxy(
+            self.hs_a.name(),
+            self.hs_a.signing_key().clone(),
+            &[&edge_ca, &self.ca.cert_pem()],
+            self.edge_a().proxy,
+        )
+        .unwrap()
+        .with_timeout(Duration::from_secs(30))
+    }
+}
+
+async fn api(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let body = text.split_once("\r\n\r\n").map_or("", |b| b.1);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_requests_cross_two_edges_with_everything_the_signature_covers() {
+    let w = World::new("signed").await;
+    let dest = w.hs_b.name().to_owned();
+    w.route_a(&dest, &w.rb.public_key(), "never").await;
+    let c = w.client_a();
+
+    // A transaction: the destination verifies the signature over method, raw target, origin,
+    // destination and the JSON body.
+    let txn = json!({"origin": w.hs_a.name(), "origin_server_ts": 1_700_000_000_000u64,
+                     "pdus": [{"type": "m.room.message", "content": {"body": "hé \u{1F600}"}}]});
+    let r = c
+        .request(
+            &dest,
+            "PUT",
+            "/_matrix/federation/v1/send/1700000000001",
+            Some(txn.clone().into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // Percent-escapes in the target arrive byte for byte (a decoded path breaks the signature).
+    let target = "/_matrix/federation/v1/state_ids/%21room%3Alocalhost?event_id=%24ev%2Fx";
+    let r = c.request(&dest, "GET", target, None).await.unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json().unwrap()["target"], target);
+    let rec = w.hs_b.recorded();
+    assert_eq!(rec.len(), 2);
+    assert_eq!(rec[1].target, target);
+    assert_eq!(rec[0].origin, w.hs_a.name());
+    // Unsigned public endpoints go through as they are.
+    let r = c
+        .request_with_authorization(&dest, "GET", "/_matrix/key/v2/server", None, None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json().unwrap()["server_name"], dest.as_str());
+    // One kept-alive connection carried all three.
+    assert_eq!(c.connections_opened(), 1);
+
+    // Many requests at once (Synapse fans out state_ids and event fetches).
+    let mut tasks = Vec::new();
+    let c = std::sync::Arc::new(c);
+    for i in 0..40 {
+        let (c, dest) = (c.clone(), dest.clone());
+        tasks.push(tokio::spawn(async move {
+            let t = format!("/_matrix/federation/v1/event/%24e{i}");
+            let r = c.request(&dest, "GET", &t, None).await.unwrap();
+            (
+                r.status,
+                r.json().unwrap()["target"].as_str().map(str::to_owned),
+                t,
+            )
+        }));
+    }
+    for t in tasks {
+        let (status, got, want) = t.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(got.as_deref(), Some(want.as_str()));
+    }
+    let (_, m) = api(w.edge_a().api, "GET", "/api/v1/bridge/metrics", None).await;
+    assert!(m["responses_relayed_total"].as_u64().unwrap() >= 43, "{m}");
+    assert_eq!(m["requests_failed_502_total"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_both_ways() {
+    let w = World::new("large").await;
+    let dest = w.hs_b.name().to_owned();
+    w.route_a(&dest, &w.rb.public_key(), "never").await;
+    let c = w.client_a();
+    // A 10 MB request body.
+    let big = "x".repeat(10 << 20);
+    let body = json!({"origin": w.hs_a.name(), "pdus": [], "edus": [{"edu_type": "x", "content": {"blob": big}}]});
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let r = c
+        .request(
+            &dest,
+            "PUT",
+            "/_matrix/federation/v1/send/big",
+            Some(RequestBody::Json(body)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    let rec = w.hs_b.recorded();
+    assert_eq!(rec[0].body_len, bytes.len());
+    assert_eq!(rec[0].checksum, checksum(&bytes));
+    // A 20 MB response body.
+    let n = 20u64 << 20;
+    let r = c
+        .request(
+            &dest,
+            "GET",
+            &format!("/_matrix/media/v1/download/test/big?size={n}"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len() as u64, n);
+    assert!(
+        r.body
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == hyphae_edge::testkit::big_body_byte(i as u64))
+    );
+    let st = w.edge_a().edge.relay_stats();
+    assert!(st.body_bytes_received >= n, "{st:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misdirected_signed_requests_are_refused_and_never_delivered() {
+    let w = World::new("misdirected").await;
+    // Edge A routes a name edge B does not serve to edge B.
+    w.route_a("other.test:8448", &w.rb.public_key(), "never")
+        .await;
+    let c = w.client_a();
+    let r = c
+        .request(
+            "other.test:8448",
+            "GET",
+            "/_matrix/federation/v1/query/profile?user_id=%40u%3Aother.test",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 421, "{:?}", String::from_utf8_lossy(&r.body));
+    assert!(
+        w.hs_b.recorded().is_empty(),
+        "nothing reached the homeserver"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrouted_names_are_tunnelled_and_private_targets_need_tunnel_allow() {
+    let w = World::new("tunnel").await;
+    let c = w.client_a();
+    // No route: CONNECT localhost:PORT is a plain tunnel to homeserver B (TLS end to end, with
+    // homeserver B's own certificate from the test CA).
+    let dest = w.hs_b.name().to_owned();
+    let r = c
+        .request(&dest, "GET", "/_matrix/federation/v1/version", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let (_, m) = api(w.edge_a().api, "GET", "/api/v1/bridge/metrics", None).await;
+    assert_eq!(m["connects_tunnelled_total"], 1, "{m}");
+    assert_eq!(m["requests_relayed_total"], 0, "{m}");
+    // Edge B has no tunnel_allow: loopback is refused (server-side request forgery).
+    let edge_ca = std::fs::read_to_string(w.edge_b().edge.config.state_dir.join("ca.crt")).unwrap();
+    let cb = FederationClient::via_proxy(
+        w.hs_b.name(),
+        w.hs_b.signing_key().clone(),
+        &[&edge_ca, &w.ca.cert_pem()],
+        w.edge_b().proxy,
+    )
+    .unwrap();
+    let e = cb
+        .request(w.hs_a.name(), "GET", "/_matrix/federation/v1/version", None)
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("403"), "{e:#}");
+    let (_, m) = api(w.edge_b().api, "GET", "/api/v1/bridge/metrics", None).await;
+    assert_eq!(m["tunnels_refused_total"], 1, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_names_without_a_port_get_their_well_known_from_the_edge() {
+    let w = World::new("wellknown").await;
+    w.route_a("hs-b.test", &w.rb.public_key(), "never").await;
+    let c = w.client_a();
+    let r = c
+        .request_with_authorization(
+            "hs-b.test:443",
+            "GET",
+            "/.well-known/matrix/server",
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json().unwrap(), json!({"m.server": "hs-b.test:8448"}));
+    let r = c
+        .request_with_authorization(
+            "hs-b.test:443",
+            "GET",
+            "/_matrix/federation/v1/version",
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+    // An unrouted name on :443 is never answered by the edge (no certificate is minted for it):
+    // it is a tunnel, here refused because it does not resolve.
+    assert!(
+        c.request_with_authorization(
+            "nobody.test:443",
+            "GET",
+            "/.well-known/matrix/server",
+            None,
+            None
+        )
+        .await
+        .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlay_outage_gives_502_and_the_retry_succeeds_after_recovery() {
+    let mut w = World::new("outage").await;
+    let dest = w.hs_b.name().to_owned();
+    w.route_a(&dest, &w.rb.public_key(), "never").await;
+    let c = w.client_a();
+    let r = c
+        .request(&dest, "GET", "/_matrix/federation/v1/event/%24before", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    // Router B goes away: the overlay has no path to it.
+    w.rb.stop();
+    let t0 = Instant::now();
+    let r = c
+        .request(&dest, "GET", "/_matrix/federation/v1/event/%24during", None)
+        .await
+        .unwrap();
+    let took = t0.elapsed();
+    assert!(matches!(r.status.as_u16(), 502 | 504), "{}", r.status);
+    assert!(took < Duration::from_secs(3), "failure took {took:?}");
+    let (_, st) = api(w.edge_a().api, "GET", "/api/v1/bridge/status", None).await;
+    assert_eq!(st["destinations"][0]["state"], "down", "{st}");
+    // Router B comes back with the same key and ports: the retried request succeeds.
+    w.rb.restart();
+    w.wait_for_routes().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c
+            .request(&dest, "GET", "/_matrix/federation/v1/event/%24during", None)
+            .await
+            .unwrap();
+        if r.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {}", r.status);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        w.hs_b
+            .recorded()
+            .iter()
+            .any(|r| r.target.ends_with("%24during"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fallback_direct_a_dead_overlay_path_falls_back_and_comes_back() {
+    let mut w = World::new("fallback").await;
+    let dest = w.hs_b.name().to_owned();
+    w.route_a(&dest, &w.rb.public_key(), "direct").await;
+    let c = w.client_a();
+    let r = c
+        .request(&dest, "GET", "/_matrix/federation/v1/event/%241", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    w.rb.stop();
+    // The first request fails fast and its connection is closed; the retry is tunnelled
+    // directly (localhost:PORT is homeserver B itself) and succeeds.
+    let t0 = Instant::now();
+    let r = c
+        .request(&dest, "GET", "/_matrix/federation/v1/event/%242", None)
+        .await
+        .unwrap();
+    assert!(matches!(r.status.as_u16(), 502 | 504), "{}", r.status);
+    let r = c
+        .request(&dest, "GET", "/_matrix/federation/v1/event/%242", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "fallback took {:?}",
+        t0.elapsed()
+    );
+    let (_, m) = api(w.edge_a().api, "GET", "/api/v1/bridge/metrics", None).await;
+    assert_eq!(m["connects_tunnelled_total"], 1, "{m}");
+    // The overlay path comes back: within 3 s of the routers converging, requests are relayed
+    // again.
+    w.rb.restart();
+    w.wait_for_routes().await;
+    let t1 = Instant::now();
+    loop {
+        let (_, st) = api(w.edge_a().api, "GET", "/api/v1/bridge/status", None).await;
+        if st["destinations"][0]["state"] == "up" {
+            break;
+        }
+        assert!(t1.elapsed() < Duration::from_secs(3), "still down: {st}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A new connection is relayed again.
+    let c2 = w.client_a();
+    let r = c2
+        .request(&dest, "GET", "/_matrix/federation/v1/event/%243", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let (_, m) = api(w.edge_a().api, "GET", "/api/v1/bridge/metrics", None).await;
+    assert_eq!(m["connects_relayed_total"], 2, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_persist_and_an_edge_restart_keeps_serving() {
+    let mut w = World::new("persist").await;
+    let dest = w.hs_b.name().to_owned();
+    w.route_a(&dest, &w.rb.public_key(), "never").await;
+    let (status, list) = api(w.edge_a().api, "GET", "/api/v1/bridge/routes", None).await;
+    assert_eq!(status, 200);
+    // A bad route is refused with a reason and changes nothing.
+    let (status, e) = api(
+        w.edge_a().api,
+        "POST",
+        "/api/v1/bridge/routes",
+        Some(json!({"server_name": "x.test", "pubkey": "nothex"})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(e["error"].as_str().unwrap().contains("pubkey"), "{e}");
+    // Restart edge A: the routes come back from routes.json; the GET output restores itself.
+    assert!(w.edge_a.take().unwrap().shutdown().await);
+    w.edge_a = Some(start_edge(&w.edge_a_config).await);
+    let (_, again) = api(w.edge_a().api, "GET", "/api/v1/bridge/routes", None).await;
+    assert_eq!(again, list);
+    let (status, _) = api(
+        w.edge_a().api,
+        "POST",
+        "/api/v1/bridge/routes",
+        Some(list.clone()),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let c = w.client_a();
+    let r = c
+        .request(&dest, "GET", "/_matrix/federation/v1/version", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let path = format!("/api/v1/bridge/routes/{}", dest.replace(':', "%3A"));
+    let (status, _) = api(w.edge_a().api, "DELETE", &path, None).await;
+    assert_eq!(status, 204);
+    let (status, _) = api(w.edge_a().api, "DELETE", &path, None).await;
+    assert_eq!(status, 404);
+    // The router's status through the edge.
+    let (status, my) = api(
+        w.edge_a().api,
+        "GET",
+        "/api/v1/bridge/mycelium/status",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{my}");
+    assert_eq!(my["node"]["nodePubkey"], w.ra.public_key());
+    assert!(!my["routes"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_bad_config_is_one_line_naming_the_key_and_exit_status_2() {
+    let dir = scratch("badconfig");
+    let f = dir.join("edge.toml");
+    let good = "proxy = \"127.0.0.1:8450\"\nrouter = \"unix:/run/x.sock\"\nstate_dir = \"/tmp/x\"\n\
+                [homeserver]\nserver_names = [\"a.test\"]\nfederation_url = \"https://127.0.0.1:8448\"\n";
+    for (text, key) in [
+        (good.replace("proxy", "proxxy"), "proxxy"),
+        (good.replace("unix:/run/x.sock", "ftp://x"), "router"),
+        (good.replace("127.0.0.1:8450", "localhost"), "proxy"),
+    ] {
+        std::fs::write(&f, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hyphae-edge"))
+            .args(["--config", f.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(key), "{err}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hyphae-edge"))
+        .args(["--config", dir.join("missing.toml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let _ = Bytes::new();
+}
