@@ -31,7 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::RouterAddr;
-use crate::relay::{PeerKey, TOPIC_REQ, TOPIC_RESP};
+use crate::relay::{PeerKey, TOPIC};
 
 /// How long a push or a status query may wait for the router's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,8 +39,9 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_QUEUE: usize = 1024;
 /// Largest frame accepted from the router.
 const MAX_FRAME: usize = framing::DEFAULT_MAX_BODY;
-/// Concurrent long polls per topic on a message API.
-const HTTP_POLLS: usize = 4;
+/// How long one long poll on a message API waits. A stock node serves its long polls, and its
+/// message status queries, one at a time, so this bounds how long a status query waits too.
+const HTTP_POLL_SECS: u32 = 1;
 
 /// A message for this edge.
 #[derive(Debug, Clone)]
@@ -140,15 +141,7 @@ impl Overlay {
                 tasks.push(tokio::spawn(unix_loop(inner.clone(), path, incoming)));
             }
             RouterAddr::Http(_) => {
-                for topic in [TOPIC_REQ, TOPIC_RESP] {
-                    for _ in 0..HTTP_POLLS {
-                        tasks.push(tokio::spawn(http_poll(
-                            inner.clone(),
-                            topic,
-                            incoming.clone(),
-                        )));
-                    }
-                }
+                tasks.push(tokio::spawn(http_poll(inner.clone(), incoming)));
             }
         }
         *inner.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
@@ -190,13 +183,9 @@ impl Overlay {
         }
     }
 
-    /// Pushes `payload` to `dst` on `topic`; the id it travels under.
-    pub async fn push(
-        &self,
-        dst: PeerKey,
-        topic: &'static [u8],
-        payload: Bytes,
-    ) -> Result<MessageId, OverlayError> {
+    /// Pushes `payload` to `dst` on the relay's topic; the id it travels under.
+    pub async fn push(&self, dst: PeerKey, payload: Bytes) -> Result<MessageId, OverlayError> {
+        let topic = TOPIC;
         let r = match &self.inner.addr {
             RouterAddr::Unix(_) => {
                 let tag = self.inner.next_tag.fetch_add(1, Ordering::Relaxed);
@@ -401,16 +390,14 @@ async fn unix_loop(inner: Arc<Inner>, path: std::path::PathBuf, incoming: mpsc::
         tracing::info!("connected to the router at {}", path.display());
         let (mut rd, mut wr) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
-        // Subscriptions go first on the new connection.
-        for (tag, topic) in [(0, TOPIC_REQ), (0, TOPIC_RESP)] {
-            let mut b = BytesMut::new();
-            let s = Subscribe {
-                tag,
-                topic: Some(topic),
-            };
-            if Message::Subscribe(s).encode(MAX_FRAME, &mut b).is_ok() {
-                let _ = tx.try_send(b.freeze());
-            }
+        // The subscription goes first on the new connection.
+        let mut b = BytesMut::new();
+        let s = Subscribe {
+            tag: 0,
+            topic: Some(TOPIC),
+        };
+        if Message::Subscribe(s).encode(MAX_FRAME, &mut b).is_ok() {
+            let _ = tx.try_send(b.freeze());
         }
         *inner.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         inner.connected.store(true, Ordering::Relaxed);
@@ -485,10 +472,10 @@ async fn unix_loop(inner: Arc<Inner>, path: std::path::PathBuf, incoming: mpsc::
     }
 }
 
-/// One long poll loop on a message API for `topic`.
-async fn http_poll(inner: Arc<Inner>, topic: &'static [u8], incoming: mpsc::Sender<Incoming>) {
-    let topic_q = percent_encode(&B64.encode(topic));
-    let path = format!("/api/v1/messages?timeout=20&topic={topic_q}");
+/// The long poll loop on a message API.
+async fn http_poll(inner: Arc<Inner>, incoming: mpsc::Sender<Incoming>) {
+    let topic_q = percent_encode(&B64.encode(TOPIC));
+    let path = format!("/api/v1/messages?timeout={HTTP_POLL_SECS}&topic={topic_q}");
     loop {
         match inner.http_call("GET", &path, None).await {
             Ok((200, body)) => {
@@ -551,12 +538,12 @@ mod tests {
             "srcPk": "ab".repeat(32),
             "dstIp": "400::2",
             "dstPk": "cd".repeat(32),
-            "topic": B64.encode(TOPIC_REQ),
+            "topic": B64.encode(TOPIC),
             "payload": B64.encode(b"HY\x01"),
         });
         let m = parse_received(body.to_string().as_bytes()).unwrap();
         assert_eq!(m.src, [0xab; 32]);
-        assert_eq!(&m.topic[..], TOPIC_REQ);
+        assert_eq!(&m.topic[..], TOPIC);
         assert_eq!(&m.payload[..], b"HY\x01");
         assert!(parse_received(b"{\"srcPk\": \"zz\"}").is_none());
         assert_eq!(percent_encode("a+b/c="), "a%2Bb%2Fc%3D");

@@ -10,12 +10,14 @@
 //!
 //! # Protocol
 //!
-//! Edges exchange [`Envelope`]s as overlay messages on two topics: [`TOPIC_REQ`] carries what
-//! the requesting edge sends (requests, request bodies, cancels, windows for response bodies,
-//! pings), [`TOPIC_RESP`] what the serving edge sends back (responses, response bodies, cancels,
-//! windows for request bodies, pongs). Ids are chosen by the requesting edge (random start, so
-//! a restarted edge does not reuse the ids of its previous life), and the topic says which
-//! side's id an item names.
+//! Edges exchange [`Envelope`]s as overlay messages on one topic, [`TOPIC`]. The frame kind
+//! says which way an envelope goes: `ENVELOPE` carries what the requesting edge sends
+//! (requests, request bodies, cancels, windows for response bodies, pings), `RESPONSE_ENVELOPE`
+//! what the serving edge sends back (responses, response bodies, refusals, windows for request
+//! bodies, pongs). Ids are chosen by the requesting edge (random start, so a restarted edge does
+//! not reuse the ids of its previous life), and the direction says which side's id an item
+//! names. One topic means one subscription, or one long poll on a stock node's message API
+//! (which serves its long polls one at a time).
 //!
 //! * Everything queued for one peer and topic between two polls leaves in one envelope (at
 //!   most [`Limits::max_envelope`] bytes), so requests that are ready together travel together.
@@ -41,10 +43,8 @@ use hyphae_wire::framing::{
     self, BodyPart, Envelope, ErrorCode, Header, Message, RelayItem, RelayRequest, RelayResponse,
 };
 
-/// Topic of what a requesting edge sends.
-pub const TOPIC_REQ: &[u8] = b"hyphae/fed/req/1";
-/// Topic of what a serving edge sends back.
-pub const TOPIC_RESP: &[u8] = b"hyphae/fed/resp/1";
+/// The overlay message topic of the relay.
+pub const TOPIC: &[u8] = b"hyphae/fed/1";
 
 /// A peer edge, named by its router's public key.
 pub type PeerKey = [u8; 32];
@@ -243,9 +243,7 @@ pub enum Event {
 pub struct Transmit {
     /// The destination edge.
     pub peer: PeerKey,
-    /// [`TOPIC_REQ`] or [`TOPIC_RESP`].
-    pub topic: &'static [u8],
-    /// The framed envelope.
+    /// The framed envelope (send it on [`TOPIC`]).
     pub payload: Bytes,
     /// Set when the envelope carries this ping: report its message id with
     /// [`Relay::handle_pushed`] so its delivery can be checked.
@@ -412,7 +410,8 @@ pub struct Relay {
     incoming: HashMap<(PeerKey, u64), Incoming>,
     incoming_per_peer: HashMap<PeerKey, usize>,
     peers: HashMap<PeerKey, Peer>,
-    queues: Vec<(PeerKey, &'static [u8], VecDeque<Item>)>,
+    /// Queued items by destination and direction (`true`: from us as the requester).
+    queues: Vec<(PeerKey, bool, VecDeque<Item>)>,
     queue_index: HashMap<(PeerKey, bool), usize>,
     events: VecDeque<Event>,
     next_tick: Option<Instant>,
@@ -655,17 +654,9 @@ impl Relay {
 
     // ---- from the overlay ----
 
-    /// An overlay message from `peer` on `topic`.
-    pub fn handle_message(&mut self, now: Instant, peer: PeerKey, topic: &[u8], payload: &Bytes) {
-        let from_requester = match topic {
-            TOPIC_REQ => true,
-            TOPIC_RESP => false,
-            _ => {
-                self.stats.dropped += 1;
-                return;
-            }
-        };
-        let Some(items) = decode_envelope(payload) else {
+    /// An overlay message from `peer` on [`TOPIC`].
+    pub fn handle_message(&mut self, now: Instant, peer: PeerKey, payload: &Bytes) {
+        let Some((from_requester, items)) = decode_envelope(payload) else {
             self.stats.dropped += 1;
             return;
         };
@@ -1054,8 +1045,8 @@ impl Relay {
     /// The next envelope to push.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         let idx = self.queues.iter().position(|(_, _, q)| !q.is_empty())?;
-        let (peer, topic, q) = &mut self.queues[idx];
-        let (peer, topic) = (*peer, *topic);
+        let (peer, from_requester, q) = &mut self.queues[idx];
+        let (peer, from_requester) = (*peer, *from_requester);
         let mut items = Vec::new();
         let mut size = 0;
         while let Some(it) = q.front() {
@@ -1070,8 +1061,8 @@ impl Relay {
             // Keep the queue list short: drop empty queues.
             self.queues.swap_remove(idx);
             self.queue_index.clear();
-            for (i, (p, t, _)) in self.queues.iter().enumerate() {
-                self.queue_index.insert((*p, *t == TOPIC_REQ), i);
+            for (i, (p, r, _)) in self.queues.iter().enumerate() {
+                self.queue_index.insert((*p, *r), i);
             }
         }
         let ping = items.iter().find_map(|i| match i {
@@ -1082,8 +1073,7 @@ impl Relay {
         self.stats.items_sent += items.len() as u64;
         Some(Transmit {
             peer,
-            topic,
-            payload: encode_items(&items),
+            payload: encode_items(&items, from_requester),
             ping,
         })
     }
@@ -1121,8 +1111,7 @@ impl Relay {
         let idx = match self.queue_index.get(&(peer, req_topic)) {
             Some(i) => *i,
             None => {
-                let topic = if req_topic { TOPIC_REQ } else { TOPIC_RESP };
-                self.queues.push((peer, topic, VecDeque::new()));
+                self.queues.push((peer, req_topic, VecDeque::new()));
                 let i = self.queues.len() - 1;
                 self.queue_index.insert((peer, req_topic), i);
                 i
@@ -1210,15 +1199,17 @@ fn headers_owned(h: &[Header<'_>], body: &Bytes) -> Vec<(String, Bytes)> {
         .collect()
 }
 
-/// The items of a message that is exactly one envelope frame (byte strings as slices of it).
-fn decode_envelope(payload: &Bytes) -> Option<Vec<Item>> {
+/// The direction (`true`: from the requester) and items of a message that is exactly one
+/// envelope frame (byte strings as slices of it).
+fn decode_envelope(payload: &Bytes) -> Option<(bool, Vec<Item>)> {
     let h = framing::decode_header(payload, framing::DEFAULT_MAX_BODY).ok()??;
     if payload.len() != framing::HEADER_LEN + h.len {
         return None;
     }
     let body = payload.slice(framing::HEADER_LEN..);
     match Message::decode(h.kind, &body) {
-        Ok(Message::Envelope(env)) => Some(owned_items(&env, &body)),
+        Ok(Message::Envelope(env)) => Some((true, owned_items(&env, &body))),
+        Ok(Message::ResponseEnvelope(env)) => Some((false, owned_items(&env, &body))),
         _ => None,
     }
 }
@@ -1274,7 +1265,7 @@ fn owned_items(env: &Envelope<'_>, body: &Bytes) -> Vec<Item> {
         .collect()
 }
 
-fn encode_items(items: &[Item]) -> Bytes {
+fn encode_items(items: &[Item], from_requester: bool) -> Bytes {
     fn hdrs(h: &[(String, Bytes)]) -> Vec<Header<'_>> {
         h.iter()
             .map(|(n, v)| Header { name: n, value: v })
@@ -1335,10 +1326,12 @@ fn encode_items(items: &[Item]) -> Bytes {
     };
     let mut out = bytes::BytesMut::with_capacity(items.iter().map(Item::size).sum::<usize>() + 16);
     // An envelope is bounded by `max_envelope` plus one item, far below the frame limit.
-    if Message::Envelope(env)
-        .encode(framing::DEFAULT_MAX_BODY, &mut out)
-        .is_err()
-    {
+    let msg = if from_requester {
+        Message::Envelope(env)
+    } else {
+        Message::ResponseEnvelope(env)
+    };
+    if msg.encode(framing::DEFAULT_MAX_BODY, &mut out).is_err() {
         out.clear();
     }
     out.freeze()

@@ -365,7 +365,9 @@ async fn relay_task(
             }
         }
         for m in msgs.drain(..) {
-            relay.handle_message(now, m.src, &m.topic, &m.payload);
+            if m.topic == crate::relay::TOPIC {
+                relay.handle_message(now, m.src, &m.payload);
+            }
         }
         for c in batch.drain(..) {
             handle_cmd(
@@ -382,7 +384,7 @@ async fn relay_task(
         while let Some(t) = relay.poll_transmit() {
             let (edge2, overlay) = (edge.clone(), edge.overlay.clone());
             tokio::spawn(async move {
-                let r = overlay.push(t.peer, t.topic, t.payload).await;
+                let r = overlay.push(t.peer, t.payload).await;
                 if let Err(e) = &r {
                     tracing::debug!("push to {}: {e}", hex::encode(t.peer));
                 }

@@ -137,16 +137,78 @@ impl Drop for Router {
     }
 }
 
+/// Stock mycelium 0.7.10 as a router, if the binary is at hand (`HYPHAE_STOCK_MYCELIUM`).
+struct Stock {
+    child: std::process::Child,
+    api: String,
+    tcp: u16,
+}
+
+impl Stock {
+    fn binary(test: &str) -> Option<PathBuf> {
+        match std::env::var_os("HYPHAE_STOCK_MYCELIUM").map(PathBuf::from) {
+            Some(p) if p.is_file() => Some(p),
+            _ => {
+                println!("SKIPPED: {test}: no stock mycelium binary");
+                None
+            }
+        }
+    }
+
+    fn start(bin: &Path, dir: &Path, name: &str, seed: u8, peers: &[u16]) -> Self {
+        let key = dir.join(format!("{name}.key"));
+        std::fs::write(&key, [seed; 32]).unwrap();
+        let conf = dir.join(format!("{name}.toml"));
+        std::fs::write(&conf, "peers = []\n").unwrap();
+        let (tcp, quic, api, rpc) = (free_port(), free_port(), free_port(), free_port());
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(["-k", key.to_str().unwrap(), "-c", conf.to_str().unwrap()])
+            .args(["--no-tun", "--disable-peer-discovery"])
+            .args(["-t", &tcp.to_string(), "-q", &quic.to_string()])
+            .args(["--api-addr", &format!("127.0.0.1:{api}")])
+            .args(["--jsonrpc-addr", &format!("127.0.0.1:{rpc}")])
+            .stdout(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+            .stderr(std::process::Stdio::null());
+        if !peers.is_empty() {
+            cmd.arg("--peers");
+            for p in peers {
+                cmd.arg(format!("tcp://127.0.0.1:{p}"));
+            }
+        }
+        Self {
+            child: cmd.spawn().unwrap(),
+            api: format!("127.0.0.1:{api}"),
+            tcp,
+        }
+    }
+
+    async fn public_key(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(v) = http_get(&self.api, "/api/v1/admin").await
+                && let Some(k) = v["nodePubkey"].as_str()
+            {
+                return k.to_owned();
+            }
+            assert!(Instant::now() < deadline, "stock node API did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Stock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 async fn http_get(addr: &str, path: &str) -> Option<Value> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.ok()?;
-    let text = String::from_utf8_lossy(&buf);
-    let body = text.split_once("\r\n\r\n")?.1;
-    serde_json::from_str(body).ok()
+    let addr: SocketAddr = addr.parse().ok()?;
+    let (status, v) = tokio::time::timeout(Duration::from_secs(5), api(addr, "GET", path, None))
+        .await
+        .ok()?;
+    (status == 200).then_some(v)
 }
 
 /// Two homeservers, two edges, two routers.
@@ -160,12 +222,26 @@ struct World {
     edge_a: Option<Serving>,
     edge_b: Option<Serving>,
     edge_a_config: PathBuf,
+    /// Stock nodes in the path, and router B's public key when it is one of them.
+    stock: Vec<Stock>,
+    stock_b_key: Option<String>,
+}
+
+/// How the overlay between the two edges is built.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    /// Router A peers with router B.
+    Direct,
+    /// Router A and router B each peer only with a stock node in the middle.
+    StockMiddle,
+    /// Router B is a stock node, and edge B uses its HTTP message API.
+    StockRouterB,
 }
 
 fn edge_config(
     dir: &Path,
     name: &str,
-    router: &Router,
+    router: (String, &str),
     hs: &FakeHomeserver,
     extra_names: &[&str],
     ca_pem: &Path,
@@ -176,12 +252,12 @@ fn edge_config(
     let mut names = vec![format!("\"{}\"", hs.name())];
     names.extend(extra_names.iter().map(|n| format!("\"{n}\"")));
     let text = format!(
-        "proxy = \"127.0.0.1:0\"\napi = \"127.0.0.1:0\"\nrouter = \"unix:{sock}\"\n\
+        "proxy = \"127.0.0.1:0\"\napi = \"127.0.0.1:0\"\nrouter = \"{router}\"\n\
          router_api = \"http://{api}\"\nstate_dir = \"{state}\"\n{allow}\n\
          [homeserver]\nserver_names = [{names}]\nfederation_url = \"https://127.0.0.1:{port}\"\n\
          ca_file = \"{ca}\"\n",
-        sock = router.sock.display(),
-        api = router.api,
+        router = router.0,
+        api = router.1,
         state = state.display(),
         allow = if tunnel_allow {
             "tunnel_allow = [\"127.0.0.0/8\"]"
@@ -205,6 +281,10 @@ async fn start_edge(path: &Path) -> Serving {
 
 impl World {
     async fn new(name: &str) -> Self {
+        Self::with(name, Topology::Direct, None).await
+    }
+
+    async fn with(name: &str, topology: Topology, stock_bin: Option<&Path>) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -235,9 +315,48 @@ impl World {
         hs_b.trust(hs_a.name(), hs_a.key_id(), hs_a.public_key());
         hs_a.trust(hs_b.name(), hs_b.key_id(), hs_b.public_key());
         let ra = Router::start(&dir, "ra", 0x11, None);
-        let rb = Router::start(&dir, "rb", 0x22, Some(ra.tcp));
-        let edge_a_config = edge_config(&dir, "a", &ra, &hs_a, &[], &ca_pem, true);
-        let edge_b_config = edge_config(&dir, "b", &rb, &hs_b, &["hs-b.test"], &ca_pem, false);
+        let mut stock = Vec::new();
+        let rb = match topology {
+            Topology::Direct => Router::start(&dir, "rb", 0x22, Some(ra.tcp)),
+            Topology::StockMiddle => {
+                let bin = stock_bin.unwrap();
+                stock.push(Stock::start(bin, &dir, "mid", 0x33, &[ra.tcp]));
+                Router::start(&dir, "rb", 0x22, Some(stock[0].tcp))
+            }
+            Topology::StockRouterB => {
+                let bin = stock_bin.unwrap();
+                stock.push(Stock::start(bin, &dir, "sb", 0x44, &[ra.tcp]));
+                // Router B of ours stays up but unused, so the harness keeps one shape.
+                Router::start(&dir, "rb", 0x22, None)
+            }
+        };
+        let stock_b_key = match topology {
+            Topology::StockRouterB => Some(stock[0].public_key().await),
+            _ => None,
+        };
+        let ra_api = ra.api.clone();
+        let edge_a_config = edge_config(
+            &dir,
+            "a",
+            (format!("unix:{}", ra.sock.display()), &ra_api),
+            &hs_a,
+            &[],
+            &ca_pem,
+            true,
+        );
+        let b_router = match topology {
+            Topology::StockRouterB => (format!("http://{}", stock[0].api), stock[0].api.clone()),
+            _ => (format!("unix:{}", rb.sock.display()), rb.api.clone()),
+        };
+        let edge_b_config = edge_config(
+            &dir,
+            "b",
+            (b_router.0, &b_router.1),
+            &hs_b,
+            &["hs-b.test"],
+            &ca_pem,
+            false,
+        );
         let edge_a = start_edge(&edge_a_config).await;
         let edge_b = start_edge(&edge_b_config).await;
         let w = Self {
@@ -250,6 +369,8 @@ impl World {
             edge_a: Some(edge_a),
             edge_b: Some(edge_b),
             edge_a_config,
+            stock,
+            stock_b_key,
         };
         w.wait_for_routes().await;
         w
@@ -257,19 +378,35 @@ impl World {
 
     async fn wait_for_routes(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        for r in [&self.ra, &self.rb] {
+        let mut apis = vec![self.ra.api.clone()];
+        match self.stock_b_key {
+            Some(_) => apis.push(self.stock[0].api.clone()),
+            None => apis.push(self.rb.api.clone()),
+        }
+        for api in &apis {
             loop {
-                let n = http_get(&r.api, "/api/v1/admin/routes/selected")
+                let n = http_get(api, "/api/v1/admin/routes/selected")
                     .await
                     .and_then(|v| v.as_array().map(Vec::len))
                     .unwrap_or(0);
                 if n >= 1 {
                     break;
                 }
-                assert!(Instant::now() < deadline, "routers did not converge");
+                assert!(
+                    Instant::now() < deadline,
+                    "routers did not converge: {api}: {:?}",
+                    http_get(api, "/api/v1/admin/routes/selected").await
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+
+    /// Router B's public key (ours, or the stock node's).
+    fn rb_key(&self) -> String {
+        self.stock_b_key
+            .clone()
+            .unwrap_or_else(|| self.rb.public_key())
     }
 
     fn edge_a(&self) -> &Serving {
@@ -309,20 +446,42 @@ impl World {
     }
 }
 
+/// One HTTP/1.1 request; the response body is read to its Content-Length (some servers keep
+/// the connection open whatever the request says).
 async fn api(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, Value::Null);
+    };
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).await.unwrap();
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return (0, Value::Null);
+    }
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
+    let mut chunk = [0u8; 16384];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if len.is_some_and(|n| buf.len() >= end + 4 + n) {
+                break;
+            }
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text[9..12].parse().unwrap();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map_or("", |b| b.1);
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
@@ -720,4 +879,92 @@ fn a_bad_config_is_one_line_naming_the_key_and_exit_status_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let _ = Bytes::new();
+}
+
+/// The same signed traffic both ways, with the overlay path through `topology`.
+async fn both_ways(name: &str, topology: Topology) {
+    let Some(bin) = Stock::binary(name) else {
+        return;
+    };
+    let w = World::with(name, topology, Some(&bin)).await;
+    let dest_b = w.hs_b.name().to_owned();
+    w.route_a(&dest_b, &w.rb_key(), "never").await;
+    // Edge B's route back to homeserver A, through its API.
+    let body =
+        json!({"server_name": w.hs_a.name(), "pubkey": w.ra.public_key(), "fallback": "never"});
+    let (status, _) = api(w.edge_b().api, "POST", "/api/v1/bridge/routes", Some(body)).await;
+    assert_eq!(status, 200);
+    let ca = w.ca.cert_pem();
+    let edge_b_ca =
+        std::fs::read_to_string(w.edge_b().edge.config.state_dir.join("ca.crt")).unwrap();
+    let client_b = FederationClient::via_proxy(
+        w.hs_b.name(),
+        w.hs_b.signing_key().clone(),
+        &[&edge_b_ca, &ca],
+        w.edge_b().proxy,
+    )
+    .unwrap()
+    .with_timeout(Duration::from_secs(30));
+    let client_a = w.client_a();
+    for i in 0..10 {
+        let txn = json!({"origin": w.hs_a.name(), "pdus": [{"n": i}]});
+        let r = client_a
+            .request(
+                &dest_b,
+                "PUT",
+                &format!("/_matrix/federation/v1/send/a{i}"),
+                Some(txn.into()),
+            )
+            .await
+            .unwrap();
+        if r.status != 200 {
+            let (_, ma) = api(w.edge_a().api, "GET", "/api/v1/bridge/metrics", None).await;
+            let (_, mb) = api(w.edge_b().api, "GET", "/api/v1/bridge/metrics", None).await;
+            panic!(
+                "{}: {}\nedge A: {ma}\nedge B: {mb}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            );
+        }
+        let t = format!("/_matrix/federation/v1/event/%24b{i}%3Ax");
+        let r = client_b
+            .request(w.hs_a.name(), "GET", &t, None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json().unwrap()["target"], t.as_str());
+    }
+    // A body larger than one message part crosses the stock nodes too.
+    let n = 3u64 << 20;
+    let r = client_a
+        .request(
+            &dest_b,
+            "GET",
+            &format!("/_matrix/media/v1/download/test/big?size={n}"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len() as u64, n);
+    assert_eq!(w.hs_b.recorded().len(), 11);
+    assert_eq!(w.hs_a.recorded().len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stock_mycelium_node_in_the_middle_carries_the_relay() {
+    both_ways(
+        "a_stock_mycelium_node_in_the_middle_carries_the_relay",
+        Topology::StockMiddle,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_works_through_a_stock_nodes_message_api() {
+    both_ways(
+        "an_edge_works_through_a_stock_nodes_message_api",
+        Topology::StockRouterB,
+    )
+    .await;
 }

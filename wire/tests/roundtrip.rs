@@ -161,7 +161,7 @@ proptest! {
     #[test]
     fn framing_round_trips(tag in any::<u64>(), id in any::<[u8; 8]>(), pk in any::<[u8; 32]>(),
                            ip6 in any::<[u8; 16]>(), a in bytes(300), b in bytes(3000),
-                           n in any::<u16>(), which in 0u8..9, flag in any::<bool>()) {
+                           n in any::<u16>(), which in 0u8..10, flag in any::<bool>()) {
         let id = MessageId(id);
         let text = String::from_utf8_lossy(&a).into_owned();
         let headers = vec![Header { name: "authorization", value: &a }, Header { name: "content-type", value: b"application/json" }];
@@ -179,7 +179,8 @@ proptest! {
                 state: if flag { MessageState::Sending { pending: tag, sent: 1, acked: u64::from(n) } } else { MessageState::Read },
                 created: tag, deadline: tag / 2, msg_len: u64::from(n) }),
             7 => Message::Error(ErrorMsg { tag, code: ErrorCode(n), message: &text }),
-            _ => Message::Envelope(Envelope { items: vec![
+            _ => {
+                let items = vec![
                 RelayItem::Request(RelayRequest { id: tag, method: "PUT", target: &a, headers: headers.clone(), body: &b, more: flag }),
                 RelayItem::Response(RelayResponse { id: tag, status: n, headers, body: &b, more: !flag }),
                 RelayItem::Body(BodyPart { id: tag, offset: u64::from(n), data: &a, more: flag }),
@@ -187,7 +188,9 @@ proptest! {
                 RelayItem::Window { id: tag, offset: u64::from(n) },
                 RelayItem::Ping { nonce: tag },
                 RelayItem::Pong { nonce: u64::from(n) },
-            ]}),
+                ];
+                if which == 8 { Message::Envelope(Envelope { items }) } else { Message::ResponseEnvelope(Envelope { items }) }
+            }
         };
         let mut buf = BytesMut::new();
         msg.encode(framing::DEFAULT_MAX_BODY, &mut buf).unwrap();

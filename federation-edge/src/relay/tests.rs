@@ -3,6 +3,8 @@
 
 use std::collections::VecDeque;
 
+use hyphae_wire::framing::Kind;
+
 use super::*;
 
 const A: PeerKey = [0xa; 32];
@@ -13,8 +15,8 @@ struct Net {
     now: Instant,
     a: Relay,
     b: Relay,
-    /// (arrival, to, from, topic, payload)
-    wire: VecDeque<(Instant, PeerKey, PeerKey, &'static [u8], Bytes)>,
+    /// (arrival, to, from, payload)
+    wire: VecDeque<(Instant, PeerKey, PeerKey, Bytes)>,
     /// Whether the overlay carries anything (false: the route is gone).
     up: bool,
     /// Whether edge B processes what arrives (false: its router takes messages, the edge is dead).
@@ -94,7 +96,7 @@ impl Net {
         }
         if self.up {
             self.wire
-                .push_back((self.now + LATENCY, t.peer, from, t.topic, t.payload));
+                .push_back((self.now + LATENCY, t.peer, from, t.payload));
         }
     }
 
@@ -114,13 +116,13 @@ impl Net {
             };
             self.now = self.now.max(next);
             while self.wire.front().is_some_and(|w| w.0 <= self.now) {
-                let Some((_, to, from, topic, payload)) = self.wire.pop_front() else {
+                let Some((_, to, from, payload)) = self.wire.pop_front() else {
                     break;
                 };
                 if to == A {
-                    self.a.handle_message(self.now, from, topic, &payload);
+                    self.a.handle_message(self.now, from, &payload);
                 } else if self.b_alive {
-                    self.b.handle_message(self.now, from, topic, &payload);
+                    self.b.handle_message(self.now, from, &payload);
                 }
             }
             self.a.handle_timeout(self.now);
@@ -490,23 +492,51 @@ fn garbage_and_strays_are_dropped_and_counted() {
     for junk in [
         &b""[..],
         b"HY",
-        b"HY\x01\x20\x00\x00\x00\x05abc",
+        b"HY\x01\x21\x00\x00\x00\x05abc",
         b"not a frame at all",
     ] {
-        n.a.handle_message(n.now, B, TOPIC_RESP, &Bytes::copy_from_slice(junk));
+        n.a.handle_message(n.now, B, &Bytes::copy_from_slice(junk));
     }
-    n.a.handle_message(n.now, B, b"other", &Bytes::new());
+    // A frame of another kind (a Push) is not an envelope.
+    let mut push = bytes::BytesMut::new();
+    Message::Push(framing::Push {
+        tag: 1,
+        dst: framing::Destination::PublicKey(A),
+        topic: b"",
+        payload: b"",
+        reply_to: None,
+        reply_timeout_ms: None,
+    })
+    .encode(1 << 20, &mut push)
+    .unwrap();
+    n.a.handle_message(n.now, B, &push.freeze());
     assert_eq!(n.a.stats().dropped, 5);
-    // A response for a request we never made, and a body for an unknown id.
-    let id = n.b.next_id;
+    // A request sent in a response envelope is a stray: B's request, re-framed as if B were
+    // answering.
     n.b.start_request(n.now, A, get("/x"), Bytes::new(), false)
         .unwrap();
     let t = n.b.poll_transmit().unwrap();
-    // Delivered on the wrong topic: a request on the response topic is a stray.
-    n.a.handle_message(n.now, B, TOPIC_RESP, &t.payload);
+    let mut stray = t.payload.to_vec();
+    stray[3] = Kind::RESPONSE_ENVELOPE.0;
+    n.a.handle_message(n.now, B, &Bytes::from(stray));
     assert_eq!(n.a.stats().dropped, 6);
     assert!(n.a.poll_event().is_none());
-    let _ = id;
+    // A response for a request A never made is dropped too.
+    let mut resp = bytes::BytesMut::new();
+    Message::ResponseEnvelope(Envelope {
+        items: vec![RelayItem::Response(RelayResponse {
+            id: 42,
+            status: 200,
+            headers: vec![],
+            body: b"",
+            more: false,
+        })],
+    })
+    .encode(1 << 20, &mut resp)
+    .unwrap();
+    n.a.handle_message(n.now, B, &resp.freeze());
+    assert_eq!(n.a.stats().dropped, 7);
+    assert!(n.a.poll_event().is_none());
 }
 
 #[test]

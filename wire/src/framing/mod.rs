@@ -62,8 +62,12 @@ impl Kind {
     pub const STATUS: Self = Self(0x07);
     /// [`ErrorMsg`]: a request failed.
     pub const ERROR: Self = Self(0x08);
-    /// [`Envelope`]: a batch of relayed HTTP requests and responses between edges.
+    /// [`Envelope`]: a batch of relay items from the edge that made the requests (requests,
+    /// their bodies, cancels, windows for response bodies, pings).
     pub const ENVELOPE: Self = Self(0x20);
+    /// [`Envelope`]: a batch of relay items from the edge that serves the requests
+    /// (responses, their bodies, refusals, windows for request bodies, pongs).
+    pub const RESPONSE_ENVELOPE: Self = Self(0x21);
 }
 
 impl fmt::Debug for Kind {
@@ -78,6 +82,7 @@ impl fmt::Debug for Kind {
             Self::STATUS => "STATUS",
             Self::ERROR => "ERROR",
             Self::ENVELOPE => "ENVELOPE",
+            Self::RESPONSE_ENVELOPE => "RESPONSE_ENVELOPE",
             Self(v) => return write!(f, "Kind({v:#04x})"),
         };
         f.write_str(name)

@@ -304,8 +304,10 @@ pub enum Message<'a> {
     Status(Status),
     /// See [`ErrorMsg`].
     Error(ErrorMsg<'a>),
-    /// See [`Envelope`].
+    /// See [`Envelope`]: from the requesting edge.
     Envelope(Envelope<'a>),
+    /// See [`Envelope`]: from the serving edge.
+    ResponseEnvelope(Envelope<'a>),
 }
 
 impl<'a> Message<'a> {
@@ -321,6 +323,7 @@ impl<'a> Message<'a> {
             Self::Status(_) => Kind::STATUS,
             Self::Error(_) => Kind::ERROR,
             Self::Envelope(_) => Kind::ENVELOPE,
+            Self::ResponseEnvelope(_) => Kind::RESPONSE_ENVELOPE,
         }
     }
 
@@ -336,6 +339,7 @@ impl<'a> Message<'a> {
             Kind::STATUS => Self::Status(decode_body(body)?),
             Kind::ERROR => Self::Error(decode_body(body)?),
             Kind::ENVELOPE => Self::Envelope(decode_body(body)?),
+            Kind::RESPONSE_ENVELOPE => Self::ResponseEnvelope(decode_body(body)?),
             Kind(_) => return Err(DecodeError::InvalidValue("frame kind")),
         })
     }
@@ -355,7 +359,7 @@ impl<'a> Message<'a> {
             Self::StatusQuery(m) => encode_frame(k, m, max_body, out),
             Self::Status(m) => encode_frame(k, m, max_body, out),
             Self::Error(m) => encode_frame(k, m, max_body, out),
-            Self::Envelope(m) => encode_frame(k, m, max_body, out),
+            Self::Envelope(m) | Self::ResponseEnvelope(m) => encode_frame(k, m, max_body, out),
         }
     }
 }
