@@ -160,8 +160,6 @@ async fn remove(
 }
 
 async fn mycelium(State(edge): State<Arc<Edge>>) -> Response {
-    let client: Client<_, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let addr = edge.config.router_api;
     let mut out = serde_json::Map::new();
     for (key, path) in [
@@ -169,20 +167,11 @@ async fn mycelium(State(edge): State<Arc<Edge>>) -> Response {
         ("peers", "/api/v1/admin/peers"),
         ("routes", "/api/v1/admin/routes/selected"),
     ] {
-        let uri = format!("http://{addr}{path}");
-        let fetch = async {
-            let res = client.get(uri.parse().ok()?).await.ok()?;
-            if !res.status().is_success() {
-                return None;
-            }
-            let body = res.into_body().collect().await.ok()?.to_bytes();
-            serde_json::from_slice::<Value>(&body).ok()
-        };
-        match tokio::time::timeout(Duration::from_secs(3), fetch).await {
-            Ok(Some(v)) => {
+        match router_get(addr, path).await {
+            Some(v) => {
                 out.insert(key.to_owned(), v);
             }
-            _ => {
+            None => {
                 return err(
                     StatusCode::BAD_GATEWAY,
                     format!("the router's API at {addr} did not answer {path}"),
@@ -191,6 +180,42 @@ async fn mycelium(State(edge): State<Arc<Edge>>) -> Response {
         }
     }
     Json(Value::Object(out)).into_response()
+}
+
+/// GETs a JSON document from a router's HTTP API (3 s at most).
+async fn router_get(addr: std::net::SocketAddr, path: &str) -> Option<Value> {
+    let client: Client<_, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let uri = format!("http://{addr}{path}");
+    let fetch = async {
+        let res = client.get(uri.parse().ok()?).await.ok()?;
+        if !res.status().is_success() {
+            return None;
+        }
+        let body = res.into_body().collect().await.ok()?.to_bytes();
+        serde_json::from_slice::<Value>(&body).ok()
+    };
+    tokio::time::timeout(Duration::from_secs(3), fetch)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Whether the router at `addr` has a selected route to the node with public key `peer`
+/// (`None` if its API did not answer).
+pub async fn router_has_route(addr: std::net::SocketAddr, peer: &[u8; 32]) -> Option<bool> {
+    let want = hyphae_wire::identity::PublicKey::from(*peer)
+        .address()
+        .segments();
+    let routes = router_get(addr, "/api/v1/admin/routes/selected").await?;
+    let found = routes.as_array()?.iter().any(|r| {
+        r["subnet"]
+            .as_str()
+            .and_then(|s| s.split('/').next())
+            .and_then(|a| a.parse::<std::net::Ipv6Addr>().ok())
+            .is_some_and(|a| a.segments()[..4] == want[..4])
+    });
+    Some(found)
 }
 
 fn gauges(edge: &Edge) -> Vec<(&'static str, u64)> {

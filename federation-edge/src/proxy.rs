@@ -386,7 +386,8 @@ async fn serve_relayed(
 /// Relays one request over the overlay and returns the destination's real response (or
 /// 502/504 when the overlay or the destination edge fails).
 async fn relay(edge: Arc<Edge>, entry: Arc<Entry>, req: Request<Incoming>) -> Response<Body> {
-    let _active = edge.enter();
+    // Counted until the last body byte is handed over (a shutdown waits for it).
+    let active = edge.enter();
     let m = &edge.metrics;
     m.inc(&m.requests_relayed);
     let t0 = Instant::now();
@@ -482,6 +483,7 @@ async fn relay(edge: Arc<Edge>, entry: Arc<Entry>, req: Request<Incoming>) -> Re
         let _ = tx.try_send(Ok(hyper::body::Frame::data(first)));
         let edge2 = edge.clone();
         tokio::spawn(async move {
+            let _active = active;
             while let Some(ev) = events.recv().await {
                 match ev {
                     RequestEvent::Body { data, more } => {
@@ -497,14 +499,16 @@ async fn relay(edge: Arc<Edge>, entry: Arc<Entry>, req: Request<Incoming>) -> Re
                     }
                     RequestEvent::Failed(_) => {
                         guard.disarm();
-                        let _ = tx
-                            .send(Err(std::io::Error::other("response body failed")))
-                            .await;
-                        return;
+                        break;
                     }
                     _ => {}
                 }
             }
+            // The body ended before its last part: the homeserver must see a broken response,
+            // never a short one that looks whole.
+            let _ = tx
+                .send(Err(std::io::Error::other("response body cut off")))
+                .await;
         });
         Response::new(ChannelBody(rx).boxed())
     } else {

@@ -30,10 +30,12 @@
 //!   502/504 (see [`Failure`]).
 //! * Liveness: when a peer has owed us an answer for [`Limits::probe_after`] and has sent
 //!   nothing meanwhile, we ping it. A ping unanswered for [`Limits::ping_timeout`] makes the
-//!   driver check whether the overlay took the ping message ([`Event::CheckDelivery`]): if it
-//!   never reached the peer's router, every request to that peer fails with 502 (the overlay
-//!   refuses), else with 504 (the edge does not answer), and the peer is down until it answers
-//!   a probe.
+//!   driver ask the router about the ping's message ([`Event::CheckDelivery`]): if it reached
+//!   the peer's router, the peer's edge does not answer and every request to that peer fails
+//!   with 504; if the router has no route to the peer, they fail with 502 (the overlay
+//!   refuses); if a route exists but the message is still on its way (a busy path, say behind
+//!   a large body), the check is repeated until [`Limits::max_pending`] has passed since the
+//!   ping, and then it counts as 502. A failed peer is down until it answers a probe.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -65,8 +67,11 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Probe a peer that has owed an answer this long without sending anything.
     pub probe_after: Duration,
-    /// A ping unanswered this long means the peer is unreachable.
+    /// A ping unanswered this long is checked with the router.
     pub ping_timeout: Duration,
+    /// A ping whose message the router has a route for but has not delivered after this
+    /// long means the path is broken.
+    pub max_pending: Duration,
     /// While a peer is down, probe it this often.
     pub probe_interval: Duration,
     /// Requests of ours in flight at once.
@@ -91,6 +96,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(90),
             probe_after: Duration::from_millis(1000),
             ping_timeout: Duration::from_millis(1500),
+            max_pending: Duration::from_secs(8),
             probe_interval: Duration::from_millis(1000),
             max_outgoing: 16 * 1024,
             max_incoming_per_peer: 1024,
@@ -119,6 +125,17 @@ pub struct ResponseHead {
     pub status: u16,
     /// Relayed headers (lower-case names).
     pub headers: Vec<(String, Bytes)>,
+}
+
+/// What the router says about a ping's message ([`Relay::handle_delivery_check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// It reached the peer's router.
+    Delivered,
+    /// Not yet, and the router has a route to the peer: it may be queued behind other data.
+    Pending,
+    /// Not delivered, and the router has no route to the peer (or the push failed).
+    NoRoute,
 }
 
 /// Why a request failed.
@@ -383,7 +400,9 @@ struct Incoming {
 struct Ping {
     nonce: u64,
     sent_at: Instant,
-    /// Whether the driver was asked to check its delivery.
+    /// When to ask the driver about its delivery next.
+    check_at: Instant,
+    /// Whether the driver was asked and has not answered yet.
     checking: bool,
 }
 
@@ -904,31 +923,41 @@ impl Relay {
     /// false, which counts as "not delivered" at once).
     pub fn handle_pushed(&mut self, now: Instant, peer: PeerKey, nonce: u64, pushed: bool) {
         if !pushed {
-            self.handle_delivery_check(now, peer, nonce, false);
+            self.handle_delivery_check(now, peer, nonce, Delivery::NoRoute);
         }
     }
 
-    /// The answer to [`Event::CheckDelivery`]: whether the ping's message reached the peer's
-    /// router.
+    /// The answer to [`Event::CheckDelivery`].
     pub fn handle_delivery_check(
         &mut self,
         now: Instant,
         peer: PeerKey,
         nonce: u64,
-        delivered: bool,
+        delivery: Delivery,
     ) {
+        let max_pending = self.limits.max_pending;
+        let ping_timeout = self.limits.ping_timeout;
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
-        if p.ping.as_ref().is_none_or(|pg| pg.nonce != nonce) {
+        let Some(pg) = p.ping.as_mut().filter(|pg| pg.nonce == nonce) else {
             return;
-        }
-        p.ping = None;
-        let failure = if delivered {
-            Failure::Timeout
-        } else {
-            Failure::Unreachable
         };
+        let failure = match delivery {
+            Delivery::Delivered => Failure::Timeout,
+            Delivery::NoRoute => Failure::Unreachable,
+            Delivery::Pending if now.saturating_duration_since(pg.sent_at) >= max_pending => {
+                Failure::Unreachable
+            }
+            Delivery::Pending => {
+                // Still on its way over a path the router believes in: ask again later.
+                pg.checking = false;
+                pg.check_at = now + ping_timeout;
+                self.arm(now);
+                return;
+            }
+        };
+        p.ping = None;
         let was_down = p.down.replace(failure).is_some();
         p.next_probe = Some(now + self.limits.probe_interval);
         let ids: Vec<u64> = self
@@ -994,11 +1023,12 @@ impl Relay {
         let mut lost_checks = Vec::new();
         for (key, p) in &mut self.peers {
             if let Some(pg) = &mut p.ping {
-                let age = now.saturating_duration_since(pg.sent_at);
-                if !pg.checking && age >= self.limits.ping_timeout {
+                if !pg.checking && now >= pg.check_at {
                     pg.checking = true;
                     checks.push((*key, pg.nonce));
-                } else if pg.checking && age >= 4 * self.limits.ping_timeout {
+                } else if pg.checking
+                    && now.saturating_duration_since(pg.check_at) >= 4 * self.limits.ping_timeout
+                {
                     // The driver never answered the check: treat it as undelivered.
                     lost_checks.push((*key, pg.nonce));
                 }
@@ -1014,7 +1044,7 @@ impl Relay {
             }
         }
         for (peer, nonce) in lost_checks {
-            self.handle_delivery_check(now, peer, nonce, false);
+            self.handle_delivery_check(now, peer, nonce, Delivery::NoRoute);
         }
         for (peer, nonce) in checks {
             self.events.push_back(Event::CheckDelivery { peer, nonce });
@@ -1026,6 +1056,7 @@ impl Relay {
                 p.ping = Some(Ping {
                     nonce,
                     sent_at: now,
+                    check_at: now + self.limits.ping_timeout,
                     checking: false,
                 });
                 if p.down.is_some() {

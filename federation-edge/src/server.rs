@@ -24,7 +24,8 @@ use crate::egress::{self, Egress};
 use crate::metrics::Metrics;
 use crate::overlay::{Incoming, Overlay};
 use crate::relay::{
-    Event, Failure, Limits, PeerKey, Relay, RequestHead, ResponseHead, Stats as RelayStats,
+    Delivery, Event, Failure, Limits, PeerKey, Relay, RequestHead, ResponseHead,
+    Stats as RelayStats,
 };
 use crate::routes::Routes;
 
@@ -114,7 +115,7 @@ enum Cmd {
     Delivery {
         peer: PeerKey,
         nonce: u64,
-        delivered: bool,
+        delivery: Delivery,
     },
     Forget {
         peer: PeerKey,
@@ -473,10 +474,12 @@ fn handle_cmd(
         Cmd::Delivery {
             peer,
             nonce,
-            delivered,
+            delivery,
         } => {
-            ping_msgs.remove(&(peer, nonce));
-            relay.handle_delivery_check(now, peer, nonce, delivered);
+            if delivery != Delivery::Pending {
+                ping_msgs.remove(&(peer, nonce));
+            }
+            relay.handle_delivery_check(now, peer, nonce, delivery);
         }
         Cmd::Forget { peer } => {
             relay.forget(&peer);
@@ -584,16 +587,13 @@ fn handle_event(
             let msg = ping_msgs.get(&(peer, nonce)).copied();
             let edge = edge.clone();
             tokio::spawn(async move {
-                let delivered = match msg {
-                    Some(m) => edge.overlay.delivered(m).await.unwrap_or(false),
-                    None => false,
-                };
+                let delivery = check_delivery(&edge, peer, msg).await;
                 let _ = edge
                     .cmd
                     .send(Cmd::Delivery {
                         peer,
                         nonce,
-                        delivered,
+                        delivery,
                     })
                     .await;
             });
@@ -618,6 +618,21 @@ fn handle_event(
                 d
             });
         }
+    }
+}
+
+/// Where a ping's message is: delivered, or on its way over a route the router has, or
+/// without a route (also when the router cannot be asked).
+async fn check_delivery(edge: &Edge, peer: PeerKey, msg: Option<MessageId>) -> Delivery {
+    let Some(m) = msg else {
+        return Delivery::NoRoute;
+    };
+    if edge.overlay.delivered(m).await.unwrap_or(false) {
+        return Delivery::Delivered;
+    }
+    match crate::api::router_has_route(edge.config.router_api, &peer).await {
+        Some(true) => Delivery::Pending,
+        _ => Delivery::NoRoute,
     }
 }
 
@@ -649,84 +664,52 @@ async fn deliver(
             .map_err(|e| match e {})
             .boxed()
     };
+    // One task forwards what the relay says about this request: body parts into the request
+    // body, credits for our response body, and the requester's abandonment.
     let (abandon_tx, mut abandon_rx) = oneshot::channel::<()>();
-    let mut credit_rx = if more {
-        let (credit_tx, credit_rx) = mpsc::channel::<u64>(REQUEST_EVENTS);
-        let edge2 = edge.clone();
-        tokio::spawn(async move {
-            let mut abandon = Some(abandon_tx);
-            while let Some(ev) = events.recv().await {
-                match ev {
-                    DeliveryEvent::Body { data, more } => {
-                        let n = data.len() as u64;
-                        if body_tx
-                            .send(Ok(hyper::body::Frame::data(data)))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                        let _ = edge2.cmd.try_send(Cmd::Consumed {
-                            peer: Some(peer),
-                            id,
-                            n,
-                        });
-                        if !more {
-                            break;
-                        }
+    let (credit_tx, mut credits) = mpsc::channel::<u64>(REQUEST_EVENTS);
+    let body_sink = more.then_some(body_tx);
+    let edge2 = edge.clone();
+    tokio::spawn(async move {
+        let mut body_sink = body_sink;
+        let mut abandon = Some(abandon_tx);
+        while let Some(ev) = events.recv().await {
+            match ev {
+                DeliveryEvent::Body { data, more } => {
+                    let Some(tx) = &body_sink else { continue };
+                    let n = data.len() as u64;
+                    if tx.send(Ok(hyper::body::Frame::data(data))).await.is_err() {
+                        body_sink = None;
+                        continue;
                     }
-                    DeliveryEvent::Credit(c) => {
-                        let _ = credit_tx.try_send(c);
-                    }
-                    DeliveryEvent::Abandoned => {
-                        if let Some(a) = abandon.take() {
-                            let _ = a.send(());
-                        }
-                        return;
+                    let _ = edge2.cmd.try_send(Cmd::Consumed {
+                        peer: Some(peer),
+                        id,
+                        n,
+                    });
+                    if !more {
+                        // Dropping the sender ends the body: it is whole.
+                        body_sink = None;
                     }
                 }
-            }
-            drop(body_tx);
-            // Keep forwarding credits and abandonment for the response body.
-            while let Some(ev) = events.recv().await {
-                match ev {
-                    DeliveryEvent::Credit(c) => {
-                        let _ = credit_tx.try_send(c);
+                DeliveryEvent::Credit(c) => {
+                    let _ = credit_tx.try_send(c);
+                }
+                DeliveryEvent::Abandoned => {
+                    if let Some(a) = abandon.take() {
+                        let _ = a.send(());
                     }
-                    DeliveryEvent::Abandoned => {
-                        if let Some(a) = abandon.take() {
-                            let _ = a.send(());
-                        }
-                        return;
-                    }
-                    DeliveryEvent::Body { .. } => {}
+                    break;
                 }
             }
-        });
-        Some(credit_rx)
-    } else {
-        drop(body_tx);
-        // Credits for a streamed response come through `events` too.
-        let (credit_tx, credit_rx) = mpsc::channel::<u64>(REQUEST_EVENTS);
-        tokio::spawn(async move {
-            let mut abandon = Some(abandon_tx);
-            while let Some(ev) = events.recv().await {
-                match ev {
-                    DeliveryEvent::Credit(c) => {
-                        let _ = credit_tx.try_send(c);
-                    }
-                    DeliveryEvent::Abandoned => {
-                        if let Some(a) = abandon.take() {
-                            let _ = a.send(());
-                        }
-                        return;
-                    }
-                    DeliveryEvent::Body { .. } => {}
-                }
-            }
-        });
-        Some(credit_rx)
-    };
+        }
+        if let Some(tx) = body_sink {
+            // Cut off before its last part: our homeserver must never take it for whole.
+            let _ = tx
+                .send(Err(std::io::Error::other("request body cut off")))
+                .await;
+        }
+    });
     let t0 = Instant::now();
     let res = tokio::select! {
         r = edge.egress.deliver(&head, req_body) => r,
@@ -814,9 +797,6 @@ async fn deliver(
         return;
     }
     // Stream the rest inside the window the requester grants.
-    let Some(credits) = credit_rx.as_mut() else {
-        return;
-    };
     let (mut credit, mut got_credit) = (0u64, false);
     let mut pending = carry;
     let mut done = false;

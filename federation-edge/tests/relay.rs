@@ -968,3 +968,48 @@ async fn an_edge_works_through_a_stock_nodes_message_api() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_accepting_and_finishes_requests_in_flight() {
+    let mut w = World::new("drain").await;
+    let dest = w.hs_b.name().to_owned();
+    w.route_a(&dest, &w.rb_key(), "never").await;
+    let c = std::sync::Arc::new(w.client_a());
+    let r = c
+        .request(&dest, "GET", "/_matrix/federation/v1/version", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    // A 2 MB download is in flight when the edge is told to stop.
+    let n = 2u64 << 20;
+    let c2 = c.clone();
+    let d2 = dest.clone();
+    let big = tokio::spawn(async move {
+        c2.request(
+            &d2,
+            "GET",
+            &format!("/_matrix/media/v1/download/test/big?size={n}"),
+            None,
+        )
+        .await
+    });
+    let edge = w.edge_a().edge.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while edge.active() == 0 {
+        assert!(Instant::now() < deadline, "the download never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let proxy = w.edge_a().proxy;
+    let serving = w.edge_a.take().unwrap();
+    let stop = tokio::spawn(serving.shutdown());
+    // No new connections once stopping.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        tokio::net::TcpStream::connect(proxy).await.is_err(),
+        "still accepting"
+    );
+    let r = big.await.unwrap().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len() as u64, n);
+    assert!(stop.await.unwrap(), "requests in flight were cut off");
+}

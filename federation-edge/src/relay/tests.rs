@@ -21,6 +21,8 @@ struct Net {
     up: bool,
     /// Whether edge B processes what arrives (false: its router takes messages, the edge is dead).
     b_alive: bool,
+    /// Whether the router reports pings as still on their way (a busy path).
+    congested: bool,
     events_a: Vec<Event>,
     events_b: Vec<Event>,
     /// Envelopes sent by each side.
@@ -45,6 +47,7 @@ impl Net {
             wire: VecDeque::new(),
             up: true,
             b_alive: true,
+            congested: false,
             events_a: Vec::new(),
             events_b: Vec::new(),
             sent: (0, 0),
@@ -70,9 +73,14 @@ impl Net {
             while let Some(e) = self.a.poll_event() {
                 any = true;
                 if let Event::CheckDelivery { peer, nonce } = e {
-                    let delivered = self.delivered_pings.contains(&(peer, nonce));
-                    self.a
-                        .handle_delivery_check(self.now, peer, nonce, delivered);
+                    let d = if self.delivered_pings.contains(&(peer, nonce)) && !self.congested {
+                        Delivery::Delivered
+                    } else if self.up {
+                        Delivery::Pending
+                    } else {
+                        Delivery::NoRoute
+                    };
+                    self.a.handle_delivery_check(self.now, peer, nonce, d);
                 }
                 self.events_a.push(e);
             }
@@ -567,4 +575,28 @@ fn too_many_requests_from_one_peer_are_refused_not_queued() {
     assert_eq!(refused, ids[3..].to_vec());
     assert_eq!(n.b.incoming_len(), 3);
     assert_eq!(n.b.stats().requests_refused, 2);
+}
+
+#[test]
+fn a_ping_stuck_behind_data_on_a_live_route_is_not_a_failure() {
+    // A's router has a route and says the ping is still on its way (queued behind a large
+    // body, say): A keeps waiting; B's answer, when it comes, settles it.
+    let mut n = Net::new();
+    n.congested = true;
+    n.b_alive = false;
+    let id =
+        n.a.start_request(n.now, B, get("/x"), Bytes::new(), false)
+            .unwrap();
+    n.run_for(Duration::from_secs(5));
+    assert!(
+        !n.events_a.iter().any(|e| matches!(e, Event::Failed { .. })),
+        "{:?}",
+        n.events_a
+    );
+    // Past `max_pending` the path counts as broken: 502.
+    n.run_for(n.a.limits().max_pending);
+    assert!(n.events_a.contains(&Event::Failed {
+        id,
+        failure: Failure::Unreachable
+    }));
 }
