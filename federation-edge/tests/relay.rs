@@ -1013,3 +1013,115 @@ async fn shutdown_stops_accepting_and_finishes_requests_in_flight() {
     assert_eq!(r.body.len() as u64, n);
     assert!(stop.await.unwrap(), "requests in flight were cut off");
 }
+
+/// Sends one raw request to `addr` and returns the status line's code.
+async fn raw_status(addr: SocketAddr, request: String) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = 0;
+    while !buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf[got..]).await.unwrap();
+        assert!(n > 0, "connection closed");
+        got += n;
+    }
+    String::from_utf8_lossy(&buf[9..12]).parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_proxy_needs_credentials_and_a_public_api_needs_its_token() {
+    let dir = scratch("public");
+    let ca = TestCa::generate("public test CA").unwrap();
+    let ca_pem = dir.join("ca.pem");
+    std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
+    let hs = FakeHomeserver::start(
+        "localhost:1",
+        ca.leaf(&["localhost", "127.0.0.1"]).unwrap(),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    .unwrap();
+    let state = dir.join("state");
+    hyphae_edge::ca::init(&state).unwrap();
+    let text = format!(
+        "proxy = \"0.0.0.0:0\"\napi = \"0.0.0.0:0\"\nrouter = \"unix:{}\"\nstate_dir = \"{}\"\n\
+         tunnel_allow = [\"127.0.0.0/8\"]\napi_token = \"t0ken\"\nproxy_user = \"syn\"\n\
+         proxy_password = \"apse\"\n[homeserver]\nserver_names = [\"localhost:1\"]\n\
+         federation_url = \"https://127.0.0.1:{}\"\nca_file = \"{}\"\n",
+        dir.join("none.sock").display(),
+        state.display(),
+        hs.addr().port(),
+        ca_pem.display()
+    );
+    let f = dir.join("edge.toml");
+    std::fs::write(&f, text).unwrap();
+    let s = start_edge(&f).await;
+    let proxy = SocketAddr::from(([127, 0, 0, 1], s.proxy.port()));
+    let api_addr = SocketAddr::from(([127, 0, 0, 1], s.api.port()));
+    let target = hs.addr();
+    let connect = |auth: &str| format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n");
+    assert_eq!(raw_status(proxy, connect("")).await, 407);
+    let wrong = base64_encode(b"syn:wrong");
+    assert_eq!(
+        raw_status(
+            proxy,
+            connect(&format!("Proxy-Authorization: Basic {wrong}\r\n"))
+        )
+        .await,
+        407
+    );
+    let right = base64_encode(b"syn:apse");
+    assert_eq!(
+        raw_status(
+            proxy,
+            connect(&format!("Proxy-Authorization: Basic {right}\r\n"))
+        )
+        .await,
+        200
+    );
+    // The API: reading is open, changes need the token.
+    let route = json!({"server_name": "b.test", "pubkey": "ab".repeat(32)}).to_string();
+    let post = |auth: &str| {
+        format!(
+            "POST /api/v1/bridge/routes HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: \
+             application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{route}",
+            route.len()
+        )
+    };
+    assert_eq!(raw_status(api_addr, post("")).await, 401);
+    assert_eq!(
+        raw_status(api_addr, post("Authorization: Bearer nope\r\n")).await,
+        403
+    );
+    assert_eq!(
+        raw_status(api_addr, post("Authorization: Bearer t0ken\r\n")).await,
+        200
+    );
+    let (status, routes) = api(api_addr, "GET", "/api/v1/bridge/routes", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(routes[0]["server_name"], "b.test");
+    let (_, m) = api(api_addr, "GET", "/api/v1/bridge/metrics", None).await;
+    assert_eq!(m["proxy_auth_failed_total"], 2, "{m}");
+    let prom = raw_text(api_addr, "/metrics").await;
+    assert!(
+        prom.contains("hyphae_edge_proxy_auth_failed_total 2"),
+        "{prom}"
+    );
+    assert!(s.shutdown().await);
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+async fn raw_text(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
