@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod body;
 pub mod ca;
 pub mod config;
 pub mod egress;

@@ -25,17 +25,20 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::body::{ChannelBody, FirstPart, read_first, send_rest};
 use crate::config::canonical_ip;
 use crate::egress::REQUEST_HEADERS;
 use crate::relay::{Failure, RequestHead};
 use crate::routes::{DEFAULT_PORT, Entry, Fallback, Target};
-use crate::server::{ChannelBody, Edge, RequestEvent};
+use crate::server::{Edge, RequestEvent};
 
 /// A response body.
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
 /// How long a tunnel's target may take to accept.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a body may pause between two frames.
+const BODY_IDLE: Duration = Duration::from_secs(60);
 /// How long a homeserver may take to send a request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -409,39 +412,11 @@ async fn relay(edge: Arc<Edge>, entry: Arc<Entry>, req: Request<Incoming>) -> Re
     };
     let inline = edge.limits().inline_body;
     let part_size = edge.limits().part_size;
-    // The body up to one inline part; the rest streams.
-    let mut first = bytes::BytesMut::new();
-    let mut carry = Bytes::new();
-    let mut ended = false;
-    while first.len() < inline && !ended {
-        match body.frame().await {
-            Some(Ok(f)) => {
-                if let Ok(d) = f.into_data() {
-                    let room = inline - first.len();
-                    if d.len() > room {
-                        first.extend_from_slice(&d[..room]);
-                        carry = d.slice(room..);
-                    } else {
-                        first.extend_from_slice(&d);
-                    }
-                }
-            }
-            Some(Err(_)) => return matrix_error(400, "request body"),
-            None => ended = true,
-        }
-    }
-    if !ended && carry.is_empty() {
-        match body.frame().await {
-            None => ended = true,
-            Some(Ok(f)) => carry = f.into_data().unwrap_or_default(),
-            Some(Err(_)) => return matrix_error(400, "request body"),
-        }
-    }
-    let more = !ended;
-    let (mut guard, mut events) = match edge
-        .start_request(entry.pubkey, head, first.freeze(), more)
-        .await
-    {
+    // The body up to one inline part travels with the head; the rest streams.
+    let Ok(FirstPart { first, carry, more }) = read_first(&mut body, inline).await else {
+        return matrix_error(400, "could not read the request body");
+    };
+    let (mut guard, mut events) = match edge.start_request(entry.pubkey, head, first, more).await {
         Ok(v) => v,
         Err(f) => return failed(&edge, &entry, f),
     };
@@ -532,38 +507,12 @@ async fn upload(
     edge: Arc<Edge>,
     id: u64,
     mut body: Incoming,
-    mut pending: Bytes,
+    carry: Bytes,
     part_size: usize,
     mut credits: mpsc::Receiver<u64>,
 ) {
-    let mut credit = 0u64;
-    let mut done = false;
-    loop {
-        if pending.is_empty() && !done {
-            match body.frame().await {
-                Some(Ok(f)) => pending = f.into_data().unwrap_or_default(),
-                Some(Err(_)) => return,
-                None => done = true,
-            }
-            continue;
-        }
-        while credit == 0 {
-            match credits.recv().await {
-                Some(c) => credit += c,
-                None => return,
-            }
-        }
-        let n = (pending.len() as u64).min(credit).min(part_size as u64) as usize;
-        let data = pending.split_to(n);
-        credit -= n as u64;
-        let last = done && pending.is_empty();
-        if n == 0 && !last {
-            continue;
-        }
-        if !edge.send_body(id, data, !last).await || last {
-            return;
-        }
-    }
+    let send = |data, more| edge.send_body(id, data, more);
+    send_rest(&mut body, carry, part_size, BODY_IDLE, &mut credits, send).await;
 }
 
 /// The homeserver's answer when a relayed request failed. With `fallback = "direct"` the

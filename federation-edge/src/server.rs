@@ -18,6 +18,7 @@ use http_body_util::BodyExt;
 use hyphae_wire::message::MessageId;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::body::{ChannelBody, FirstPart, StreamEnd, read_first, send_rest};
 use crate::ca::SiteCa;
 use crate::config::Config;
 use crate::egress::{self, Egress};
@@ -745,117 +746,38 @@ async fn deliver(
             .map(|(n, v)| (n.as_str().to_owned(), Bytes::copy_from_slice(v.as_bytes())))
             .collect(),
     };
-    let limits = Limits::default();
-    // Read up to one inline body; if the body ends there, it travels with the head.
-    let mut first = bytes::BytesMut::new();
-    let mut ended = false;
-    let mut carry = Bytes::new();
-    while first.len() < limits.inline_body {
-        match body.frame().await {
-            Some(Ok(f)) => {
-                if let Ok(d) = f.into_data() {
-                    let room = limits.inline_body - first.len();
-                    if d.len() > room {
-                        first.extend_from_slice(&d[..room]);
-                        carry = d.slice(room..);
-                    } else {
-                        first.extend_from_slice(&d);
-                    }
-                }
-            }
-            Some(Err(e)) => {
-                tracing::warn!("reading our homeserver's response: {e}");
-                let _ = edge.cmd.send(refuse(502)).await;
-                return;
-            }
-            None => {
-                ended = true;
-                break;
-            }
-        }
-    }
-    if !ended && carry.is_empty() {
-        // Exactly one inline body's worth: see whether anything follows.
-        match body.frame().await {
-            None => ended = true,
-            Some(Ok(f)) => carry = f.into_data().unwrap_or_default(),
-            Some(Err(_)) => {
-                let _ = edge.cmd.send(refuse(502)).await;
-                return;
-            }
-        }
-    }
-    let more = !ended;
+    let limits = edge.limits();
+    let Ok(FirstPart { first, carry, more }) = read_first(&mut body, limits.inline_body).await
+    else {
+        tracing::warn!("reading our homeserver's response failed");
+        let _ = edge.cmd.send(refuse(502)).await;
+        return;
+    };
     let cmd = Cmd::Respond {
         peer,
         id,
         head,
-        body: first.freeze(),
+        body: first,
         more,
     };
     if edge.cmd.send(cmd).await.is_err() || !more {
         return;
     }
-    // Stream the rest inside the window the requester grants.
-    let (mut credit, mut got_credit) = (0u64, false);
-    let mut pending = carry;
-    let mut done = false;
-    loop {
-        if pending.is_empty() && !done {
-            match tokio::time::timeout(Duration::from_secs(60), body.frame()).await {
-                Ok(Some(Ok(f))) => pending = f.into_data().unwrap_or_default(),
-                Ok(None) => done = true,
-                Ok(Some(Err(_))) | Err(_) => {
-                    let _ = edge.cmd.send(refuse(502)).await;
-                    return;
-                }
-            }
-            continue;
-        }
-        // Nothing leaves before the first window: it proves the head arrived.
-        while credit == 0 && (!pending.is_empty() || !got_credit) {
-            let c = tokio::select! {
-                c = credits.recv() => c,
-                _ = &mut abandon_rx => None,
-            };
-            let Some(c) = c else { return };
-            credit += c;
-            got_credit = true;
-        }
-        let n = (pending.len() as u64)
-            .min(credit)
-            .min(limits.part_size as u64) as usize;
-        let data = pending.split_to(n);
-        credit -= n as u64;
-        let last = done && pending.is_empty();
-        if n == 0 && !last {
-            continue;
-        }
+    // The rest inside the window the requester grants.
+    let send = |data, more| {
         let cmd = Cmd::SendBody {
             peer: Some(peer),
             id,
             data,
-            more: !last,
+            more,
         };
-        if edge.cmd.send(cmd).await.is_err() || last {
-            return;
-        }
-    }
-}
-
-/// A body fed through a channel, a frame at a time.
-#[derive(Debug)]
-pub struct ChannelBody(pub mpsc::Receiver<Result<hyper::body::Frame<Bytes>, std::io::Error>>);
-
-impl hyper::body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
-        self.0.poll_recv(cx)
+        let tx = edge.cmd.clone();
+        async move { tx.send(cmd).await.is_ok() }
+    };
+    let idle = Duration::from_secs(60);
+    let end = send_rest(&mut body, carry, limits.part_size, idle, &mut credits, send).await;
+    if end == StreamEnd::SourceFailed {
+        let _ = edge.cmd.send(refuse(502)).await;
     }
 }
 
