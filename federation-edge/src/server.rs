@@ -185,7 +185,7 @@ impl CancelGuard {
 impl Drop for CancelGuard {
     fn drop(&mut self) {
         if self.armed {
-            let _ = self.edge.cmd.try_send(Cmd::Cancel { id: self.id });
+            self.edge.send_soon(Cmd::Cancel { id: self.id });
         }
     }
 }
@@ -220,6 +220,17 @@ impl Edge {
         let task = tokio::spawn(relay_task(edge.clone(), relay, cmd_rx, in_rx));
         *edge.relay_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         Ok(edge)
+    }
+
+    /// Queues a command for the relay task without waiting; when its queue is full, a task
+    /// delivers it as soon as there is room (a window update or a cancel must not be lost).
+    fn send_soon(&self, c: Cmd) {
+        if let Err(mpsc::error::TrySendError::Full(c)) = self.cmd.try_send(c) {
+            let tx = self.cmd.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(c).await;
+            });
+        }
     }
 
     /// The relay's limits.
@@ -270,7 +281,7 @@ impl Edge {
 
     /// A route was removed or changed: stop probing that destination.
     pub fn forget(&self, peer: PeerKey) {
-        let _ = self.cmd.try_send(Cmd::Forget { peer });
+        self.send_soon(Cmd::Forget { peer });
     }
 
     /// Starts relaying a request to `peer`: its id and the channel its events come on.
@@ -316,7 +327,7 @@ impl Edge {
 
     /// Our homeserver consumed `n` bytes of the response to request `id`.
     pub fn consumed(&self, id: u64, n: u64) {
-        let _ = self.cmd.try_send(Cmd::Consumed { peer: None, id, n });
+        self.send_soon(Cmd::Consumed { peer: None, id, n });
     }
 }
 
@@ -383,27 +394,57 @@ async fn relay_task(
             );
         }
         relay.handle_timeout(now);
-        while let Some(t) = relay.poll_transmit() {
-            let (edge2, overlay) = (edge.clone(), edge.overlay.clone());
-            tokio::spawn(async move {
-                let r = overlay.push(t.peer, t.payload).await;
-                if let Err(e) = &r {
-                    tracing::debug!("push to {}: {e}", hex::encode(t.peer));
-                }
-                if let Some(nonce) = t.ping {
-                    let cmd = Cmd::Pushed {
-                        peer: t.peer,
-                        nonce,
-                        msg: r.ok(),
-                    };
-                    let _ = edge2.cmd.send(cmd).await;
-                }
-            });
-        }
-        while let Some(e) = relay.poll_event() {
-            handle_event(&edge, e, &mut requests, &mut deliveries, &mut ping_msgs);
+        // Drain the relay; what its events ask of it in turn (a cancel for a handler that
+        // went away, a refusal) is fed back at once, never through our own queue.
+        loop {
+            push_transmits(&edge, &mut relay);
+            while let Some(e) = relay.poll_event() {
+                handle_event(
+                    &edge,
+                    e,
+                    &mut requests,
+                    &mut deliveries,
+                    &mut ping_msgs,
+                    &mut batch,
+                );
+            }
+            if batch.is_empty() {
+                break;
+            }
+            for c in batch.drain(..) {
+                handle_cmd(
+                    &edge,
+                    &mut relay,
+                    now,
+                    c,
+                    &mut requests,
+                    &mut deliveries,
+                    &mut ping_msgs,
+                );
+            }
         }
         *edge.relay_stats.lock().unwrap_or_else(|p| p.into_inner()) = relay.stats();
+    }
+}
+
+/// Hands every envelope the relay has ready to the router, each push in its own task.
+fn push_transmits(edge: &Arc<Edge>, relay: &mut Relay) {
+    while let Some(t) = relay.poll_transmit() {
+        let (edge2, overlay) = (edge.clone(), edge.overlay.clone());
+        tokio::spawn(async move {
+            let r = overlay.push(t.peer, t.payload).await;
+            if let Err(e) = &r {
+                tracing::debug!("push to {}: {e}", hex::encode(t.peer));
+            }
+            if let Some(nonce) = t.ping {
+                let cmd = Cmd::Pushed {
+                    peer: t.peer,
+                    nonce,
+                    msg: r.ok(),
+                };
+                let _ = edge2.cmd.send(cmd).await;
+            }
+        });
     }
 }
 
@@ -499,18 +540,19 @@ fn handle_event(
     requests: &mut HashMap<u64, mpsc::Sender<RequestEvent>>,
     deliveries: &mut HashMap<(PeerKey, u64), mpsc::Sender<DeliveryEvent>>,
     ping_msgs: &mut HashMap<(PeerKey, u64), MessageId>,
+    deferred: &mut Vec<Cmd>,
 ) {
-    let to_request = |requests: &mut HashMap<u64, mpsc::Sender<RequestEvent>>,
-                      id: u64,
-                      ev: RequestEvent,
-                      last: bool| {
+    let mut to_request = |requests: &mut HashMap<u64, mpsc::Sender<RequestEvent>>,
+                          id: u64,
+                          ev: RequestEvent,
+                          last: bool| {
         let ok = requests.get(&id).is_some_and(|tx| tx.try_send(ev).is_ok());
         if last || !ok {
             requests.remove(&id);
         }
         if !ok {
             // The handler is gone or not keeping up: the request ends here.
-            let _ = edge.cmd.try_send(Cmd::Cancel { id });
+            deferred.push(Cmd::Cancel { id });
         }
     };
     match e {
@@ -572,7 +614,7 @@ fn handle_event(
                 .is_some_and(|tx| tx.try_send(DeliveryEvent::Body { data, more }).is_ok());
             if !ok {
                 deliveries.remove(&(peer, id));
-                let _ = edge.cmd.try_send(Cmd::Refuse {
+                deferred.push(Cmd::Refuse {
                     peer,
                     id,
                     status: 502,
@@ -683,7 +725,7 @@ async fn deliver(
                         body_sink = None;
                         continue;
                     }
-                    let _ = edge2.cmd.try_send(Cmd::Consumed {
+                    edge2.send_soon(Cmd::Consumed {
                         peer: Some(peer),
                         id,
                         n,
