@@ -71,7 +71,7 @@ trap cleanup EXIT
 
 # Stand-ins: /usr/local/bin, /etc/hyphae, /run/hyphae (RuntimeDirectory=hyphae, mode 0750,
 # owned by User=:Group=), /var/lib/hyphae (StateDirectory=hyphae, 0700, same owners) and
-# /var/lib/hyphae-edge (StateDirectory=hyphae-edge, 0700, hyphae-edge and its own group).
+# /var/lib/hyphae-edge (StateDirectory=hyphae-edge, 0755, hyphae-edge and its own group).
 chmod 0755 "$tmp"
 mkdir -p "$tmp/bin" "$tmp/etc" "$tmp/log" "$tmp/run" "$tmp/lib"
 install -m 0755 target/debug/hyphae-router target/debug/hyphae-edge "$tmp/bin/"
@@ -80,7 +80,7 @@ router_state=$tmp/lib/hyphae
 edge_state=$tmp/lib/hyphae-edge
 install -d -o hyphae-router -g hyphae -m 0750 "$run"
 install -d -o hyphae-router -g hyphae -m 0700 "$router_state"
-install -d -o hyphae-edge -g "$(id -gn hyphae-edge)" -m 0700 "$edge_state"
+install -d -o hyphae-edge -g "$(id -gn hyphae-edge)" -m 0755 "$edge_state"
 sock=$run/router.sock
 
 # Credentials as systemd gives them: User=hyphae-router Group=hyphae (plus the user's groups);
@@ -234,6 +234,14 @@ chmod 0644 "$tmp/etc/edge.toml"
 got=$(stat -c '%a %U' "$edge_state/ca.key" 2>&1) || die "no ca.key after init: $got"
 [[ $got == "600 hyphae-edge" ]] || die "ca.key is '$got', want '600 hyphae-edge'"
 say "edge init: ca.key mode 0600, owner hyphae-edge"
+got=$(stat -c '%a' "$edge_state/ca.crt" 2>&1) || die "no ca.crt after init: $got"
+[[ $got == 644 ]] || die "ca.crt is mode '$got', want 644 (the homeserver reads it)"
+"${as_nobody[@]}" cat "$edge_state/ca.crt" >/dev/null ||
+    die "another user (the homeserver) cannot read ca.crt"
+if "${as_nobody[@]}" cat "$edge_state/ca.key" >/dev/null 2>&1; then
+    die "another user can read ca.key"
+fi
+say "edge init: another user reads ca.crt and not ca.key"
 (
     umask 077
     cd /

@@ -81,14 +81,18 @@ pub fn init(state_dir: &Path) -> Result<bool, String> {
     Ok(true)
 }
 
+/// Creates `path` with exactly `mode`, whatever the umask (the homeserver, another user,
+/// must read `ca.crt`; nobody but us `ca.key`).
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .open(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(bytes)
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .and_then(|()| f.write_all(bytes))
         .and_then(|()| f.sync_all())
         .map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -167,6 +171,54 @@ impl SiteCa {
     }
 }
 
+/// The system CA bundle as one file per certificate under `<state_dir>/system-ca/`, written
+/// once (an existing directory is listed as it is). Synapse's `federation_custom_ca_list` reads
+/// only the first certificate of each file and replaces the system trust with the list, so the
+/// homeserver needs every system CA as a file of its own beside `ca.crt` to keep ordinary
+/// federation working.
+pub fn system_ca_files(state_dir: &Path, bundle: &Path) -> Result<Vec<PathBuf>, String> {
+    let dir = state_dir.join("system-ca");
+    if !dir.exists() {
+        let pem = std::fs::read_to_string(bundle)
+            .map_err(|e| format!("system CA bundle {}: {e}", bundle.display()))?;
+        let certs = pem_certs(&pem);
+        if certs.is_empty() {
+            return Err(format!(
+                "system CA bundle {}: no certificate",
+                bundle.display()
+            ));
+        }
+        let tmp = state_dir.join(format!("system-ca.tmp.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        for (i, c) in certs.iter().enumerate() {
+            let f = tmp.join(format!("{i:04}.crt"));
+            std::fs::write(&f, pem_block(c.as_ref()))
+                .map_err(|e| format!("{}: {e}", f.display()))?;
+        }
+        std::fs::rename(&tmp, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn pem_block(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
 /// Every certificate in a PEM text.
 pub fn pem_certs(pem: &str) -> Vec<CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;
@@ -187,8 +239,9 @@ mod tests {
         assert!(init(&dir).unwrap());
         let (crt, key) = paths(&dir);
         let before = (std::fs::read(&crt).unwrap(), std::fs::read(&key).unwrap());
-        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(mode(&crt), 0o644, "the homeserver reads it");
         assert!(!init(&dir).unwrap());
         assert_eq!(
             before,
@@ -200,6 +253,28 @@ mod tests {
         let b = ca.server_config("B.example").unwrap();
         assert!(Arc::ptr_eq(&a, &b), "one mint per name");
         ca.server_config("127.0.0.1").unwrap();
+
+        // The system bundle, one certificate per file, written once.
+        let bundle = dir.join("bundle.pem");
+        let two = format!(
+            "{}{}",
+            std::fs::read_to_string(&crt).unwrap(),
+            pem_block(ca.ca_der())
+        );
+        std::fs::write(&bundle, &two).unwrap();
+        let files = system_ca_files(&dir, &bundle).unwrap();
+        assert_eq!(files.len(), 2);
+        for f in &files {
+            let one = pem_certs(&std::fs::read_to_string(f).unwrap());
+            assert_eq!(one.len(), 1);
+            assert_eq!(&one[0], ca.ca_der());
+        }
+        std::fs::write(&bundle, "").unwrap();
+        assert_eq!(
+            system_ca_files(&dir, &bundle).unwrap(),
+            files,
+            "written once"
+        );
 
         std::fs::remove_file(&key).unwrap();
         assert!(init(&dir).is_err(), "a lone ca.crt is never overwritten");

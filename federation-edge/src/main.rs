@@ -35,10 +35,16 @@ fn main() -> ExitCode {
     };
     if let Some(Cmd::Init) = args.cmd {
         return match hyphae_edge::ca::init(&config.state_dir) {
-            Ok(created) => {
-                print!("{}", init_text(&config, created));
-                ExitCode::SUCCESS
-            }
+            Ok(created) => match init_text(&config, created) {
+                Ok(t) => {
+                    print!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("hyphae-edge: {e}");
+                    ExitCode::FAILURE
+                }
+            },
             Err(e) => {
                 eprintln!("hyphae-edge: {e}");
                 ExitCode::FAILURE
@@ -73,7 +79,7 @@ fn main() -> ExitCode {
 }
 
 /// What `init` prints: the homeserver settings that send its federation through this edge.
-fn init_text(config: &Config, created: bool) -> String {
+fn init_text(config: &Config, created: bool) -> Result<String, String> {
     let (crt, _) = hyphae_edge::ca::paths(&config.state_dir);
     let bundle = [
         "/etc/ssl/certs/ca-certificates.crt",
@@ -81,21 +87,35 @@ fn init_text(config: &Config, created: bool) -> String {
         "/etc/ssl/cert.pem",
     ]
     .into_iter()
-    .find(|p| std::path::Path::new(p).exists())
-    .unwrap_or("/etc/ssl/certs/ca-certificates.crt");
+    .map(std::path::Path::new)
+    .find(|p| p.exists());
+    let system = match bundle {
+        Some(b) => hyphae_edge::ca::system_ca_files(&config.state_dir, b)?,
+        None => Vec::new(),
+    };
     let what = if created {
         format!("created {}", crt.display())
     } else {
         format!("{} already exists; nothing changed", crt.display())
     };
-    format!(
+    let mut out = format!(
         "# hyphae-edge: {what}\n\
          # Synapse: run it with this in its environment (e.g. systemd Environment=):\n\
          https_proxy=http://{proxy}\n\
-         # and add this to homeserver.yaml (it replaces the default trust for federation, so\n\
-         # the system bundle stays in the list):\n\
-         federation_custom_ca_list:\n  - {bundle}\n  - {crt}\n",
+         # and add this to homeserver.yaml. The list replaces the system trust for federation\n\
+         # and Synapse reads one certificate per file, so the system CAs are listed one by one\n\
+         # ({n} files under {dir}) to keep ordinary federation working:\n\
+         federation_custom_ca_list:\n  - {crt}\n",
         proxy = config.proxy,
-        crt = crt.display()
-    )
+        crt = crt.display(),
+        n = system.len(),
+        dir = config.state_dir.join("system-ca").display(),
+    );
+    for f in &system {
+        out.push_str(&format!("  - {}\n", f.display()));
+    }
+    if bundle.is_none() {
+        out.push_str("# (no system CA bundle found: add your system CAs, one file each)\n");
+    }
+    Ok(out)
 }
