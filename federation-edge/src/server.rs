@@ -334,18 +334,22 @@ impl Edge {
 /// The relay task: the only owner of the [`Relay`].
 async fn relay_task(
     edge: Arc<Edge>,
-    mut relay: Relay,
+    relay: Relay,
     mut cmds: mpsc::Receiver<Cmd>,
     mut incoming: mpsc::Receiver<Incoming>,
 ) {
-    let mut requests: HashMap<u64, mpsc::Sender<RequestEvent>> = HashMap::new();
-    let mut deliveries: HashMap<(PeerKey, u64), mpsc::Sender<DeliveryEvent>> = HashMap::new();
-    let mut ping_msgs: HashMap<(PeerKey, u64), MessageId> = HashMap::new();
+    let mut d = Driver {
+        edge,
+        relay,
+        requests: HashMap::new(),
+        deliveries: HashMap::new(),
+        ping_msgs: HashMap::new(),
+    };
     let mut batch = Vec::with_capacity(256);
     let mut msgs = Vec::with_capacity(256);
     loop {
         let sleep = async {
-            match relay.poll_timeout() {
+            match d.relay.poll_timeout() {
                 Some(t) => tokio::time::sleep_until(t.into()).await,
                 None => std::future::pending().await,
             }
@@ -365,65 +369,263 @@ async fn relay_task(
         }
         let now = Instant::now();
         // Take whatever else is ready too, so it leaves in the same envelopes.
-        while let Ok(m) = incoming.try_recv() {
+        while msgs.len() < 1024
+            && let Ok(m) = incoming.try_recv()
+        {
             msgs.push(m);
-            if msgs.len() >= 1024 {
-                break;
-            }
         }
-        while let Ok(c) = cmds.try_recv() {
+        while batch.len() < 1024
+            && let Ok(c) = cmds.try_recv()
+        {
             batch.push(c);
-            if batch.len() >= 1024 {
-                break;
-            }
         }
         for m in msgs.drain(..) {
             if m.topic == crate::relay::TOPIC {
-                relay.handle_message(now, m.src, &m.payload);
+                d.relay.handle_message(now, m.src, &m.payload);
             }
         }
-        for c in batch.drain(..) {
-            handle_cmd(
-                &edge,
-                &mut relay,
-                now,
-                c,
-                &mut requests,
-                &mut deliveries,
-                &mut ping_msgs,
-            );
+        d.run(now, &mut batch);
+        *d.edge.relay_stats.lock().unwrap_or_else(|p| p.into_inner()) = d.relay.stats();
+    }
+}
+
+/// The relay and the channels of the requests and deliveries it drives.
+struct Driver {
+    edge: Arc<Edge>,
+    relay: Relay,
+    /// Our relayed requests' handlers, by id.
+    requests: HashMap<u64, mpsc::Sender<RequestEvent>>,
+    /// Deliveries to our homeserver, by requester and id.
+    deliveries: HashMap<(PeerKey, u64), mpsc::Sender<DeliveryEvent>>,
+    /// The message ids of the pings in flight.
+    ping_msgs: HashMap<(PeerKey, u64), MessageId>,
+}
+
+impl Driver {
+    /// Handles `cmds`, runs the timers, and drains the relay; what its events ask of it in
+    /// turn (a cancel for a handler that went away, a refusal) is fed back at once, never
+    /// through the task's own queue.
+    fn run(&mut self, now: Instant, cmds: &mut Vec<Cmd>) {
+        for c in cmds.drain(..) {
+            self.command(now, c);
         }
-        relay.handle_timeout(now);
-        // Drain the relay; what its events ask of it in turn (a cancel for a handler that
-        // went away, a refusal) is fed back at once, never through our own queue.
+        self.relay.handle_timeout(now);
         loop {
-            push_transmits(&edge, &mut relay);
-            while let Some(e) = relay.poll_event() {
-                handle_event(
-                    &edge,
-                    e,
-                    &mut requests,
-                    &mut deliveries,
-                    &mut ping_msgs,
-                    &mut batch,
-                );
+            push_transmits(&self.edge, &mut self.relay);
+            while let Some(e) = self.relay.poll_event() {
+                self.event(e, cmds);
             }
-            if batch.is_empty() {
-                break;
+            if cmds.is_empty() {
+                return;
             }
-            for c in batch.drain(..) {
-                handle_cmd(
-                    &edge,
-                    &mut relay,
-                    now,
-                    c,
-                    &mut requests,
-                    &mut deliveries,
-                    &mut ping_msgs,
-                );
+            for c in cmds.drain(..) {
+                self.command(now, c);
             }
         }
-        *edge.relay_stats.lock().unwrap_or_else(|p| p.into_inner()) = relay.stats();
+    }
+
+    fn command(&mut self, now: Instant, c: Cmd) {
+        match c {
+            Cmd::Start {
+                peer,
+                head,
+                body,
+                more,
+                events,
+                id,
+            } => {
+                let r = self.relay.start_request(now, peer, head, body, more);
+                if let Ok(i) = r {
+                    self.requests.insert(i, events);
+                }
+                let _ = id.send(r);
+            }
+            Cmd::SendBody {
+                peer,
+                id,
+                data,
+                more,
+            } => {
+                if !self.relay.send_body(now, peer, id, data, more) {
+                    tracing::debug!("body part for request {id} refused");
+                }
+                if peer.is_some() && !more {
+                    self.deliveries.remove(&(peer.unwrap_or_default(), id));
+                }
+            }
+            Cmd::Consumed { peer, id, n } => self.relay.body_consumed(now, peer, id, n),
+            Cmd::Cancel { id } => {
+                self.requests.remove(&id);
+                self.relay.cancel(now, id);
+            }
+            Cmd::Respond {
+                peer,
+                id,
+                head,
+                body,
+                more,
+            } => {
+                self.relay.respond(now, peer, id, head, body, more);
+                if !more {
+                    self.deliveries.remove(&(peer, id));
+                }
+            }
+            Cmd::Refuse { peer, id, status } => {
+                self.relay.refuse(now, peer, id, status);
+                self.deliveries.remove(&(peer, id));
+            }
+            Cmd::Pushed { peer, nonce, msg } => match msg {
+                Some(m) => {
+                    self.ping_msgs.retain(|(p, _), _| *p != peer);
+                    self.ping_msgs.insert((peer, nonce), m);
+                }
+                None => self.relay.handle_pushed(now, peer, nonce, false),
+            },
+            Cmd::Delivery {
+                peer,
+                nonce,
+                delivery,
+            } => {
+                if delivery != Delivery::Pending {
+                    self.ping_msgs.remove(&(peer, nonce));
+                }
+                self.relay.handle_delivery_check(now, peer, nonce, delivery);
+            }
+            Cmd::Forget { peer } => {
+                self.relay.forget(&peer);
+                self.edge.down.rcu(|d| {
+                    let mut d = HashSet::clone(d);
+                    d.remove(&peer);
+                    d
+                });
+            }
+        }
+    }
+
+    /// Hands `ev` to request `id`'s handler; a handler that is gone or not keeping up ends
+    /// the request.
+    fn tell_request(&mut self, deferred: &mut Vec<Cmd>, id: u64, ev: RequestEvent, last: bool) {
+        let ok = self
+            .requests
+            .get(&id)
+            .is_some_and(|tx| tx.try_send(ev).is_ok());
+        if last || !ok {
+            self.requests.remove(&id);
+        }
+        if !ok {
+            deferred.push(Cmd::Cancel { id });
+        }
+    }
+
+    fn event(&mut self, e: Event, deferred: &mut Vec<Cmd>) {
+        match e {
+            Event::Response {
+                id,
+                head,
+                body,
+                more,
+            } => self.tell_request(
+                deferred,
+                id,
+                RequestEvent::Response { head, body, more },
+                !more,
+            ),
+            Event::ResponseBody { id, data, more } => {
+                self.tell_request(deferred, id, RequestEvent::Body { data, more }, !more);
+            }
+            Event::Failed { id, failure } => {
+                if let Some(tx) = self.requests.remove(&id) {
+                    let _ = tx.try_send(RequestEvent::Failed(failure));
+                }
+            }
+            Event::Credit {
+                id,
+                peer: None,
+                bytes,
+            } => self.tell_request(deferred, id, RequestEvent::Credit(bytes), false),
+            Event::Credit {
+                id,
+                peer: Some(peer),
+                bytes,
+            } => {
+                if let Some(tx) = self.deliveries.get(&(peer, id)) {
+                    let _ = tx.try_send(DeliveryEvent::Credit(bytes));
+                }
+            }
+            Event::Deliver {
+                peer,
+                id,
+                head,
+                body,
+                more,
+            } => {
+                tracing::debug!("deliver {id} {} {:?} more={more}", head.method, head.target);
+                // Kept until the response is sent: body parts, credits and cancels reach the
+                // delivery through it.
+                let (tx, rx) = mpsc::channel(REQUEST_EVENTS);
+                self.deliveries.insert((peer, id), tx);
+                tokio::spawn(deliver(self.edge.clone(), peer, id, head, body, more, rx));
+            }
+            Event::RequestBody {
+                peer,
+                id,
+                data,
+                more,
+            } => {
+                let ok = self
+                    .deliveries
+                    .get(&(peer, id))
+                    .is_some_and(|tx| tx.try_send(DeliveryEvent::Body { data, more }).is_ok());
+                if !ok {
+                    self.deliveries.remove(&(peer, id));
+                    deferred.push(Cmd::Refuse {
+                        peer,
+                        id,
+                        status: 502,
+                    });
+                }
+            }
+            Event::Abandoned { peer, id } => {
+                if let Some(tx) = self.deliveries.remove(&(peer, id)) {
+                    let _ = tx.try_send(DeliveryEvent::Abandoned);
+                }
+            }
+            Event::CheckDelivery { peer, nonce } => {
+                let msg = self.ping_msgs.get(&(peer, nonce)).copied();
+                let edge = self.edge.clone();
+                tokio::spawn(async move {
+                    let delivery = check_delivery(&edge, peer, msg).await;
+                    let _ = edge
+                        .cmd
+                        .send(Cmd::Delivery {
+                            peer,
+                            nonce,
+                            delivery,
+                        })
+                        .await;
+                });
+            }
+            Event::PeerDown { peer, failure } => {
+                tracing::warn!(
+                    "overlay path to {} is down ({})",
+                    hex::encode(peer),
+                    failure.status()
+                );
+                self.edge.down.rcu(|d| {
+                    let mut d = HashSet::clone(d);
+                    d.insert(peer);
+                    d
+                });
+            }
+            Event::PeerUp { peer } => {
+                tracing::info!("overlay path to {} is up again", hex::encode(peer));
+                self.edge.down.rcu(|d| {
+                    let mut d = HashSet::clone(d);
+                    d.remove(&peer);
+                    d
+                });
+            }
+        }
     }
 }
 
@@ -445,222 +647,6 @@ fn push_transmits(edge: &Arc<Edge>, relay: &mut Relay) {
                 let _ = edge2.cmd.send(cmd).await;
             }
         });
-    }
-}
-
-fn handle_cmd(
-    edge: &Arc<Edge>,
-    relay: &mut Relay,
-    now: Instant,
-    c: Cmd,
-    requests: &mut HashMap<u64, mpsc::Sender<RequestEvent>>,
-    deliveries: &mut HashMap<(PeerKey, u64), mpsc::Sender<DeliveryEvent>>,
-    ping_msgs: &mut HashMap<(PeerKey, u64), MessageId>,
-) {
-    match c {
-        Cmd::Start {
-            peer,
-            head,
-            body,
-            more,
-            events,
-            id,
-        } => {
-            let r = relay.start_request(now, peer, head, body, more);
-            if let Ok(i) = r {
-                requests.insert(i, events);
-            }
-            let _ = id.send(r);
-        }
-        Cmd::SendBody {
-            peer,
-            id,
-            data,
-            more,
-        } => {
-            if !relay.send_body(now, peer, id, data, more) {
-                tracing::debug!("body part for request {id} refused");
-            }
-            if peer.is_some() && !more {
-                deliveries.remove(&(peer.unwrap_or_default(), id));
-            }
-        }
-        Cmd::Consumed { peer, id, n } => relay.body_consumed(now, peer, id, n),
-        Cmd::Cancel { id } => {
-            requests.remove(&id);
-            relay.cancel(now, id);
-        }
-        Cmd::Respond {
-            peer,
-            id,
-            head,
-            body,
-            more,
-        } => {
-            relay.respond(now, peer, id, head, body, more);
-            if !more {
-                deliveries.remove(&(peer, id));
-            }
-        }
-        Cmd::Refuse { peer, id, status } => {
-            relay.refuse(now, peer, id, status);
-            deliveries.remove(&(peer, id));
-        }
-        Cmd::Pushed { peer, nonce, msg } => match msg {
-            Some(m) => {
-                ping_msgs.retain(|(p, _), _| *p != peer);
-                ping_msgs.insert((peer, nonce), m);
-            }
-            None => relay.handle_pushed(now, peer, nonce, false),
-        },
-        Cmd::Delivery {
-            peer,
-            nonce,
-            delivery,
-        } => {
-            if delivery != Delivery::Pending {
-                ping_msgs.remove(&(peer, nonce));
-            }
-            relay.handle_delivery_check(now, peer, nonce, delivery);
-        }
-        Cmd::Forget { peer } => {
-            relay.forget(&peer);
-            edge.down.rcu(|d| {
-                let mut d = HashSet::clone(d);
-                d.remove(&peer);
-                d
-            });
-        }
-    }
-}
-
-fn handle_event(
-    edge: &Arc<Edge>,
-    e: Event,
-    requests: &mut HashMap<u64, mpsc::Sender<RequestEvent>>,
-    deliveries: &mut HashMap<(PeerKey, u64), mpsc::Sender<DeliveryEvent>>,
-    ping_msgs: &mut HashMap<(PeerKey, u64), MessageId>,
-    deferred: &mut Vec<Cmd>,
-) {
-    let mut to_request = |requests: &mut HashMap<u64, mpsc::Sender<RequestEvent>>,
-                          id: u64,
-                          ev: RequestEvent,
-                          last: bool| {
-        let ok = requests.get(&id).is_some_and(|tx| tx.try_send(ev).is_ok());
-        if last || !ok {
-            requests.remove(&id);
-        }
-        if !ok {
-            // The handler is gone or not keeping up: the request ends here.
-            deferred.push(Cmd::Cancel { id });
-        }
-    };
-    match e {
-        Event::Response {
-            id,
-            head,
-            body,
-            more,
-        } => to_request(
-            requests,
-            id,
-            RequestEvent::Response { head, body, more },
-            !more,
-        ),
-        Event::ResponseBody { id, data, more } => {
-            to_request(requests, id, RequestEvent::Body { data, more }, !more);
-        }
-        Event::Failed { id, failure } => {
-            if let Some(tx) = requests.remove(&id) {
-                let _ = tx.try_send(RequestEvent::Failed(failure));
-            }
-        }
-        Event::Credit {
-            id,
-            peer: None,
-            bytes,
-        } => to_request(requests, id, RequestEvent::Credit(bytes), false),
-        Event::Credit {
-            id,
-            peer: Some(peer),
-            bytes,
-        } => {
-            if let Some(tx) = deliveries.get(&(peer, id)) {
-                let _ = tx.try_send(DeliveryEvent::Credit(bytes));
-            }
-        }
-        Event::Deliver {
-            peer,
-            id,
-            head,
-            body,
-            more,
-        } => {
-            tracing::debug!("deliver {id} {} {:?} more={more}", head.method, head.target);
-            // Kept until the response is sent: body parts, credits and cancels reach the
-            // delivery through it.
-            let (tx, rx) = mpsc::channel(REQUEST_EVENTS);
-            deliveries.insert((peer, id), tx);
-            tokio::spawn(deliver(edge.clone(), peer, id, head, body, more, rx));
-        }
-        Event::RequestBody {
-            peer,
-            id,
-            data,
-            more,
-        } => {
-            let ok = deliveries
-                .get(&(peer, id))
-                .is_some_and(|tx| tx.try_send(DeliveryEvent::Body { data, more }).is_ok());
-            if !ok {
-                deliveries.remove(&(peer, id));
-                deferred.push(Cmd::Refuse {
-                    peer,
-                    id,
-                    status: 502,
-                });
-            }
-        }
-        Event::Abandoned { peer, id } => {
-            if let Some(tx) = deliveries.remove(&(peer, id)) {
-                let _ = tx.try_send(DeliveryEvent::Abandoned);
-            }
-        }
-        Event::CheckDelivery { peer, nonce } => {
-            let msg = ping_msgs.get(&(peer, nonce)).copied();
-            let edge = edge.clone();
-            tokio::spawn(async move {
-                let delivery = check_delivery(&edge, peer, msg).await;
-                let _ = edge
-                    .cmd
-                    .send(Cmd::Delivery {
-                        peer,
-                        nonce,
-                        delivery,
-                    })
-                    .await;
-            });
-        }
-        Event::PeerDown { peer, failure } => {
-            tracing::warn!(
-                "overlay path to {} is down ({})",
-                hex::encode(peer),
-                failure.status()
-            );
-            edge.down.rcu(|d| {
-                let mut d = HashSet::clone(d);
-                d.insert(peer);
-                d
-            });
-        }
-        Event::PeerUp { peer } => {
-            tracing::info!("overlay path to {} is up again", hex::encode(peer));
-            edge.down.rcu(|d| {
-                let mut d = HashSet::clone(d);
-                d.remove(&peer);
-                d
-            });
-        }
     }
 }
 
