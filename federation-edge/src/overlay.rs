@@ -39,9 +39,14 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_QUEUE: usize = 1024;
 /// Largest frame accepted from the router.
 const MAX_FRAME: usize = framing::DEFAULT_MAX_BODY;
-/// How long one long poll on a message API waits. A stock node serves its long polls, and its
-/// message status queries, one at a time, so this bounds how long a status query waits too.
-const HTTP_POLL_SECS: u32 = 1;
+/// Polling a message API: a stock node (0.7.10) answers nothing else while a long poll is
+/// pending (a push or a status query waits it out), so the edge polls without waiting
+/// (`timeout=0`), again at once after a message, and after an empty answer waits from
+/// `HTTP_IDLE_MIN` doubling up to `HTTP_IDLE_MAX`; a push starts the short waits again, since
+/// an answer usually follows it.
+const HTTP_IDLE_MIN: Duration = Duration::from_millis(1);
+/// See [`HTTP_IDLE_MIN`].
+const HTTP_IDLE_MAX: Duration = Duration::from_millis(50);
 
 /// A message for this edge.
 #[derive(Debug, Clone)]
@@ -90,6 +95,8 @@ struct Inner {
     received: AtomicU64,
     reconnects: AtomicU64,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// HTTP: a push happened (the poll loop shortens its wait).
+    pushed_now: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
@@ -134,6 +141,7 @@ impl Overlay {
             received: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             tasks: Mutex::new(Vec::new()),
+            pushed_now: tokio::sync::Notify::new(),
         });
         let mut tasks = Vec::new();
         match addr {
@@ -208,7 +216,11 @@ impl Overlay {
                     Err(e) => Err(OverlayError::Refused(e.to_string())),
                 }
             }
-            RouterAddr::Http(_) => self.inner.http_push(dst, topic, &payload).await,
+            RouterAddr::Http(_) => {
+                let r = self.inner.http_push(dst, topic, &payload).await;
+                self.inner.pushed_now.notify_one();
+                r
+            }
         };
         match &r {
             Ok(_) => self.inner.pushed.fetch_add(1, Ordering::Relaxed),
@@ -475,10 +487,12 @@ async fn unix_loop(inner: Arc<Inner>, path: std::path::PathBuf, incoming: mpsc::
 /// The long poll loop on a message API.
 async fn http_poll(inner: Arc<Inner>, incoming: mpsc::Sender<Incoming>) {
     let topic_q = percent_encode(&B64.encode(TOPIC));
-    let path = format!("/api/v1/messages?timeout={HTTP_POLL_SECS}&topic={topic_q}");
+    let path = format!("/api/v1/messages?timeout=0&topic={topic_q}");
+    let mut idle = HTTP_IDLE_MIN;
     loop {
         match inner.http_call("GET", &path, None).await {
             Ok((200, body)) => {
+                idle = HTTP_IDLE_MIN;
                 let Some(m) = parse_received(&body) else {
                     tracing::warn!("message API: undecodable message");
                     continue;
@@ -488,7 +502,12 @@ async fn http_poll(inner: Arc<Inner>, incoming: mpsc::Sender<Incoming>) {
                     return;
                 }
             }
-            Ok((204, _)) => {}
+            Ok((204, _)) => {
+                tokio::select! {
+                    () = tokio::time::sleep(idle) => idle = (idle * 2).min(HTTP_IDLE_MAX),
+                    () = inner.pushed_now.notified() => idle = HTTP_IDLE_MIN,
+                }
+            }
             Ok((status, _)) => {
                 tracing::warn!("message API answered {status} to a receive");
                 tokio::time::sleep(Duration::from_millis(500)).await;
