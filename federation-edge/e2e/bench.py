@@ -584,6 +584,8 @@ def main() -> int:
     # Release binaries by default (figures); HYPHAE_ROUTER_BIN / HYPHAE_EDGE_BIN as run.py.
     for var, name in (("HYPHAE_ROUTER_BIN", "hyphae-router"), ("HYPHAE_EDGE_BIN", "hyphae-edge")):
         os.environ.setdefault(var, str(REPO / "target/release" / name))
+        # The daemons start in their run directories: a relative path must not depend on that.
+        os.environ[var] = str(Path(os.environ[var]).resolve())
         if not Path(os.environ[var]).is_file():
             print(f"bench: SETUP ERROR: no {name} at {os.environ[var]} (cargo build --release "
                   f"-p hyphae-router -p hyphae-edge --locked, or set {var})", file=sys.stderr)

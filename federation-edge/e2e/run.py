@@ -449,11 +449,12 @@ def expect(what: str, res, ok=(200,)):
 
 
 def router_bin() -> Path:
-    return Path(os.environ.get("HYPHAE_ROUTER_BIN", REPO / "target/debug/hyphae-router"))
+    # Resolved here: the daemons start in their run directories.
+    return Path(os.environ.get("HYPHAE_ROUTER_BIN", REPO / "target/debug/hyphae-router")).resolve()
 
 
 def edge_bin() -> Path:
-    return Path(os.environ.get("HYPHAE_EDGE_BIN", REPO / "target/debug/hyphae-edge"))
+    return Path(os.environ.get("HYPHAE_EDGE_BIN", REPO / "target/debug/hyphae-edge")).resolve()
 
 
 def stock_bin() -> Path:
