@@ -19,8 +19,11 @@
 //! names. One topic means one subscription, or one long poll on a stock node's message API
 //! (which serves its long polls one at a time).
 //!
-//! * Everything queued for one peer and topic between two polls leaves in one envelope (at
-//!   most [`Limits::max_envelope`] bytes), so requests that are ready together travel together.
+//! * Everything queued for one peer and direction leaves in one envelope (at most
+//!   [`Limits::max_envelope`] bytes), and at most one envelope per peer and direction is being
+//!   handed to the router at a time ([`Relay::handle_sent`]): what queues up meanwhile leaves
+//!   together in the next one. Under load, batches grow with the load; alone, a request leaves
+//!   at once.
 //! * A body up to [`Limits::inline_body`] bytes travels inside its request or response. A
 //!   larger one is streamed: the first part inline with `more`, the rest as [`BodyPart`]s, each
 //!   sent only inside the window the receiver grants ([`RelayItem::Window`]), which it widens as
@@ -265,6 +268,9 @@ pub struct Transmit {
     /// Set when the envelope carries this ping: report its message id with
     /// [`Relay::handle_pushed`] so its delivery can be checked.
     pub ping: Option<u64>,
+    /// Its direction (from us as the requester, or as the server); report the end of the push
+    /// with [`Relay::handle_sent`].
+    pub from_requester: bool,
 }
 
 /// Counters.
@@ -432,6 +438,8 @@ pub struct Relay {
     /// Queued items by destination and direction (`true`: from us as the requester).
     queues: Vec<(PeerKey, bool, VecDeque<Item>)>,
     queue_index: HashMap<(PeerKey, bool), usize>,
+    /// Peers and directions with an envelope being handed to the router.
+    sending: std::collections::HashSet<(PeerKey, bool)>,
     events: VecDeque<Event>,
     next_tick: Option<Instant>,
     stats: Stats,
@@ -450,6 +458,7 @@ impl Relay {
             peers: HashMap::new(),
             queues: Vec::new(),
             queue_index: HashMap::new(),
+            sending: std::collections::HashSet::new(),
             events: VecDeque::new(),
             next_tick: None,
             stats: Stats::default(),
@@ -1075,7 +1084,10 @@ impl Relay {
 
     /// The next envelope to push.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        let idx = self.queues.iter().position(|(_, _, q)| !q.is_empty())?;
+        let idx = self
+            .queues
+            .iter()
+            .position(|(p, r, q)| !q.is_empty() && !self.sending.contains(&(*p, *r)))?;
         let (peer, from_requester, q) = &mut self.queues[idx];
         let (peer, from_requester) = (*peer, *from_requester);
         let mut items = Vec::new();
@@ -1102,11 +1114,19 @@ impl Relay {
         });
         self.stats.envelopes_sent += 1;
         self.stats.items_sent += items.len() as u64;
+        self.sending.insert((peer, from_requester));
         Some(Transmit {
             peer,
             payload: encode_items(&items, from_requester),
             ping,
+            from_requester,
         })
+    }
+
+    /// The router took (or refused) the envelope [`Relay::poll_transmit`] gave for `peer` in
+    /// this direction: the next one, holding whatever queued up meanwhile, may go.
+    pub fn handle_sent(&mut self, peer: PeerKey, from_requester: bool) {
+        self.sending.remove(&(peer, from_requester));
     }
 
     /// The next event.

@@ -108,9 +108,11 @@ enum Cmd {
         id: u64,
         status: u16,
     },
+    /// A push ended: the router took the envelope (`msg`) or not; `ping` when it carried one.
     Pushed {
         peer: PeerKey,
-        nonce: u64,
+        from_requester: bool,
+        ping: Option<u64>,
         msg: Option<MessageId>,
     },
     Delivery {
@@ -474,13 +476,22 @@ impl Driver {
                 self.relay.refuse(now, peer, id, status);
                 self.deliveries.remove(&(peer, id));
             }
-            Cmd::Pushed { peer, nonce, msg } => match msg {
-                Some(m) => {
-                    self.ping_msgs.retain(|(p, _), _| *p != peer);
-                    self.ping_msgs.insert((peer, nonce), m);
+            Cmd::Pushed {
+                peer,
+                from_requester,
+                ping,
+                msg,
+            } => {
+                self.relay.handle_sent(peer, from_requester);
+                match (ping, msg) {
+                    (Some(nonce), Some(m)) => {
+                        self.ping_msgs.retain(|(p, _), _| *p != peer);
+                        self.ping_msgs.insert((peer, nonce), m);
+                    }
+                    (Some(nonce), None) => self.relay.handle_pushed(now, peer, nonce, false),
+                    (None, _) => {}
                 }
-                None => self.relay.handle_pushed(now, peer, nonce, false),
-            },
+            }
             Cmd::Delivery {
                 peer,
                 nonce,
@@ -638,14 +649,13 @@ fn push_transmits(edge: &Arc<Edge>, relay: &mut Relay) {
             if let Err(e) = &r {
                 tracing::debug!("push to {}: {e}", hex::encode(t.peer));
             }
-            if let Some(nonce) = t.ping {
-                let cmd = Cmd::Pushed {
-                    peer: t.peer,
-                    nonce,
-                    msg: r.ok(),
-                };
-                let _ = edge2.cmd.send(cmd).await;
-            }
+            let cmd = Cmd::Pushed {
+                peer: t.peer,
+                from_requester: t.from_requester,
+                ping: t.ping,
+                msg: r.ok(),
+            };
+            let _ = edge2.cmd.send(cmd).await;
         });
     }
 }

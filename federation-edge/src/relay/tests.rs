@@ -95,6 +95,12 @@ impl Net {
     }
 
     fn send(&mut self, from: PeerKey, t: Transmit) {
+        // The simulated router takes every envelope at once.
+        if from == A {
+            self.a.handle_sent(t.peer, t.from_requester);
+        } else {
+            self.b.handle_sent(t.peer, t.from_requester);
+        }
         if let Some(n) = t.ping {
             if self.up {
                 self.delivered_pings.push((t.peer, n));
@@ -599,4 +605,27 @@ fn a_ping_stuck_behind_data_on_a_live_route_is_not_a_failure() {
         id,
         failure: Failure::Unreachable
     }));
+}
+
+#[test]
+fn what_queues_while_an_envelope_is_being_pushed_leaves_together_next() {
+    let mut n = Net::new();
+    n.a.start_request(n.now, B, get("/1"), Bytes::new(), false)
+        .unwrap();
+    let first = n.a.poll_transmit().unwrap();
+    // While the router has not taken the first envelope, nothing else leaves...
+    for i in 0..10 {
+        let t = if i % 2 == 0 { "/even" } else { "/odd" };
+        n.a.start_request(n.now, B, get(t), Bytes::new(), false)
+            .unwrap();
+        assert!(n.a.poll_transmit().is_none());
+    }
+    // ... and then all ten leave in one.
+    n.a.handle_sent(B, first.from_requester);
+    let next = n.a.poll_transmit().unwrap();
+    assert!(n.a.poll_transmit().is_none());
+    assert_eq!(n.a.stats().envelopes_sent, 2);
+    assert_eq!(n.a.stats().items_sent, 11);
+    n.a.handle_sent(B, next.from_requester);
+    assert!(n.a.poll_transmit().is_none());
 }
