@@ -402,6 +402,14 @@ impl World {
         }
     }
 
+    /// A world whose edge A routes homeserver B's name to router B with `fallback`; the name.
+    async fn routed(name: &str, fallback: &str) -> (Self, String) {
+        let w = Self::new(name).await;
+        let dest = w.hs_b.name().to_owned();
+        w.route_a(&dest, &w.rb_key(), fallback).await;
+        (w, dest)
+    }
+
     /// Router B's public key (ours, or the stock node's).
     fn rb_key(&self) -> String {
         self.stock_b_key
@@ -488,9 +496,7 @@ async fn api(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_requests_cross_two_edges_with_everything_the_signature_covers() {
-    let w = World::new("signed").await;
-    let dest = w.hs_b.name().to_owned();
-    w.route_a(&dest, &w.rb.public_key(), "never").await;
+    let (w, dest) = World::routed("signed", "never").await;
     let c = w.client_a();
 
     // A transaction: the destination verifies the signature over method, raw target, origin,
@@ -553,9 +559,7 @@ async fn signed_requests_cross_two_edges_with_everything_the_signature_covers() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_stream_both_ways() {
-    let w = World::new("large").await;
-    let dest = w.hs_b.name().to_owned();
-    w.route_a(&dest, &w.rb.public_key(), "never").await;
+    let (w, dest) = World::routed("large", "never").await;
     let c = w.client_a();
     // A 10 MB request body.
     let big = "x".repeat(10 << 20);
@@ -698,9 +702,7 @@ async fn routed_names_without_a_port_get_their_well_known_from_the_edge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overlay_outage_gives_502_and_the_retry_succeeds_after_recovery() {
-    let mut w = World::new("outage").await;
-    let dest = w.hs_b.name().to_owned();
-    w.route_a(&dest, &w.rb.public_key(), "never").await;
+    let (mut w, dest) = World::routed("outage", "never").await;
     let c = w.client_a();
     let r = c
         .request(&dest, "GET", "/_matrix/federation/v1/event/%24before", None)
@@ -744,9 +746,7 @@ async fn an_overlay_outage_gives_502_and_the_retry_succeeds_after_recovery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_fallback_direct_a_dead_overlay_path_falls_back_and_comes_back() {
-    let mut w = World::new("fallback").await;
-    let dest = w.hs_b.name().to_owned();
-    w.route_a(&dest, &w.rb.public_key(), "direct").await;
+    let (mut w, dest) = World::routed("fallback", "direct").await;
     let c = w.client_a();
     let r = c
         .request(&dest, "GET", "/_matrix/federation/v1/event/%241", None)
@@ -800,9 +800,7 @@ async fn with_fallback_direct_a_dead_overlay_path_falls_back_and_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_persist_and_an_edge_restart_keeps_serving() {
-    let mut w = World::new("persist").await;
-    let dest = w.hs_b.name().to_owned();
-    w.route_a(&dest, &w.rb.public_key(), "never").await;
+    let (mut w, dest) = World::routed("persist", "never").await;
     let (status, list) = api(w.edge_a().api, "GET", "/api/v1/bridge/routes", None).await;
     assert_eq!(status, 200);
     // A bad route is refused with a reason and changes nothing.
@@ -971,9 +969,7 @@ async fn an_edge_works_through_a_stock_nodes_message_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_accepting_and_finishes_requests_in_flight() {
-    let mut w = World::new("drain").await;
-    let dest = w.hs_b.name().to_owned();
-    w.route_a(&dest, &w.rb_key(), "never").await;
+    let (mut w, dest) = World::routed("drain", "never").await;
     let c = std::sync::Arc::new(w.client_a());
     let r = c
         .request(&dest, "GET", "/_matrix/federation/v1/version", None)
