@@ -723,21 +723,10 @@ impl Relay {
                 *self.incoming_per_peer.entry(peer).or_default() += 1;
                 let mut body_in = None;
                 if more {
-                    let granted = body.len() as u64 + self.limits.window;
-                    body_in = Some(BodyIn {
-                        next: body.len() as u64,
-                        consumed: body.len() as u64,
-                        granted,
-                        ..BodyIn::default()
-                    });
-                    self.queue(
-                        peer,
-                        false,
-                        Item::Window {
-                            id,
-                            offset: granted,
-                        },
-                    );
+                    let b = BodyIn::after_head(body.len() as u64, self.limits.window);
+                    let offset = b.granted;
+                    body_in = Some(b);
+                    self.queue(peer, false, Item::Window { id, offset });
                 }
                 self.incoming.insert(
                     (peer, id),
@@ -835,21 +824,10 @@ impl Relay {
                 self.stats.responses_received += 1;
                 self.stats.body_bytes_received += body.len() as u64;
                 if more {
-                    let granted = body.len() as u64 + self.limits.window;
-                    o.body_in = Some(BodyIn {
-                        next: body.len() as u64,
-                        consumed: body.len() as u64,
-                        granted,
-                        ..BodyIn::default()
-                    });
-                    self.queue(
-                        peer,
-                        true,
-                        Item::Window {
-                            id,
-                            offset: granted,
-                        },
-                    );
+                    let b = BodyIn::after_head(body.len() as u64, self.limits.window);
+                    let offset = b.granted;
+                    o.body_in = Some(b);
+                    self.queue(peer, true, Item::Window { id, offset });
                 } else {
                     self.remove_outgoing(id);
                 }
@@ -1205,6 +1183,19 @@ impl Relay {
         let busy = !self.outgoing.is_empty() || !self.peers.is_empty();
         if busy && self.next_tick.is_none() {
             self.next_tick = Some(now + self.limits.tick);
+        }
+    }
+}
+
+impl BodyIn {
+    /// The receive side once the head arrived with `first` body bytes: one window granted
+    /// beyond them (the caller sends it).
+    fn after_head(first: u64, window: u64) -> Self {
+        Self {
+            next: first,
+            consumed: first,
+            granted: first + window,
+            ..Self::default()
         }
     }
 }

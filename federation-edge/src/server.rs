@@ -150,6 +150,8 @@ pub struct Edge {
     idle: Notify,
     started: Instant,
     relay_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The relay's limits (the relay task and the body streams use the same).
+    limits: Limits,
 }
 
 /// Counts one request in flight until dropped.
@@ -215,10 +217,11 @@ impl Edge {
             idle: Notify::new(),
             started: Instant::now(),
             relay_task: Mutex::new(None),
+            limits: Limits::default(),
         });
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).map_err(|e| format!("random source: {e}"))?;
-        let relay = Relay::new(Limits::default(), u64::from_le_bytes(seed));
+        let relay = Relay::new(edge.limits.clone(), u64::from_le_bytes(seed));
         let task = tokio::spawn(relay_task(edge.clone(), relay, cmd_rx, in_rx));
         *edge.relay_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         Ok(edge)
@@ -236,9 +239,8 @@ impl Edge {
     }
 
     /// The relay's limits.
-    pub fn limits(&self) -> &'static Limits {
-        static LIMITS: std::sync::OnceLock<Limits> = std::sync::OnceLock::new();
-        LIMITS.get_or_init(Limits::default)
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Seconds since start.
