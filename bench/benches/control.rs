@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use hyphae_router::babel::{Config, Router};
-use hyphae_router::{LinkKind, PeerId};
+use hyphae_proto::babel::{Config, Router};
+use hyphae_proto::{LinkKind, PeerId};
 use hyphae_wire::babel::{Tlv, Update};
 use hyphae_wire::deframer::{Deframer, Frame};
 use hyphae_wire::identity::PublicKey;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use hyphae_router::{FibChange, FibWriter, PeerId};
+use hyphae_proto::{FibChange, FibWriter, PeerId};
 use hyphae_wire::Subnet;
 
 const ROUTES: usize = 10_000;

@@ -21,8 +21,8 @@ use super::endpoint::Endpoint;
 use super::messages::{MsgCmd, Pushed, ReplyError, TopicAnswer, TopicOp};
 use super::worker::WorkerCmd;
 use super::{ControlMsg, Shared, StartError};
-use crate::message::{PushError, ReceivedMessage, State as MsgState};
 use bytes::Bytes;
+use hyphae_proto::message::{PushError, ReceivedMessage, State as MsgState};
 use hyphae_wire::identity::PublicKey;
 use hyphae_wire::message::MessageId;
 

@@ -1,4 +1,4 @@
-//! The control thread: runs the sans-IO [`crate::babel::Router`], manages configured peers
+//! The control thread: runs the sans-IO [`hyphae_proto::babel::Router`], manages configured peers
 //! (redialing the dead every 5 s), publishes forwarding-table snapshots and answers the admin
 //! API. It is the only owner of routing state; everything else messages it.
 
@@ -16,9 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::endpoint::Endpoint;
 use super::worker::WorkerCmd;
 use super::{PeerHandle, PeerType, Shared};
-use crate::PeerId;
-use crate::babel::{Config, Event, LinkKind, Router};
-use crate::fib::FibWriter;
+use hyphae_proto::PeerId;
+use hyphae_proto::babel::{Config, Event, LinkKind, Router};
+use hyphae_proto::fib::FibWriter;
 
 /// How often dead configured peers are redialed (the reference's interval).
 const REDIAL_INTERVAL: Duration = Duration::from_secs(5);
@@ -350,6 +350,7 @@ impl Control {
                     }
                 }
                 Event::QueryTimedOut(s) => tracing::debug!(%s, "route query timed out"),
+                other => tracing::debug!(?other, "router event"),
             }
         }
     }

@@ -22,7 +22,7 @@ use hyphae_wire::seal::{SealingKey, UserDataKind};
 
 use super::messages::MsgCmd;
 use super::{ControlMsg, PeerHandle, Shared, WorkerCounters, icmp};
-use crate::hash::SeededState;
+use hyphae_proto::hash::SeededState;
 
 /// Most source or destination addresses a worker keeps packet counts for.
 const MAX_STATS_ENTRIES: usize = 16_384;
@@ -154,13 +154,17 @@ const MAX_RUN: usize = 64 * 1024;
 
 /// Frames for one egress peer, contiguous in the receive buffer.
 struct Staged {
-    peer: crate::PeerId,
+    peer: hyphae_proto::PeerId,
     run: BytesMut,
     frames: u32,
 }
 
 impl Staged {
-    fn send(self, peers: &HashMap<crate::PeerId, std::sync::Arc<PeerHandle>>, t: &mut Tally) {
+    fn send(
+        self,
+        peers: &HashMap<hyphae_proto::PeerId, std::sync::Arc<PeerHandle>>,
+        t: &mut Tally,
+    ) {
         let n = u64::from(self.frames);
         match peers.get(&self.peer) {
             Some(e) if e.enqueue(self.run.freeze(), self.frames) => t.forwarded += n,
@@ -189,7 +193,7 @@ pub(crate) fn handle_frames(
     let (mut src_run, mut dst_run) = (Run::default(), Run::default());
     let mut staged: Option<Staged> = None;
     // The last route looked up, reused while the destination /64 stays the same.
-    let mut last: Option<(u128, Option<crate::PeerId>)> = None;
+    let mut last: Option<(u128, Option<hyphae_proto::PeerId>)> = None;
     for f in frames.drain(..) {
         let mut frame = match f {
             Frame::Data(d) => d,
@@ -305,7 +309,7 @@ const ICMP_PER_SECOND: u32 = 200;
 fn send_icmp(
     shared: &Shared,
     keys: &mut HashMap<PublicKey, SealingKey>,
-    peers: &HashMap<crate::PeerId, std::sync::Arc<PeerHandle>>,
+    peers: &HashMap<hyphae_proto::PeerId, std::sync::Arc<PeerHandle>>,
     icmp_type: u8,
     frame: &DataFrame<BytesMut>,
     t: &mut Tally,

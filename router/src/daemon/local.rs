@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use super::api::{push_msg, resolve_key, to_msg};
 use super::messages::{MsgCmd, Pushed as PushOutcome, ReplyError};
 use super::{Shared, StartError};
-use crate::message::{ReceivedMessage, State};
+use hyphae_proto::message::{ReceivedMessage, State};
 
 /// Largest frame body accepted from an application (a 64 MiB payload and its envelope).
 const MAX_BODY: usize = framing::DEFAULT_MAX_BODY;

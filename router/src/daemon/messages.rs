@@ -1,4 +1,4 @@
-//! The message task, on data-plane worker 0: runs the sans-IO [`crate::message::Messages`]
+//! The message task, on data-plane worker 0: runs the sans-IO [`hyphae_proto::message::Messages`]
 //! state machine, seals what it sends into data frames for the forwarding path, and serves the
 //! message API (push, wait for a reply, receive with long-poll, reply, status) without ever
 //! blocking one caller on another: waiting callers are parked as data with deadlines, never as
@@ -18,7 +18,7 @@ use hyphae_wire::seal::{SEAL_OVERHEAD, SealingKey, UserDataKind};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{ControlMsg, Shared};
-use crate::message::{
+use hyphae_proto::message::{
     Config, Event, Messages, PushError, ReceivedMessage, State as MsgState, Status,
 };
 

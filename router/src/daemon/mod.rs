@@ -1,5 +1,5 @@
 //! The `hyphae-router` daemon: threads, peer links, forwarding and the admin API around the
-//! sans-IO [`crate::babel::Router`].
+//! sans-IO [`hyphae_proto::babel::Router`].
 //!
 //! ```text
 //!             +-------------------- control thread --------------------+
@@ -43,10 +43,10 @@ use hyphae_wire::identity::{PublicKey, SecretKey};
 use hyphae_wire::{RouterId, Subnet};
 use tokio::sync::{mpsc, watch};
 
-use crate::PeerId;
-use crate::fib::FibReader;
 use config::Settings;
 use endpoint::Endpoint;
+use hyphae_proto::PeerId;
+use hyphae_proto::fib::FibReader;
 
 pub(crate) use control::ControlMsg;
 
@@ -355,7 +355,7 @@ pub fn start(settings: Settings) -> Result<Running, StartError> {
         worker_txs.push(t);
         worker_rxs.push(r);
     }
-    let mut fib_writer = crate::fib::FibWriter::new(hash_seed);
+    let mut fib_writer = hyphae_proto::fib::FibWriter::new(hash_seed);
     let fib = fib_writer.reader();
     let shared = Arc::new(Shared {
         node,

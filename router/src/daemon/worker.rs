@@ -19,8 +19,8 @@ use super::forward::{AddrCounts, Local, WorkerLocal, flush_pending, handle_frame
 use super::link::{LinkRead, LinkWrite, PortableRead, PortableWrite, READ_CHUNK};
 use super::sockopt;
 use super::{ControlMsg, PeerCounters, PeerHandle, PeerType, Shared, StartError, quic};
-use crate::babel::LinkKind;
-use crate::window::{BufferGovernor, DEFAULT_FLOOR};
+use hyphae_proto::babel::LinkKind;
+use hyphae_proto::window::{BufferGovernor, DEFAULT_FLOOR};
 
 /// The I/O driver a worker runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,7 +278,7 @@ fn autotune_ceiling() -> u32 {
         std::fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem")
             .ok()
             .and_then(|v| v.split_whitespace().nth(2)?.parse::<u32>().ok())
-            .map_or(crate::window::CEILING, |max| max / 2)
+            .map_or(hyphae_proto::window::CEILING, |max| max / 2)
     })
 }
 

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use hyphae_router::babel::{Config, Router};
-use hyphae_router::{LinkKind, PeerId};
+use hyphae_proto::babel::{Config, Router};
+use hyphae_proto::{LinkKind, PeerId};
 use hyphae_wire::babel::{RouteRequest, SeqnoRequest, Tlv, Update};
 use hyphae_wire::identity::PublicKey;
 use hyphae_wire::{Interval, Metric, RouterId, SeqNo, Subnet};

@@ -11,8 +11,8 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use hyphae_router::babel::Config;
-use hyphae_router::{Event, LinkKind, PeerId, Router};
+use hyphae_proto::babel::Config;
+use hyphae_proto::{Event, LinkKind, PeerId, Router};
 use hyphae_wire::babel::Tlv;
 use hyphae_wire::deframer::{Deframer, Frame};
 use hyphae_wire::identity::PublicKey;

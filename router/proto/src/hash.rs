@@ -10,12 +10,13 @@ const K: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// Builds [`SeededHasher`]s.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct SeededState {
+pub struct SeededState {
     seed: u64,
 }
 
 impl SeededState {
-    pub(crate) fn new(seed: u64) -> Self {
+    /// A builder whose hashers start from `seed`.
+    pub fn new(seed: u64) -> Self {
         Self { seed }
     }
 }
@@ -30,7 +31,7 @@ impl BuildHasher for SeededState {
 
 /// A multiply-rotate word hasher with a final avalanche.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct SeededHasher {
+pub struct SeededHasher {
     h: u64,
 }
 

@@ -7,13 +7,13 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hyphae_router::message::{Config, Event, Messages, State};
+use hyphae_proto::message::{Config, Event, Messages, State};
 use hyphae_wire::identity::PublicKey;
 use hyphae_wire::message::{MessageBody, MessageId, MessagePacket};
 use serde_json::Value;
 
-const FRAMES: &str = include_str!("../../wire/tests/vectors/mycelium-0.7.10/frames.json");
-const KEYS: &str = include_str!("../../wire/tests/vectors/mycelium-0.7.10/keys.json");
+const FRAMES: &str = include_str!("../../../wire/tests/vectors/mycelium-0.7.10/frames.json");
+const KEYS: &str = include_str!("../../../wire/tests/vectors/mycelium-0.7.10/keys.json");
 
 fn unhex(s: &str) -> Vec<u8> {
     (0..s.len())

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hyphae_router::message::{Config, Event, Messages, State};
+use hyphae_proto::message::{Config, Event, Messages, State};
 use hyphae_wire::identity::PublicKey;
 use hyphae_wire::message::{MessageBody, MessageFlags, MessageId, MessagePacket};
 

@@ -8,8 +8,8 @@ mod net;
 
 use std::time::Duration;
 
-use hyphae_router::babel::Config;
-use hyphae_router::{Event, FibWriter};
+use hyphae_proto::babel::Config;
+use hyphae_proto::{Event, FibWriter};
 use net::{Net, topo};
 
 fn cfg(hello_secs: u64) -> Config {
@@ -235,7 +235,7 @@ fn simulation_is_deterministic_and_feeds_a_fib() {
     let reader = w.reader();
     for (d, p) in net.nodes[0].fib.iter().enumerate() {
         if let Some(p) = p {
-            w.apply(hyphae_router::FibChange {
+            w.apply(hyphae_proto::FibChange {
                 subnet: net.nodes[d].subnet,
                 next_hop: Some(*p),
             });
