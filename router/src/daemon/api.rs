@@ -2,10 +2,8 @@
 //! and Prometheus metrics on `--metrics-api-address`. Handlers only message the control thread
 //! and the workers, with a timeout: a busy data plane can delay an answer, never block the API.
 
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use axum::Json;
@@ -16,23 +14,31 @@ use axum::routing::{delete, get};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::control::Admin;
 use super::endpoint::Endpoint;
-use super::messages::{MsgCmd, Pushed, ReplyError, TopicAnswer, TopicOp};
-use super::worker::WorkerCmd;
-use super::{ControlMsg, Shared, StartError};
+use super::error::StartError;
+use super::inbox::{Admin, Busy, MsgCmd, Pushed, ReplyError, TopicAnswer, TopicOp, unix_secs};
+use super::metrics;
+use super::shared::Shared;
+use super::worker::Workers;
 use bytes::Bytes;
 use hyphae_proto::message::{PushError, ReceivedMessage, State as MsgState};
 use hyphae_wire::identity::PublicKey;
 use hyphae_wire::message::MessageId;
 
-/// Reads one per-peer figure.
-type PeerGauge = fn(&super::PeerHandle) -> u64;
-/// Reads one per-worker counter.
-type WorkerCounter = fn(&super::WorkerCounters) -> u64;
+/// What the handlers reach: the shared state (through `Deref`) and the workers.
+#[derive(Debug, Clone)]
+pub(crate) struct Api {
+    shared: Arc<Shared>,
+    workers: Workers,
+}
 
-/// How long a handler waits for the control thread.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+impl std::ops::Deref for Api {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
 
 pub(crate) fn bind(
     addr: SocketAddr,
@@ -48,11 +54,14 @@ pub(crate) fn bind(
     Ok(l)
 }
 
+/// The API thread's body: serves the admin API, and the metrics if asked, until shutdown.
 pub(crate) fn run(
     shared: Arc<Shared>,
+    workers: Workers,
     api: std::net::TcpListener,
     metrics: Option<std::net::TcpListener>,
 ) {
+    let state = Api { shared, workers };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -100,14 +109,14 @@ pub(crate) fn run(
                     .delete(topic_forward_remove),
             )
             .layer(axum::extract::DefaultBodyLimit::max(MAX_HTTP_BODY))
-            .with_state(shared.clone());
+            .with_state(state.clone());
         let mut tasks = Vec::new();
-        tasks.push(serve(shared.clone(), api, app));
+        tasks.push(serve(state.shared.clone(), api, app));
         if let Some(m) = metrics {
             let app = axum::Router::new()
-                .route("/metrics", get(prometheus))
-                .with_state(shared.clone());
-            tasks.push(serve(shared.clone(), m, app));
+                .route("/metrics", get(metrics::prometheus))
+                .with_state(state.shared.clone());
+            tasks.push(serve(state.shared.clone(), m, app));
         }
         for t in tasks {
             let _ = t.await;
@@ -140,29 +149,29 @@ fn serve(
     })
 }
 
+/// 503 for a task that is busy or shutting down.
+fn unavailable(e: Busy) -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
+}
+
+/// Asks the control thread.
 async fn ask<T>(
     shared: &Shared,
     f: impl FnOnce(oneshot::Sender<T>) -> Admin,
 ) -> Result<T, Response> {
-    let (tx, rx) = oneshot::channel();
-    let unavailable = || {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "router busy or shutting down",
-        )
-            .into_response()
-    };
-    let send = shared
-        .ctl
-        .send_timeout(ControlMsg::Admin(f(tx)), ANSWER_TIMEOUT);
-    send.await.map_err(|_| unavailable())?;
-    match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
-        Ok(Ok(v)) => Ok(v),
-        _ => Err(unavailable()),
-    }
+    shared.inbox.ask_control(f).await.map_err(unavailable)
 }
 
-async fn info(State(s): State<Arc<Shared>>) -> Json<Value> {
+/// Asks the message task, waiting up to `wait` beyond the usual answer timeout.
+async fn to_msg<T>(
+    s: &Shared,
+    f: impl FnOnce(oneshot::Sender<T>) -> MsgCmd,
+    wait: Duration,
+) -> Result<T, Response> {
+    s.inbox.ask_messages(f, wait).await.map_err(unavailable)
+}
+
+async fn info(State(s): State<Api>) -> Json<Value> {
     let n = &s.node;
     Json(json!({
         "nodeSubnet": n.subnet.to_string(),
@@ -172,7 +181,7 @@ async fn info(State(s): State<Arc<Shared>>) -> Json<Value> {
     }))
 }
 
-async fn peers(State(s): State<Arc<Shared>>) -> Result<Json<Value>, Response> {
+async fn peers(State(s): State<Api>) -> Result<Json<Value>, Response> {
     let v = ask(&s, Admin::Peers).await?;
     let v: Vec<Value> = v
         .into_iter()
@@ -196,7 +205,7 @@ struct AddPeer {
     endpoint: String,
 }
 
-async fn add_peer(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+async fn add_peer(State(s): State<Api>, body: Bytes) -> Response {
     let Ok(req) = serde_json::from_slice::<AddPeer>(&body) else {
         return (
             StatusCode::BAD_REQUEST,
@@ -215,7 +224,7 @@ async fn add_peer(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
     }
 }
 
-async fn remove_peer(State(s): State<Arc<Shared>>, Path(endpoint): Path<String>) -> Response {
+async fn remove_peer(State(s): State<Api>, Path(endpoint): Path<String>) -> Response {
     let ep: Endpoint = match endpoint.parse() {
         Ok(e) => e,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}")).into_response(),
@@ -239,15 +248,15 @@ async fn routes(s: &Shared, selected: bool) -> Result<Json<Value>, Response> {
     )))
 }
 
-async fn selected(State(s): State<Arc<Shared>>) -> Result<Json<Value>, Response> {
+async fn selected(State(s): State<Api>) -> Result<Json<Value>, Response> {
     routes(&s, true).await
 }
 
-async fn fallback(State(s): State<Arc<Shared>>) -> Result<Json<Value>, Response> {
+async fn fallback(State(s): State<Api>) -> Result<Json<Value>, Response> {
     routes(&s, false).await
 }
 
-async fn queried(State(s): State<Arc<Shared>>) -> Result<Json<Value>, Response> {
+async fn queried(State(s): State<Api>) -> Result<Json<Value>, Response> {
     let v = ask(&s, Admin::Queried).await?;
     Ok(Json(Value::Array(
         v.into_iter()
@@ -257,7 +266,7 @@ async fn queried(State(s): State<Arc<Shared>>) -> Result<Json<Value>, Response> 
 }
 
 async fn pubkey(
-    State(s): State<Arc<Shared>>,
+    State(s): State<Api>,
     Path(ip): Path<String>,
 ) -> Result<Response, Response> {
     let Ok(ip) = ip.parse::<IpAddr>() else {
@@ -269,32 +278,19 @@ async fn pubkey(
     })
 }
 
-async fn packet_stats(s: &Shared) -> Vec<super::worker::PacketStats> {
-    let mut out = Vec::new();
-    for w in &s.workers {
-        let (tx, rx) = oneshot::channel();
-        if w.send(WorkerCmd::PacketStats(tx)).is_ok()
-            && let Ok(Ok(v)) = tokio::time::timeout(ANSWER_TIMEOUT, rx).await
-        {
-            out.push(v);
-        }
-    }
-    out
-}
-
-async fn packets(State(s): State<Arc<Shared>>) -> Json<Value> {
+async fn packets(State(s): State<Api>) -> Json<Value> {
     let mut src = std::collections::BTreeMap::new();
     let mut dst = std::collections::BTreeMap::new();
-    for (a, b) in packet_stats(&s).await {
-        for (ip, (n, bytes)) in a {
+    for w in s.workers.packet_stats().await {
+        for (ip, t) in w.by_source {
             let e: &mut (u64, u64) = src.entry(ip).or_default();
-            e.0 += n;
-            e.1 += bytes;
+            e.0 += t.packets;
+            e.1 += t.bytes;
         }
-        for (ip, (n, bytes)) in b {
+        for (ip, t) in w.by_destination {
             let e: &mut (u64, u64) = dst.entry(ip).or_default();
-            e.0 += n;
-            e.1 += bytes;
+            e.0 += t.packets;
+            e.1 += t.bytes;
         }
     }
     let list = |m: std::collections::BTreeMap<std::net::Ipv6Addr, (u64, u64)>| {
@@ -303,79 +299,6 @@ async fn packets(State(s): State<Arc<Shared>>) -> Json<Value> {
             .collect::<Vec<_>>()
     };
     Json(json!({"bySource": list(src), "byDestination": list(dst)}))
-}
-
-async fn prometheus(State(s): State<Arc<Shared>>) -> Response {
-    let mut out = String::new();
-    let c = ask(&s, Admin::Stats).await.unwrap_or_default();
-    let _ = writeln!(
-        out,
-        "# TYPE hyphae_routes_selected gauge\nhyphae_routes_selected {}",
-        c.selected_routes
-    );
-    let _ = writeln!(
-        out,
-        "# TYPE hyphae_routes gauge\nhyphae_routes {}",
-        c.routes
-    );
-    let _ = writeln!(out, "# TYPE hyphae_peers gauge\nhyphae_peers {}", c.peers);
-    let _ = writeln!(
-        out,
-        "# TYPE hyphae_control_tlvs_total counter\nhyphae_control_tlvs_total {}",
-        c.tlvs
-    );
-    let _ = writeln!(
-        out,
-        "# TYPE hyphae_updates_filtered_total counter\nhyphae_updates_filtered_total {}",
-        c.updates_filtered
-    );
-    let peers = s.peers.load();
-    let per_peer: [(&str, PeerGauge); 6] = [
-        ("rx_bytes", |h| h.counters.rx_bytes.load(Relaxed)),
-        ("rx_frames", |h| h.counters.rx_frames.load(Relaxed)),
-        ("tx_bytes", |h| h.counters.tx_bytes.load(Relaxed)),
-        ("tx_frames", |h| h.counters.tx_frames.load(Relaxed)),
-        ("queue_full_drops", |h| {
-            h.counters.dropped_queue_full.load(Relaxed)
-        }),
-        ("queued_bytes", |h| h.queued.load(Relaxed) as u64),
-    ];
-    for (name, f) in per_peer {
-        let _ = writeln!(out, "# TYPE hyphae_peer_{name} gauge");
-        for h in peers.values() {
-            let _ = writeln!(
-                out,
-                "hyphae_peer_{name}{{peer=\"{}\",endpoint=\"{}\"}} {}",
-                h.id.0,
-                h.endpoint,
-                f(h)
-            );
-        }
-    }
-    let reasons: [(&str, WorkerCounter); 13] = [
-        ("forwarded", |c| c.forwarded.load(Relaxed)),
-        ("local", |c| c.local.load(Relaxed)),
-        ("local_opened", |c| c.local_opened.load(Relaxed)),
-        ("local_unopened", |c| c.local_unopened.load(Relaxed)),
-        ("drop_hop_limit", |c| c.drop_hop_limit.load(Relaxed)),
-        ("drop_no_route", |c| c.drop_no_route.load(Relaxed)),
-        ("drop_queue_full", |c| c.drop_queue_full.load(Relaxed)),
-        ("drop_loop", |c| c.drop_loop.load(Relaxed)),
-        ("skipped_control", |c| c.skipped_control.load(Relaxed)),
-        ("framing_errors", |c| c.framing_errors.load(Relaxed)),
-        ("drop_control_queue", |c| c.drop_control_queue.load(Relaxed)),
-        ("quic_oversize_on_stream", |c| {
-            c.quic_oversize_on_stream.load(Relaxed)
-        }),
-        ("icmp_sent", |c| c.icmp_sent.load(Relaxed)),
-    ];
-    for (name, f) in reasons {
-        let _ = writeln!(out, "# TYPE hyphae_{name}_total counter");
-        for (i, c) in s.counters.iter().enumerate() {
-            let _ = writeln!(out, "hyphae_{name}_total{{worker=\"{i}\"}} {}", f(c));
-        }
-    }
-    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }
 
 // ---- the message API (WIRE.md section 5.2; binary fields are standard base64) ----
@@ -427,31 +350,9 @@ struct RecvQuery {
     topic: Option<String>,
 }
 
-/// The public key of the node that owns `ip`, asking the overlay for a route if needed (up
-/// to a few seconds, as a push to an unknown address does on the reference).
-pub(crate) async fn resolve_key(s: &Shared, ip: IpAddr) -> Result<PublicKey, String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let IpAddr::V6(v6) = ip else {
-        return Err("destination must be an overlay (400::/7) address".into());
-    };
-    loop {
-        match ask(s, |tx| Admin::PubKey(ip, tx)).await {
-            Ok(Some(pk)) => return Ok(pk),
-            Ok(None) => {}
-            Err(_) => return Err("router busy".into()),
-        }
-        let _ = s
-            .ctl
-            .try_send(ControlMsg::NeedRoute(hyphae_wire::Subnet::v6_64(v6)));
-        if tokio::time::Instant::now() > deadline {
-            return Err(format!("no route to {ip}"));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn resolve(s: &Shared, ip: IpAddr) -> Result<PublicKey, Response> {
-    resolve_key(s, ip)
+    s.inbox
+        .resolve_key(ip)
         .await
         .map_err(|e| err(StatusCode::NOT_FOUND, e))
 }
@@ -515,48 +416,8 @@ fn push_error(e: PushError) -> Response {
     }
 }
 
-/// Pushes a message; with `wait`, its reply (or a timeout) is the answer.
-pub(crate) async fn push_msg(
-    s: &Shared,
-    dst: PublicKey,
-    topic: Bytes,
-    payload: Bytes,
-    wait: Option<Duration>,
-) -> Result<Result<Pushed, PushError>, Response> {
-    let cmd = |tx| MsgCmd::Push {
-        dst,
-        topic,
-        payload,
-        wait,
-        tx,
-    };
-    to_msg(s, cmd, wait.unwrap_or_default()).await
-}
-
-pub(crate) async fn to_msg<T>(
-    s: &Shared,
-    f: impl FnOnce(oneshot::Sender<T>) -> MsgCmd,
-    wait: Duration,
-) -> Result<T, Response> {
-    let (tx, rx) = oneshot::channel();
-    let busy = || {
-        err(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "message subsystem busy or shutting down",
-        )
-    };
-    s.msg
-        .send_timeout(f(tx), ANSWER_TIMEOUT)
-        .await
-        .map_err(|_| busy())?;
-    match tokio::time::timeout(wait + ANSWER_TIMEOUT, rx).await {
-        Ok(Ok(v)) => Ok(v),
-        _ => Err(busy()),
-    }
-}
-
 async fn msg_push(
-    State(s): State<Arc<Shared>>,
+    State(s): State<Api>,
     axum::extract::Query(q): axum::extract::Query<PushQuery>,
     body: Bytes,
 ) -> Response {
@@ -570,7 +431,7 @@ async fn msg_push(
     let wait = q
         .reply_timeout
         .map(|t| Duration::from_secs(t).min(MAX_WAIT));
-    match push_msg(&s, dst, topic, payload, wait).await {
+    match s.inbox.push(dst, topic, payload, wait).await.map_err(unavailable) {
         Ok(Ok(Pushed::Queued(id))) => {
             (StatusCode::CREATED, Json(json!({"id": id.to_string()}))).into_response()
         }
@@ -586,7 +447,7 @@ async fn msg_push(
 }
 
 async fn msg_receive(
-    State(s): State<Arc<Shared>>,
+    State(s): State<Api>,
     axum::extract::Query(q): axum::extract::Query<RecvQuery>,
 ) -> Response {
     let topic = match &q.topic {
@@ -624,7 +485,7 @@ fn parse_id(id: &str) -> Option<MessageId> {
     Some(MessageId(b))
 }
 
-async fn msg_reply(State(s): State<Arc<Shared>>, Path(id): Path<String>, body: Bytes) -> Response {
+async fn msg_reply(State(s): State<Api>, Path(id): Path<String>, body: Bytes) -> Response {
     let Some(id) = parse_id(&id) else {
         return err(StatusCode::BAD_REQUEST, "id is not 16 hex digits");
     };
@@ -653,7 +514,7 @@ async fn msg_reply(State(s): State<Arc<Shared>>, Path(id): Path<String>, body: B
     }
 }
 
-async fn msg_status(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+async fn msg_status(State(s): State<Api>, Path(id): Path<String>) -> Response {
     let Some(id) = parse_id(&id) else {
         return err(StatusCode::BAD_REQUEST, "id is not 16 hex digits");
     };
@@ -686,17 +547,6 @@ async fn msg_status(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Res
     .into_response()
 }
 
-/// Unix seconds of a monotonic instant `t`, given that `at` was (about) now.
-pub(crate) fn unix_secs(t: std::time::Instant, at: std::time::Instant) -> u64 {
-    let unix_now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    match t.checked_duration_since(at) {
-        Some(ahead) => unix_now + ahead.as_secs(),
-        None => unix_now.saturating_sub(at.duration_since(t).as_secs()),
-    }
-}
-
 // ---- topic configuration (the reference's endpoints; topics are base64 in paths) ----
 
 async fn topic_op(s: &Shared, op: TopicOp) -> Result<TopicAnswer, Response> {
@@ -719,7 +569,7 @@ struct SourceBody {
     subnet: String,
 }
 
-async fn topic_default_get(State(s): State<Arc<Shared>>) -> Response {
+async fn topic_default_get(State(s): State<Api>) -> Response {
     match topic_op(&s, TopicOp::GetDefault).await {
         Ok(TopicAnswer::Default(a)) => Json(json!({"accept": a})).into_response(),
         Ok(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
@@ -727,7 +577,7 @@ async fn topic_default_get(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn topic_default_set(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+async fn topic_default_set(State(s): State<Api>, body: Bytes) -> Response {
     let Ok(b) = serde_json::from_slice::<AcceptBody>(&body) else {
         return err(StatusCode::BAD_REQUEST, "expected {\"accept\": true|false}");
     };
@@ -737,7 +587,7 @@ async fn topic_default_set(State(s): State<Arc<Shared>>, body: Bytes) -> Respons
     }
 }
 
-async fn topics_list(State(s): State<Arc<Shared>>) -> Response {
+async fn topics_list(State(s): State<Api>) -> Response {
     match topic_op(&s, TopicOp::List).await {
         Ok(TopicAnswer::Topics(t)) => {
             Json(t.iter().map(|t| b64(t)).collect::<Vec<_>>()).into_response()
@@ -747,7 +597,7 @@ async fn topics_list(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn topic_add(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+async fn topic_add(State(s): State<Api>, body: Bytes) -> Response {
     // The reference takes the topic as a JSON array of bytes.
     let Ok(t) = serde_json::from_slice::<Vec<u8>>(&body) else {
         return err(
@@ -764,7 +614,7 @@ async fn topic_add(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
     }
 }
 
-async fn topic_remove(State(s): State<Arc<Shared>>, Path(topic): Path<String>) -> Response {
+async fn topic_remove(State(s): State<Api>, Path(topic): Path<String>) -> Response {
     topic_change(&s, &topic, TopicOp::Remove).await
 }
 
@@ -780,7 +630,7 @@ async fn topic_change(s: &Shared, topic: &str, op: impl FnOnce(Vec<u8>) -> Topic
     }
 }
 
-async fn topic_sources(State(s): State<Arc<Shared>>, Path(topic): Path<String>) -> Response {
+async fn topic_sources(State(s): State<Api>, Path(topic): Path<String>) -> Response {
     let t = match topic_path(&topic) {
         Ok(t) => t,
         Err(r) => return r,
@@ -795,7 +645,7 @@ async fn topic_sources(State(s): State<Arc<Shared>>, Path(topic): Path<String>) 
 }
 
 async fn topic_source_add(
-    State(s): State<Arc<Shared>>,
+    State(s): State<Api>,
     Path(topic): Path<String>,
     body: Bytes,
 ) -> Response {
@@ -816,7 +666,7 @@ async fn topic_source_add(
 }
 
 async fn topic_source_remove(
-    State(s): State<Arc<Shared>>,
+    State(s): State<Api>,
     Path((topic, subnet)): Path<(String, String)>,
 ) -> Response {
     let t = match topic_path(&topic) {
@@ -832,7 +682,7 @@ async fn topic_source_remove(
     }
 }
 
-async fn topic_forward_get(State(s): State<Arc<Shared>>, Path(topic): Path<String>) -> Response {
+async fn topic_forward_get(State(s): State<Api>, Path(topic): Path<String>) -> Response {
     let t = match topic_path(&topic) {
         Ok(t) => t,
         Err(r) => return r,
@@ -854,7 +704,7 @@ struct ForwardSocket {
 }
 
 async fn topic_forward_set(
-    State(s): State<Arc<Shared>>,
+    State(s): State<Api>,
     Path(topic): Path<String>,
     body: Bytes,
 ) -> Response {
@@ -882,6 +732,6 @@ async fn topic_forward_set(
     topic_change(&s, &topic, |t| TopicOp::SetForward(t, Some(f.socket_path))).await
 }
 
-async fn topic_forward_remove(State(s): State<Arc<Shared>>, Path(topic): Path<String>) -> Response {
+async fn topic_forward_remove(State(s): State<Api>, Path(topic): Path<String>) -> Response {
     topic_change(&s, &topic, |t| TopicOp::SetForward(t, None)).await
 }

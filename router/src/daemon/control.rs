@@ -1,6 +1,6 @@
-//! The control thread: runs the sans-IO [`hyphae_proto::babel::Router`], manages configured peers
-//! (redialing the dead every 5 s), publishes forwarding-table snapshots and answers the admin
-//! API. It is the only owner of routing state; everything else messages it.
+//! The control thread: runs the sans-IO [`hyphae_proto::babel::Router`], manages configured
+//! peers (redialing the dead every 5 s, through [`Workers::dial`]), publishes forwarding-table
+//! snapshots with the keys of the routed nodes, and answers admin requests. It is the only owner of routing state; everything else messages it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -9,16 +9,17 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use hyphae_wire::Subnet;
-use hyphae_wire::babel::Tlv;
-use hyphae_wire::identity::PublicKey;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
+
+use hyphae_proto::PeerId;
+use hyphae_proto::babel::{Config, Event, Router};
+use hyphae_proto::fib::FibWriter;
 
 use super::endpoint::Endpoint;
-use super::worker::WorkerCmd;
-use super::{PeerHandle, PeerType, Shared};
-use hyphae_proto::PeerId;
-use hyphae_proto::babel::{Config, Event, LinkKind, Router};
-use hyphae_proto::fib::FibWriter;
+use super::inbox::{Admin, ControlMsg, ControlStats, PeerInfo, RouteInfo, sleep_until};
+use super::peers::{PeerHandle, PeerType};
+use super::shared::Shared;
+use super::worker::Workers;
 
 /// How often dead configured peers are redialed (the reference's interval).
 const REDIAL_INTERVAL: Duration = Duration::from_secs(5);
@@ -26,104 +27,6 @@ const REDIAL_INTERVAL: Duration = Duration::from_secs(5);
 const MAX_DISCOVERED_FAILURES: u32 = 3;
 /// Messages handled before outputs are flushed (batches FIB publications).
 const BATCH: usize = 256;
-
-/// A message to the control thread.
-#[derive(Debug)]
-pub(crate) enum ControlMsg {
-    /// A link came up.
-    PeerUp {
-        /// The link.
-        handle: Arc<PeerHandle>,
-        /// Its transport, for the static link cost.
-        link: LinkKind,
-    },
-    /// A link went down.
-    PeerDown {
-        /// The link.
-        peer: PeerId,
-    },
-    /// A control TLV from a peer.
-    Tlv {
-        /// From whom.
-        peer: PeerId,
-        /// What.
-        tlv: Tlv,
-    },
-    /// The data plane has frames for a subnet it has no route to.
-    NeedRoute(Subnet),
-    /// A dial failed.
-    DialFailed(Endpoint),
-    /// Link-local discovery heard a beacon.
-    Discovered(Endpoint),
-    /// An admin API request.
-    Admin(Admin),
-}
-
-/// Admin API requests answered by the control thread.
-#[derive(Debug)]
-pub(crate) enum Admin {
-    /// All peers.
-    Peers(oneshot::Sender<Vec<PeerInfo>>),
-    /// Add a static peer.
-    AddPeer(Endpoint, oneshot::Sender<Result<(), String>>),
-    /// Remove a peer.
-    RemovePeer(Endpoint, oneshot::Sender<Result<(), String>>),
-    /// Selected (true) or fallback (false) routes.
-    Routes(bool, oneshot::Sender<Vec<RouteInfo>>),
-    /// Subnets being queried, with seconds left.
-    Queried(oneshot::Sender<Vec<(Subnet, u64)>>),
-    /// The public key of the node owning an address.
-    PubKey(IpAddr, oneshot::Sender<Option<PublicKey>>),
-    /// Route-table size and router counters, for metrics.
-    Stats(oneshot::Sender<ControlStats>),
-}
-
-/// A peer as the admin API shows it.
-#[derive(Debug, Clone)]
-pub(crate) struct PeerInfo {
-    /// The endpoint.
-    pub(crate) endpoint: Endpoint,
-    /// How it came to be.
-    pub(crate) kind: PeerType,
-    /// "alive", "connecting" or "dead".
-    pub(crate) state: &'static str,
-    /// Bytes sent.
-    pub(crate) tx_bytes: u64,
-    /// Bytes received.
-    pub(crate) rx_bytes: u64,
-    /// Seconds since it was first known.
-    pub(crate) discovered: u64,
-    /// Seconds since it last connected.
-    pub(crate) last_connected: Option<u64>,
-}
-
-/// A route as the admin API shows it.
-#[derive(Debug, Clone)]
-pub(crate) struct RouteInfo {
-    /// Destination.
-    pub(crate) subnet: Subnet,
-    /// The link, described as the reference does.
-    pub(crate) next_hop: String,
-    /// Metric as advertised plus link cost, or infinite.
-    pub(crate) metric: hyphae_wire::Metric,
-    /// The source's seqno.
-    pub(crate) seqno: u16,
-}
-
-/// Numbers for the metrics endpoint.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct ControlStats {
-    /// Selected routes.
-    pub(crate) selected_routes: usize,
-    /// All route entries.
-    pub(crate) routes: usize,
-    /// Live peers.
-    pub(crate) peers: usize,
-    /// TLVs handled.
-    pub(crate) tlvs: u64,
-    /// Updates dropped by filters.
-    pub(crate) updates_filtered: u64,
-}
 
 #[derive(Debug)]
 struct Configured {
@@ -148,7 +51,7 @@ struct Control {
     fib: FibWriter,
     links: HashMap<PeerId, (Arc<PeerHandle>, Instant)>,
     configured: BTreeMap<Endpoint, Configured>,
-    next_worker: usize,
+    workers: Workers,
     tx_buf: BytesMut,
     fib_dirty: bool,
 }
@@ -159,6 +62,7 @@ pub(crate) fn run(
     inbox: mpsc::Receiver<ControlMsg>,
     fib: FibWriter,
     seed: u64,
+    workers: Workers,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -182,7 +86,7 @@ pub(crate) fn run(
         fib,
         links: HashMap::new(),
         configured: BTreeMap::new(),
-        next_worker: 0,
+        workers,
         tx_buf: BytesMut::with_capacity(64 * 1024),
         fib_dirty: false,
         shared: shared.clone(),
@@ -214,7 +118,7 @@ impl Control {
                         }
                     }
                 }
-                () = super::sleep_until(deadline) => {
+                () = sleep_until(deadline) => {
                     self.router.handle_timeout(Instant::now());
                 }
                 _ = redial.tick() => self.redial(Instant::now()),
@@ -300,22 +204,13 @@ impl Control {
     }
 
     fn redial(&mut self, now: Instant) {
-        let n = self.shared.workers.len();
         for (ep, c) in &mut self.configured {
             if c.state != PeerState::Dead || c.next_dial > now {
                 continue;
             }
-            // QUIC links all live on worker 0, which owns the QUIC endpoint.
-            let w = match ep.proto {
-                super::endpoint::Proto::Quic => 0,
-                super::endpoint::Proto::Tcp => {
-                    self.next_worker = (self.next_worker + 1) % n;
-                    self.next_worker
-                }
-            };
             c.state = PeerState::Connecting;
             c.next_dial = now + REDIAL_INTERVAL;
-            let _ = self.shared.workers[w].send(WorkerCmd::Dial(*ep, c.kind));
+            self.workers.dial(*ep, c.kind);
         }
     }
 
@@ -356,14 +251,14 @@ impl Control {
     }
 
     fn publish_keys(&mut self, changed: &[Subnet]) {
-        let mut keys = HashMap::clone(&self.shared.keys.load());
+        let mut keys = HashMap::clone(&self.shared.route_keys.load());
         for s in changed {
             match self.router.selected_route(s) {
                 Some(r) => keys.insert(*s, r.router_id.public_key()),
                 None => keys.remove(s),
             };
         }
-        self.shared.keys.store(Arc::new(keys));
+        self.shared.route_keys.store(Arc::new(keys));
     }
 
     fn admin(&mut self, now: Instant, a: Admin) {

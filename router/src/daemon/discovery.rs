@@ -17,7 +17,8 @@ use std::time::Duration;
 use hyphae_wire::RouterId;
 
 use super::endpoint::{Endpoint, Proto};
-use super::{ControlMsg, Shared};
+use super::inbox::ControlMsg;
+use super::shared::Shared;
 
 /// Beacon magic.
 const MAGIC: &[u8; 8] = b"mycelium";
@@ -158,7 +159,7 @@ pub(crate) async fn run(shared: Arc<Shared>, sock: std::net::UdpSocket, port: u1
             r = sock.recv_from(&mut buf) => {
                 let Ok((n, from)) = r else { continue };
                 if let Some(ep) = accept(from, &buf[..n], &shared.node.router_id) {
-                    let _ = shared.ctl.try_send(ControlMsg::Discovered(ep));
+                    let _ = shared.inbox.control.try_send(ControlMsg::Discovered(ep));
                 }
             }
         }

@@ -5,6 +5,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
+use hyphae_proto::babel::LinkKind;
+
 /// A transport protocol for a peer link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Proto {
@@ -67,6 +69,31 @@ impl FromStr for Endpoint {
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}://{}", self.proto.as_str(), self.addr)
+    }
+}
+
+/// `addr` with an IPv4-mapped IPv6 address written as IPv4, as peers are listed and matched.
+pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), a.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+/// The link kind (for its static cost) of a link over `proto` to `addr`.
+pub(crate) fn link_kind(proto: Proto, addr: SocketAddr) -> LinkKind {
+    let v4 = match addr {
+        SocketAddr::V4(_) => true,
+        SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_some(),
+    };
+    match (proto, v4) {
+        (Proto::Tcp, true) => LinkKind::TcpV4,
+        (Proto::Tcp, false) => LinkKind::TcpV6,
+        (Proto::Quic, true) => LinkKind::QuicV4,
+        (Proto::Quic, false) => LinkKind::QuicV6,
     }
 }
 

@@ -13,6 +13,15 @@ use std::os::fd::{AsRawFd, RawFd};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The I/O driver a worker runs, and so the halves its TCP links get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Driver {
+    /// io_uring through tokio-uring.
+    Uring,
+    /// Plain tokio (epoll).
+    Portable,
+}
+
 /// Receive-buffer growth step: at least this much spare room is offered to every read.
 pub(crate) const READ_CHUNK: usize = 256 * 1024;
 

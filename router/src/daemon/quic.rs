@@ -19,11 +19,13 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use super::endpoint::{Endpoint, Proto};
-use super::forward::handle_frames;
+use super::endpoint::{Endpoint, Proto, canonical, link_kind};
+use super::error::StartError;
+use super::forward::Forwarder;
+use super::inbox::ControlMsg;
 use super::link::{LinkRead, LinkWrite, READ_CHUNK};
-use super::worker::{Worker, link_kind};
-use super::{ControlMsg, PeerHandle, PeerType, Shared, StartError};
+use super::peer::{self, LinkInfo};
+use super::peers::{PeerHandle, PeerType};
 
 /// The SNI the reference's dialers send.
 const SNI: &str = "dummy.mycelium";
@@ -45,8 +47,8 @@ pub(crate) fn bind_socket(port: u16) -> Result<UdpSocket, StartError> {
     })
 }
 
-/// The QUIC endpoint of worker 0.
-#[derive(Clone)]
+/// A QUIC endpoint: its socket, and the client configuration it dials with.
+#[derive(Debug, Clone)]
 pub(crate) struct Quic {
     ep: quinn::Endpoint,
     client: quinn::ClientConfig,
@@ -69,9 +71,10 @@ fn transport() -> Arc<quinn::TransportConfig> {
 }
 
 impl Quic {
-    pub(crate) fn new(sock: UdpSocket, shared: &Shared) -> Result<Self, String> {
+    /// An endpoint on `sock` whose certificate names `router_id`.
+    pub(crate) fn new(sock: UdpSocket, router_id: &hyphae_wire::RouterId) -> Result<Self, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let cert = rcgen::generate_simple_self_signed(vec![shared.node.router_id.to_string()])
+        let cert = rcgen::generate_simple_self_signed(vec![router_id.to_string()])
             .map_err(|e| format!("certificate: {e}"))?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
         let server = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -110,8 +113,9 @@ impl Quic {
         let _ = tokio::time::timeout(Duration::from_millis(500), self.ep.wait_idle()).await;
     }
 
-    pub(crate) async fn accept_loop(self, w: Worker) {
-        let mut shutdown = w.shared.shutdown.clone();
+    /// Accepts inbound links until shutdown; they run on `fwd`'s worker.
+    pub(crate) async fn accept_loop(self, fwd: Forwarder) {
+        let mut shutdown = fwd.shared().shutdown.clone();
         loop {
             let incoming = tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => {
@@ -121,9 +125,9 @@ impl Quic {
                 i = self.ep.accept() => i,
             };
             let Some(incoming) = incoming else { return };
-            let w = w.clone();
+            let fwd = fwd.clone();
             tokio::task::spawn_local(async move {
-                let remote = super::worker::canonical(incoming.remote_address());
+                let remote = canonical(incoming.remote_address());
                 let setup = async {
                     let conn = incoming.await?;
                     let (send, recv) = conn.accept_bi().await?;
@@ -135,7 +139,7 @@ impl Quic {
                             proto: Proto::Quic,
                             addr: remote,
                         };
-                        run(w, conn, send, recv, ep, PeerType::Inbound).await;
+                        run(fwd, conn, send, recv, ep, PeerType::Inbound).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%remote, "QUIC accept: {e}"),
                     Err(_) => tracing::debug!(%remote, "QUIC accept timed out"),
@@ -144,7 +148,9 @@ impl Quic {
         }
     }
 
-    pub(crate) async fn dial(self, w: Worker, ep: Endpoint, kind: PeerType) {
+    /// Connects to `ep` (the link runs on `fwd`'s worker); tells the control thread if that
+    /// fails.
+    pub(crate) async fn dial(self, fwd: Forwarder, ep: Endpoint, kind: PeerType) {
         let setup = async {
             let conn = self
                 .ep
@@ -156,56 +162,64 @@ impl Quic {
             Ok::<_, String>((conn, send, recv))
         };
         match tokio::time::timeout(Duration::from_secs(10), setup).await {
-            Ok(Ok((conn, send, recv))) => run(w, conn, send, recv, ep, kind).await,
-            Ok(Err(e)) => {
-                tracing::debug!(%ep, "QUIC connect: {e}");
-                let _ = w.shared.ctl.send(ControlMsg::DialFailed(ep)).await;
-            }
-            Err(_) => {
-                let _ = w.shared.ctl.send(ControlMsg::DialFailed(ep)).await;
-            }
+            Ok(Ok((conn, send, recv))) => return run(fwd, conn, send, recv, ep, kind).await,
+            Ok(Err(e)) => tracing::debug!(%ep, "QUIC connect: {e}"),
+            Err(_) => tracing::debug!(%ep, "QUIC connect timed out"),
         }
+        let control = &fwd.shared().inbox.control;
+        let _ = control.send(ControlMsg::DialFailed(ep)).await;
     }
 }
 
+/// Runs one established QUIC link: control frames on the stream, data frames as datagrams
+/// (received by a task of their own beside the link's).
 async fn run(
-    w: Worker,
+    fwd: Forwarder,
     conn: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     ep: Endpoint,
     kind: PeerType,
 ) {
-    let local = w.shared.settings.quic_port.map_or(ep.addr, |p| {
+    let local = fwd.shared().settings.quic_port.map_or(ep.addr, |p| {
         SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), p)
     });
-    let lk = link_kind(Proto::Quic, ep.addr);
+    let info = LinkInfo {
+        endpoint: ep,
+        local,
+        kind,
+        link: link_kind(Proto::Quic, ep.addr),
+    };
+    let Some(up) = peer::up(&fwd, info).await else {
+        return;
+    };
+    tokio::task::spawn_local(datagram_loop(
+        fwd.clone(),
+        up.handle.clone(),
+        conn.clone(),
+    ));
     let writer = QuicWrite {
         send,
-        conn: conn.clone(),
-        worker: w.clone(),
+        conn,
+        fwd: fwd.clone(),
     };
-    w.clone()
-        .run_link(ep, local, kind, lk, QuicRead(recv), writer, Some(conn))
-        .await;
+    peer::serve(fwd, up, QuicRead(recv), writer).await;
 }
 
-/// Receives datagrams (one whole frame each) until the connection ends.
-pub(crate) async fn datagram_loop(w: Worker, h: Arc<PeerHandle>, conn: quinn::Connection) {
-    let counters = &w.shared.counters[w.idx];
+/// Receives datagrams (one whole frame each) until the link closes.
+async fn datagram_loop(fwd: Forwarder, h: Arc<PeerHandle>, conn: quinn::Connection) {
+    let counters = fwd.counters();
+    let mut close = h.close.subscribe();
     loop {
         let d = tokio::select! {
-            _ = async { let mut c = h.close.subscribe(); let _ = c.wait_for(|c| *c).await; } => break,
+            _ = close.wait_for(|c| *c) => break,
             d = conn.read_datagram() => d,
         };
         let Ok(d) = d else { break };
         h.counters.rx_bytes.fetch_add(d.len() as u64, Relaxed);
         h.counters.rx_frames.fetch_add(1, Relaxed);
         match decode_datagram(BytesMut::from(d)) {
-            Ok(f) => {
-                let mut one = vec![f];
-                handle_frames(&w.shared, counters, &w.local, &h, &mut one);
-            }
+            Ok(f) => fwd.handle_frames(&h, &mut vec![f]),
             Err(e) => {
                 counters.skipped_control.fetch_add(1, Relaxed);
                 tracing::debug!(peer = h.id.0, "bad datagram: {e}");
@@ -230,6 +244,7 @@ fn frames_in(mut run: Bytes) -> impl Iterator<Item = Bytes> {
     })
 }
 
+/// The read half of a QUIC link: its control stream.
 pub(crate) struct QuicRead(quinn::RecvStream);
 
 impl LinkRead for QuicRead {
@@ -245,10 +260,12 @@ impl LinkRead for QuicRead {
     }
 }
 
+/// The write half of a QUIC link: data frames as datagrams where they fit, the rest on the
+/// stream.
 pub(crate) struct QuicWrite {
     send: quinn::SendStream,
     conn: quinn::Connection,
-    worker: Worker,
+    fwd: Forwarder,
 }
 
 impl LinkWrite for QuicWrite {
@@ -265,7 +282,8 @@ impl LinkWrite for QuicWrite {
                 }
             }
             if is_data {
-                self.worker.shared.counters[self.worker.idx]
+                self.fwd
+                    .counters()
                     .quic_oversize_on_stream
                     .fetch_add(1, Relaxed);
             }

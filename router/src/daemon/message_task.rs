@@ -1,8 +1,8 @@
-//! The message task, on data-plane worker 0: runs the sans-IO [`hyphae_proto::message::Messages`]
-//! state machine, seals what it sends into data frames for the forwarding path, and serves the
-//! message API (push, wait for a reply, receive with long-poll, reply, status) without ever
-//! blocking one caller on another: waiting callers are parked as data with deadlines, never as
-//! held locks.
+//! The message task, on the home worker: runs the sans-IO
+//! [`hyphae_proto::message::Messages`] state machine, seals what it sends into data frames for
+//! the forwarding path, and answers the message requests of the front ends (push, wait for a
+//! reply, receive with long-poll, reply, status) without ever blocking one caller on another:
+//! waiting callers are parked as data with deadlines, never as held locks.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -10,17 +10,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use hyphae_proto::message::{
+    Config, Event, Messages, PushError, ReceivedMessage, State as MsgState,
+};
 use hyphae_wire::Subnet;
-use hyphae_wire::data::DataHeader;
+use hyphae_wire::data::{DATA_OVERHEAD, DataHeader};
 use hyphae_wire::identity::PublicKey;
 use hyphae_wire::message::MessageId;
-use hyphae_wire::seal::{SEAL_OVERHEAD, SealingKey, UserDataKind};
+use hyphae_wire::seal::{SEAL_OVERHEAD, UserDataKind};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{ControlMsg, Shared};
-use hyphae_proto::message::{
-    Config, Event, Messages, PushError, ReceivedMessage, State as MsgState, Status,
-};
+use super::inbox::{MsgCmd, Pushed, ReplyError, TopicAnswer, TopicOp, sleep_until};
+use super::keys::KeyCache;
+use super::shared::Shared;
+use super::topic_forward::{self, MAX_FORWARDS};
 
 /// Messages kept for applications that have not asked for them yet.
 const MAX_INBOX: usize = 4096;
@@ -31,95 +34,6 @@ const MAX_SENDERS: usize = 65_536;
 /// reported to the sender in seconds. (The route query timeout.)
 const UNREACHABLE_ABORT: Duration = Duration::from_secs(15);
 
-/// A request to the message task.
-#[derive(Debug)]
-pub(crate) enum MsgCmd {
-    /// A decrypted message packet from `src`.
-    Packet { src: PublicKey, payload: Bytes },
-    /// Send a message; with `wait`, answer with its reply (or a timeout).
-    Push {
-        dst: PublicKey,
-        topic: Bytes,
-        payload: Bytes,
-        wait: Option<Duration>,
-        tx: oneshot::Sender<Result<Pushed, PushError>>,
-    },
-    /// Answer a received message.
-    Reply {
-        id: MessageId,
-        dst: Option<PublicKey>,
-        payload: Bytes,
-        tx: oneshot::Sender<Result<(), ReplyError>>,
-    },
-    /// Take (or peek at) the next message, on `topic` if given, waiting up to `timeout`.
-    Receive {
-        topic: Option<Bytes>,
-        peek: bool,
-        timeout: Duration,
-        tx: oneshot::Sender<Option<ReceivedMessage>>,
-    },
-    /// Read or change the topic ACL.
-    Topics {
-        op: TopicOp,
-        tx: oneshot::Sender<TopicAnswer>,
-    },
-    /// A sent message's status.
-    Status {
-        id: MessageId,
-        tx: oneshot::Sender<Option<(Status, Instant)>>,
-    },
-    /// A message its topic's forward socket did not answer: queue it for receivers.
-    Unforwarded(ReceivedMessage),
-}
-
-/// An operation on the topic ACL (the reference's topic endpoints).
-#[derive(Debug)]
-pub(crate) enum TopicOp {
-    GetDefault,
-    SetDefault(bool),
-    List,
-    Add(Vec<u8>),
-    Remove(Vec<u8>),
-    Sources(Vec<u8>),
-    AddSource(Vec<u8>, Subnet),
-    RemoveSource(Vec<u8>, Subnet),
-    /// The topic's forward socket.
-    GetForward(Vec<u8>),
-    /// Sets (or, with `None`, removes) a configured topic's forward socket. As the reference:
-    /// setting one on a topic that is not configured does nothing.
-    SetForward(Vec<u8>, Option<PathBuf>),
-}
-
-/// The answer to a [`TopicOp`].
-#[derive(Debug)]
-pub(crate) enum TopicAnswer {
-    Done,
-    Default(bool),
-    Topics(Vec<Vec<u8>>),
-    Sources(Option<Vec<Subnet>>),
-    Forward(Option<PathBuf>),
-}
-
-/// The outcome of a push.
-#[derive(Debug)]
-pub(crate) enum Pushed {
-    /// Queued under this id.
-    Queued(MessageId),
-    /// The reply arrived.
-    Reply(ReceivedMessage),
-    /// No reply in time.
-    TimedOut(MessageId),
-}
-
-/// Why a reply could not be sent.
-#[derive(Debug)]
-pub(crate) enum ReplyError {
-    /// No received message with that id and no destination given.
-    UnknownId,
-    /// The state machine refused it.
-    Push(PushError),
-}
-
 struct Receiver {
     topic: Option<Bytes>,
     peek: bool,
@@ -127,11 +41,13 @@ struct Receiver {
     tx: oneshot::Sender<Option<ReceivedMessage>>,
 }
 
-struct Thread {
+/// The message task's state: the state machine, and the callers and messages waiting on it.
+struct MessageTask {
     shared: Arc<Shared>,
     m: Messages,
-    keys: HashMap<PublicKey, SealingKey>,
-    inbox: VecDeque<ReceivedMessage>,
+    keys: KeyCache,
+    /// Received messages no application has taken yet.
+    queued: VecDeque<ReceivedMessage>,
     receivers: Vec<Receiver>,
     replies: HashMap<MessageId, (Instant, oneshot::Sender<Result<Pushed, PushError>>)>,
     senders: HashMap<MessageId, PublicKey>,
@@ -146,20 +62,16 @@ struct Thread {
     unreachable: HashMap<PublicKey, Instant>,
 }
 
-/// The message subsystem's task. It runs on data-plane worker 0, beside the peer links that
-/// worker owns: a packet to or from such a peer, and an application's request on the local
-/// socket (served on the same thread), reach the state machine without a thread hop.
-pub(crate) async fn serve(
-    shared: Arc<Shared>,
-    mut inbox: mpsc::Receiver<MsgCmd>,
-    mut local: Option<super::local::LocalListener>,
-) {
+/// The message subsystem's task, until shutdown. It runs on the home worker, beside the peer
+/// links that worker owns: a packet to or from such a peer, and an application's request on
+/// the local socket (served on the same thread), reach the state machine without a thread hop.
+pub(crate) async fn run(shared: Arc<Shared>, mut inbox: mpsc::Receiver<MsgCmd>) {
     let own = shared.node.public;
-    let mut t = Thread {
+    let mut t = MessageTask {
         m: Messages::new(Instant::now(), Config::default(), own),
         shared: shared.clone(),
-        keys: HashMap::new(),
-        inbox: VecDeque::new(),
+        keys: KeyCache::default(),
+        queued: VecDeque::new(),
         receivers: Vec::new(),
         replies: HashMap::new(),
         senders: HashMap::new(),
@@ -169,9 +81,6 @@ pub(crate) async fn serve(
         forwards: HashMap::new(),
         forward_slots: Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS)),
     };
-    if let Some(l) = local.as_mut().and_then(|l| l.take()) {
-        tokio::task::spawn_local(super::local::serve(shared.clone(), l));
-    }
     let mut shutdown = shared.shutdown.clone();
     loop {
         let deadline = t.next_deadline();
@@ -188,126 +97,20 @@ pub(crate) async fn serve(
                     }
                 }
             }
-            () = super::sleep_until(deadline) => {
+            () = sleep_until(deadline) => {
                 t.timeout(Instant::now());
             }
         }
-        // The state machine runs beside worker 0's peer links: seal and send a slice at a
+        // The state machine runs beside the home worker's peer links: seal and send a slice at a
         // time, letting forwarding go on in between.
         while t.flush(Instant::now()) {
             tokio::task::yield_now().await;
         }
     }
-    // `local` goes here: its socket file is removed.
-    drop(local);
 }
 
-/// How long a topic's forward socket may take to connect and take the payload.
-const FORWARD_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long it may take to answer (the reference waits forever).
-const FORWARD_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Message packets sealed and sent per turn of the message task, between turns of the links.
 const FLUSH_BUDGET: usize = 256;
-/// Messages handed to forward sockets at once; more are queued as usual.
-const MAX_FORWARDS: usize = 64;
-
-/// Gives `msg` to the application listening on `path`, as the reference does: a new Unix
-/// stream connection per message, the raw payload written, the answer read until the
-/// application closes the connection and sent back as the reply (same id). hyphae also closes
-/// its write side after the payload, so an application can read to the end first.
-///
-/// If the payload cannot be handed over (no listener, a write slower than 5 s, a socket that
-/// resolves outside the forward directory) the message goes to the ordinary queue. Once the
-/// application has it, it is not queued again: an empty answer, none within 60 s or a read
-/// error only mean no reply (the reference queues it again after an empty answer).
-async fn forward(
-    shared: Arc<Shared>,
-    path: PathBuf,
-    msg: ReceivedMessage,
-    _slot: tokio::sync::OwnedSemaphorePermit,
-) {
-    let handed = handover(&path, &shared.settings.topic_forward_dir, &msg.payload).await;
-    let mut s = match handed {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(socket = %path.display(), "topic forward socket: {e}; queueing the message");
-            let _ = shared.msg.send(MsgCmd::Unforwarded(msg)).await;
-            return;
-        }
-    };
-    match read_answer(&mut s).await {
-        // An answer to a message that is itself a reply goes nowhere.
-        Ok(reply) if !reply.is_empty() && !msg.reply => {
-            let (tx, _) = oneshot::channel();
-            let cmd = MsgCmd::Reply {
-                id: msg.id,
-                dst: Some(msg.src),
-                payload: reply,
-                tx,
-            };
-            let _ = shared.msg.send(cmd).await;
-        }
-        Ok(_) => tracing::debug!(socket = %path.display(), "topic forward socket: no reply"),
-        Err(e) => tracing::warn!(socket = %path.display(), "topic forward socket answer: {e}"),
-    }
-}
-
-/// Connects to `path` (which must resolve inside `dir`), writes `payload`, closes the write side.
-async fn handover(
-    path: &std::path::Path,
-    dir: &std::path::Path,
-    payload: &[u8],
-) -> std::io::Result<tokio::net::UnixStream> {
-    use std::os::unix::fs::PermissionsExt;
-    use tokio::io::AsyncWriteExt;
-    // A symbolic link must not lead the router to a socket outside the directory; and since a
-    // link could be swapped in between this check and the connect, nobody but trusted users
-    // may write in the directory.
-    let (real, real_dir) = (std::fs::canonicalize(path)?, std::fs::canonicalize(dir)?);
-    if std::fs::metadata(&real_dir)?.permissions().mode() & 0o002 != 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            format!("{} is writable by everyone", real_dir.display()),
-        ));
-    }
-    if !real.starts_with(&real_dir) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            format!(
-                "resolves to {}, outside {}",
-                real.display(),
-                real_dir.display()
-            ),
-        ));
-    }
-    tokio::time::timeout(FORWARD_WRITE_TIMEOUT, async {
-        let mut s = tokio::net::UnixStream::connect(&real).await?;
-        s.write_all(payload).await?;
-        s.shutdown().await?;
-        Ok(s)
-    })
-    .await
-    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))?
-}
-
-/// Reads the application's answer until it closes the connection.
-async fn read_answer(s: &mut tokio::net::UnixStream) -> std::io::Result<Bytes> {
-    use tokio::io::AsyncReadExt;
-    let mut reply = Vec::new();
-    let limit = Config::default().max_message_size;
-    tokio::time::timeout(
-        FORWARD_REPLY_TIMEOUT,
-        s.take(limit + 1).read_to_end(&mut reply),
-    )
-    .await
-    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"))??;
-    if reply.len() as u64 > limit {
-        return Err(std::io::Error::other(
-            "answer larger than the largest message",
-        ));
-    }
-    Ok(Bytes::from(reply))
-}
 
 /// A fresh random message id.
 fn new_id() -> MessageId {
@@ -315,7 +118,7 @@ fn new_id() -> MessageId {
     MessageId([n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7]])
 }
 
-impl Thread {
+impl MessageTask {
     fn next_deadline(&mut self) -> Option<Instant> {
         let waits = self
             .receivers
@@ -379,15 +182,15 @@ impl Thread {
                 tx,
             } => {
                 let pos = self
-                    .inbox
+                    .queued
                     .iter()
                     .position(|m| topic.as_ref().is_none_or(|t| *t == m.topic));
                 match pos {
                     Some(i) => {
                         let msg = match peek {
-                            true => self.inbox[i].clone(),
+                            true => self.queued[i].clone(),
                             false => {
-                                let Some(msg) = self.inbox.remove(i) else {
+                                let Some(msg) = self.queued.remove(i) else {
                                     return;
                                 };
                                 self.m.mark_read(now, msg.src, msg.id);
@@ -480,9 +283,8 @@ impl Thread {
         }
     }
 
-    /// Sends what the state machine queued and acts on its events, until both are empty:
-    /// acting on an event (a delivery marked read) can queue more packets.
-    /// Sends and delivers what the state machine has ready, at most [`FLUSH_BUDGET`] packets;
+    /// Sends what the state machine has ready and acts on its events (acting on an event, a
+    /// delivery marked read, can make more ready), sending at most [`FLUSH_BUDGET`] packets;
     /// returns whether more is ready (the caller yields to the data plane, then flushes again).
     fn flush(&mut self, now: Instant) -> bool {
         let mut sent = 0;
@@ -560,7 +362,12 @@ impl Thread {
             // Handed to the topic's socket; back to the queue if it cannot be given there.
             match self.forward_slots.clone().try_acquire_owned() {
                 Ok(slot) => {
-                    tokio::task::spawn_local(forward(self.shared.clone(), path.clone(), msg, slot));
+                    tokio::task::spawn_local(topic_forward::hand_over(
+                        self.shared.clone(),
+                        path.clone(),
+                        msg,
+                        slot,
+                    ));
                     return;
                 }
                 Err(_) => tracing::warn!(
@@ -592,14 +399,14 @@ impl Thread {
             let r = self.receivers.remove(i);
             if !r.peek {
                 self.m.mark_read(now, msg.src, msg.id);
-            } else if self.inbox.len() < MAX_INBOX {
-                self.inbox.push_back(msg.clone());
+            } else if self.queued.len() < MAX_INBOX {
+                self.queued.push_back(msg.clone());
             }
             let _ = r.tx.send(Some(msg));
             return;
         }
-        if self.inbox.len() < MAX_INBOX {
-            self.inbox.push_back(msg);
+        if self.queued.len() < MAX_INBOX {
+            self.queued.push_back(msg);
         } else {
             tracing::warn!("message inbox full: dropping a message from {}", msg.src);
         }
@@ -612,9 +419,7 @@ impl Thread {
         let peers = shared.peers.load();
         let Some(egress) = shared.fib.lookup(addr).and_then(|p| peers.get(&p)) else {
             // No route yet: ask for one; the state machine retransmits.
-            let _ = shared
-                .ctl
-                .try_send(ControlMsg::NeedRoute(Subnet::v6_64(addr)));
+            shared.inbox.need_route(Subnet::v6_64(addr));
             self.unreachable.entry(dst).or_insert_with(Instant::now);
             return;
         };
@@ -624,19 +429,18 @@ impl Thread {
         };
         let key = self
             .keys
-            .entry(dst)
-            .or_insert_with(|| SealingKey::new(&shared.node.secret.shared_secret(&dst)));
-        let mut body = Vec::with_capacity(packet.len() + SEAL_OVERHEAD);
-        key.seal(nonce, UserDataKind::MESSAGE, packet, &mut body);
-        let mut frame = BytesMut::with_capacity(40 + body.len());
+            .get(&shared.node.secret, dst, &shared.key_cache_evictions);
         // Our own frames leave with hop limit 63, as the reference's (which counts its own hop).
-        if (DataHeader {
+        let header = DataHeader {
             hop_limit: 63,
             src: shared.node.address,
             dst: addr,
-        })
-        .emit_frame(&body, &mut frame)
-        .is_ok()
+        };
+        let mut frame = BytesMut::with_capacity(DATA_OVERHEAD + SEAL_OVERHEAD + packet.len());
+        let kind = UserDataKind::MESSAGE;
+        if header
+            .emit_sealed(key, nonce, kind, &[packet], &mut frame)
+            .is_ok()
         {
             egress.enqueue(frame.freeze(), 1);
         }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use hyphae_proto::message::{ReceivedMessage, State};
 use hyphae_wire::framing::{
     self, Deliver, Destination, ErrorCode, ErrorMsg, Message, MessageState, Pushed, Status,
 };
@@ -23,10 +24,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
-use super::api::{push_msg, resolve_key, to_msg};
-use super::messages::{MsgCmd, Pushed as PushOutcome, ReplyError};
-use super::{Shared, StartError};
-use hyphae_proto::message::{ReceivedMessage, State};
+use super::error::StartError;
+use super::inbox::{MsgCmd, Pushed as PushOutcome, ReplyError, unix_secs};
+use super::shared::Shared;
 
 /// Largest frame body accepted from an application (a 64 MiB payload and its envelope).
 const MAX_BODY: usize = framing::DEFAULT_MAX_BODY;
@@ -35,6 +35,7 @@ const SUBSCRIPTION_POLL: Duration = Duration::from_secs(30);
 
 /// The bound local socket. Dropping it removes its file, unless another process has replaced
 /// the file since.
+#[derive(Debug)]
 pub(crate) struct LocalListener {
     listener: Option<std::os::unix::net::UnixListener>,
     path: PathBuf,
@@ -290,7 +291,7 @@ fn request(
                 };
                 let answer = match reply_to {
                     Some(id) => send_reply(&shared, tag, id, Some(dst), payload).await,
-                    None => match push_msg(&shared, dst, topic, payload, wait).await {
+                    None => match shared.inbox.push(dst, topic, payload, wait).await {
                         Ok(Ok(PushOutcome::Queued(id))) => {
                             frame(tag, &Message::Pushed(Pushed { tag, id }))
                         }
@@ -316,7 +317,7 @@ fn request(
                         timeout: SUBSCRIPTION_POLL,
                         tx,
                     };
-                    match to_msg(&shared, cmd, SUBSCRIPTION_POLL).await {
+                    match shared.inbox.ask_messages(cmd, SUBSCRIPTION_POLL).await {
                         Ok(Some(m)) => {
                             if out.send(deliver(&shared, &m, None)).is_err() {
                                 return;
@@ -343,9 +344,9 @@ fn request(
             let (tag, id) = (q.tag, q.id);
             tokio::spawn(async move {
                 let answer =
-                    match to_msg(&shared, |tx| MsgCmd::Status { id, tx }, Duration::ZERO).await {
+                    match shared.inbox.ask_messages(|tx| MsgCmd::Status { id, tx }, Duration::ZERO).await {
                         Ok(Some((st, at))) => {
-                            let unix = |t: std::time::Instant| super::api::unix_secs(t, at);
+                            let unix = |t: std::time::Instant| unix_secs(t, at);
                             let state = match st.state {
                                 State::Pending => MessageState::Pending,
                                 State::Sending {
@@ -403,7 +404,7 @@ async fn send_reply(
         payload,
         tx,
     };
-    match to_msg(shared, cmd, Duration::ZERO).await {
+    match shared.inbox.ask_messages(cmd, Duration::ZERO).await {
         Ok(Ok(())) => frame(tag, &Message::Pushed(Pushed { tag, id })),
         Ok(Err(ReplyError::UnknownId)) => error(tag, ErrorCode::NOT_FOUND, "unknown message id"),
         Ok(Err(ReplyError::Push(e))) => error(tag, ErrorCode::BAD_REQUEST, &e.to_string()),
@@ -414,6 +415,9 @@ async fn send_reply(
 async fn destination(shared: &Shared, d: Destination) -> Result<PublicKey, String> {
     match d {
         Destination::PublicKey(pk) => Ok(PublicKey::from(pk)),
-        Destination::Ip(ip) => resolve_key(shared, std::net::Ipv6Addr::from(ip).into()).await,
+        Destination::Ip(ip) => {
+            let ip = std::net::Ipv6Addr::from(ip).into();
+            shared.inbox.resolve_key(ip).await
+        }
     }
 }

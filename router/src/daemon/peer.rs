@@ -1,0 +1,264 @@
+//! One peer link, whatever carries it (TCP, or a QUIC stream with its datagrams): announced
+//! to the control thread, read and deframed into the worker's [`Forwarder`], and written from
+//! the link's queues in vectored batches, until it fails or is closed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use hyphae_proto::babel::LinkKind;
+use hyphae_proto::window::{BufferGovernor, CEILING, DEFAULT_FLOOR};
+use hyphae_wire::deframer::Deframer;
+use tokio::sync::{mpsc, watch};
+use tokio::task::spawn_local;
+
+use super::endpoint::Endpoint;
+use super::forward::Forwarder;
+use super::inbox::ControlMsg;
+use super::link::{LinkRead, LinkWrite, READ_CHUNK};
+use super::peers::{PeerCounters, PeerHandle, PeerType, QueuedRun};
+use super::sockopt;
+
+/// Unsent bytes the kernel may hold per TCP peer socket.
+pub(crate) const TCP_NOTSENT_LOWAT: u32 = 128 * 1024;
+/// Maximum frames moved from the queues into one vectored write.
+const WRITE_BATCH: usize = 512;
+
+/// What is known of a link before it is announced.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LinkInfo {
+    /// The remote endpoint.
+    pub(crate) endpoint: Endpoint,
+    /// Our address on it.
+    pub(crate) local: SocketAddr,
+    /// How it came to be.
+    pub(crate) kind: PeerType,
+    /// Its transport, for the static link cost.
+    pub(crate) link: LinkKind,
+}
+
+/// A link that is up, and the receiving ends of its queues (for [`serve`]).
+#[derive(Debug)]
+pub(crate) struct Up {
+    /// The link as the rest of the daemon sees it.
+    pub(crate) handle: Arc<PeerHandle>,
+    data_rx: mpsc::UnboundedReceiver<QueuedRun>,
+    ctl_rx: mpsc::UnboundedReceiver<Bytes>,
+    /// Held from the start, so a close sent before [`serve`] runs is not lost.
+    close_rx: watch::Receiver<bool>,
+}
+
+/// Registers a new link in the peer table and announces it to the control thread. `None` if
+/// the control thread is gone (shutting down).
+pub(crate) async fn up(fwd: &Forwarder, info: LinkInfo) -> Option<Up> {
+    let shared = fwd.shared();
+    let (data_tx, data_rx) = mpsc::unbounded_channel();
+    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    let (close, close_rx) = watch::channel(false);
+    let handle = Arc::new(PeerHandle {
+        id: shared.peers.next_id(),
+        endpoint: info.endpoint,
+        local: info.local,
+        kind: info.kind,
+        data_tx,
+        queued: Default::default(),
+        ctl_tx,
+        counters: PeerCounters::default(),
+        close,
+    });
+    tracing::info!(peer = handle.id.0, endpoint = %info.endpoint, kind = info.kind.as_str(),
+        worker = fwd.worker(), "peer up");
+    shared.peers.insert(handle.clone());
+    let msg = ControlMsg::PeerUp {
+        handle: handle.clone(),
+        link: info.link,
+    };
+    if shared.inbox.control.send(msg).await.is_err() {
+        shared.peers.remove(handle.id);
+        return None;
+    }
+    Some(Up {
+        handle,
+        data_rx,
+        ctl_rx,
+        close_rx,
+    })
+}
+
+/// Runs a link that is [`up`] until it fails or is closed, then takes it down.
+pub(crate) async fn serve<R: LinkRead + 'static, W: LinkWrite + 'static>(
+    fwd: Forwarder,
+    link: Up,
+    mut reader: R,
+    writer: W,
+) {
+    let Up {
+        handle,
+        data_rx,
+        ctl_rx,
+        mut close_rx,
+    } = link;
+    let shared = fwd.shared().clone();
+    let endpoint = handle.endpoint;
+    let writer_task = spawn_local(write_loop(handle.clone(), writer, data_rx, ctl_rx));
+    let counters = fwd.counters();
+    let mut shutdown = shared.shutdown.clone();
+    let mut buf = BytesMut::with_capacity(2 * READ_CHUNK);
+    let mut deframer = Deframer::new();
+    let mut frames = Vec::with_capacity(256);
+    // TCP links: the receive buffer follows the link's bandwidth-delay product (unless the
+    // operator fixed it with --tcp-rcvbuf).
+    let mut window = reader
+        .tcp_fd()
+        .filter(|_| shared.settings.tcp_window_governor && shared.settings.tcp_rcvbuf.is_none())
+        .and_then(|fd| {
+            let gov = BufferGovernor::new(DEFAULT_FLOOR, autotune_ceiling());
+            size_receive_buffer(fd, gov.floor()).ok()?;
+            Some((fd, gov, 0u64))
+        });
+    loop {
+        let (r, b) = tokio::select! {
+            biased;
+            _ = close_rx.wait_for(|c| *c) => break,
+            _ = shutdown.wait_for(|s| *s) => break,
+            r = reader.read(buf) => r,
+        };
+        buf = b;
+        match r {
+            Ok(0) => break,
+            Ok(n) => {
+                handle.counters.rx_bytes.fetch_add(n as u64, Relaxed);
+                if let Some((fd, gov, read)) = &mut window {
+                    *read += n as u64;
+                    let now = Instant::now();
+                    if gov.due(now) {
+                        let queued = sockopt::queued(*fd).unwrap_or(u32::MAX);
+                        if let Some(size) = gov.sample(now, *read, sockopt::rtt(*fd), queued)
+                            && let Err(e) = size_receive_buffer(*fd, size)
+                        {
+                            tracing::debug!(peer = handle.id.0, "receive buffer: {e}");
+                            window = None;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(peer = handle.id.0, "read: {e}");
+                break;
+            }
+        }
+        let corrupt = loop {
+            match deframer.next_frame(&mut buf) {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            }
+        };
+        handle
+            .counters
+            .rx_frames
+            .fetch_add(frames.len() as u64, Relaxed);
+        fwd.handle_frames(&handle, &mut frames);
+        // Let this worker's writers drain what the read queued before reading more: a peer
+        // sending in bursts must not fill another peer's queue before it can be written.
+        tokio::task::yield_now().await;
+        if let Some(e) = corrupt {
+            counters.framing_errors.fetch_add(1, Relaxed);
+            tracing::warn!(peer = handle.id.0, %endpoint, "closing link: corrupt framing: {e}");
+            break;
+        }
+    }
+    let _ = handle.close.send(true);
+    shared.peers.remove(handle.id);
+    let _ = shared
+        .inbox
+        .control
+        .send(ControlMsg::PeerDown { peer: handle.id })
+        .await;
+    let _ = writer_task.await;
+    tracing::info!(peer = handle.id.0, %endpoint, "peer down");
+}
+
+/// Writes a link's control and data queues (control first) in vectored batches until the
+/// link closes or a write fails.
+async fn write_loop<W: LinkWrite>(
+    h: Arc<PeerHandle>,
+    mut w: W,
+    mut data_rx: mpsc::UnboundedReceiver<QueuedRun>,
+    mut ctl_rx: mpsc::UnboundedReceiver<Bytes>,
+) {
+    let mut close_rx = h.close.subscribe();
+    let mut batch: Vec<Bytes> = Vec::with_capacity(WRITE_BATCH);
+    let mut runs: Vec<QueuedRun> = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        tokio::select! {
+            biased;
+            _ = close_rx.wait_for(|c| *c) => break,
+            Some(c) = ctl_rx.recv() => {
+                batch.push(c);
+                while let Ok(c) = ctl_rx.try_recv() {
+                    batch.push(c);
+                }
+                while runs.len() < WRITE_BATCH {
+                    match data_rx.try_recv() {
+                        Ok(d) => runs.push(d),
+                        Err(_) => break,
+                    }
+                }
+            }
+            n = data_rx.recv_many(&mut runs, WRITE_BATCH) => {
+                if n == 0 {
+                    break;
+                }
+                while let Ok(c) = ctl_rx.try_recv() {
+                    batch.push(c);
+                }
+            }
+        }
+        let mut data_bytes = 0;
+        let mut frames = batch.len() as u64;
+        for run in runs.drain(..) {
+            data_bytes += run.bytes.len();
+            frames += u64::from(run.frames);
+            batch.push(run.bytes);
+        }
+        let bytes: usize = batch.iter().map(Bytes::len).sum();
+        let (r, b) = w.write_batch(std::mem::take(&mut batch)).await;
+        batch = b;
+        batch.clear();
+        h.queued.fetch_sub(data_bytes, Relaxed);
+        if let Err(e) = r {
+            tracing::debug!(peer = h.id.0, "write: {e}");
+            break;
+        }
+        h.counters.tx_frames.fetch_add(frames, Relaxed);
+        h.counters.tx_bytes.fetch_add(bytes as u64, Relaxed);
+    }
+    let _ = h.close.send(true);
+}
+
+/// Sets a TCP link's window clamp and receive buffer to `bytes`. If the buffer cannot be set
+/// the clamp is lifted again, leaving the link to autotuning.
+fn size_receive_buffer(fd: std::os::fd::RawFd, bytes: u32) -> std::io::Result<()> {
+    let before = sockopt::window_clamp(fd);
+    sockopt::set_window_clamp(fd, bytes)?;
+    sockopt::set_rcvbuf(fd, bytes).inspect_err(|_| {
+        if let Some(c) = before {
+            let _ = sockopt::set_window_clamp(fd, c);
+        }
+    })
+}
+
+/// Half the largest buffer autotuning may give a TCP socket (`net.ipv4.tcp_rmem`), which the
+/// kernel doubles back: the governor never asks for more than autotuning could have reached.
+fn autotune_ceiling() -> u32 {
+    static AUTOTUNE_CEILING: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *AUTOTUNE_CEILING.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem")
+            .ok()
+            .and_then(|v| v.split_whitespace().nth(2)?.parse::<u32>().ok())
+            .map_or(CEILING, |max| max / 2)
+    })
+}

@@ -1,0 +1,92 @@
+//! What every thread of the daemon reads: this node's identity, the forwarding table, the
+//! live links, the keys of routed nodes, the inboxes of the control thread and the message
+//! task, the counters, the settings and the shutdown signal. Nothing here does any work.
+
+use std::collections::HashMap;
+use std::net::Ipv6Addr;
+use std::sync::atomic::AtomicU64;
+
+use arc_swap::ArcSwap;
+use hyphae_proto::fib::FibReader;
+use hyphae_wire::identity::{PublicKey, SecretKey};
+use hyphae_wire::{RouterId, Subnet};
+use tokio::sync::watch;
+
+use super::config::Settings;
+use super::inbox::Inboxes;
+use super::peers::PeerTable;
+
+/// This node.
+#[derive(Debug)]
+pub(crate) struct Node {
+    /// Its secret key.
+    pub(crate) secret: SecretKey,
+    /// Its public key.
+    pub(crate) public: PublicKey,
+    /// Its overlay address.
+    pub(crate) address: Ipv6Addr,
+    /// Its /64.
+    pub(crate) subnet: Subnet,
+    /// Its router id for this run.
+    pub(crate) router_id: RouterId,
+    /// Start time, Unix seconds.
+    pub(crate) start_time: u64,
+}
+
+/// The data plane's counters, one set per worker.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct WorkerCounters {
+    /// Data frames forwarded to another peer.
+    pub(crate) forwarded: AtomicU64,
+    /// Data frames for this node.
+    pub(crate) local: AtomicU64,
+    /// Local frames that opened (authenticated) but have no consumer yet.
+    pub(crate) local_opened: AtomicU64,
+    /// Local frames that failed to open or whose source key is unknown.
+    pub(crate) local_unopened: AtomicU64,
+    /// Dropped: hop limit reached.
+    pub(crate) drop_hop_limit: AtomicU64,
+    /// Dropped: no route.
+    pub(crate) drop_no_route: AtomicU64,
+    /// Dropped: egress queue full.
+    pub(crate) drop_queue_full: AtomicU64,
+    /// Dropped: the route points back where the frame came from.
+    pub(crate) drop_loop: AtomicU64,
+    /// Control frames skipped as malformed or unknown.
+    pub(crate) skipped_control: AtomicU64,
+    /// Links closed for framing errors.
+    pub(crate) framing_errors: AtomicU64,
+    /// Control TLVs dropped because the control thread's inbox was full.
+    pub(crate) drop_control_queue: AtomicU64,
+    /// Message packets dropped because the message task's inbox was full.
+    pub(crate) drop_message_queue: AtomicU64,
+    /// Data frames too large for a QUIC datagram, sent on the stream instead.
+    pub(crate) quic_oversize_on_stream: AtomicU64,
+    /// Out-of-band ICMP errors sent back to sources.
+    pub(crate) icmp_sent: AtomicU64,
+}
+
+/// State every thread shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// This node.
+    pub(crate) node: Node,
+    /// The forwarding table (the control thread publishes it).
+    pub(crate) fib: FibReader,
+    /// Live peer links.
+    pub(crate) peers: PeerTable,
+    /// The public keys of the nodes that own the selected routes, by /64 (the control thread
+    /// publishes them with the forwarding table), to open the frames they send us.
+    pub(crate) route_keys: ArcSwap<HashMap<Subnet, PublicKey>>,
+    /// The control thread's and the message task's inboxes.
+    pub(crate) inbox: Inboxes,
+    /// One set of counters per worker.
+    pub(crate) counters: Vec<WorkerCounters>,
+    /// Sealing keys dropped from a full [`super::keys::KeyCache`].
+    pub(crate) key_cache_evictions: AtomicU64,
+    /// Becomes true at shutdown.
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// The settings.
+    pub(crate) settings: Settings,
+}
