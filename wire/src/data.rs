@@ -16,13 +16,24 @@
 //! [`DataFrame`] wraps a buffer that holds exactly one whole frame, outer header included, so a
 //! forwarding router can rewrite the hop limit in place and queue the very same bytes on the
 //! egress link. It never allocates.
+//!
+//! Frames for and from this node go through one pair of calls, both in place:
+//! [`DataHeader::emit_sealed`] appends a whole frame whose body is sealed user data, and
+//! [`DataFrame::open`] opens one and returns the payload's byte range in the frame.
+//!
+//! ```text
+//! frame:  outer + data header (40) | user-data header (4) | payload | tag (16) | nonce (12)
+//!                                   '------ encrypted in place ------'
+//! ```
 
 use core::net::Ipv6Addr;
+use core::ops::Range;
 
 use bytes::BufMut;
 
 use crate::DecodeError;
 use crate::packet::{OUTER_HEADER_LEN, PacketType, outer_header, parse_outer_header};
+use crate::seal::{NONCE_LEN, OpenError, SEAL_OVERHEAD, SealingKey, USER_HEADER_LEN, UserDataKind};
 
 /// Length of the data header after the outer header.
 pub const DATA_HEADER_LEN: usize = 36;
@@ -120,6 +131,18 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> DataFrame<T> {
     pub fn body_mut(&mut self) -> &mut [u8] {
         &mut self.buf.as_mut()[field::BODY..]
     }
+
+    /// Opens the sealed body in place with `key`. Returns the user-data kind and the payload's
+    /// byte range within the whole frame ([`Self::as_bytes`]): the plaintext stays where it was,
+    /// so an owned payload is `buf.freeze().slice(range)` with no copy.
+    ///
+    /// On [`OpenError::TooShort`] and [`OpenError::Auth`] the frame is unchanged; on
+    /// [`OpenError::Version`] the body has been decrypted.
+    pub fn open(&mut self, key: &SealingKey) -> Result<(UserDataKind, Range<usize>), OpenError> {
+        let (kind, payload) = key.open(self.body_mut())?;
+        let start = field::BODY + USER_HEADER_LEN;
+        Ok((kind, start..start + payload.len()))
+    }
 }
 
 fn ip(b: &[u8]) -> Ipv6Addr {
@@ -159,22 +182,53 @@ impl DataHeader {
         buf.put_slice(&self.dst.octets());
     }
 
-    /// Appends a whole frame with `body`. The body must fit in a `u16`.
+    /// Appends a whole frame with `body`, which is already sealed (forwarding, or a body kept
+    /// from a frame). The body must fit in a `u16`; nothing is appended otherwise.
     pub fn emit_frame<B: BufMut>(&self, body: &[u8], buf: &mut B) -> Result<(), DecodeError> {
-        let len = u16::try_from(body.len()).map_err(|_| DecodeError::TooLarge {
-            what: "data body",
-            len: body.len(),
-            max: MAX_DATA_BODY,
-        })?;
-        self.emit(len, buf);
+        self.emit(body_len(body.len())?, buf);
         buf.put_slice(body);
         Ok(())
     }
+
+    /// Appends a whole frame whose body is the concatenation of `parts`, sealed as `kind` with
+    /// `key` and `nonce`. Encrypts in place in `out`: the header goes out with the final body
+    /// length, then user-data header and parts, which are sealed where they lie before tag and
+    /// nonce follow. The sealed body (payload plus [`SEAL_OVERHEAD`]) must fit in a `u16`;
+    /// nothing is appended otherwise.
+    ///
+    /// `out` must be a growable buffer whose `as_mut()` is everything written so far, such as
+    /// `Vec<u8>` or `BytesMut`.
+    pub fn emit_sealed<B: BufMut + AsMut<[u8]>>(
+        &self,
+        key: &SealingKey,
+        nonce: [u8; NONCE_LEN],
+        kind: UserDataKind,
+        parts: &[&[u8]],
+        out: &mut B,
+    ) -> Result<(), DecodeError> {
+        let sealed = parts
+            .iter()
+            .try_fold(SEAL_OVERHEAD, |n, p| n.checked_add(p.len()))
+            .unwrap_or(usize::MAX);
+        self.emit(body_len(sealed)?, out);
+        key.seal_parts(nonce, kind, parts, out);
+        Ok(())
+    }
+}
+
+/// `len` as a data-frame body length.
+fn body_len(len: usize) -> Result<u16, DecodeError> {
+    u16::try_from(len).map_err(|_| DecodeError::TooLarge {
+        what: "data body",
+        len,
+        max: MAX_DATA_BODY,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::SecretKey;
     use alloc::vec::Vec;
 
     fn frame(body: &[u8]) -> Vec<u8> {
@@ -227,5 +281,132 @@ mod tests {
         };
         let big = alloc::vec![0u8; MAX_DATA_BODY + 1];
         assert!(h.emit_frame(&big, &mut Vec::new()).is_err());
+    }
+
+    fn key() -> SealingKey {
+        let a = SecretKey::from_bytes([1; 32]);
+        let b = SecretKey::from_bytes([2; 32]);
+        SealingKey::new(&a.shared_secret(&b.public_key()))
+    }
+
+    fn header() -> DataHeader {
+        DataHeader {
+            hop_limit: 63,
+            src: "4a9::1".parse().unwrap(),
+            dst: "5ff::2".parse().unwrap(),
+        }
+    }
+
+    fn sealed(parts: &[&[u8]]) -> Vec<u8> {
+        let mut v = Vec::new();
+        header()
+            .emit_sealed(&key(), [7; NONCE_LEN], UserDataKind::MESSAGE, parts, &mut v)
+            .unwrap();
+        v
+    }
+
+    #[test]
+    fn emit_sealed_then_open_gives_payload_range() {
+        let mut v = sealed(&[b"hello ", b"world"]);
+        assert_eq!(v.len(), DATA_OVERHEAD + 11 + SEAL_OVERHEAD);
+        let mut f = DataFrame::new_checked(&mut v[..]).unwrap();
+        assert_eq!(usize::from(f.body_len()), 11 + SEAL_OVERHEAD);
+        assert_eq!(DataHeader::parse(&f), header());
+        let (kind, range) = f.open(&key()).unwrap();
+        assert_eq!(kind, UserDataKind::MESSAGE);
+        assert_eq!(
+            range,
+            DATA_OVERHEAD + USER_HEADER_LEN..DATA_OVERHEAD + USER_HEADER_LEN + 11
+        );
+        assert_eq!(&f.as_bytes()[range], b"hello world");
+    }
+
+    #[test]
+    fn emit_sealed_parts_are_concatenated() {
+        assert_eq!(sealed(&[b"ab", b"cd"]), sealed(&[b"abcd"]));
+        assert_eq!(sealed(&[b"", b"abcd", b""]), sealed(&[b"abcd"]));
+        assert_eq!(sealed(&[]), sealed(&[b""]));
+    }
+
+    #[test]
+    fn emit_sealed_equals_seal_then_emit_frame() {
+        let mut body = Vec::new();
+        key().seal([7; NONCE_LEN], UserDataKind::MESSAGE, b"payload", &mut body);
+        let mut two_step = Vec::new();
+        header().emit_frame(&body, &mut two_step).unwrap();
+        assert_eq!(sealed(&[b"payload"]), two_step);
+    }
+
+    #[test]
+    fn emit_sealed_appends_to_what_is_there() {
+        let mut v = alloc::vec![0xaa; 3];
+        header()
+            .emit_sealed(
+                &key(),
+                [7; NONCE_LEN],
+                UserDataKind::MESSAGE,
+                &[b"x"],
+                &mut v,
+            )
+            .unwrap();
+        assert_eq!(&v[..3], &[0xaa; 3]);
+        assert_eq!(v[3..], sealed(&[b"x"]));
+    }
+
+    #[test]
+    fn emit_sealed_too_large_appends_nothing() {
+        let max = alloc::vec![0u8; MAX_DATA_BODY - SEAL_OVERHEAD];
+        let mut v = Vec::new();
+        header()
+            .emit_sealed(&key(), [1; NONCE_LEN], UserDataKind::L3, &[&max], &mut v)
+            .unwrap();
+        assert_eq!(v.len(), DATA_OVERHEAD + MAX_DATA_BODY);
+        let mut f = DataFrame::new_checked(&mut v[..]).unwrap();
+        assert_eq!(f.open(&key()).unwrap().1.len(), max.len());
+
+        let mut v = alloc::vec![0xaa; 5];
+        let err = header().emit_sealed(
+            &key(),
+            [1; NONCE_LEN],
+            UserDataKind::L3,
+            &[&max, b"x"],
+            &mut v,
+        );
+        assert_eq!(
+            err,
+            Err(DecodeError::TooLarge {
+                what: "data body",
+                len: MAX_DATA_BODY + 1,
+                max: MAX_DATA_BODY
+            })
+        );
+        assert_eq!(v, [0xaa; 5], "nothing appended");
+    }
+
+    #[test]
+    fn tampered_frame_fails_to_open_and_is_left_alone() {
+        let v = sealed(&[b"secret"]);
+        // The data header is not authenticated (as on the reference); every body byte is.
+        for i in DATA_OVERHEAD..v.len() {
+            let mut t = v.clone();
+            t[i] ^= 0x10;
+            let mut f = DataFrame::new_checked(&mut t[..]).unwrap();
+            assert_eq!(f.open(&key()), Err(OpenError::Auth), "flip at {i}");
+            assert_eq!(f.as_bytes()[i] ^ 0x10, v[i], "unchanged at {i}");
+        }
+        let other = SealingKey::new(
+            &SecretKey::from_bytes([3; 32])
+                .shared_secret(&SecretKey::from_bytes([2; 32]).public_key()),
+        );
+        let mut t = v.clone();
+        let mut f = DataFrame::new_checked(&mut t[..]).unwrap();
+        assert_eq!(f.open(&other), Err(OpenError::Auth));
+        // A body too short to be sealed.
+        let mut short = Vec::new();
+        header()
+            .emit_frame(&[0; SEAL_OVERHEAD - 1], &mut short)
+            .unwrap();
+        let mut f = DataFrame::new_checked(&mut short[..]).unwrap();
+        assert_eq!(f.open(&key()), Err(OpenError::TooShort(SEAL_OVERHEAD - 1)));
     }
 }

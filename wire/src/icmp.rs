@@ -7,7 +7,6 @@
 //!  0               1               2               3
 //! +-------+-------+---------------+---------------+---------------+
 //! |version| traffic class |             flow label                |  IPv6 (RFC 8200 s. 3)
-//! |  = 6  |    (0 on send, ignored on receive, as flow label)     |
 //! +-------+-------+---------------+---------------+---------------+
 //! |     payload length (u16)      |  next hdr 58  |   hop limit   |
 //! +---------------+---------------+---------------+---------------+
@@ -16,10 +15,12 @@
 //! +---------------+---------------+---------------+---------------+
 //! |     type      |     code      |  checksum (RFC 4443 s. 2.3)   |  ICMPv6 (RFC 4443 s. 2.1)
 //! +---------------+---------------+---------------+---------------+
-//! |   rest of header (4): unused = 0, or the MTU for Packet Too Big |
+//! |  rest of header (4): unused (0), or the MTU for Packet Too Big |
 //! +---------------------------------------------------------------+
-//! |   body: for errors, as much of the invoking packet as fits      |
+//! |   body: for errors, as much of the invoking packet as fits    |
 //! ```
+//!
+//! The version is 6; traffic class and flow label are zero on send and ignored on receive.
 //!
 //! [`Icmpv6Packet`] is the typed value: [`Icmpv6Packet::decode`] borrows the body from the
 //! input and checks version, next header, payload length and checksum;

@@ -18,11 +18,12 @@
 //! | module | what |
 //! |---|---|
 //! | [`packet`] | the 4-byte outer header |
-//! | [`data`] | data frames: zero-copy [`data::DataFrame`] view, [`data::DataHeader`] builder |
+//! | [`data`] | data frames: [`data::DataFrame`] view, [`data::DataHeader`] builder; in place |
 //! | [`babel`] | control frames: Babel header and the five TLVs |
 //! | [`deframer`] | stream deframer and one-shot datagram decoder |
 //! | [`identity`] | keys, overlay address, `/64`, key file |
 //! | [`seal`] | AES-256-GCM sealing of data bodies |
+//! | [`icmp`] | ICMPv6 packets (RFC 4443) and the reference's out-of-band ICMP errors |
 //! | [`message`] | message-subsystem packets |
 //! | [`framing`] | hyphae's internal framing (postcard bodies) |
 //!
@@ -50,6 +51,7 @@ pub mod data;
 pub mod deframer;
 mod error;
 pub mod framing;
+pub mod icmp;
 pub mod identity;
 pub mod message;
 pub mod packet;

@@ -12,6 +12,11 @@
 //! [`SealingKey`] holds the expanded AES key, so the key schedule runs once per peer pair, not
 //! once per frame. Nonces come from the caller (this crate reads no randomness on the data
 //! path); [`random_nonce`] is the `std` convenience.
+//!
+//! The paved path works on whole data frames, in place, with no intermediate buffer:
+//! [`DataHeader::emit_sealed`](crate::data::DataHeader::emit_sealed) appends header and sealed
+//! body in one go, and [`DataFrame::open`](crate::data::DataFrame::open) opens a received frame
+//! and says where its payload sits, so no caller computes header, tag or nonce offsets.
 
 use core::fmt;
 
@@ -82,7 +87,9 @@ impl SealingKey {
     }
 
     /// Appends a sealed body carrying `payload` of `kind` to `out`; the sealed length is
-    /// `payload.len() + SEAL_OVERHEAD`.
+    /// `payload.len() + SEAL_OVERHEAD`. To build a whole data frame, use
+    /// [`DataHeader::emit_sealed`](crate::data::DataHeader::emit_sealed), which seals through
+    /// this same code.
     pub fn seal<B: BufMut + AsMut<[u8]>>(
         &self,
         nonce: [u8; NONCE_LEN],
@@ -90,9 +97,24 @@ impl SealingKey {
         payload: &[u8],
         out: &mut B,
     ) {
+        self.seal_parts(nonce, kind, &[payload], out);
+    }
+
+    /// The one place that lays out a sealed body: appends the user-data header and `parts`,
+    /// encrypts that region of `out` in place, then appends tag and nonce. `out` must be a
+    /// growable buffer whose `as_mut()` is everything written so far (`Vec<u8>`, `BytesMut`).
+    pub(crate) fn seal_parts<B: BufMut + AsMut<[u8]>>(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        kind: UserDataKind,
+        parts: &[&[u8]],
+        out: &mut B,
+    ) {
         let start = out.as_mut().len();
         out.put_slice(&[USER_DATA_VERSION, kind.0, 0, 0]);
-        out.put_slice(payload);
+        for part in parts {
+            out.put_slice(part);
+        }
         let tag = self.seal_in_place(nonce, &mut out.as_mut()[start..]);
         out.put_slice(&tag);
         out.put_slice(&nonce);
@@ -110,7 +132,10 @@ impl SealingKey {
     }
 
     /// Opens a sealed body in place. On success returns the kind and the payload, a sub-slice
-    /// of `sealed`.
+    /// of `sealed`. On [`OpenError::TooShort`] and [`OpenError::Auth`] `sealed` is left as it
+    /// was (the tag is checked before anything is decrypted); on [`OpenError::Version`] it holds
+    /// the plaintext. [`DataFrame::open`](crate::data::DataFrame::open) does this for a whole
+    /// frame and returns the payload's position in it.
     pub fn open<'a>(&self, sealed: &'a mut [u8]) -> Result<(UserDataKind, &'a [u8]), OpenError> {
         let len = sealed.len();
         if len < SEAL_OVERHEAD {

@@ -1,5 +1,6 @@
 //! Property tests: for every type, decode(encode(v)) == v, the encoding has the length the
-//! type claims, and arbitrary bytes never panic a decoder.
+//! type claims, and arbitrary bytes never panic a decoder. Sealed frames built in place open in
+//! place to what went in.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -13,6 +14,9 @@ use hyphae_wire::framing::{
     self, BodyPart, Deliver, Destination, Envelope, ErrorCode, ErrorMsg, Header, Kind, Message,
     MessageState, Push, Pushed, RelayItem, RelayRequest, RelayResponse, Reply, Status, StatusQuery,
     Subscribe,
+};
+use hyphae_wire::icmp::{
+    Icmpv6Code, Icmpv6Packet, Icmpv6Type, MAX_OOB_LEN, OobIcmp, PACKET_HEADER_LEN,
 };
 use hyphae_wire::message::{MessageBody, MessageFlags, MessageId, MessagePacket};
 use hyphae_wire::seal::{SealingKey, UserDataKind};
@@ -135,6 +139,80 @@ proptest! {
     }
 
     #[test]
+    fn emit_sealed_round_trips(secret in prop::array::uniform32(any::<u8>()),
+                               nonce in prop::array::uniform12(any::<u8>()),
+                               kind in any::<u8>(), hop in any::<u8>(),
+                               src in any::<u128>(), dst in any::<u128>(),
+                               parts in prop::collection::vec(bytes(600), 0..4)) {
+        let peer = SecretKey::from_bytes([0x42; 32]).public_key();
+        let k = SealingKey::new(&SecretKey::from_bytes(secret).shared_secret(&peer));
+        let h = DataHeader { hop_limit: hop, src: src.into(), dst: dst.into() };
+        let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let whole = parts.concat();
+        let mut v = BytesMut::new();
+        h.emit_sealed(&k, nonce, UserDataKind(kind), &parts, &mut v).unwrap();
+        // The same bytes as sealing the concatenation, then framing it.
+        let mut body = Vec::new();
+        k.seal(nonce, UserDataKind(kind), &whole, &mut body);
+        let mut two_step = Vec::new();
+        h.emit_frame(&body, &mut two_step).unwrap();
+        prop_assert_eq!(&v[..], &two_step[..]);
+        let mut f = DataFrame::new_checked(v).unwrap();
+        prop_assert_eq!(DataHeader::parse(&f), h);
+        let (got_kind, range) = f.open(&k).unwrap();
+        prop_assert_eq!(got_kind, UserDataKind(kind));
+        prop_assert_eq!(&f.as_bytes()[range], &whole[..]);
+    }
+
+    #[test]
+    fn icmpv6_packet_round_trips(src in any::<u128>(), dst in any::<u128>(), hop in any::<u8>(),
+                                 ty in any::<u8>(), code in any::<u8>(), rest in any::<[u8; 4]>(),
+                                 body in bytes(1500), orig_dst in any::<u128>(), flip in any::<usize>()) {
+        let p = Icmpv6Packet {
+            src: src.into(), dst: dst.into(), hop_limit: hop,
+            ty: Icmpv6Type(ty), code: Icmpv6Code(code), rest, body: &body,
+        };
+        let mut v = Vec::new();
+        p.encode(&mut v).unwrap();
+        prop_assert_eq!(v.len(), p.encoded_len());
+        prop_assert_eq!(&v[..PACKET_HEADER_LEN], &p.header().unwrap()[..]);
+        prop_assert_eq!(Icmpv6Packet::decode(&v), Ok(p));
+        // A flipped bit anywhere the checksum covers (addresses and message) is caught.
+        let mut t = v.clone();
+        let i = 8 + flip % (v.len() - 8);
+        t[i] ^= 0x80;
+        prop_assert!(Icmpv6Packet::decode(&t).is_err(), "flip at {}", i);
+        // Wrapped for the out-of-band path.
+        let oob = OobIcmp { orig_dst: orig_dst.into(), packet: p };
+        let mut w = Vec::new();
+        oob.encode(&mut w).unwrap();
+        prop_assert_eq!(w.len(), oob.encoded_len());
+        prop_assert_eq!(&w[16..], &v[..]);
+        let got = OobIcmp::decode(&w);
+        if w.len() <= MAX_OOB_LEN {
+            prop_assert_eq!(got, Ok(oob));
+        } else {
+            prop_assert!(got.is_err());
+        }
+    }
+
+    #[test]
+    fn icmpv6_decoder_survives_mangled_packets(body in bytes(200), cut in any::<usize>(),
+                                               at in any::<usize>(), x in any::<u8>()) {
+        let p = Icmpv6Packet::error(
+            "4a9::1".parse().unwrap(), "5ff::2".parse().unwrap(),
+            Icmpv6Type::TIME_EXCEEDED, Icmpv6Code::HOP_LIMIT_EXCEEDED, &body,
+        );
+        let mut v = Vec::new();
+        p.encode(&mut v).unwrap();
+        prop_assert!(Icmpv6Packet::decode(&v[..cut % v.len()]).is_err());
+        let n = v.len();
+        v[at % n] ^= x;
+        let _ = Icmpv6Packet::decode(&v);
+        let _ = OobIcmp::decode(&v);
+    }
+
+    #[test]
     fn message_packet_round_trips(id in any::<[u8; 8]>(), which in 0u8..9, reply in any::<bool>(),
                                   a in any::<u64>(), b in any::<u64>(), c in any::<u64>(),
                                   data in bytes(1400), sum in any::<[u8; 32]>()) {
@@ -213,6 +291,8 @@ proptest! {
         let _ = decode_datagram(&data[..]);
         let _ = decode_babel_packet(&data);
         let _ = MessagePacket::decode(&data);
+        let _ = Icmpv6Packet::decode(&data);
+        let _ = OobIcmp::decode(&data);
         let mut buf = BytesMut::from(&data[..]);
         if let Ok(Some((kind, body))) = framing::split_frame(&mut buf, 1 << 16) {
             let _ = Message::decode(kind, &body);
