@@ -77,7 +77,8 @@ struct State {
 struct Held {
     since: Instant,
     frame: DataFrame<BytesMut>,
-    local: bool,
+    /// Addressed to this node (waiting for its source's key), not to be forwarded.
+    for_us: bool,
 }
 
 /// What one worker does with the frames its links read: control TLVs go to the control
@@ -293,7 +294,7 @@ impl Forwarder {
             frame.set_hop_limit(hop - 1);
             if shared.node.subnet.contains_ip(dst.into()) {
                 t.local += 1;
-                match self.open_local(st, frame) {
+                match self.open_for_us(st, frame) {
                     Ok(true) => t.local_opened += 1,
                     Ok(false) => t.local_unopened += 1,
                     // The source's key is not known yet: hold the frame while its route is
@@ -414,7 +415,7 @@ impl Forwarder {
         st: &mut State,
         net: u128,
         frame: DataFrame<BytesMut>,
-        local: bool,
+        for_us: bool,
     ) -> Result<(), DataFrame<BytesMut>> {
         let q = st.pending.entry(net as u64).or_default();
         if q.is_empty() {
@@ -427,7 +428,7 @@ impl Forwarder {
         q.push_back(Held {
             since: Instant::now(),
             frame,
-            local,
+            for_us,
         });
         st.pending_len += 1;
         if st.pending_len == 1 {
@@ -451,17 +452,17 @@ impl Forwarder {
             let next = shared.fib.lookup(addr);
             let known_key = route_keys.contains_key(&Subnet::v6_64(addr));
             while let Some(h) = q.front() {
-                let ready = if h.local { known_key } else { next.is_some() };
+                let ready = if h.for_us { known_key } else { next.is_some() };
                 let expired = now.duration_since(h.since) >= PENDING_TIMEOUT;
                 if !ready && !expired {
                     break;
                 }
                 let Some(h) = q.pop_front() else { break };
                 st.pending_len -= 1;
-                match (ready, h.local) {
+                match (ready, h.for_us) {
                     (false, true) => t.local_unopened += 1,
                     (false, false) => t.no_route += 1,
-                    (true, true) => match self.open_local(st, h.frame) {
+                    (true, true) => match self.open_for_us(st, h.frame) {
                         Ok(true) => t.local_opened += 1,
                         _ => t.local_unopened += 1,
                     },
@@ -483,7 +484,7 @@ impl Forwarder {
     /// Opens a frame for this node and hands a message packet to the message task (other
     /// kinds have no consumer yet: TUN comes later). Returns whether it opened, or gives the
     /// frame back if the source's key is not known yet (no route to the source).
-    fn open_local(
+    fn open_for_us(
         &self,
         st: &mut State,
         mut frame: DataFrame<BytesMut>,

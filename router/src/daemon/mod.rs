@@ -20,7 +20,7 @@
 //!
 //! | layer | modules |
 //! |---|---|
-//! | start | `start` (binds every socket, builds [`shared`], starts the threads) |
+//! | start | `start` (binds every socket, builds `Shared`, starts the threads) |
 //! | front ends | `api` (+ `metrics`), `local_socket` |
 //! | threads | `control`, `worker` |
 //! | tasks and links | `message_task` (+ `topic_forward`), `discovery`, `tcp`, `quic`, `peer` |
@@ -41,7 +41,7 @@
 //! # The path of one message
 //!
 //! An application pushes on the local socket (or the HTTP API); the front end sends
-//! `MsgCmd::Push` through [`inbox`]'s handle to the message task on the home worker, whose
+//! `MsgCmd::Push` through `inbox`'s handle to the message task on the home worker, whose
 //! `hyphae_proto::message::Messages` state machine cuts it into packets; the task seals each
 //! into a data frame (`DataHeader::emit_sealed`) and queues it on the egress link like a
 //! forwarded frame. At the far end, `Forwarder::handle_frames` opens a frame addressed to its
