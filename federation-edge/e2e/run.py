@@ -14,7 +14,8 @@ Modes:
                       HTTP message API)
 
 Exit status: 0 on success (or SKIPPED when a stock mode has no stock binary), 1 on failure,
-2 on usage or setup errors.
+2 on usage or setup errors. With HYPHAE_REQUIRE_CAPABILITIES set (to anything but empty or 0, as
+.ci/run does) a missing stock binary is a setup error, not a skip.
 """
 
 from __future__ import annotations
@@ -1095,9 +1096,14 @@ def main() -> int:
     if args.mode == "direct" and args.names == "noport":
         ap.error("--names noport needs an edge mode (direct mode uses localhost:8481/8482)")
     name = f"e2e {args.mode}/{args.names}"
-    if args.mode.startswith("edges-stock") and not stock_bin().is_file():
-        print(f"SKIPPED: {name}: no stock mycelium binary ({stock_bin()}; set "
-              f"HYPHAE_STOCK_MYCELIUM)")
+    if args.mode.startswith("edges-stock") and not (stock_bin().is_file()
+                                                    and os.access(stock_bin(), os.X_OK)):
+        why = f"{name}: no stock mycelium binary ({stock_bin()}; set HYPHAE_STOCK_MYCELIUM)"
+        if os.environ.get("HYPHAE_REQUIRE_CAPABILITIES", "0") not in ("", "0"):
+            print(f"{why} (HYPHAE_REQUIRE_CAPABILITIES is set: a missing capability fails)",
+                  file=sys.stderr)
+            return 2
+        print(f"SKIPPED: {why}")
         return 0
 
     def on_signal(signum, _frame):

@@ -14,7 +14,6 @@
 //! `Authorization: Bearer <api_token>`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -22,13 +21,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
+use crate::auth::constant_time_eq;
+use crate::edge::Edge;
+use crate::router_api::router_get;
 use crate::routes::{Entry, Route};
-use crate::server::Edge;
 
 /// Largest request body the API takes.
 const MAX_BODY: usize = 4 << 20;
@@ -59,7 +57,7 @@ fn authorized(edge: &Edge, headers: &HeaderMap) -> Result<(), Box<Response>> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
-        Some(g) if crate::proxy::constant_time_eq(g.trim().as_bytes(), token.as_bytes()) => Ok(()),
+        Some(g) if constant_time_eq(g.trim().as_bytes(), token.as_bytes()) => Ok(()),
         Some(_) => Err(Box::new(err(StatusCode::FORBIDDEN, "wrong API token"))),
         None => Err(Box::new(err(
             StatusCode::UNAUTHORIZED,
@@ -180,42 +178,6 @@ async fn mycelium(State(edge): State<Arc<Edge>>) -> Response {
         }
     }
     Json(Value::Object(out)).into_response()
-}
-
-/// GETs a JSON document from a router's HTTP API (3 s at most).
-async fn router_get(addr: std::net::SocketAddr, path: &str) -> Option<Value> {
-    let client: Client<_, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let uri = format!("http://{addr}{path}");
-    let fetch = async {
-        let res = client.get(uri.parse().ok()?).await.ok()?;
-        if !res.status().is_success() {
-            return None;
-        }
-        let body = res.into_body().collect().await.ok()?.to_bytes();
-        serde_json::from_slice::<Value>(&body).ok()
-    };
-    tokio::time::timeout(Duration::from_secs(3), fetch)
-        .await
-        .ok()
-        .flatten()
-}
-
-/// Whether the router at `addr` has a selected route to the node with public key `peer`
-/// (`None` if its API did not answer).
-pub async fn router_has_route(addr: std::net::SocketAddr, peer: &[u8; 32]) -> Option<bool> {
-    let want = hyphae_wire::identity::PublicKey::from(*peer)
-        .address()
-        .segments();
-    let routes = router_get(addr, "/api/v1/admin/routes/selected").await?;
-    let found = routes.as_array()?.iter().any(|r| {
-        r["subnet"]
-            .as_str()
-            .and_then(|s| s.split('/').next())
-            .and_then(|a| a.parse::<std::net::Ipv6Addr>().ok())
-            .is_some_and(|a| a.segments()[..4] == want[..4])
-    });
-    Some(found)
 }
 
 fn gauges(edge: &Edge) -> Vec<(&'static str, u64)> {

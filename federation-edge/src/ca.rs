@@ -160,7 +160,7 @@ impl SiteCa {
             .signed_by(&kp, &self.issuer)
             .map_err(|e| format!("certificate for {host}: {e}"))?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(kp.serialize_der()));
-        let mut cfg = ServerConfig::builder_with_provider(crate::tls_provider())
+        let mut cfg = ServerConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_no_client_auth()

@@ -112,7 +112,7 @@ impl Egress {
                 }
             }
         }
-        let tls = rustls::ClientConfig::builder_with_provider(crate::tls_provider())
+        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)

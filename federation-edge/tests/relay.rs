@@ -15,6 +15,7 @@ use hyphae_edge::config::Config;
 use hyphae_edge::server::{self, Serving};
 use hyphae_edge::testkit::{FakeHomeserver, FederationClient, RequestBody, TestCa, checksum};
 use hyphae_router::daemon::{self, Running};
+use hyphae_test_support::{Capability, require};
 use serde_json::{Value, json};
 
 fn free_port() -> u16 {
@@ -137,7 +138,8 @@ impl Drop for Router {
     }
 }
 
-/// Stock mycelium 0.7.10 as a router, if the binary is at hand (`HYPHAE_STOCK_MYCELIUM`).
+/// Stock mycelium 0.7.10 as a router, if the binary is at hand (`HYPHAE_STOCK_MYCELIUM`, by
+/// default `../shared/bin/mycelium-0.7.10` beside the workspace).
 struct Stock {
     child: std::process::Child,
     api: String,
@@ -145,14 +147,10 @@ struct Stock {
 }
 
 impl Stock {
+    /// The binary; where it is missing, `test` prints one `SKIPPED:` line and this is `None`
+    /// (or, under `HYPHAE_REQUIRE_CAPABILITIES=1`, `test` fails).
     fn binary(test: &str) -> Option<PathBuf> {
-        match std::env::var_os("HYPHAE_STOCK_MYCELIUM").map(PathBuf::from) {
-            Some(p) if p.is_file() => Some(p),
-            _ => {
-                println!("SKIPPED: {test}: no stock mycelium binary");
-                None
-            }
-        }
+        require(test, Capability::StockMycelium).then(hyphae_test_support::stock_mycelium)
     }
 
     fn start(bin: &Path, dir: &Path, name: &str, seed: u8, peers: &[u16]) -> Self {

@@ -1,8 +1,11 @@
 //! Link-local peer discovery between two routers in their own network namespaces, joined by a
-//! veth pair (made by the test; needs root and iproute2, as CI has).
+//! veth pair (made by the test; needs root and iproute2, as CI has). Elsewhere it prints one
+//! `SKIPPED:` line and passes, or fails under `HYPHAE_REQUIRE_CAPABILITIES=1`.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use hyphae_test_support::{Capability, require};
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip")
@@ -81,6 +84,12 @@ impl Drop for Router {
 
 #[test]
 fn routers_on_one_link_discover_each_other_and_peer() {
+    if !require(
+        "routers_on_one_link_discover_each_other_and_peer",
+        Capability::NetNs,
+    ) {
+        return;
+    }
     let tag = std::process::id() % 100_000;
     let (a, b) = (format!("hya{tag}"), format!("hyb{tag}"));
     let _ns = Netns(vec![a.clone(), b.clone()]);

@@ -1,8 +1,10 @@
-//! The command line, as clap sees it. Global flags are accepted before or after the subcommand.
+//! The command line, as clap sees it, and the parsers of its values (public keys, bearer
+//! tokens). Global flags are accepted before or after the subcommand.
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
 
+use anyhow::{Result, anyhow};
 use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -236,9 +238,15 @@ impl Fallback {
     }
 }
 
-/// A public key on the command line (a usage error if it is not 64 hex digits).
+/// Parses a public key given on the command line (64 hex digits, surrounding blanks ignored).
+pub fn parse_pubkey(s: &str) -> Result<PublicKey> {
+    PublicKey::from_hex(s.trim())
+        .ok_or_else(|| anyhow!("invalid public key '{s}': expected 64 hex digits"))
+}
+
+/// A public key as a clap value (a usage error if it is not 64 hex digits).
 fn pubkey_arg(s: &str) -> Result<PublicKey, String> {
-    crate::cmd::parse_pubkey(s).map_err(|_| "expected a public key, 64 hex digits".into())
+    parse_pubkey(s).map_err(|_| "expected a public key, 64 hex digits".into())
 }
 
 /// A bearer token: visible ASCII, no spaces (it goes into a header line as it is).

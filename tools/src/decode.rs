@@ -18,8 +18,8 @@ use hyphae_wire::identity::{PublicKey, SecretKey, key_file};
 use hyphae_wire::message::{MessageBody, MessagePacket};
 use hyphae_wire::seal::{SealingKey, UserDataKind};
 
-use crate::cli::DecodeArgs;
-use crate::cmd::parse_pubkey;
+use crate::cli::{DecodeArgs, parse_pubkey};
+use crate::pcap;
 
 /// Runs `decode`.
 pub fn run(a: &DecodeArgs, key_file: Option<&Path>) -> Result<()> {
@@ -33,8 +33,8 @@ pub fn run(a: &DecodeArgs, key_file: Option<&Path>) -> Result<()> {
         (Some(h), _) => vec![Input::hex(h)?],
         (None, Some(p)) => {
             let file = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
-            let streams = crate::pcap::tcp_streams(&file)
-                .with_context(|| format!("cannot read {}", p.display()))?;
+            let streams =
+                pcap::tcp_streams(&file).with_context(|| format!("cannot read {}", p.display()))?;
             if streams.is_empty() {
                 bail!("{}: no TCP payload in the capture", p.display());
             }

@@ -10,9 +10,8 @@ use hyphae_wire::identity::PublicKey;
 use serde_json::{Value, json};
 
 use crate::cli::{EDGE_TOKEN_ENV, EdgeArgs, EdgeCmd, EdgeRoutesCmd, Fallback, check_bearer_token};
-use crate::cmd::{array, print_json, text};
-use crate::http::{Client, DEFAULT_TIMEOUT, Response, encode_component, status_text};
-use crate::table::{self, Table};
+use crate::client::{Client, DEFAULT_TIMEOUT, Response, encode_component, status_text};
+use crate::output::{self, Table, array, print_json, text};
 
 /// The edge's status.
 const STATUS_PATH: &str = "/api/v1/bridge/status";
@@ -57,7 +56,7 @@ fn client(a: &EdgeArgs) -> Result<Client> {
 /// The answer if it is a 2xx; else its error: the `error` text of its JSON body, or the
 /// status (and the first line of a body that is not such JSON).
 fn check(r: Response) -> Result<Response> {
-    if (200..300).contains(&r.status) {
+    if r.is_success() {
         return Ok(r);
     }
     if let Ok(v) = r.body_json()
@@ -73,7 +72,7 @@ fn check(r: Response) -> Result<Response> {
 }
 
 fn call(api: &Client, method: &str, path: &str, body: Option<&Value>) -> Result<Response> {
-    check(api.request(method, path, body, Some(DEFAULT_TIMEOUT))?)
+    check(api.request(method, path, body, DEFAULT_TIMEOUT)?)
 }
 
 fn status(api: &Client, json: bool) -> Result<()> {
@@ -109,7 +108,7 @@ fn status(api: &Client, json: bool) -> Result<()> {
         "Uptime:       {}",
         v["uptime_secs"]
             .as_u64()
-            .map_or_else(|| text(&v["uptime_secs"]), table::seconds)
+            .map_or_else(|| text(&v["uptime_secs"]), output::seconds)
     );
     println!("Proxy:        {}", text(&v["proxy"]));
     println!("Router:       {}{connected}", text(&router["address"]));

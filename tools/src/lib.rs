@@ -19,32 +19,72 @@
 //! ```
 //!
 //! Errors are one line on stderr and exit status 1; usage errors exit 2. Nothing here is on a
-//! hot path: blocking std I/O, one connection per request.
+//! hot path: one connection per request, each on a runtime of its own.
+//!
+//! The modules, each using only those below it:
+//!
+//! ```text
+//! lib.rs       main, the dispatch of a parsed command line, the one-line error
+//!   peers, routes, stats, info, messages, edge    one command group each, over the API
+//!   inspect, decode (-> pcap)                     the commands that need no API
+//!     cli      the clap definitions and the parsers of their values
+//!     client   the HTTP client (hyper), its errors
+//!     output   JSON and text output: tables, units
+//! ```
 
 pub mod cli;
-pub mod cmd;
+pub mod client;
 pub mod decode;
 pub mod edge;
-pub mod http;
+pub mod info;
+pub mod inspect;
+pub mod messages;
+pub mod output;
 pub mod pcap;
-pub mod table;
+pub mod peers;
+pub mod routes;
+pub mod stats;
 
 use std::process::ExitCode;
 
+use anyhow::Result;
 use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::client::{Client, Unreachable};
 
 /// Runs the CLI with the process's arguments.
 pub fn main() -> ExitCode {
-    let args = match cli::Cli::try_parse() {
+    let args = match Cli::try_parse() {
         Ok(a) => a,
         Err(e) => return usage_error(&e),
     };
-    match cmd::run(&args) {
+    match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hyphae: {}", error_line(&e));
             ExitCode::from(1)
         }
+    }
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: &Cli) -> Result<()> {
+    // Resolved only by the commands that talk to the node.
+    let api = || Client::new(&cli.api_addr);
+    let json = cli.json;
+    match &cli.command {
+        Command::Inspect { pubkey } => {
+            inspect::run(pubkey.as_deref(), cli.key_file.as_deref(), json)
+        }
+        Command::Info => info::info(&api()?, json),
+        Command::Pubkey { ip } => info::pubkey(&api()?, ip, json),
+        Command::Peers(c) => peers::run(c, &api()?, json),
+        Command::Routes(c) => routes::run(c, &api()?, json),
+        Command::Stats(c) => stats::run(c, &api()?, json),
+        Command::Message(c) => messages::run(c, &api()?, json),
+        Command::Decode(a) => decode::run(a, cli.key_file.as_deref()),
+        Command::Edge(a) => edge::run(a, json),
     }
 }
 
@@ -77,7 +117,7 @@ fn usage_error(e: &clap::Error) -> ExitCode {
 /// An error chain on one line. An unreachable API is said plainly, whatever the command was;
 /// causes whose text the previous message already holds are not repeated; "(os error N)" goes.
 pub fn error_line(e: &anyhow::Error) -> String {
-    if let Some(u) = e.downcast_ref::<http::Unreachable>() {
+    if let Some(u) = e.downcast_ref::<Unreachable>() {
         return u.to_string();
     }
     let mut line = String::new();

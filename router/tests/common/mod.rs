@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use hyphae_test_support::{Capability, require};
 use hyphae_wire::babel::{Ihu, Tlv, Update};
 use hyphae_wire::data::{DataFrame, DataHeader};
 use hyphae_wire::deframer::{Deframer, Frame};
@@ -18,9 +19,21 @@ use hyphae_wire::seal::{SealingKey, UserDataKind};
 use hyphae_wire::{Interval, Metric, RouterId, SeqNo};
 use serde_json::Value;
 
-/// The drivers every daemon test runs under.
-pub fn drivers() -> Vec<&'static str> {
-    vec!["portable", "uring"]
+/// The drivers `test` runs under here: portable always, uring where io_uring works (see
+/// [`driver_here`]).
+pub fn drivers(test: &str) -> Vec<&'static str> {
+    ["portable", "uring"]
+        .into_iter()
+        .filter(|d| driver_here(&format!("{test} ({d} driver)"), d))
+        .collect()
+}
+
+/// Whether `driver` can run here. The uring driver needs io_uring: where it is missing, `test`
+/// prints `SKIPPED: <test>: needs io_uring (...)` and this is false, or under
+/// `HYPHAE_REQUIRE_CAPABILITIES=1` it fails (see `hyphae_test_support`).
+#[track_caller]
+pub fn driver_here(test: &str, driver: &str) -> bool {
+    driver != "uring" || require(test, Capability::IoUring)
 }
 
 /// A free TCP port that is also free for UDP.

@@ -1,4 +1,29 @@
-//! Plain aligned text tables for people (`--json` is for scripts).
+//! What the commands print: the API's JSON as it is for scripts (`--json`), and for people
+//! plain aligned tables, JSON scalars as text, byte counts and durations in units.
+
+use anyhow::{Result, anyhow};
+use serde_json::Value;
+
+/// Prints a JSON value, pretty, on stdout.
+pub fn print_json(v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// A JSON scalar as text: strings without quotes, null as `-`.
+pub fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        v => v.to_string(),
+    }
+}
+
+/// The items of a JSON list from an API; `what` names it in the error when it is no list.
+pub fn array<'a>(v: &'a Value, what: &str) -> Result<&'a Vec<Value>> {
+    v.as_array()
+        .ok_or_else(|| anyhow!("the API's answer for {what} is not a list"))
+}
 
 /// A table: a header row and data rows, printed with columns padded to their widest cell.
 #[derive(Debug, Clone, Default)]
@@ -95,6 +120,15 @@ pub fn seconds(s: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scalars_as_text() {
+        assert_eq!(text(&Value::from("a b")), "a b");
+        assert_eq!(text(&Value::Null), "-");
+        assert_eq!(text(&Value::from(1000)), "1000");
+        assert_eq!(text(&Value::from(true)), "true");
+        assert!(array(&Value::from(1), "routes").is_err());
+    }
 
     #[test]
     fn columns_align() {
