@@ -265,10 +265,7 @@ async fn queried(State(s): State<Api>) -> Result<Json<Value>, Response> {
     )))
 }
 
-async fn pubkey(
-    State(s): State<Api>,
-    Path(ip): Path<String>,
-) -> Result<Response, Response> {
+async fn pubkey(State(s): State<Api>, Path(ip): Path<String>) -> Result<Response, Response> {
     let Ok(ip) = ip.parse::<IpAddr>() else {
         return Ok((StatusCode::BAD_REQUEST, "not an IP address").into_response());
     };
@@ -431,7 +428,12 @@ async fn msg_push(
     let wait = q
         .reply_timeout
         .map(|t| Duration::from_secs(t).min(MAX_WAIT));
-    match s.inbox.push(dst, topic, payload, wait).await.map_err(unavailable) {
+    match s
+        .inbox
+        .push(dst, topic, payload, wait)
+        .await
+        .map_err(unavailable)
+    {
         Ok(Ok(Pushed::Queued(id))) => {
             (StatusCode::CREATED, Json(json!({"id": id.to_string()}))).into_response()
         }

@@ -159,7 +159,12 @@ struct Run {
 }
 
 impl Run {
-    fn add(&mut self, map: &mut HashMap<Ipv6Addr, Traffic, SeededState>, addr: Ipv6Addr, len: usize) {
+    fn add(
+        &mut self,
+        map: &mut HashMap<Ipv6Addr, Traffic, SeededState>,
+        addr: Ipv6Addr,
+        len: usize,
+    ) {
         if self.addr != Some(addr) {
             self.flush(map);
             self.addr = Some(addr);
@@ -399,7 +404,9 @@ impl Forwarder {
         let Ok(nonce) = hyphae_wire::seal::random_nonce() else {
             return;
         };
-        let key = st.keys.get(&shared.node.secret, pk, &shared.key_cache_evictions);
+        let key = st
+            .keys
+            .get(&shared.node.secret, pk, &shared.key_cache_evictions);
         let error = OobIcmp::new(ty, code, shared.node.address, src, dst, frame.body());
         let mut out = BytesMut::with_capacity(DATA_OVERHEAD + SEAL_OVERHEAD + error.encoded_len());
         if error.emit_sealed(63, key, nonce, &mut out).is_ok() && egress.enqueue(out.freeze(), 1) {
@@ -490,10 +497,17 @@ impl Forwarder {
         mut frame: DataFrame<BytesMut>,
     ) -> Result<bool, DataFrame<BytesMut>> {
         let shared = &*self.shared;
-        let Some(pk) = shared.route_keys.load().get(&Subnet::v6_64(frame.src())).copied() else {
+        let Some(pk) = shared
+            .route_keys
+            .load()
+            .get(&Subnet::v6_64(frame.src()))
+            .copied()
+        else {
             return Err(frame);
         };
-        let key = st.keys.get(&shared.node.secret, pk, &shared.key_cache_evictions);
+        let key = st
+            .keys
+            .get(&shared.node.secret, pk, &shared.key_cache_evictions);
         let Ok((kind, payload)) = frame.open(key) else {
             return Ok(false);
         };
@@ -502,9 +516,7 @@ impl Forwarder {
             let payload = frame.into_inner().freeze().slice(payload);
             let msg = MsgCmd::Packet { src: pk, payload };
             if shared.inbox.messages.try_send(msg).is_err() {
-                self.counters()
-                    .drop_message_queue
-                    .fetch_add(1, Relaxed);
+                self.counters().drop_message_queue.fetch_add(1, Relaxed);
             }
         }
         Ok(true)

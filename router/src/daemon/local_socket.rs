@@ -343,39 +343,42 @@ fn request(
         Message::StatusQuery(q) => {
             let (tag, id) = (q.tag, q.id);
             tokio::spawn(async move {
-                let answer =
-                    match shared.inbox.ask_messages(|tx| MsgCmd::Status { id, tx }, Duration::ZERO).await {
-                        Ok(Some((st, at))) => {
-                            let unix = |t: std::time::Instant| unix_secs(t, at);
-                            let state = match st.state {
-                                State::Pending => MessageState::Pending,
-                                State::Sending {
-                                    pending,
-                                    sent,
-                                    acked,
-                                } => MessageState::Sending {
-                                    pending: pending as u64,
-                                    sent: sent as u64,
-                                    acked: acked as u64,
-                                },
-                                State::Received => MessageState::Received,
-                                State::Read => MessageState::Read,
-                                State::Aborted => MessageState::Aborted,
-                            };
-                            let s = Status {
-                                tag,
-                                id,
-                                dst_ip: st.dst.address().octets(),
-                                state,
-                                created: unix(st.created),
-                                deadline: unix(st.deadline),
-                                msg_len: st.len,
-                            };
-                            frame(tag, &Message::Status(s))
-                        }
-                        Ok(None) => error(tag, ErrorCode::NOT_FOUND, "unknown message id"),
-                        Err(_) => error(tag, ErrorCode::UNAVAILABLE, "message subsystem busy"),
-                    };
+                let answer = match shared
+                    .inbox
+                    .ask_messages(|tx| MsgCmd::Status { id, tx }, Duration::ZERO)
+                    .await
+                {
+                    Ok(Some((st, at))) => {
+                        let unix = |t: std::time::Instant| unix_secs(t, at);
+                        let state = match st.state {
+                            State::Pending => MessageState::Pending,
+                            State::Sending {
+                                pending,
+                                sent,
+                                acked,
+                            } => MessageState::Sending {
+                                pending: pending as u64,
+                                sent: sent as u64,
+                                acked: acked as u64,
+                            },
+                            State::Received => MessageState::Received,
+                            State::Read => MessageState::Read,
+                            State::Aborted => MessageState::Aborted,
+                        };
+                        let s = Status {
+                            tag,
+                            id,
+                            dst_ip: st.dst.address().octets(),
+                            state,
+                            created: unix(st.created),
+                            deadline: unix(st.deadline),
+                            msg_len: st.len,
+                        };
+                        frame(tag, &Message::Status(s))
+                    }
+                    Ok(None) => error(tag, ErrorCode::NOT_FOUND, "unknown message id"),
+                    Err(_) => error(tag, ErrorCode::UNAVAILABLE, "message subsystem busy"),
+                };
                 let _ = out.send(answer);
             });
         }

@@ -94,4 +94,3 @@ pub(crate) async fn prometheus(State(s): State<Arc<Shared>>) -> Response {
     );
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }
-

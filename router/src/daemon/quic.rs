@@ -193,11 +193,7 @@ async fn run(
     let Some(up) = peer::up(&fwd, info).await else {
         return;
     };
-    tokio::task::spawn_local(datagram_loop(
-        fwd.clone(),
-        up.handle.clone(),
-        conn.clone(),
-    ));
+    tokio::task::spawn_local(datagram_loop(fwd.clone(), up.handle.clone(), conn.clone()));
     let writer = QuicWrite {
         send,
         conn,

@@ -117,4 +117,3 @@ async fn read_answer(s: &mut tokio::net::UnixStream) -> std::io::Result<Bytes> {
     }
     Ok(Bytes::from(reply))
 }
-
