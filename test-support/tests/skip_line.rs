@@ -5,29 +5,33 @@
 
 use std::process::{Command, Output};
 
-use hyphae_test_support::{Capability, REQUIRE_VAR, STOCK_MYCELIUM_VAR, require};
+use hyphae_test_support::{Capability, Missing, REQUIRE_VAR, STOCK_MYCELIUM_VAR, decide, require};
 
-/// Set in the child's environment only: the helper test does nothing anywhere else (so
-/// `cargo test -- --include-ignored` runs it harmlessly).
+/// Set in the child's environment only.
 const CHILD_VAR: &str = "HYPHAE_TEST_SUPPORT_CHILD";
 const NOWHERE: &str = "/nonexistent/hyphae-test-support/mycelium-0.7.10";
 
+/// In the child (run by the test below): a test that needs a binary that is not there. In the
+/// ordinary run, where the environment is the real one: the decision it relies on, with the
+/// probe's answer given, one SKIPPED line and `false` for a missing capability.
 #[test]
-#[ignore = "run in a child process by skip_is_one_visible_line_and_fails_when_required"]
 fn needs_a_missing_binary() {
-    if std::env::var_os(CHILD_VAR).is_none() {
-        return;
+    if std::env::var_os(CHILD_VAR).is_some() {
+        if !require("needs_a_missing_binary", Capability::StockMycelium) {
+            return;
+        }
+        panic!("a stock mycelium binary was found at {NOWHERE}");
     }
-    if !require("needs_a_missing_binary", Capability::StockMycelium) {
-        return;
-    }
-    panic!("a stock mycelium binary was found at {NOWHERE}");
+    let mut out = Vec::new();
+    let missing = Err(Missing::new("needs a thing\nthat is not here"));
+    assert!(!decide("t", missing, false, &mut out));
+    assert_eq!(out, b"SKIPPED: t: needs a thing; that is not here\n");
 }
 
 /// The helper test in a child process, with `REQUIRE_VAR` set to `strict` (or unset).
 fn child(strict: Option<&str>) -> (Output, String, String) {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["needs_a_missing_binary", "--exact", "--ignored"])
+    cmd.args(["needs_a_missing_binary", "--exact"])
         .env(CHILD_VAR, "1")
         .env(STOCK_MYCELIUM_VAR, NOWHERE)
         .env_remove(REQUIRE_VAR)
