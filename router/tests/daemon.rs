@@ -36,6 +36,7 @@ both_drivers!(
     admin_api_answers_with_the_reference_shapes,
     expired_frames_are_answered_with_time_exceeded,
     tcp_links_get_a_governed_receive_buffer,
+    quic_links_are_spread_over_the_workers,
 );
 
 const CONVERGE: Duration = Duration::from_secs(10);
@@ -148,6 +149,62 @@ fn routes_converge_over_tcp_and_quic(driver: &str) {
             .any(|p| p["endpoint"]["proto"] == "quic")
     };
     wait_until(Duration::from_secs(3), quic_gone).expect("b drops the closed QUIC link at once");
+}
+
+/// The workers the metrics page shows QUIC links on, by remote endpoint.
+fn quic_link_workers(metrics: &str) -> Vec<(String, String)> {
+    let Some((_, body)) = http(metrics.parse().unwrap(), "GET", "/metrics", None) else {
+        return Vec::new();
+    };
+    body.lines()
+        .filter(|l| l.starts_with("hyphae_peer_tx_frames{") && l.contains("quic://"))
+        .filter_map(|l| {
+            let label = |k: &str| -> Option<String> {
+                let rest = l.split(&format!("{k}=\"")).nth(1)?;
+                Some(rest.split('"').next()?.to_owned())
+            };
+            Some((label("endpoint")?, label("worker")?))
+        })
+        .collect()
+}
+
+fn quic_links_are_spread_over_the_workers(driver: &str) {
+    // a (2 workers) dials b, c and d over QUIC; b, c and d each dial e over QUIC, whose two
+    // workers both accept on the shared port.
+    let e = Node::start("e", driver, 45, &[]);
+    let b = Node::start("b", driver, 42, &peers(&[&e], true));
+    let c = Node::start("c", driver, 43, &peers(&[&e], true));
+    let d = Node::start("d", driver, 44, &peers(&[&e], true));
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    let mut flags = peers(&[&b, &c, &d], true);
+    flags.extend(["--metrics-api-address".to_owned(), metrics.clone()]);
+    let a = Node::start("a", driver, 41, &flags);
+    let subnets = [b.subnet(), c.subnet(), d.subnet()];
+    wait_until(CONVERGE, || subnets.iter().all(|s| a.has_route(s)))
+        .expect("a hears b, c and d over QUIC");
+    let links = wait_until(CONVERGE, || {
+        let l = quic_link_workers(&metrics);
+        (l.len() == 3).then_some(l)
+    })
+    .expect("a has three QUIC links");
+    let mut workers: Vec<&str> = links.iter().map(|(_, w)| w.as_str()).collect();
+    workers.sort_unstable();
+    workers.dedup();
+    assert_eq!(
+        workers,
+        ["0", "1"],
+        "dialed QUIC links run on both workers: {links:?}"
+    );
+    // Every link e accepted on its shared port carries traffic both ways.
+    let inbound = e.get("/api/v1/admin/peers");
+    let quic_in = inbound
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["endpoint"]["proto"] == "quic" && p["type"] == "inbound")
+        .filter(|p| p["rxBytes"].as_u64() > Some(0) && p["txBytes"].as_u64() > Some(0))
+        .count();
+    assert_eq!(quic_in, 3, "{inbound}");
 }
 
 fn frame_crosses_three_hops_with_right_hop_limit(driver: &str) {

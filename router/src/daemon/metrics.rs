@@ -56,9 +56,10 @@ pub(crate) async fn prometheus(State(s): State<Arc<Shared>>) -> Response {
         for h in peers.values() {
             let _ = writeln!(
                 out,
-                "hyphae_peer_{name}{{peer=\"{}\",endpoint=\"{}\"}} {}",
+                "hyphae_peer_{name}{{peer=\"{}\",endpoint=\"{}\",worker=\"{}\"}} {}",
                 h.id.0,
                 h.endpoint,
+                h.worker,
                 f(h)
             );
         }

@@ -62,6 +62,7 @@ pub(crate) async fn up(fwd: &Forwarder, info: LinkInfo) -> Option<Up> {
         endpoint: info.endpoint,
         local: info.local,
         kind: info.kind,
+        worker: fwd.worker(),
         data_tx,
         queued: Default::default(),
         ctl_tx,

@@ -74,6 +74,8 @@ pub(crate) struct PeerHandle {
     pub(crate) local: SocketAddr,
     /// How it came to be.
     pub(crate) kind: PeerType,
+    /// The worker that runs it.
+    pub(crate) worker: usize,
     /// Data frames to send; bounded in bytes by [`PeerHandle::enqueue`].
     pub(crate) data_tx: mpsc::UnboundedSender<QueuedRun>,
     /// Bytes queued on `data_tx` and not yet written.

@@ -30,27 +30,53 @@ use super::peers::{PeerHandle, PeerType};
 /// The SNI the reference's dialers send.
 const SNI: &str = "dummy.mycelium";
 
-/// Binds the shared UDP socket, dual-stack.
-pub(crate) fn bind_socket(port: u16) -> Result<UdpSocket, StartError> {
-    let addr: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, port).into();
-    let bind = || -> io::Result<UdpSocket> {
+/// Binds the UDP sockets QUIC peers connect to: `n` of them on one port (SO_REUSEPORT),
+/// dual-stack, one per worker. The kernel hashes each remote address to one of them, so all
+/// packets of a connection reach the worker that accepted it.
+pub(crate) fn bind_sockets(port: u16, n: usize) -> Result<Vec<UdpSocket>, StartError> {
+    let bind = |port: u16| -> io::Result<UdpSocket> {
+        let addr: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, port).into();
         let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None)?;
         s.set_only_v6(false)?;
+        s.set_reuse_port(n > 1)?;
         s.set_nonblocking(true)?;
         s.bind(&addr.into())?;
         Ok(s.into())
     };
-    bind().map_err(|source| StartError::Bind {
-        what: "QUIC socket",
-        addr,
-        source,
-    })
+    let failed = |port: u16| {
+        move |source| StartError::Bind {
+            what: "QUIC socket",
+            addr: (std::net::Ipv6Addr::UNSPECIFIED, port).into(),
+            source,
+        }
+    };
+    let first = bind(port).map_err(failed(port))?;
+    // With port 0 the kernel picked one: the others join it.
+    let actual = first.local_addr().map_err(failed(port))?.port();
+    let mut v = vec![first];
+    for _ in 1..n {
+        v.push(bind(actual).map_err(failed(actual))?);
+    }
+    Ok(v)
 }
 
-/// A QUIC endpoint: its socket, and the client configuration it dials with.
+/// A fresh dual-stack UDP socket on an ephemeral port, for dialing.
+fn dial_socket() -> io::Result<UdpSocket> {
+    let addr: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, 0).into();
+    let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None)?;
+    s.set_only_v6(false)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// One worker's QUIC endpoints: one on its share of the listening port for the links peers
+/// open, one on a port of its own for the links it dials (answers to a dial from the shared
+/// port could be hashed to another worker's socket), and the client configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct Quic {
-    ep: quinn::Endpoint,
+    listen: quinn::Endpoint,
+    dial: quinn::Endpoint,
     client: quinn::ClientConfig,
 }
 
@@ -71,7 +97,8 @@ fn transport() -> Arc<quinn::TransportConfig> {
 }
 
 impl Quic {
-    /// An endpoint on `sock` whose certificate names `router_id`.
+    /// Endpoints listening on `sock` and dialing from a new socket, with a certificate naming
+    /// `router_id`.
     pub(crate) fn new(sock: UdpSocket, router_id: &hyphae_wire::RouterId) -> Result<Self, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let cert = rcgen::generate_simple_self_signed(vec![router_id.to_string()])
@@ -97,20 +124,40 @@ impl Quic {
             QuicClientConfig::try_from(client).map_err(|e| e.to_string())?,
         ));
         client.transport_config(transport());
-        let ep = quinn::Endpoint::new(
+        let listen = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             Some(server),
             sock,
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(|e| e.to_string())?;
-        Ok(Self { ep, client })
+        let dial = dial_socket()
+            .and_then(|s| {
+                quinn::Endpoint::new(
+                    quinn::EndpointConfig::default(),
+                    None,
+                    s,
+                    Arc::new(quinn::TokioRuntime),
+                )
+            })
+            .map_err(|e| format!("dialing socket: {e}"))?;
+        Ok(Self {
+            listen,
+            dial,
+            client,
+        })
     }
 
     /// Closes every connection with CONNECTION_CLOSE and waits (briefly) until sent.
     pub(crate) async fn close(&self) {
-        self.ep.close(0u8.into(), b"shutdown");
-        let _ = tokio::time::timeout(Duration::from_millis(500), self.ep.wait_idle()).await;
+        for ep in [&self.listen, &self.dial] {
+            ep.close(0u8.into(), b"shutdown");
+        }
+        let idle = async {
+            self.listen.wait_idle().await;
+            self.dial.wait_idle().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(500), idle).await;
     }
 
     /// Accepts inbound links until shutdown; they run on `fwd`'s worker.
@@ -119,13 +166,14 @@ impl Quic {
         loop {
             let incoming = tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => {
-                    self.ep.close(0u8.into(), b"shutdown");
+                    self.listen.close(0u8.into(), b"shutdown");
                     return;
                 }
-                i = self.ep.accept() => i,
+                i = self.listen.accept() => i,
             };
             let Some(incoming) = incoming else { return };
             let fwd = fwd.clone();
+            let local = self.listen.local_addr();
             tokio::task::spawn_local(async move {
                 let remote = canonical(incoming.remote_address());
                 let setup = async {
@@ -139,7 +187,7 @@ impl Quic {
                             proto: Proto::Quic,
                             addr: remote,
                         };
-                        run(fwd, conn, send, recv, ep, PeerType::Inbound).await;
+                        run(fwd, conn, send, recv, ep, PeerType::Inbound, local).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%remote, "QUIC accept: {e}"),
                     Err(_) => tracing::debug!(%remote, "QUIC accept timed out"),
@@ -153,7 +201,7 @@ impl Quic {
     pub(crate) async fn dial(self, fwd: Forwarder, ep: Endpoint, kind: PeerType) {
         let setup = async {
             let conn = self
-                .ep
+                .dial
                 .connect_with(self.client.clone(), ep.addr, SNI)
                 .map_err(|e| e.to_string())?
                 .await
@@ -162,7 +210,10 @@ impl Quic {
             Ok::<_, String>((conn, send, recv))
         };
         match tokio::time::timeout(Duration::from_secs(10), setup).await {
-            Ok(Ok((conn, send, recv))) => return run(fwd, conn, send, recv, ep, kind).await,
+            Ok(Ok((conn, send, recv))) => {
+                let local = self.dial.local_addr();
+                return run(fwd, conn, send, recv, ep, kind, local).await;
+            }
             Ok(Err(e)) => tracing::debug!(%ep, "QUIC connect: {e}"),
             Err(_) => tracing::debug!(%ep, "QUIC connect timed out"),
         }
@@ -180,10 +231,9 @@ async fn run(
     recv: quinn::RecvStream,
     ep: Endpoint,
     kind: PeerType,
+    local: io::Result<SocketAddr>,
 ) {
-    let local = fwd.shared().settings.quic_port.map_or(ep.addr, |p| {
-        SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), p)
-    });
+    let local = local.map_or(ep.addr, canonical);
     let info = LinkInfo {
         endpoint: ep,
         local,

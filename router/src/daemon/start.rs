@@ -17,7 +17,7 @@ use super::inbox::{CONTROL_QUEUE, Inboxes, MESSAGE_QUEUE};
 use super::local_socket::{self, LocalListener};
 use super::peers::PeerTable;
 use super::shared::{Node, Shared, WorkerCounters};
-use super::worker::{self, HomeTasks, Workers, spawn_thread};
+use super::worker::{self, HomeTasks, Listeners, Workers, spawn_thread};
 use super::{api, control, quic, tcp};
 
 /// Runs the node until SIGTERM or SIGINT.
@@ -86,9 +86,9 @@ pub fn start(settings: Settings) -> Result<Running, StartError> {
 
     let driver = worker::pick_driver(settings.driver)?;
     let listeners = tcp::bind_listeners(settings.tcp_port, settings.workers, settings.tcp_rcvbuf)?;
-    let quic_socket = match settings.quic_port {
-        Some(p) => Some(quic::bind_socket(p)?),
-        None => None,
+    let quic_sockets = match settings.quic_port {
+        Some(p) => quic::bind_sockets(p, settings.workers)?,
+        None => Vec::new(),
     };
     let api_listener = api::bind(settings.api_addr, "admin API")?;
     let metrics_listener = match settings.metrics_addr {
@@ -125,8 +125,15 @@ pub fn start(settings: Settings) -> Result<Running, StartError> {
     let home = HomeTasks {
         messages: msg_rx,
         local_socket: local_socket.as_mut().and_then(LocalListener::take),
-        quic: quic_socket,
     };
+    let mut quic_sockets = quic_sockets.into_iter();
+    let listeners = listeners
+        .into_iter()
+        .map(|tcp| Listeners {
+            tcp,
+            quic: quic_sockets.next(),
+        })
+        .collect();
     let (workers, mut threads) = worker::spawn_all(&shared, driver, listeners, home)?;
     let (s, w) = (shared.clone(), workers.clone());
     threads.push(spawn_thread("hyphae-control", move || {

@@ -1,8 +1,9 @@
 //! The data-plane workers: one thread each, with a single-threaded runtime (tokio-uring, or
 //! tokio current-thread) that owns its peer links, reads and forwards their frames and writes
 //! their queues. This module alone builds the runtimes and decides which worker runs what:
-//! TCP links are spread over the workers, and the [`HOME`] worker also runs the message task,
-//! the local socket, link-local discovery and the QUIC endpoint.
+//! TCP and QUIC links are spread over the workers (each has its own TCP listener and QUIC
+//! endpoints on the shared ports), and the [`HOME`] worker also runs the message task, the
+//! local socket and link-local discovery.
 
 use std::net::UdpSocket;
 use std::os::unix::net::UnixListener;
@@ -27,8 +28,7 @@ use super::{discovery, local_socket, message_task};
 
 /// The worker that runs the node's single tasks beside its share of the links: the message
 /// task (so a message packet from one of its links, or a request on the local socket, reaches
-/// the state machine without a thread hop), the local socket, link-local discovery and the
-/// QUIC endpoint (all QUIC links live on it).
+/// the state machine without a thread hop), the local socket and link-local discovery.
 pub(crate) const HOME: usize = 0;
 
 /// How long the API waits for a worker's packet counts.
@@ -53,13 +53,10 @@ pub(crate) struct Workers {
 }
 
 impl Workers {
-    /// Dials `ep` from the worker that will run the link: QUIC links on [`HOME`], which owns
-    /// the endpoint; TCP links on each worker in turn.
+    /// Dials `ep` from the worker that will run the link: each worker in turn, TCP and QUIC
+    /// alike (links peers open are spread by the kernel, over the workers' listeners).
     pub(crate) fn dial(&self, ep: Endpoint, kind: PeerType) {
-        let w = match ep.proto {
-            Proto::Quic => HOME,
-            Proto::Tcp => (self.next.fetch_add(1, Relaxed) + 1) % self.queues.len(),
-        };
+        let w = (self.next.fetch_add(1, Relaxed) + 1) % self.queues.len();
         let _ = self.queues[w].send(WorkerCmd::Dial(ep, kind));
     }
 
@@ -92,15 +89,22 @@ pub(crate) struct HomeTasks {
     pub(crate) messages: mpsc::Receiver<MsgCmd>,
     /// The local socket, if configured.
     pub(crate) local_socket: Option<UnixListener>,
-    /// The QUIC socket, if QUIC is on.
+}
+
+/// The sockets one worker listens on.
+#[derive(Debug)]
+pub(crate) struct Listeners {
+    /// Its TCP listener.
+    pub(crate) tcp: std::net::TcpListener,
+    /// Its QUIC socket, if QUIC is on.
     pub(crate) quic: Option<UdpSocket>,
 }
 
-/// Starts one worker thread per TCP listener (worker `i` accepts on `listeners[i]`).
+/// Starts one worker thread per entry of `listeners` (worker `i` listens on `listeners[i]`).
 pub(crate) fn spawn_all(
     shared: &Arc<Shared>,
     driver: Driver,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<Listeners>,
     home: HomeTasks,
 ) -> Result<(Workers, Vec<std::thread::JoinHandle<()>>), StartError> {
     let (queues, inboxes): (Vec<_>, Vec<_>) =
@@ -187,11 +191,11 @@ fn run(
     idx: usize,
     shared: Arc<Shared>,
     driver: Driver,
-    listener: std::net::TcpListener,
+    listeners: Listeners,
     home: Option<HomeTasks>,
     cmds: mpsc::UnboundedReceiver<WorkerCmd>,
 ) {
-    let fut = worker_main(idx, shared, driver, listener, home, cmds);
+    let fut = worker_main(idx, shared, driver, listeners, home, cmds);
     match driver {
         #[cfg(target_os = "linux")]
         Driver::Uring => match uring_runtime(idx) {
@@ -214,7 +218,7 @@ async fn worker_main(
     idx: usize,
     shared: Arc<Shared>,
     driver: Driver,
-    listener: std::net::TcpListener,
+    listeners: Listeners,
     home: Option<HomeTasks>,
     mut cmds: mpsc::UnboundedReceiver<WorkerCmd>,
 ) {
@@ -227,7 +231,7 @@ async fn worker_main(
         fwd: fwd.clone(),
         driver,
     };
-    match tokio::net::TcpListener::from_std(listener) {
+    match tokio::net::TcpListener::from_std(listeners.tcp) {
         Ok(l) => {
             spawn_local(tcp.clone().accept_loop(l));
         }
@@ -238,19 +242,19 @@ async fn worker_main(
     }
     spawn_local(fwd.clone().release_held());
     let mut quic = None;
+    if let Some(sock) = listeners.quic {
+        match Quic::new(sock, &shared.node.router_id) {
+            Ok(q) => {
+                spawn_local(q.clone().accept_loop(fwd.clone()));
+                quic = Some(q);
+            }
+            Err(e) => tracing::error!(worker = idx, "QUIC endpoint: {e}"),
+        }
+    }
     if let Some(home) = home {
         spawn_local(message_task::run(shared.clone(), home.messages));
         if let Some(l) = home.local_socket {
             spawn_local(local_socket::serve(shared.clone(), l));
-        }
-        if let Some(sock) = home.quic {
-            match Quic::new(sock, &shared.node.router_id) {
-                Ok(q) => {
-                    spawn_local(q.clone().accept_loop(fwd.clone()));
-                    quic = Some(q);
-                }
-                Err(e) => tracing::error!("QUIC endpoint: {e}"),
-            }
         }
         if let Some(port) = shared.settings.discovery_port {
             match discovery::bind(port) {

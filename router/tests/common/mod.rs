@@ -61,29 +61,9 @@ pub struct Node {
 impl Node {
     /// Starts a router with `extra` flags; its key is derived from `seed`.
     pub fn start(name: &str, driver: &str, seed: u8, extra: &[String]) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "hyphae-it-{}-{name}-{driver}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let key = dir.join("key.bin");
-        std::fs::write(&key, [seed; 32]).unwrap();
-        // A port found free can be taken by a parallel test before the router binds it: then
-        // the router exits with "Address already in use" and is started again on new ports.
-        for _attempt in 0..5 {
-            let port = free_port();
-            let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let log = std::fs::File::create(dir.join("log")).unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_hyphae-router"))
-                .args([
-                    "-k",
-                    key.to_str().unwrap(),
-                    "-t",
-                    &port.to_string(),
-                    "-q",
-                    &port.to_string(),
-                ])
+        Self::launch(name, driver, seed, |key, dir, port, api| {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_hyphae-router"));
+            c.args(["-k", key, "-t", &port.to_string(), "-q", &port.to_string()])
                 .args([
                     "--api-addr",
                     &api.to_string(),
@@ -94,7 +74,51 @@ impl Node {
                 ])
                 .args(["--driver", driver])
                 .args(["--local-socket", dir.join("router.sock").to_str().unwrap()])
-                .args(extra)
+                .args(extra);
+            c
+        })
+    }
+
+    /// Starts stock mycelium (`bin`, see `hyphae_test_support::stock_mycelium`) dialing
+    /// `peers`; its key is derived from `seed`.
+    pub fn start_stock(name: &str, bin: &std::path::Path, seed: u8, peers: &[String]) -> Self {
+        Self::launch(name, "stock", seed, |key, dir, port, api| {
+            let config = dir.join("config.toml");
+            let list: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
+            std::fs::write(&config, format!("peers = [{}]\n", list.join(", "))).unwrap();
+            let mut c = Command::new(bin);
+            c.args(["-k", key, "-c", config.to_str().unwrap()])
+                .args(["--no-tun", "--disable-peer-discovery"])
+                .args(["-t", &port.to_string(), "-q", &port.to_string()])
+                .args(["--api-addr", &api.to_string()])
+                .args(["--jsonrpc-addr", &format!("127.0.0.1:{}", free_port())]);
+            c
+        })
+    }
+
+    /// Starts a node with the command `command(key file, dir, port, api address)` makes,
+    /// again on new ports if a parallel test took the ones found free.
+    fn launch(
+        name: &str,
+        label: &str,
+        seed: u8,
+        command: impl Fn(&str, &std::path::Path, u16, SocketAddr) -> Command,
+    ) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "hyphae-it-{}-{name}-{label}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key.bin");
+        std::fs::write(&key, [seed; 32]).unwrap();
+        // A port found free can be taken by a parallel test before the node binds it: then
+        // the node exits with "Address already in use" and is started again on new ports.
+        for _attempt in 0..5 {
+            let port = free_port();
+            let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let log = std::fs::File::create(dir.join("log")).unwrap();
+            let child = command(key.to_str().unwrap(), &dir, port, api)
                 .env("RUST_LOG", "info")
                 .stdout(Stdio::null())
                 .stderr(log)
