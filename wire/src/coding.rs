@@ -9,7 +9,7 @@ use core::net::{Ipv4Addr, Ipv6Addr};
 
 use bytes::BufMut;
 
-use crate::DecodeError;
+use crate::error::DecodeError;
 
 /// A cursor over a borrowed byte slice.
 #[derive(Debug, Clone)]

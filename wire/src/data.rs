@@ -31,7 +31,7 @@ use core::ops::Range;
 
 use bytes::BufMut;
 
-use crate::DecodeError;
+use crate::error::DecodeError;
 use crate::packet::{OUTER_HEADER_LEN, PacketType, outer_header, parse_outer_header};
 use crate::seal::{NONCE_LEN, OpenError, SEAL_OVERHEAD, SealingKey, USER_HEADER_LEN, UserDataKind};
 

@@ -16,9 +16,9 @@
 
 use bytes::BytesMut;
 
-use crate::DecodeError;
 use crate::babel::{Skipped, Tlv, control_frame_len, decode_babel_packet};
 use crate::data::{DATA_OVERHEAD, DataFrame, frame_len};
+use crate::error::DecodeError;
 use crate::packet::{OUTER_HEADER_LEN, PacketType, parse_outer_header};
 
 /// One frame from a peer link.

@@ -51,9 +51,9 @@ use core::net::Ipv6Addr;
 
 use bytes::BufMut;
 
-use crate::DecodeError;
 use crate::coding::Reader;
 use crate::data::DataHeader;
+use crate::error::DecodeError;
 use crate::seal::{NONCE_LEN, SealingKey, UserDataKind};
 
 /// IPv6 header length (RFC 8200 section 3).

@@ -22,6 +22,7 @@
 //! | [`babel`] | control frames: Babel header and the five TLVs |
 //! | [`deframer`] | stream deframer and one-shot datagram decoder |
 //! | [`identity`] | keys, overlay address, `/64`, key file |
+//! | [`router_id`] | the Babel router id (public key, zone, per-start random part) |
 //! | [`seal`] | AES-256-GCM sealing of data bodies |
 //! | [`icmp`] | ICMPv6 packets (RFC 4443) and the reference's out-of-band ICMP errors |
 //! | [`message`] | message-subsystem packets |
@@ -55,8 +56,10 @@ pub mod icmp;
 pub mod identity;
 pub mod message;
 pub mod packet;
+pub mod router_id;
 pub mod seal;
 pub mod types;
 
 pub use error::DecodeError;
-pub use types::{GLOBAL_SUBNET, Interval, Metric, RouterId, SeqNo, Subnet};
+pub use router_id::RouterId;
+pub use types::{GLOBAL_SUBNET, Interval, Metric, SeqNo, Subnet};

@@ -19,8 +19,8 @@ use core::fmt;
 
 use bytes::BufMut;
 
-use crate::DecodeError;
 use crate::coding::Reader;
+use crate::error::DecodeError;
 
 /// Message header length.
 pub const MESSAGE_HEADER_LEN: usize = 12;

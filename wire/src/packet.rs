@@ -11,7 +11,7 @@
 
 use core::fmt;
 
-use crate::DecodeError;
+use crate::error::DecodeError;
 
 /// The only outer protocol version.
 pub const PROTOCOL_VERSION: u8 = 1;

@@ -13,7 +13,7 @@ use hyphae_wire::deframer::{Deframer, Frame, decode_datagram};
 use hyphae_wire::identity::{PublicKey, SecretKey};
 use hyphae_wire::message::{MessageFlags, MessagePacket};
 use hyphae_wire::seal::{SealingKey, UserDataKind};
-use hyphae_wire::{Subnet, types::RouterId};
+use hyphae_wire::{RouterId, Subnet};
 use serde_json::Value;
 
 const FRAMES: &str = include_str!("vectors/mycelium-0.7.10/frames.json");

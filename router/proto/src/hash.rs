@@ -1,7 +1,7 @@
 //! A small seeded hasher for the router's tables.
 //!
 //! The router's maps are keyed by subnets and router ids that peers choose, so the hash is
-//! seeded (the driver passes a random seed in [`crate::Config::hash_seed`]); with a fixed seed
+//! seeded (the driver passes a random seed in [`crate::babel::Config::hash_seed`]); with a fixed seed
 //! the iteration order, and so a whole simulation, is deterministic.
 
 use std::hash::{BuildHasher, Hasher};

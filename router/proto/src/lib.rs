@@ -45,12 +45,9 @@ pub mod babel;
 pub mod fib;
 pub mod hash;
 pub mod message;
+mod peer;
 pub mod window;
 
 pub use babel::{Config, Event, LinkKind, Router, Transmit};
 pub use fib::{Fib, FibChange, FibReader, FibWriter};
-
-/// An opaque handle for one peer link, chosen by the driver. The router never interprets it;
-/// it must be unique among the links that are up at the same time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PeerId(pub u64);
+pub use peer::PeerId;

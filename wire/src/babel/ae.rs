@@ -10,7 +10,8 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use bytes::BufMut;
 
 use crate::coding::Reader;
-use crate::{DecodeError, Subnet};
+use crate::error::DecodeError;
+use crate::types::Subnet;
 
 /// An address-encoding code point (open: unknown values are kept and printed).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]

@@ -9,7 +9,8 @@
 use bytes::BufMut;
 
 use crate::coding::{Codec, Reader};
-use crate::{DecodeError, Interval, SeqNo};
+use crate::error::DecodeError;
+use crate::types::{Interval, SeqNo};
 
 /// A Hello TLV.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -14,7 +14,8 @@ use bytes::BufMut;
 
 use super::ae::{Ae, address_ae, decode_address, encode_address};
 use crate::coding::{Codec, Reader};
-use crate::{DecodeError, Interval, Metric};
+use crate::error::DecodeError;
+use crate::types::{Interval, Metric};
 
 /// An IHU TLV.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

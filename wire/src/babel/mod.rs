@@ -34,8 +34,8 @@ pub use route_request::RouteRequest;
 pub use seqno_request::SeqnoRequest;
 pub use update::Update;
 
-use crate::DecodeError;
 use crate::coding::{Codec, Reader};
+use crate::error::DecodeError;
 use crate::packet::{OUTER_HEADER_LEN, PacketType, outer_header};
 
 /// Babel magic byte.

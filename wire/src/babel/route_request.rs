@@ -11,7 +11,8 @@ use bytes::BufMut;
 
 use super::ae::{Ae, decode_prefix, encode_prefix};
 use crate::coding::{Codec, Reader};
-use crate::{DecodeError, Subnet};
+use crate::error::DecodeError;
+use crate::types::Subnet;
 
 /// A Route Request TLV.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

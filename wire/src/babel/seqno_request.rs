@@ -14,7 +14,9 @@ use bytes::BufMut;
 
 use super::ae::{Ae, decode_prefix, encode_prefix};
 use crate::coding::{Codec, Reader};
-use crate::{DecodeError, RouterId, SeqNo, Subnet};
+use crate::error::DecodeError;
+use crate::router_id::RouterId;
+use crate::types::{SeqNo, Subnet};
 
 /// A Seqno Request TLV.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -16,7 +16,9 @@ use bytes::BufMut;
 
 use super::ae::{Ae, decode_prefix, encode_prefix};
 use crate::coding::{Codec, Reader};
-use crate::{DecodeError, Interval, Metric, RouterId, SeqNo, Subnet};
+use crate::error::DecodeError;
+use crate::router_id::RouterId;
+use crate::types::{Interval, Metric, SeqNo, Subnet};
 
 /// An Update TLV.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

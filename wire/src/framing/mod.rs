@@ -30,7 +30,7 @@ use postcard::ser_flavors::Flavor;
 
 pub use msg::*;
 
-use crate::DecodeError;
+use crate::error::DecodeError;
 
 /// Magic bytes.
 pub const MAGIC: [u8; 2] = *b"HY";

@@ -10,7 +10,7 @@ use bytes::BufMut;
 use serde::{Deserialize, Serialize};
 
 use super::{EncodeError, Kind, Truncate, decode_body, encode_frame};
-use crate::DecodeError;
+use crate::error::DecodeError;
 use crate::message::MessageId;
 
 /// Where a pushed message goes.

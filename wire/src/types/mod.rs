@@ -2,12 +2,10 @@
 
 mod interval;
 mod metric;
-mod router_id;
 mod seqno;
 mod subnet;
 
 pub use interval::Interval;
 pub use metric::Metric;
-pub use router_id::RouterId;
 pub use seqno::SeqNo;
 pub use subnet::{GLOBAL_SUBNET, Subnet};

@@ -1,7 +1,7 @@
 use core::fmt;
 use core::net::{IpAddr, Ipv6Addr};
 
-use crate::DecodeError;
+use crate::error::DecodeError;
 
 /// An IP prefix: an address with its host bits cleared and a prefix length.
 ///

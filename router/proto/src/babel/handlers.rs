@@ -13,8 +13,8 @@ use super::{
     BIG_METRIC_CHANGE, MAX_RR_GENERATION, RETRACTED_ROUTE_HOLD, Router, SEQNO_DEDUP_TTL,
     WILDCARD_DUMP_GAP, rr,
 };
-use crate::PeerId;
 use crate::fib::FibChange;
+use crate::peer::PeerId;
 
 impl Router {
     /// An Update from `peer` (WIRE.md 3.2, 3.3).

@@ -36,9 +36,9 @@ use std::time::{Duration, Instant};
 use hyphae_wire::babel::{Ihu, RouteRequest, Tlv, Update};
 use hyphae_wire::{Interval, Metric, RouterId, SeqNo, Subnet};
 
-use crate::PeerId;
 use crate::fib::FibChange;
 use crate::hash::SeededState;
+use crate::peer::PeerId;
 
 mod handlers;
 pub mod neighbour;

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use hyphae_wire::{RouterId, SeqNo, Subnet};
 
-use crate::PeerId;
 use crate::hash::SeededState;
+use crate::peer::PeerId;
 
 /// How long a SeqnoRequest is remembered (`SEQNO_DEDUP_TTL`).
 pub const SEQNO_DEDUP_TTL: Duration = Duration::from_secs(60);

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use hyphae_wire::{Metric, RouterId, SeqNo, Subnet};
 
-use crate::PeerId;
 use crate::hash::SeededState;
+use crate::peer::PeerId;
 
 /// Switch away from a working route only for one better by more than this.
 pub const SIGNIFICANT_METRIC_IMPROVEMENT: u16 = 10;

@@ -7,7 +7,7 @@ use hyphae_wire::identity::PublicKey;
 use hyphae_wire::{Interval, Metric, RouterId, SeqNo, Subnet};
 
 use super::*;
-use crate::PeerId;
+use crate::peer::PeerId;
 
 fn rid(b: u8) -> RouterId {
     RouterId::new(&PublicKey::from([b; 32]), 0, [b; 6])

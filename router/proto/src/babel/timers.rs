@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use hyphae_wire::Subnet;
 
-use crate::PeerId;
 use crate::hash::SeededState;
+use crate::peer::PeerId;
 
 /// What a deadline is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

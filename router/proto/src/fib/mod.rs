@@ -16,8 +16,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use hyphae_wire::Subnet;
 
-use crate::PeerId;
 use crate::hash::SeededState;
+use crate::peer::PeerId;
 
 /// A change of the selected route for one subnet: its new next hop, or `None` when the subnet
 /// has no route any more.

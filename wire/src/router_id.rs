@@ -1,3 +1,5 @@
+//! The Babel router id: a node's public key, a zone and a per-start random part.
+
 use core::fmt;
 
 use crate::identity::PublicKey;
