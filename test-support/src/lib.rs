@@ -36,12 +36,14 @@
 //! namespaces read as missing).
 
 use std::ffi::OsStr;
-use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+mod missing;
 mod probe;
+
+pub use missing::Missing;
 
 /// The environment variable that turns a missing capability from a skip into a failure when it
 /// holds anything but an empty string or `0`. `.ci/run` sets it to `1`.
@@ -78,34 +80,6 @@ impl Capability {
                 Self::StockMycelium => stock_mycelium_at(&stock_mycelium()),
             })
             .clone()
-    }
-}
-
-/// Why a capability is missing: what follows `SKIPPED: <test>: `. Always one line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Missing(String);
-
-impl Missing {
-    /// A reason; line breaks in it (a tool's stderr, say) become `; `.
-    pub fn new(reason: impl Into<String>) -> Self {
-        let reason = reason.into();
-        let lines: Vec<&str> = reason
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
-        Self(lines.join("; "))
-    }
-
-    /// The reason, as the SKIPPED line and the failure give it.
-    pub fn reason(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Missing {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 

@@ -1,4 +1,4 @@
-//! The probes behind [`Capability::probe`](crate::Capability::probe). This module holds the
+//! The probes behind `Capability::probe`. This module holds the
 //! crate's only `unsafe`: three libc calls and taking ownership of the probe ring's descriptor,
 //! each with its `SAFETY` note.
 
@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::Command;
 
-use crate::Missing;
+use crate::missing::Missing;
 
 pub(crate) fn root() -> Result<(), Missing> {
     match euid() {
