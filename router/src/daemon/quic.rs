@@ -1,9 +1,18 @@
-//! QUIC peer links, as the reference makes them: one UDP socket for listening and dialing,
-//! a self-signed certificate naming the router id, SNI `dummy.mycelium`, no ALPN, TLS 1.3;
-//! control frames on one client-opened bidirectional stream, data frames as datagrams.
+//! QUIC peer links, as the reference makes them on the wire: a self-signed certificate naming
+//! the router id, SNI `dummy.mycelium`, no ALPN, TLS 1.3; control frames on one client-opened
+//! bidirectional stream, data frames as datagrams.
 //!
-//! Unlike the reference, a data frame too large for a datagram is sent on the stream (whose
-//! framing carries data frames as well), never allowed to reset the link.
+//! Unlike the reference:
+//!
+//! * a data frame too large for a datagram is sent on the stream (whose framing carries data
+//!   frames as well), never allowed to reset the link;
+//! * links run on every worker, not on one: each worker has a socket of its own on the QUIC
+//!   port (SO_REUSEPORT: the kernel hashes each remote address to one socket, so a connection
+//!   stays with the worker that accepted it) and dials from a socket of its own on another
+//!   port (the answers to a dial from the shared port could be hashed to another worker). A
+//!   peer whose address changes mid-connection (a NAT rebinding) may then be hashed to another
+//!   worker, which does not know the connection; the link fails and is redialed, as after any
+//!   path loss.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
