@@ -69,7 +69,8 @@ pub struct Cli {
     /// silent failures sooner; it is announced in every Hello.
     #[arg(long)]
     pub hello_interval: Option<u64>,
-    /// I/O driver: "auto" (io_uring when the kernel allows it), "uring" or "portable".
+    /// I/O driver: "auto" (the portable driver, which outforwards tokio-uring: see
+    /// bench/README.md), "uring" (tokio-uring) or "portable" (tokio on epoll).
     #[arg(long)]
     pub driver: Option<String>,
     /// Receive buffer of each TCP peer socket, in bytes (default: the kernel's autotuning).
@@ -129,7 +130,7 @@ struct FileConfig {
 /// Which I/O driver the data plane uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DriverChoice {
-    /// io_uring if the kernel allows it, else portable.
+    /// The driver that measured fastest: portable, today.
     Auto,
     /// io_uring or fail.
     Uring,
