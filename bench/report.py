@@ -1,28 +1,51 @@
 #!/usr/bin/env python3
-"""Renders bench/results into the figures table of bench/README.md and latency plots."""
+"""Renders bench/results into the figures section of bench/README.md, plus latency plots.
 
+    python3 bench/report.py                      # bench/results -> bench/README.md
+    python3 bench/report.py --results DIR --print-only
+
+Every transit figure is printed as the median over rounds with its spread (min..max over the
+rounds), with the machine, the exact command and the binaries the JSON recorded. A difference
+that transit judged inside the run-to-run noise is printed as "inconclusive" with its spread,
+never as a number. Result files that are missing, unreadable or in an older format are named
+and skipped.
+"""
+
+import argparse
 import json
 import os
 import platform
 import re
-import subprocess
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RES = os.path.join(HERE, "results")
-README = os.path.join(HERE, "README.md")
 BEGIN, END = "<!-- figures:begin -->", "<!-- figures:end -->"
+TRANSIT_SCHEMA = "hyphae-transit/2"
+DRIVERS = ("uring", "portable")
 
 
-def load(name):
-    path = os.path.join(RES, name)
+def load(res, name):
+    """The parsed JSON file, or (None, why not)."""
+    path = os.path.join(res, name)
     if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+        return None, f"`results/{name}` is missing"
+    try:
+        with open(path) as f:
+            return json.load(f), None
+    except (OSError, ValueError) as e:
+        return None, f"`results/{name}` is unreadable ({e})"
+
+
+def written(res, name):
+    """The date a result file was last written, for results that do not record it."""
+    try:
+        return time.strftime("%Y-%m-%d", time.localtime(os.path.getmtime(os.path.join(res, name))))
+    except OSError:
+        return "unknown date"
 
 
 def machine():
+    """This machine, for results that do not record theirs (report.sh runs them just before)."""
     cpu = "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
@@ -36,110 +59,275 @@ def machine():
     try:
         with open("/proc/meminfo") as f:
             kb = int(f.readline().split()[1])
-            mem = f", {kb / 1024 / 1024:.0f} GiB"
+            mem = f", {kb / 1024 / 1024:.1f} GiB"
     except (OSError, ValueError, IndexError):
         pass
     return f"{os.cpu_count()} vCPU {cpu}{mem}, Linux {platform.release()}"
 
 
-def criterion_rows():
-    path = os.path.join(RES, "criterion.txt")
+# ---------------------------------------------------------------------------------------------
+# Formatting a spread: {"median", "min", "max", "per_round", ["conclusive"]}
+# ---------------------------------------------------------------------------------------------
+
+
+def num(v, digits):
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def spread(s, scale=1.0, digits=2, unit=""):
+    """`3.61 M/s (3.60..4.75)`: the median over rounds, then the lowest and highest round."""
+    if not s or s.get("median") is None:
+        return "not measured"
+    md, lo, hi = (s[k] / scale for k in ("median", "min", "max"))
+    rounds = sum(1 for v in s.get("per_round", []) if v is not None)
+    only = " (1 round, no spread)" if rounds == 1 else f" ({lo:.{digits}f}..{hi:.{digits}f})"
+    return f"{md:.{digits}f}{unit}{only}"
+
+
+def added(a):
+    """An added latency as transit judged it: a number only when conclusive."""
+    if not a or a.get("median") is None:
+        return "inconclusive (no round measured)"
+    rng = f"{a['min']:.1f}..{a['max']:.1f} us"
+    if a.get("conclusive"):
+        return f"{a['median']:.1f} us ({rng})"
+    n = a.get("rounds", 0)
+    few = f"; {n} rounds, fewer than 5" if n < 5 else ""
+    return f"inconclusive (spread {rng}{few})"
+
+
+def ratio(r):
+    if not r or r.get("median") is None:
+        return "not measured"
+    rng = f"{r['min']:.2f}..{r['max']:.2f}"
+    if r.get("conclusive"):
+        return f"{r['median']:.2f}x ({rng})"
+    return f"inconclusive (spread {rng})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Transit
+# ---------------------------------------------------------------------------------------------
+
+
+def transit_section(res, drv):
+    name = f"transit-{drv}.json"
+    t, why = load(res, name)
+    head = f"### Transit, `--driver {drv}`"
+    if t is None:
+        return [head, "", f"No figures: {why}. `bench/report.sh` produces them.", ""]
+    if t.get("schema") != TRANSIT_SCHEMA:
+        return [
+            head,
+            "",
+            f"No figures: `results/{name}` predates the current format (single runs, no spread "
+            f"over rounds, no stock comparison). `bench/report.sh` regenerates it.",
+            "",
+        ]
+    try:
+        return transit_body(t, head, drv)
+    except (KeyError, TypeError, IndexError, ValueError) as e:
+        return [head, "", f"No figures: `results/{name}` is incomplete ({e!r}).", ""]
+
+
+def transit_body(t, head, drv):
+    m, bins, st = t["machine"], t["binaries"], t["settings"]
+    hy = bins["hyphae_router"]
+    commit = (hy.get("git_commit") or "unknown commit")[:7]
+    if hy.get("git_dirty"):
+        commit += " plus uncommitted changes"
+    stock = bins.get("stock")
+    stock_name = (stock or {}).get("version") or "stock mycelium"
+    out = [
+        head,
+        "",
+        f"Measured {t['started_utc']} on {m['line']}; load average {m['loadavg_at_start']} at the "
+        f"start. {hy.get('version') or 'hyphae-router'} built from `{commit}`"
+        + (f"; stock: {stock_name} (`{stock['path']}`)." if stock else "; no stock binary was at hand.")
+        + " The command:",
+        "",
+        "```sh",
+        t["command"],
+        "```",
+        "",
+    ]
+    sat = t.get("saturation")
+    if sat:
+        out += saturation_table(sat, st, stock is not None, stock_name)
+    for p in t.get("paced") or []:
+        out += paced_tables(p)
+    return out
+
+
+def saturation_table(sat, st, has_stock, stock_name):
+    summ = {(s["subject"], s["frame_len"]): s for s in sat["summary"]}
+    ratios = {(r["frame_len"], r["figure"]): r for r in sat.get("ratios_hyphae_over_stock", [])}
+    n, secs = len(sat["rounds"]), sat["seconds"]
+    out = [
+        f"Saturation: two fake TCP peers, one streams data frames through the router to the other "
+        f"as fast as it takes them; {n} rounds, each running hyphae{', stock' if has_stock else ''} "
+        f"and direct TCP in turn (the first rotates) for {secs:g} s per frame size after "
+        f"{st.get('warmup_s', 0):g} s of warm-up, every router a fresh process, nothing pinned. "
+        f"Each figure is the median over rounds (lowest..highest round); the ratio is the median of "
+        f"the per-round ratios (lowest..highest), inconclusive when that spread reaches 1.",
+        "",
+    ]
+    cols = ["figure", "hyphae"] + ([stock_name, "hyphae / stock"] if has_stock else [])
+    out += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+
+    def row(label, key, fl, scale, digits, unit, ratio_key=None):
+        h = summ.get(("hyphae", fl), {})
+        cells = [label, spread(h.get(key), scale, digits, unit)]
+        if has_stock:
+            s = summ.get(("stock", fl), {})
+            cells += [spread(s.get(key), scale, digits, unit), ratio(ratios.get((fl, ratio_key))) if ratio_key else ""]
+        out.append("| " + " | ".join(cells) + " |")
+
+    def cpu_per_s(sub, fl):
+        """The router's CPU seconds per second of its run (vCPUs busy), per round."""
+        per = []
+        for r in sat["rounds"]:
+            run = next((x for x in r["runs"] if x["subject"] == sub and x["frame_len"] == fl), None)
+            ok = run and run.get("router_cpu_s") is not None and run.get("seconds")
+            per.append(run["router_cpu_s"] / run["seconds"] if ok else None)
+        vals = sorted(v for v in per if v is not None)
+        if not vals:
+            return None
+        n = len(vals)
+        md = vals[n // 2] if n % 2 else (vals[n // 2 - 1] + vals[n // 2]) / 2
+        return {"median": md, "min": vals[0], "max": vals[-1], "per_round": per}
+
+    for fl in (296, 1340):
+        row(f"{fl} B frames delivered", "frames_per_s", fl, 1e6, 3, " M/s", "frames_per_s")
+        row(f"{fl} B frames per router CPU-second", "frames_per_cpu_s", fl, 1e6, 3, " M", "frames_per_cpu_s")
+        row(f"{fl} B throughput", "gbit_per_s", fl, 1, 2, " Gbit/s", "gbit_per_s")
+        cells = [f"{fl} B router CPU (vCPUs busy)", spread(cpu_per_s("hyphae", fl), 1, 2)]
+        if has_stock:
+            cells += [spread(cpu_per_s("stock", fl), 1, 2), ""]
+        out.append("| " + " | ".join(cells) + " |")
+        row(f"{fl} B latency under saturation, p50", "p50_us", fl, 1, 0, " us")
+        row(f"{fl} B latency under saturation, p99", "p99_us", fl, 1, 0, " us")
+    d296, d1340 = summ.get(("direct", 296)), summ.get(("direct", 1340))
+    if d296 and d1340:
+        out += [
+            "",
+            f"The generator's floor on the machine (same traffic straight over one TCP connection, no "
+            f"hop): {spread(d296['frames_per_s'], 1e6, 3, ' M frames/s')} at 296 B, "
+            f"{spread(d1340['gbit_per_s'], 1, 2, ' Gbit/s')} at 1340 B.",
+        ]
+    loads = ", ".join(r.get("loadavg", "?") for r in sat["rounds"])
+    out += ["", f"Load average at the start of each round: {loads}.", ""]
+    return out
+
+
+def paced_tables(p):
+    pl = p["placement"]
+    cpus = p.get("cpus", {})
+    where = ", ".join(
+        f"{k} {'any vCPU' if v is None else f'vCPU {v}'}" for k, v in (("generator", cpus.get("generator")), ("sinks", cpus.get("sinks")), ("hop", cpus.get("hop")))
+    )
+    out = [
+        f"Paced latency, placement `{pl}` ({where}): hyphae only, {p['frame_len']} B frames open-loop "
+        f"at {p['offered_per_s']}/s, one-way, {p['rounds']} rounds of {p['round_s']:g} s per path "
+        f"taking turns; the host took {p['steal_ms']:.0f} ms of vCPU time in these "
+        f"{p['elapsed_s']:.0f} s. Median over rounds (lowest..highest round).",
+        "",
+        "| path | p50 | p99 | p99.9 | frames lost |",
+        "|---|---|---|---|---|",
+    ]
+    for path in p["paths"]:
+        out.append(
+            f"| {path['path']} | {spread(path['p50_us'], 1, 1, ' us')} | "
+            f"{spread(path['p99_us'], 1, 1, ' us')} | {spread(path['p999_us'], 1, 1, ' us')} | "
+            f"{path['lost']} |"
+        )
+    out += [
+        "",
+        "| added latency | p50 | p99 | p99.9 |",
+        "|---|---|---|---|",
+    ]
+    for a in p["added"]:
+        out.append(f"| {a['path']} | {added(a['p50_us'])} | {added(a['p99_us'])} | {added(a['p999_us'])} |")
+    return out + [""]
+
+
+# ---------------------------------------------------------------------------------------------
+# The other benchmarks
+# ---------------------------------------------------------------------------------------------
+
+
+def criterion_rows(res):
+    path = os.path.join(res, "criterion.txt")
     if not os.path.exists(path):
         return []
     rows, name = [], None
-    for line in open(path):
-        m = re.match(r"^(\S+/\S+)", line)
-        if m and "time:" not in line.split(m.group(1), 1)[0]:
-            name = m.group(1)
-        t = re.search(r"thrpt:\s+\[\S+ \S+ (\S+ \S+) \S+ \S+\]", line)
-        if t and name:
-            rows.append((name, t.group(1)))
-            name = None
+    with open(path) as f:
+        for line in f:
+            m = re.match(r"^(\S+/\S+)", line)
+            if m and "time:" not in line.split(m.group(1), 1)[0]:
+                name = m.group(1)
+            t = re.search(r"thrpt:\s+\[\S+ \S+ (\S+ \S+) \S+ \S+\]", line)
+            if t and name:
+                rows.append((name, t.group(1)))
+                name = None
     return rows
 
 
-def table():
-    out = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()} with `bench/report.sh`.", ""]
-    out += ["| benchmark | figure |", "|---|---|"]
-    for drv in ("uring", "portable"):
-        t = load(f"transit-{drv}.json")
-        if not t:
-            continue
-        runs = {(r["name"], r["frame_len"]): r for r in t["runs"]}
-        for fl in (296, 1340):
-            r = runs.get(("saturation", fl))
-            if r:
-                out.append(
-                    f"| transit, {drv}, {fl} B frames, saturation | {r['frames_per_s'] / 1e6:.2f} M frames/s, "
-                    f"{r['gbit_per_s']:.2f} Gbit/s, router {r['router_cpu_s']:.2f} CPU-s per run; "
-                    f"latency p50 {r['p50_us']:.0f} us |"
+def other_section(res):
+    out = ["### Message round trip and criterion", ""]
+    rows, notes = [], []
+    m, why = load(res, "msgbench.json")
+    if m is None:
+        notes.append(f"message round trip: no figures ({why})")
+    else:
+        try:
+            for r in m["round_trips"]:
+                rows.append(
+                    f"| message round trip, {r['path']}, {r['size']} B | p50 {r['p50_us'] / 1000:.2f} ms, "
+                    f"p99 {r['p99_us'] / 1000:.2f} ms |"
                 )
-            d = runs.get(("saturation, direct TCP", fl))
-            if d:
-                out.append(
-                    f"| (generator floor) direct TCP, {fl} B, saturation | {d['frames_per_s'] / 1e6:.2f} M frames/s; "
-                    f"latency p50 {d['p50_us']:.0f} us |"
-                )
-        runs_at = lambda pl, name: next(
-            (r for r in t["runs"] if r.get("placement") == pl and r["name"] == name), None
-        )
-        for a in t.get("added", []):
-            if a["path"] != "through router":
-                continue
-            pl = a["placement"]
-            relay = next(
-                (x for x in t["added"] if x["placement"] == pl and x["path"] == "through plain relay"),
-                None,
+            rows.append(
+                f"| messages, local socket, 1 KB, {m['in_flight']} in flight | "
+                f"{m['pairs_per_s']:.0f} request/reply pairs/s |"
             )
-            base = runs_at(pl, "paced, direct TCP (baseline)")
-            hop = runs_at(pl, "paced, through router")
-            row = (
-                f"| transit, {drv}, paced {a['offered_per_s']}/s, 296 B, placement {pl} | "
-                f"router adds p50 {a['merged_us']['p50']:.1f} us, p99 {a['merged_us']['p99']:.1f} us "
-                f"(median of {a['rounds']} rounds: p50 {a['round_median_us']['p50']:.1f}, "
-                f"p99 {a['round_median_us']['p99']:.1f})"
-            )
-            if relay:
-                row += (
-                    f"; plain relay adds p50 {relay['merged_us']['p50']:.1f} us, "
-                    f"p99 {relay['merged_us']['p99']:.1f} us"
-                )
-            over = next(
-                (x for x in t["added"] if x["placement"] == pl and x["path"] == "router over plain relay"),
-                None,
-            )
-            if over:
-                row += (
-                    f"; router over relay p50 {over['merged_us']['p50']:+.1f} us, "
-                    f"p99 {over['merged_us']['p99']:+.1f} us"
-                )
-            if hop and base:
-                row += (
-                    f"; through router p50 {hop['p50_us']:.1f} us, p99 {hop['p99_us']:.1f} us, "
-                    f"direct p50 {base['p50_us']:.1f} us, p99 {base['p99_us']:.1f} us"
-                )
-            lost = sum(r.get("lost") or 0 for r in t["runs"] if r.get("placement") == pl)
-            if lost:
-                row += f"; {lost} frames lost"
-            if a.get("steal_ms") is not None:
-                row += f"; host took {a['steal_ms']:.0f} ms of vCPU time during the rounds"
-            out.append(row + " |")
-    m = load("msgbench.json")
-    if m:
-        for r in m["round_trips"]:
-            out.append(
-                f"| message round trip, {r['path']}, {r['size']} B | p50 {r['p50_us'] / 1000:.2f} ms, "
-                f"p99 {r['p99_us'] / 1000:.2f} ms |"
-            )
-        out.append(
-            f"| messages, local socket, 1 KB, {m['in_flight']} in flight | {m['pairs_per_s']:.0f} request/reply pairs/s |"
-        )
-    for name, thr in criterion_rows():
-        out.append(f"| criterion `{name}` | {thr} |")
-    return "\n".join(out)
+        except (KeyError, TypeError) as e:
+            notes.append(f"message round trip: `results/msgbench.json` is incomplete ({e!r})")
+    crit = criterion_rows(res)
+    if not crit:
+        notes.append("criterion: no figures (`results/criterion.txt` is missing or empty)")
+    rows += [f"| criterion `{name}` | {thr} |" for name, thr in crit]
+    if rows:
+        out += [
+            f"From `results/msgbench.json` (written {written(res, 'msgbench.json')}) and "
+            f"`results/criterion.txt` (written {written(res, 'criterion.txt')}), single runs on "
+            f"{machine()}.",
+            "",
+            "| benchmark | figure |",
+            "|---|---|",
+        ] + rows
+    if notes:
+        out += ([""] if rows else []) + [f"- {n}" for n in notes]
+    return out
 
 
-def plots():
+def table(res):
+    out = [
+        "Rewritten by `bench/report.sh` (through `bench/report.py`) from `bench/results/`; "
+        "do not edit by hand.",
+        "",
+    ]
+    for drv in DRIVERS:
+        out += transit_section(res, drv)
+    out += other_section(res)
+    return "\n".join(out).rstrip()
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------------
+
+
+def plots(res):
     try:
         import matplotlib
 
@@ -149,31 +337,36 @@ def plots():
         return []
     made = []
     x = lambda q: 1 / (1 - min(q, 0.99999))
-    for drv in ("uring", "portable"):
-        t = load(f"transit-{drv}.json")
-        if not t:
+    for drv in DRIVERS:
+        t, _ = load(res, f"transit-{drv}.json")
+        if not t or t.get("schema") != TRANSIT_SCHEMA or not t.get("paced"):
             continue
         fig, ax = plt.subplots(figsize=(7, 4))
-        paced = [r for r in t["runs"] if r["name"].startswith("paced")]
-        for r in paced:
-            qs = [c[0] for c in r["curve"]]
-            style = "-" if r.get("placement") == "apart" else ":"
-            label = f"{r['name'][len('paced, '):]} ({r.get('placement')})"
-            ax.plot([x(q) for q in qs], [c[1] for c in r["curve"]], style, marker="o", markersize=3, label=label)
+        for p in t["paced"]:
+            style = "-" if p["placement"] == "apart" else ":"
+            for path in p["paths"]:
+                qs = [c[0] for c in path["curve"]]
+                ax.plot(
+                    [x(q) for q in qs],
+                    [c[1] for c in path["curve"]],
+                    style,
+                    marker="o",
+                    markersize=3,
+                    label=f"{path['path']} ({p['placement']})",
+                )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks([2, 10, 100, 1000, 10000])
         ax.set_xticklabels(["p50", "p90", "p99", "p99.9", "p99.99"])
-        ax.set_ylabel("one-way latency (us)")
-        rate = paced[0]["offered_per_s"] if paced else "?"
-        ax.set_title(f"transit, {drv} driver, 296 B frames at {rate}/s")
+        ax.set_ylabel("one-way latency (us), all rounds merged")
+        ax.set_title(f"transit, {drv} driver, 296 B frames at {t['paced'][0]['offered_per_s']}/s")
         ax.legend(fontsize=6)
         fig.tight_layout()
         name = f"plots/transit-{drv}.png"
         fig.savefig(os.path.join(HERE, name), dpi=100)
         made.append(name)
-    m = load("msgbench.json")
-    if m:
+    m, _ = load(res, "msgbench.json")
+    if m and m.get("round_trips"):
         fig, ax = plt.subplots(figsize=(7, 4))
         for r in m["round_trips"]:
             qs = [c[0] for c in r["curve"]]
@@ -193,15 +386,23 @@ def plots():
 
 
 def main():
-    body = table()
-    for p in plots():
-        body += f"\n\n![{p}]({p})"
-    with open(README) as f:
-        text = f.read()
-    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    text = text[:start] + "\n" + body + "\n" + text[end:]
-    with open(README, "w") as f:
-        f.write(text)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", default=os.path.join(HERE, "results"), help="directory of result files")
+    ap.add_argument("--readme", default=os.path.join(HERE, "README.md"), help="file with the figures markers")
+    ap.add_argument("--print-only", action="store_true", help="print the figures; write no README or plots")
+    a = ap.parse_args()
+    body = table(a.results)
+    if not a.print_only:
+        for p in plots(a.results):
+            body += f"\n\n![{p}]({p})"
+        with open(a.readme) as f:
+            text = f.read()
+        if BEGIN not in text or END not in text:
+            raise SystemExit(f"{a.readme}: no {BEGIN} ... {END} markers")
+        start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+        text = text[:start] + "\n" + body + "\n" + text[end:]
+        with open(a.readme, "w") as f:
+            f.write(text)
     print(body)
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every benchmark (about ten minutes on 2 cores) and regenerates bench/README.md's figures and plots.
+# Runs every benchmark (about fifteen minutes on 2 cores) and regenerates bench/README.md's figures and plots.
 #   bench/report.sh            # all of it
 # Results: bench/results/*.json, *.txt; plots: bench/plots/*.png.
 set -euo pipefail
@@ -18,6 +18,11 @@ for driver in uring portable; do
     target/release/transit --driver "$driver" --json "$out/transit-$driver.json" \
         | tee "$out/transit-$driver.txt"
 done
+
+# Stock mycelium is measured beside hyphae when $HYPHAE_STOCK_MYCELIUM or
+# ../shared/bin/mycelium-0.7.10 is there (about five minutes with it, half without).
+echo "== mixbench (4096 destinations, TCP and QUIC links, hyphae and stock mycelium)"
+target/release/mixbench --json "$out/mixbench.json" | tee "$out/mixbench.txt"
 
 echo "== message round trip"
 target/release/msgbench --json "$out/msgbench.json" | tee "$out/msgbench.txt"

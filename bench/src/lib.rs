@@ -1,6 +1,9 @@
 //! Shared helpers for hyphae's benchmarks: criterion benchmarks are in `benches/`, the load
 //! generators in `src/bin/`.
 
+pub mod fake_peer;
+pub mod sys;
+
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;

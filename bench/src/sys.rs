@@ -1,0 +1,310 @@
+//! What load generators need from the OS: child processes that die with the benchmark, CPU
+//! time from `/proc`, socket options, a description of the machine, and a tiny HTTP GET.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+/// A child process with its output in a log file, killed and reaped on drop, and killed by
+/// the kernel if the benchmark dies first (`PR_SET_PDEATHSIG`).
+#[derive(Debug)]
+pub struct Proc {
+    label: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `cmd` with stdout and stderr to `log`. Call from the main thread only: the child
+    /// gets SIGKILL when the thread that started it ends.
+    pub fn spawn(label: &str, cmd: &mut Command, log: PathBuf) -> Result<Self> {
+        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        die_with_parent(cmd);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {label} ({})", cmd.get_program().display()))?;
+        Ok(Self {
+            label: label.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its log file.
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// An error (with the end of its log) if the process has exited.
+    pub fn check(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "{} exited ({status}); end of {}:\n{}",
+                self.label,
+                self.log.display(),
+                tail(&self.log, 20)
+            );
+        }
+        Ok(())
+    }
+
+    /// User plus system CPU seconds it has used (0 if `/proc` does not say).
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.pid()).unwrap_or(0.0)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
+    // async-signal-safe, and reads errno.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The last `lines` lines of a text file.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// User plus system CPU seconds of process `pid`, all its threads (`/proc/PID/stat` fields 14
+/// and 15).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+    Some((ticks(11)? + ticks(12)?) / clock_ticks_per_s())
+}
+
+/// The kernel's clock ticks per second (the unit of `/proc` CPU times).
+pub fn clock_ticks_per_s() -> f64 {
+    // SAFETY: sysconf reads a configuration value and touches no memory of ours.
+    #[allow(unsafe_code)]
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    hz.max(1.0)
+}
+
+/// CPU time the hypervisor took from this machine's vCPUs so far, in seconds (`steal` in
+/// `/proc/stat`; 0 where the kernel does not report it).
+pub fn steal_seconds() -> f64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()?
+                .split_whitespace()
+                .nth(8)?
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(0.0, |t| t / clock_ticks_per_s())
+}
+
+/// UDP datagrams the kernel dropped because a socket's receive buffer was full, machine-wide,
+/// IPv4 and IPv6 (`RcvbufErrors` in `/proc/net/snmp` and `Udp6RcvbufErrors` in
+/// `/proc/net/snmp6`).
+pub fn udp_rcvbuf_errors() -> u64 {
+    let v4 = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = v4.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next().unwrap_or(""), udp.next().unwrap_or(""));
+    let v4 = names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let v6 = std::fs::read_to_string("/proc/net/snmp6")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Udp6RcvbufErrors"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    v4 + v6
+}
+
+/// The 1-minute load average.
+pub fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The machine: CPU model, vCPUs this process may use, memory and kernel.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    /// `model name` from `/proc/cpuinfo`.
+    pub cpu: String,
+    /// vCPUs available to this process.
+    pub cores: usize,
+    /// Memory in GiB.
+    pub mem_gib: u64,
+    /// `uname -r`.
+    pub kernel: String,
+}
+
+impl Machine {
+    /// This machine.
+    pub fn here() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map_or("unknown CPU", |(_, m)| m.trim())
+            .to_owned();
+        let mem_gib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            })
+            .map_or(0, |kb| kb / 1024 / 1024);
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        Self {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(0, usize::from),
+            mem_gib,
+            kernel,
+        }
+    }
+}
+
+impl std::fmt::Display for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} vCPU {}, {} GiB, Linux {}",
+            self.cores, self.cpu, self.mem_gib, self.kernel
+        )
+    }
+}
+
+/// The first line `cmd --version` prints, within 5 s (`None` if it fails).
+pub fn version_of(bin: &Path) -> Option<String> {
+    let mut child = Command::new(bin)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    for _ in 0..250 {
+        if let Ok(Some(_)) = child.try_wait() {
+            let mut out = String::new();
+            child.stdout.take()?.read_to_string(&mut out).ok()?;
+            return out.lines().next().map(str::to_owned);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// Sets an integer socket option, ignoring failure (the options set here are tuning only).
+pub fn set_int_opt(s: &impl AsRawFd, level: libc::c_int, name: libc::c_int, v: libc::c_int) {
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live local, on a descriptor
+    // the caller owns for the duration of the call.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            (&v as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// `GET path` over HTTP/1.1 with `Connection: close`: the body of a 200 answer, within `limit`.
+pub fn http_get(addr: SocketAddr, path: &str, limit: Duration) -> Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, limit)?;
+    s.set_read_timeout(Some(limit))?;
+    s.set_write_timeout(Some(limit))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = Vec::new();
+    s.take(64 << 20).read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("no end of the HTTP header")?;
+    if head.split(' ').nth(1) != Some("200") {
+        bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
+    }
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Ok(dechunk(body));
+    }
+    Ok(body.to_owned())
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dechunk_joins_chunks() {
+        assert_eq!(dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), "abcde");
+    }
+
+    #[test]
+    fn own_cpu_time_is_readable() {
+        assert!(cpu_seconds(std::process::id()).is_some());
+    }
+}
