@@ -75,8 +75,10 @@ impl Drop for Proc {
     }
 }
 
+/// The child gets SIGKILL when this process (precisely: the spawning thread) dies, so an
+/// interrupted or killed benchmark leaves no router or edge behind.
 #[allow(unsafe_code)]
-fn die_with_parent(cmd: &mut Command) {
+pub fn die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
     // async-signal-safe, and reads errno.

@@ -53,6 +53,7 @@ use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use hyphae_bench::free_port;
+use hyphae_bench::sys::{cpu_seconds, die_with_parent, tail};
 use hyphae_edge::testkit::{self, FakeHomeserver, FederationClient, RequestBody, TestCa};
 use serde_json::{Value, json};
 
@@ -222,29 +223,6 @@ impl Drop for Proc {
     }
 }
 
-/// The child gets SIGKILL when this process (precisely: the spawning thread) dies, so an
-/// interrupted or killed benchmark leaves no router or edge behind.
-#[allow(unsafe_code)]
-fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
-    // async-signal-safe, and reads errno.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 /// Polls `f` every 50 ms until it returns `Some`, for at most `timeout`, failing early when one
 /// of `procs` exits.
 fn wait_for<T>(
@@ -317,16 +295,6 @@ fn dechunk(mut s: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // /proc: CPU time and memory of the processes
 // ---------------------------------------------------------------------------------------------
-
-/// User + system CPU time of a process (all threads), in seconds (USER_HZ is 100 on Linux).
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(") ")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = f.get(11)?.parse().ok()?;
-    let stime: u64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / 100.0)
-}
 
 /// The whole machine's CPU time from /proc/stat, in seconds.
 #[derive(Debug, Clone, Copy, Default)]

@@ -112,7 +112,7 @@ impl Router {
 
     /// User plus system CPU seconds the router has used, all threads.
     pub(crate) fn cpu_seconds(&self) -> f64 {
-        cpu_seconds(self.child.child.id())
+        hyphae_bench::sys::cpu_seconds(self.child.child.id()).unwrap_or(0.0)
     }
 
     /// An error, with the end of its log, when the router has exited.
@@ -351,41 +351,10 @@ pub(crate) fn set_timer_slack() {
     }
 }
 
-/// User plus system CPU seconds process `pid` has used, all its threads (0 if it is gone).
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / clock_ticks_per_s()
-}
-
-/// The kernel's clock ticks per second (the unit of `/proc` CPU times).
-fn clock_ticks_per_s() -> f64 {
-    // SAFETY: sysconf reads a configuration value and touches no memory of ours.
-    #[allow(unsafe_code)]
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    hz.max(1.0)
-}
-
 /// CPU time the hypervisor has taken from this machine's vCPUs so far, in milliseconds
 /// (`steal` in `/proc/stat`; 0 where the kernel does not report it).
 pub(crate) fn steal_ms() -> f64 {
-    std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .next()?
-                .split_whitespace()
-                .nth(8)?
-                .parse::<f64>()
-                .ok()
-        })
-        .map_or(0.0, |t| t * 1000.0 / clock_ticks_per_s())
+    hyphae_bench::sys::steal_seconds() * 1000.0
 }
 
 /// The 1, 5 and 15 minute load averages, as `/proc/loadavg` gives them.

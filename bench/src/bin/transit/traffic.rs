@@ -151,7 +151,7 @@ fn announce(seed: u8, port: u16) -> Result<Peer> {
     stream.set_nodelay(true)?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     // Behave like a hyphae peer: a short unsent backlog in the kernel.
-    set_int_opt(
+    hyphae_bench::sys::set_int_opt(
         &stream,
         libc::IPPROTO_TCP,
         libc::TCP_NOTSENT_LOWAT,
@@ -327,7 +327,7 @@ impl Receiver {
         // A sink slower than the router would otherwise time its own autotuned receive backlog
         // (megabytes); a small buffer pushes that backlog back into the router's queue, whose
         // bound is what the saturation latency should show.
-        set_int_opt(&stream, libc::SOL_SOCKET, libc::SO_RCVBUF, 256 * 1024);
+        hyphae_bench::sys::set_int_opt(&stream, libc::SOL_SOCKET, libc::SO_RCVBUF, 256 * 1024);
         stream.set_read_timeout(Some(Duration::from_millis(100)))?;
         stream.set_write_timeout(Some(Duration::from_secs(1)))?;
         let frames = Arc::new(AtomicU64::new(0));
@@ -408,21 +408,6 @@ impl Receiver {
 impl Drop for Receiver {
     fn drop(&mut self) {
         self.stop.store(true, Relaxed);
-    }
-}
-
-fn set_int_opt(s: &TcpStream, level: libc::c_int, name: libc::c_int, v: libc::c_int) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live local.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            level,
-            name,
-            (&v as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        );
     }
 }
 
