@@ -310,6 +310,24 @@ def other_section(res):
     return out
 
 
+def text_section(res, name, title, start):
+    """A benchmark's own summary: its first two lines (command, machine) and everything from
+    the first line starting with `start`, as the benchmark printed it."""
+    path = os.path.join(res, name)
+    out = [f"### {title}", ""]
+    try:
+        with open(path) as f:
+            lines = [l.rstrip() for l in f]
+    except OSError as e:
+        return out + [f"- no figures (`results/{name}`: {e.strerror})", ""]
+    head = [l for l in lines[:3] if l]
+    i = next((k for k, l in enumerate(lines) if l.startswith(start)), None)
+    if i is None:
+        return out + [f"- `results/{name}` has no `{start}` section", ""]
+    body = [l for l in lines[i:] if not l.startswith(("wrote ", "logs: "))]
+    return out + [f"From `results/{name}` (written {written(res, name)}):", "", "```text"] + head + [""] + body + ["```", ""]
+
+
 def table(res):
     out = [
         "Rewritten by `bench/report.sh` (through `bench/report.py`) from `bench/results/`; "
@@ -318,6 +336,7 @@ def table(res):
     ]
     for drv in DRIVERS:
         out += transit_section(res, drv)
+    out += text_section(res, "mixbench.txt", "Mixed traffic, TCP and QUIC (`mixbench`)", "summary")
     out += other_section(res)
     return "\n".join(out).rstrip()
 
