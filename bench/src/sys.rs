@@ -39,6 +39,11 @@ impl Proc {
         })
     }
 
+    /// What it was started as.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -39,11 +39,10 @@
 //! killed on exit, on panic (drop) and when this process dies (`PR_SET_PDEATHSIG`).
 
 use std::fmt::Write as _;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -53,7 +52,7 @@ use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use hyphae_bench::free_port;
-use hyphae_bench::sys::{cpu_seconds, die_with_parent, tail};
+use hyphae_bench::sys::{Proc, cpu_seconds};
 use hyphae_edge::testkit::{self, FakeHomeserver, FederationClient, RequestBody, TestCa};
 use serde_json::{Value, json};
 
@@ -171,57 +170,6 @@ const SMALL_TARGET: &str = "/_matrix/federation/v1/send/";
 // ---------------------------------------------------------------------------------------------
 // Child processes
 // ---------------------------------------------------------------------------------------------
-
-/// A child process, killed and reaped on drop.
-struct Proc {
-    label: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    /// Starts `cmd` with stdout and stderr to `log`. Call from the main thread only: the child
-    /// gets SIGKILL when the thread that started it ends (`PR_SET_PDEATHSIG`).
-    fn spawn(label: &str, cmd: &mut Command, log: PathBuf) -> Result<Self> {
-        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        cmd.stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
-        die_with_parent(cmd);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {label} ({})", cmd.get_program().display()))?;
-        Ok(Self {
-            label: label.to_owned(),
-            child,
-            log,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// An error (with the end of its log) if the process has exited.
-    fn check(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!(
-                "{} exited ({status}); end of {}:\n{}",
-                self.label,
-                self.log.display(),
-                tail(&self.log, 20)
-            );
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Polls `f` every 50 ms until it returns `Some`, for at most `timeout`, failing early when one
 /// of `procs` exits.
@@ -467,7 +415,7 @@ impl World {
         for r in [&mut router_a, &mut router_b] {
             let api = r.api;
             r.pubkey = wait_for(
-                &format!("{}'s API", r.proc.label),
+                &format!("{}'s API", r.proc.label()),
                 Duration::from_secs(20),
                 &mut [&mut r.proc],
                 || {
@@ -482,7 +430,7 @@ impl World {
         for r in [&mut router_a, &mut router_b] {
             let api = r.api;
             wait_for(
-                &format!("a selected route on {}", r.proc.label),
+                &format!("a selected route on {}", r.proc.label()),
                 Duration::from_secs(30),
                 &mut [&mut r.proc],
                 || {
@@ -496,7 +444,7 @@ impl World {
         let (mut edge_b, _, api_b) = start_edge(bins, dir, "edge-b", &router_b, dest, ca_pem)?;
         for (e, api) in [(&mut edge_a, api_a), (&mut edge_b, api_b)] {
             wait_for(
-                &format!("{}'s bridge API", e.label),
+                &format!("{}'s bridge API", e.label()),
                 Duration::from_secs(20),
                 &mut [&mut *e],
                 || {
