@@ -181,7 +181,7 @@ impl Reaped {
         cmd.stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        die_with_parent(cmd);
+        hyphae_bench::sys::die_with_parent(cmd);
         let child = cmd.spawn().with_context(|| {
             format!(
                 "starting the {label} ({}; build it with cargo build --release -p hyphae-router \
@@ -224,22 +224,6 @@ impl Drop for Reaped {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Has the kernel kill `cmd`'s process when the thread that started it ends.
-fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
-    // async-signal-safe, and reads errno.
-    #[allow(unsafe_code)]
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
     }
 }
 
