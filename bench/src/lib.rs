@@ -31,6 +31,7 @@ pub fn router_args<'a>(
             &port.to_string(),
             "--disable-quic",
             "--disable-peer-discovery",
+            "--no-tun",
         ])
         .args(["--api-addr", &format!("127.0.0.1:{api}"), "--silent"])
         .args(["--driver", driver, "--workers", &workers.to_string()])

@@ -61,6 +61,7 @@ impl Router {
                 "--api-addr",
                 &api,
                 "--disable-peer-discovery",
+                "--no-tun",
                 "--workers",
                 "1",
                 "--driver",

@@ -42,6 +42,7 @@ impl Node {
                 "--api-addr",
                 &api,
                 "--disable-peer-discovery",
+                "--no-tun",
                 "--workers",
                 "1",
                 "--driver",

@@ -33,7 +33,10 @@ use bytes::BufMut;
 
 use crate::error::DecodeError;
 use crate::packet::{OUTER_HEADER_LEN, PacketType, outer_header, parse_outer_header};
-use crate::seal::{NONCE_LEN, OpenError, SEAL_OVERHEAD, SealingKey, USER_HEADER_LEN, UserDataKind};
+use crate::seal::{
+    NONCE_LEN, OpenError, SEAL_OVERHEAD, SealingKey, TAG_LEN, USER_DATA_VERSION, USER_HEADER_LEN,
+    UserDataKind,
+};
 
 /// Length of the data header after the outer header.
 pub const DATA_HEADER_LEN: usize = 36;
@@ -216,6 +219,49 @@ impl DataHeader {
     }
 }
 
+/// Where the payload starts in a frame laid out for [`DataHeader::seal_in_place`]: after the
+/// outer and data headers and the user-data header.
+pub const SEALED_PAYLOAD_OFFSET: usize = DATA_OVERHEAD + USER_HEADER_LEN;
+
+/// What a frame laid out for [`DataHeader::seal_in_place`] holds besides its payload.
+pub const SEALED_FRAME_OVERHEAD: usize = DATA_OVERHEAD + SEAL_OVERHEAD;
+
+impl DataHeader {
+    /// Turns `frame` into a whole sealed data frame without moving its payload: `frame` is
+    /// room for the headers ([`SEALED_PAYLOAD_OFFSET`] bytes), then the payload, then room for
+    /// tag and nonce (`TAG_LEN + NONCE_LEN` bytes). Headers, user-data header, tag and nonce
+    /// are written into the room and the payload is encrypted where it lies, so a packet read
+    /// straight into a buffer at [`SEALED_PAYLOAD_OFFSET`] leaves as a frame with no copy. The
+    /// bytes are those [`Self::emit_sealed`] appends for the same payload. Fails, writing
+    /// nothing, if `frame` is shorter than [`SEALED_FRAME_OVERHEAD`] or its body does not fit
+    /// a `u16`.
+    pub fn seal_in_place(
+        &self,
+        key: &SealingKey,
+        nonce: [u8; NONCE_LEN],
+        kind: UserDataKind,
+        frame: &mut [u8],
+    ) -> Result<(), DecodeError> {
+        if frame.len() < SEALED_FRAME_OVERHEAD {
+            return Err(DecodeError::InvalidLength {
+                what: "frame to seal",
+                len: frame.len(),
+            });
+        }
+        let body = body_len(frame.len() - DATA_OVERHEAD)?;
+        let (head, rest) = frame.split_at_mut(DATA_OVERHEAD);
+        let mut h = &mut head[..];
+        self.emit(body, &mut h);
+        let plain_len = rest.len() - TAG_LEN - NONCE_LEN;
+        let (plain, trailer) = rest.split_at_mut(plain_len);
+        plain[..USER_HEADER_LEN].copy_from_slice(&[USER_DATA_VERSION, kind.0, 0, 0]);
+        let tag = key.seal_in_place(nonce, plain);
+        trailer[..TAG_LEN].copy_from_slice(&tag);
+        trailer[TAG_LEN..].copy_from_slice(&nonce);
+        Ok(())
+    }
+}
+
 /// `len` as a data-frame body length.
 fn body_len(len: usize) -> Result<u16, DecodeError> {
     u16::try_from(len).map_err(|_| DecodeError::TooLarge {
@@ -319,6 +365,34 @@ mod tests {
             DATA_OVERHEAD + USER_HEADER_LEN..DATA_OVERHEAD + USER_HEADER_LEN + 11
         );
         assert_eq!(&f.as_bytes()[range], b"hello world");
+    }
+
+    #[test]
+    fn seal_in_place_writes_what_emit_sealed_appends() {
+        for payload in [&b""[..], b"x", &[0x5a; 1400][..]] {
+            let mut frame = alloc::vec![0xee; SEALED_FRAME_OVERHEAD + payload.len()];
+            frame[SEALED_PAYLOAD_OFFSET..][..payload.len()].copy_from_slice(payload);
+            header()
+                .seal_in_place(&key(), [7; NONCE_LEN], UserDataKind::MESSAGE, &mut frame)
+                .unwrap();
+            assert_eq!(frame, sealed(&[payload]), "{} bytes", payload.len());
+        }
+    }
+
+    #[test]
+    fn seal_in_place_refuses_frames_without_room() {
+        let mut short = alloc::vec![1; SEALED_FRAME_OVERHEAD - 1];
+        let r = header().seal_in_place(&key(), [7; NONCE_LEN], UserDataKind::L3, &mut short);
+        assert!(r.is_err());
+        assert_eq!(
+            short,
+            alloc::vec![1; SEALED_FRAME_OVERHEAD - 1],
+            "nothing written"
+        );
+        let mut huge = alloc::vec![0; DATA_OVERHEAD + MAX_DATA_BODY + 1];
+        let r = header().seal_in_place(&key(), [7; NONCE_LEN], UserDataKind::L3, &mut huge);
+        assert!(r.is_err());
+        assert!(huge.iter().all(|b| *b == 0), "nothing written");
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub const DEFAULT_QUIC_PORT: u16 = 9651;
 pub const DEFAULT_DISCOVERY_PORT: u16 = 9650;
 /// Default admin API address.
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:8989";
+/// The reference's TUN name on Linux.
+pub const DEFAULT_TUN_NAME: &str = "mycelium";
 
 /// hyphae-router: a Mycelium overlay node (wire-compatible with mycelium 0.7.x).
 #[derive(Debug, Clone, Parser)]
@@ -53,9 +55,13 @@ pub struct Cli {
     /// Prometheus metrics address (off unless set).
     #[arg(long)]
     pub metrics_api_address: Option<SocketAddr>,
-    /// Run without a TUN device (hyphae has no TUN yet, so this is always the case).
+    /// Run without a TUN device (the message subsystem and transit still work).
     #[arg(long)]
     pub no_tun: bool,
+    /// Name of the TUN device that carries the node's IPv6 overlay traffic (default
+    /// "mycelium", as the reference).
+    #[arg(long, value_name = "NAME")]
+    pub tun_name: Option<String>,
     /// Log errors only.
     #[arg(long)]
     pub silent: bool,
@@ -116,6 +122,7 @@ struct FileConfig {
     api_addr: Option<SocketAddr>,
     metrics_api_address: Option<SocketAddr>,
     no_tun: Option<bool>,
+    tun_name: Option<String>,
     workers: Option<usize>,
     hello_interval: Option<u64>,
     driver: Option<String>,
@@ -173,6 +180,8 @@ pub struct Settings {
     pub local_socket_mode: u32,
     /// Where topic forward sockets may live.
     pub topic_forward_dir: PathBuf,
+    /// The TUN device's name, `None` with `--no-tun`.
+    pub tun_name: Option<String>,
 }
 
 /// A configuration error, printed as one line.
@@ -294,7 +303,12 @@ impl Cli {
             (false, true) => "debug",
             _ => "info",
         };
-        let _ = file.no_tun;
+        let no_tun = self.no_tun || file.no_tun.unwrap_or(false);
+        let tun_name = match self.tun_name.clone().or(file.tun_name) {
+            _ if no_tun => None,
+            Some(n) => Some(check_tun_name(n)?),
+            None => Some(DEFAULT_TUN_NAME.to_owned()),
+        };
         Ok(Settings {
             key_file,
             peers,
@@ -327,6 +341,7 @@ impl Cli {
             },
             local_socket_mode,
             topic_forward_dir,
+            tun_name,
         })
     }
 }
@@ -336,6 +351,23 @@ pub const DEFAULT_LOCAL_SOCKET_MODE: u32 = 0o600;
 
 /// Parses `--local-socket-mode`: an octal mode such as `0660` (a `0o` prefix is accepted) with
 /// no bits outside 0o777 and none for other users.
+/// An interface name Linux accepts: 1-15 bytes, no '/', ':' or whitespace, not "." or "..".
+fn check_tun_name(name: String) -> Result<String, ConfigError> {
+    let bad = name.is_empty()
+        || name.len() > 15
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+    match bad {
+        true => Err(ConfigError::Invalid(format!(
+            "--tun-name {name:?}: an interface name is 1-15 bytes without '/', ':' or spaces"
+        ))),
+        false => Ok(name),
+    }
+}
+
 fn parse_socket_mode(s: &str) -> Result<u32, ConfigError> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
     let octal = !digits.is_empty() && digits.bytes().all(|b| matches!(b, b'0'..=b'7'));
@@ -421,6 +453,21 @@ mod tests {
         assert!(s.peers.is_empty() && s.workers >= 1);
         assert_eq!(s.hello_interval, Duration::from_secs(20));
         assert_eq!(s.local_socket_mode, 0o600);
+        assert_eq!(s.tun_name.as_deref(), Some("mycelium"));
+    }
+
+    #[test]
+    fn tun_name_no_tun_and_bad_names() {
+        let s = parse(&["--tun-name", "myc0"]).unwrap();
+        assert_eq!(s.tun_name.as_deref(), Some("myc0"));
+        assert_eq!(
+            parse(&["--no-tun", "--tun-name", "myc0"]).unwrap().tun_name,
+            None
+        );
+        for bad in ["", "a/b", "a b", "sixteen-bytes-xx", "..", "a:b"] {
+            let e = parse(&["--tun-name", bad]).unwrap_err().to_string();
+            assert!(e.contains("interface name"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

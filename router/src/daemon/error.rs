@@ -18,6 +18,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The TUN device could not be set up.
+    #[error(transparent)]
+    Tun(#[from] super::tun::TunError),
     /// Anything else.
     #[error("{0}")]
     Other(String),

@@ -64,7 +64,7 @@ pub(crate) async fn prometheus(State(s): State<Arc<Shared>>) -> Response {
             );
         }
     }
-    let reasons: [(&str, Read<WorkerCounters>); 14] = [
+    let reasons: [(&str, Read<WorkerCounters>); 20] = [
         ("forwarded", |c| c.forwarded.load(Relaxed)),
         ("local", |c| c.local.load(Relaxed)),
         ("local_opened", |c| c.local_opened.load(Relaxed)),
@@ -81,6 +81,14 @@ pub(crate) async fn prometheus(State(s): State<Arc<Shared>>) -> Response {
             c.quic_oversize_on_stream.load(Relaxed)
         }),
         ("icmp_sent", |c| c.icmp_sent.load(Relaxed)),
+        ("tun_read", |c| c.tun_read.load(Relaxed)),
+        ("tun_written", |c| c.tun_written.load(Relaxed)),
+        ("tun_icmp", |c| c.tun_icmp.load(Relaxed)),
+        ("drop_tun_foreign_source", |c| {
+            c.drop_tun_foreign_source.load(Relaxed)
+        }),
+        ("drop_tun_invalid", |c| c.drop_tun_invalid.load(Relaxed)),
+        ("drop_tun_write", |c| c.drop_tun_write.load(Relaxed)),
     ];
     for (name, f) in reasons {
         let _ = writeln!(out, "# TYPE hyphae_{name}_total counter");

@@ -71,7 +71,9 @@ mod sockopt;
 mod start;
 mod tcp;
 mod topic_forward;
+mod tun;
 mod worker;
 
 pub use error::StartError;
 pub use start::{Running, run, start};
+pub use tun::TunError;

@@ -65,6 +65,20 @@ pub(crate) struct WorkerCounters {
     pub(crate) quic_oversize_on_stream: AtomicU64,
     /// Out-of-band ICMP errors sent back to sources.
     pub(crate) icmp_sent: AtomicU64,
+    /// IPv6 packets read from the TUN device.
+    pub(crate) tun_read: AtomicU64,
+    /// IPv6 packets written to the TUN device (delivered traffic and ICMPv6 errors).
+    pub(crate) tun_written: AtomicU64,
+    /// ICMPv6 errors written to the TUN device for packets it sent (no route, unreachable
+    /// address in our /64, hop limit, foreign source, errors reported by the overlay).
+    pub(crate) tun_icmp: AtomicU64,
+    /// Dropped: read from the TUN with a source outside this node's /64.
+    pub(crate) drop_tun_foreign_source: AtomicU64,
+    /// Dropped: read from the TUN but not an overlay packet (not IPv6, truncated, multicast or
+    /// link-local).
+    pub(crate) drop_tun_invalid: AtomicU64,
+    /// Dropped: a write to the TUN failed.
+    pub(crate) drop_tun_write: AtomicU64,
 }
 
 /// State every thread shares.

@@ -1,7 +1,7 @@
 //! What receive-buffer sizing needs from a TCP socket and socket2 does not wrap: the kernel's
 //! RTT estimates (`TCP_INFO`), the bytes waiting unread (`FIONREAD`), the buffer size (with
 //! `SO_RCVBUFFORCE`) and the window clamp (`TCP_WINDOW_CLAMP`), on a descriptor the caller
-//! keeps open. The only unsafe code in the crate.
+//! keeps open. With `tun`, the only unsafe code in the crate.
 
 #![allow(unsafe_code)]
 

@@ -18,7 +18,7 @@ use super::local_socket::{self, LocalListener};
 use super::peers::PeerTable;
 use super::shared::{Node, Shared, WorkerCounters};
 use super::worker::{self, HomeTasks, Listeners, Workers, spawn_thread};
-use super::{api, control, quic, tcp};
+use super::{api, control, quic, tcp, tun};
 
 /// Runs the node until SIGTERM or SIGINT.
 pub fn run(settings: Settings) -> Result<(), StartError> {
@@ -95,6 +95,14 @@ pub fn start(settings: Settings) -> Result<Running, StartError> {
         Some(a) => Some(api::bind(a, "metrics API")?),
         None => None,
     };
+    let tun_queues = match &settings.tun_name {
+        Some(name) => {
+            let queues = tun::create(name, settings.workers, node.address)?;
+            tracing::info!(name, address = %node.address, queues = queues.len(), "TUN device up");
+            queues
+        }
+        None => Vec::new(),
+    };
     let mut local_socket = match &settings.local_socket {
         Some(p) => Some(local_socket::bind(p, settings.local_socket_mode)?),
         None => None,
@@ -127,11 +135,13 @@ pub fn start(settings: Settings) -> Result<Running, StartError> {
         local_socket: local_socket.as_mut().and_then(LocalListener::take),
     };
     let mut quic_sockets = quic_sockets.into_iter();
+    let mut tun_queues = tun_queues.into_iter();
     let listeners = listeners
         .into_iter()
         .map(|tcp| Listeners {
             tcp,
             quic: quic_sockets.next(),
+            tun: tun_queues.next(),
         })
         .collect();
     let (workers, mut threads) = worker::spawn_all(&shared, driver, listeners, home)?;

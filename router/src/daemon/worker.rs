@@ -6,6 +6,7 @@
 //! local socket and link-local discovery.
 
 use std::net::UdpSocket;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -24,6 +25,7 @@ use super::peers::PeerType;
 use super::quic::Quic;
 use super::shared::Shared;
 use super::tcp::Tcp;
+use super::tun::TunQueue;
 use super::{discovery, local_socket, message_task};
 
 /// The worker that runs the node's single tasks beside its share of the links: the message
@@ -98,6 +100,8 @@ pub(crate) struct Listeners {
     pub(crate) tcp: std::net::TcpListener,
     /// Its QUIC socket, if QUIC is on.
     pub(crate) quic: Option<UdpSocket>,
+    /// Its queue of the TUN device, if the node has one.
+    pub(crate) tun: Option<OwnedFd>,
 }
 
 /// Starts one worker thread per entry of `listeners` (worker `i` listens on `listeners[i]`).
@@ -224,7 +228,14 @@ async fn worker_main(
     let seed = hyphae_wire::seal::random_nonce().map_or(idx as u64, |n| {
         u64::from_le_bytes([n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7]])
     });
-    let fwd = Forwarder::new(idx, shared.clone(), seed);
+    let tun = match listeners.tun.map(TunQueue::new).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(worker = idx, "TUN queue: {e}");
+            return;
+        }
+    };
+    let fwd = Forwarder::new(idx, shared.clone(), seed, tun);
     let tcp = Tcp {
         fwd: fwd.clone(),
         driver,
@@ -239,6 +250,7 @@ async fn worker_main(
         }
     }
     spawn_local(fwd.clone().release_held());
+    spawn_local(fwd.clone().serve_tun());
     let mut quic = None;
     if let Some(sock) = listeners.quic {
         match Quic::new(sock, &shared.node.router_id) {

@@ -18,7 +18,7 @@ use bytes::BytesMut;
 use hyphae_proto::PeerId;
 use hyphae_proto::hash::SeededState;
 use hyphae_wire::Subnet;
-use hyphae_wire::data::{DATA_OVERHEAD, DataFrame};
+use hyphae_wire::data::{DATA_OVERHEAD, DataFrame, DataHeader};
 use hyphae_wire::deframer::Frame;
 use hyphae_wire::icmp::{Icmpv6Code, Icmpv6Type, OobIcmp};
 use hyphae_wire::seal::{SEAL_OVERHEAD, UserDataKind};
@@ -28,6 +28,9 @@ use super::inbox::{ControlMsg, MsgCmd};
 use super::keys::KeyCache;
 use super::peers::PeerHandle;
 use super::shared::{Shared, WorkerCounters};
+use super::tun::TunQueue;
+
+mod l3;
 
 /// Most source or destination addresses a worker keeps packet counts for.
 const MAX_STATS_ENTRIES: usize = 16_384;
@@ -72,13 +75,40 @@ struct State {
     icmp_budget: (Option<Instant>, u32),
 }
 
-/// A frame waiting for a route.
+impl State {
+    /// Whether one more ICMP error fits this second's budget (and spends it if so).
+    fn icmp_allowed(&mut self) -> bool {
+        let now = Instant::now();
+        match self.icmp_budget {
+            (Some(since), n) if now.duration_since(since) < Duration::from_secs(1) => {
+                self.icmp_budget.1 = n + 1;
+                n < ICMP_PER_SECOND
+            }
+            _ => {
+                self.icmp_budget = (Some(now), 1);
+                true
+            }
+        }
+    }
+}
+
+/// A frame or packet waiting for a route.
 #[derive(Debug)]
 struct Held {
     since: Instant,
-    frame: DataFrame<BytesMut>,
-    /// Addressed to this node (waiting for its source's key), not to be forwarded.
-    for_us: bool,
+    what: Waiting,
+}
+
+/// What waits for a route, and for which end's route.
+#[derive(Debug)]
+enum Waiting {
+    /// A frame to forward (waits for the destination's route).
+    Transit(DataFrame<BytesMut>),
+    /// A frame addressed to this node (waits for its source's route, for the key).
+    ForUs(DataFrame<BytesMut>),
+    /// A packet read from the TUN device, laid out in its frame buffer but not sealed yet
+    /// (waits for the destination's route and key).
+    FromTun(l3::Outbound),
 }
 
 /// What one worker does with the frames its links read: control TLVs go to the control
@@ -91,12 +121,19 @@ pub(crate) struct Forwarder {
     state: Rc<RefCell<State>>,
     /// Woken when the first frame is held.
     held: Rc<Notify>,
+    /// This worker's queue of the TUN device (`None` with `--no-tun`).
+    tun: Option<Rc<TunQueue>>,
 }
 
 impl Forwarder {
     /// The forwarding state of worker `worker`; `seed` keys the hashes of the tables peers
-    /// fill (packet counts, held frames).
-    pub(crate) fn new(worker: usize, shared: Arc<Shared>, seed: u64) -> Self {
+    /// fill (packet counts, held frames); `tun` is the worker's queue of the TUN device.
+    pub(crate) fn new(
+        worker: usize,
+        shared: Arc<Shared>,
+        seed: u64,
+        tun: Option<TunQueue>,
+    ) -> Self {
         let state = State {
             keys: KeyCache::default(),
             stats: PacketStats {
@@ -112,6 +149,7 @@ impl Forwarder {
             shared,
             state: Rc::new(RefCell::new(state)),
             held: Rc::new(Notify::new()),
+            tun: tun.map(Rc::new),
         }
     }
 
@@ -199,6 +237,12 @@ struct Tally {
     skipped: u64,
     control_full: u64,
     icmp: u64,
+    tun_read: u64,
+    tun_written: u64,
+    tun_icmp: u64,
+    tun_foreign: u64,
+    tun_invalid: u64,
+    tun_write_failed: u64,
 }
 
 impl Tally {
@@ -219,6 +263,12 @@ impl Tally {
         add(&c.skipped_control, self.skipped);
         add(&c.drop_control_queue, self.control_full);
         add(&c.icmp_sent, self.icmp);
+        add(&c.tun_read, self.tun_read);
+        add(&c.tun_written, self.tun_written);
+        add(&c.tun_icmp, self.tun_icmp);
+        add(&c.drop_tun_foreign_source, self.tun_foreign);
+        add(&c.drop_tun_invalid, self.tun_invalid);
+        add(&c.drop_tun_write, self.tun_write_failed);
     }
 }
 
@@ -299,13 +349,14 @@ impl Forwarder {
             frame.set_hop_limit(hop - 1);
             if shared.node.subnet.contains_ip(dst.into()) {
                 t.local += 1;
-                match self.open_for_us(st, frame) {
+                match self.open_for_us(st, frame, &mut t) {
                     Ok(true) => t.local_opened += 1,
                     Ok(false) => t.local_unopened += 1,
                     // The source's key is not known yet: hold the frame while its route is
                     // found.
                     Err(frame) => {
-                        if self.hold(st, u128::from(src) >> 64, frame, true).is_err() {
+                        let held = self.hold(st, u128::from(src) >> 64, Waiting::ForUs(frame));
+                        if held.is_err() {
                             t.local_unopened += 1;
                         }
                     }
@@ -324,7 +375,7 @@ impl Forwarder {
             let Some(next) = next else {
                 // Held while the route is looked for; when the queue is full, the reference
                 // answers with "no route" at once.
-                if let Err(frame) = self.hold(st, net, frame, false) {
+                if let Err(Waiting::Transit(frame)) = self.hold(st, net, Waiting::Transit(frame)) {
                     t.no_route += 1;
                     let kind = (Icmpv6Type::DEST_UNREACHABLE, Icmpv6Code::NO_ROUTE);
                     self.send_icmp(st, &peers, kind, &frame, &mut t);
@@ -380,19 +431,8 @@ impl Forwarder {
         t: &mut Tally,
     ) {
         let shared = &*self.shared;
-        let now = Instant::now();
-        let allowed = match st.icmp_budget {
-            (Some(since), n) if now.duration_since(since) < Duration::from_secs(1) => {
-                st.icmp_budget.1 = n + 1;
-                n < ICMP_PER_SECOND
-            }
-            _ => {
-                st.icmp_budget = (Some(now), 1);
-                true
-            }
-        };
         let (src, dst) = (frame.src(), frame.dst());
-        if !allowed || shared.node.subnet.contains_ip(src.into()) {
+        if shared.node.subnet.contains_ip(src.into()) || !st.icmp_allowed() {
             return;
         }
         let Some(pk) = shared.route_keys.load().get(&Subnet::v6_64(src)).copied() else {
@@ -417,25 +457,18 @@ impl Forwarder {
     /// Holds a frame until the route for `net` (a /64's upper bits) appears, as the reference
     /// does; asks the control thread for that route with the first frame. Gives the frame
     /// back if over the caps.
-    fn hold(
-        &self,
-        st: &mut State,
-        net: u128,
-        frame: DataFrame<BytesMut>,
-        for_us: bool,
-    ) -> Result<(), DataFrame<BytesMut>> {
+    fn hold(&self, st: &mut State, net: u128, what: Waiting) -> Result<(), Waiting> {
         let q = st.pending.entry(net as u64).or_default();
         if q.is_empty() {
             let subnet = Subnet::v6_64(Ipv6Addr::from(net << 64));
             self.shared.inbox.need_route(subnet);
         }
         if q.len() >= MAX_PENDING_PER_SUBNET || st.pending_len >= MAX_PENDING {
-            return Err(frame);
+            return Err(what);
         }
         q.push_back(Held {
             since: Instant::now(),
-            frame,
-            for_us,
+            what,
         });
         st.pending_len += 1;
         if st.pending_len == 1 {
@@ -459,27 +492,52 @@ impl Forwarder {
             let next = shared.fib.lookup(addr);
             let known_key = route_keys.contains_key(&Subnet::v6_64(addr));
             while let Some(h) = q.front() {
-                let ready = if h.for_us { known_key } else { next.is_some() };
+                let ready = match h.what {
+                    Waiting::ForUs(_) => known_key,
+                    Waiting::Transit(_) => next.is_some(),
+                    Waiting::FromTun(_) => next.is_some() && known_key,
+                };
                 let expired = now.duration_since(h.since) >= PENDING_TIMEOUT;
                 if !ready && !expired {
                     break;
                 }
                 let Some(h) = q.pop_front() else { break };
                 st.pending_len -= 1;
-                match (ready, h.for_us) {
-                    (false, true) => t.local_unopened += 1,
-                    (false, false) => t.no_route += 1,
-                    (true, true) => match self.open_for_us(st, h.frame) {
+                match (ready, h.what) {
+                    (false, Waiting::ForUs(_)) => t.local_unopened += 1,
+                    (false, Waiting::Transit(_)) => t.no_route += 1,
+                    // As the reference: a packet that waited in vain is answered with "no
+                    // route".
+                    (false, Waiting::FromTun(out)) => {
+                        t.no_route += 1;
+                        self.no_route_to_tun(st, &out, &mut t);
+                    }
+                    (true, Waiting::ForUs(frame)) => match self.open_for_us(st, frame, &mut t) {
                         Ok(true) => t.local_opened += 1,
                         _ => t.local_unopened += 1,
                     },
-                    (true, false) => match next.and_then(|p| peers.get(&p)) {
-                        Some(egress) => match egress.enqueue(h.frame.into_inner().freeze(), 1) {
+                    (true, Waiting::Transit(frame)) => match next.and_then(|p| peers.get(&p)) {
+                        Some(egress) => match egress.enqueue(frame.into_inner().freeze(), 1) {
                             true => t.forwarded += 1,
                             false => t.queue_full += 1,
                         },
                         None => t.no_route += 1,
                     },
+                    (true, Waiting::FromTun(out)) => {
+                        let egress = next.and_then(|p| peers.get(&p));
+                        let pk = route_keys.get(&Subnet::v6_64(addr));
+                        match (egress, pk) {
+                            (Some(egress), Some(pk)) => {
+                                let frame = self.seal_outbound(st, *pk, out);
+                                match frame.map(|f| egress.enqueue(f.freeze(), 1)) {
+                                    Some(true) => t.forwarded += 1,
+                                    Some(false) => t.queue_full += 1,
+                                    None => t.no_route += 1,
+                                }
+                            }
+                            _ => t.no_route += 1,
+                        }
+                    }
                 }
             }
             !q.is_empty()
@@ -488,13 +546,15 @@ impl Forwarder {
         t.publish(self.counters());
     }
 
-    /// Opens a frame for this node and hands a message packet to the message task (other
-    /// kinds have no consumer yet: TUN comes later). Returns whether it opened, or gives the
-    /// frame back if the source's key is not known yet (no route to the source).
+    /// Opens a frame for this node and hands what it carries on: a message packet to the
+    /// message task, an IPv6 packet or an error the overlay reports about one to the TUN
+    /// device. Returns whether it opened, or gives the frame back if the source's key is not
+    /// known yet (no route to the source).
     fn open_for_us(
         &self,
         st: &mut State,
         mut frame: DataFrame<BytesMut>,
+        t: &mut Tally,
     ) -> Result<bool, DataFrame<BytesMut>> {
         let shared = &*self.shared;
         let Some(pk) = shared
@@ -511,13 +571,26 @@ impl Forwarder {
         let Ok((kind, payload)) = frame.open(key) else {
             return Ok(false);
         };
-        if kind == UserDataKind::MESSAGE {
-            // The plaintext sits in place: the payload is a slice of the receive buffer.
-            let payload = frame.into_inner().freeze().slice(payload);
-            let msg = MsgCmd::Packet { src: pk, payload };
-            if shared.inbox.messages.try_send(msg).is_err() {
-                self.counters().drop_message_queue.fetch_add(1, Relaxed);
+        match kind {
+            UserDataKind::MESSAGE => {
+                // The plaintext sits in place: the payload is a slice of the receive buffer.
+                let payload = frame.into_inner().freeze().slice(payload);
+                let msg = MsgCmd::Packet { src: pk, payload };
+                if shared.inbox.messages.try_send(msg).is_err() {
+                    self.counters().drop_message_queue.fetch_add(1, Relaxed);
+                }
             }
+            UserDataKind::L3 => {
+                let hop = frame.hop_limit();
+                let mut buf = frame.into_inner();
+                self.deliver_l3(hop, &mut buf[payload], t);
+            }
+            UserDataKind::OOB_ICMP => {
+                let header = DataHeader::parse(&frame);
+                let buf = frame.into_inner();
+                self.deliver_oob_icmp(st, header, &buf[payload], t);
+            }
+            _ => {}
         }
         Ok(true)
     }

@@ -1,0 +1,358 @@
+//! The IPv6 overlay: packets the TUN device gives us are sealed where they were read and
+//! forwarded like transit frames; packets addressed to us are written to the device. What the
+//! reference answers with an ICMPv6 error, we answer the same way, on the device.
+//!
+//! A packet is read into a frame buffer at [`SEALED_PAYLOAD_OFFSET`], with room for the frame
+//! headers before it and for tag and nonce after it, so sealing writes around it and encrypts
+//! it in place: it leaves for the peer link in the buffer it was read into. Packets read in
+//! one turn lie side by side in one chunk, and consecutive ones for one egress link are
+//! rejoined into a single queued run, as transit frames are.
+
+use std::net::Ipv6Addr;
+
+use bytes::BytesMut;
+use hyphae_proto::PeerId;
+use hyphae_wire::data::{DataHeader, SEALED_FRAME_OVERHEAD, SEALED_PAYLOAD_OFFSET};
+use hyphae_wire::icmp::{
+    IPV6_HEADER_LEN, Icmpv6Code, Icmpv6Packet, Icmpv6Type, MAX_QUOTE, OobIcmp,
+};
+use hyphae_wire::identity::PublicKey;
+use hyphae_wire::seal::{NONCE_LEN, TAG_LEN, UserDataKind};
+
+use super::{Forwarder, MAX_RUN, Staged, State, Tally, Waiting, adjacent};
+
+/// Largest packet read from the device: its MTU is 1400, but an operator may raise it, and a
+/// longer packet would be cut by the read.
+const MAX_PACKET: usize = 9000;
+/// One read's room in a chunk.
+const SLOT: usize = SEALED_FRAME_OVERHEAD + MAX_PACKET;
+/// Packets read in one turn before they are forwarded.
+const READ_BATCH: usize = 64;
+/// Receive chunk: packets are read into it one after another.
+const CHUNK: usize = 256 * 1024;
+/// Room after the payload of a frame laid out for sealing.
+const TRAILER: usize = TAG_LEN + NONCE_LEN;
+
+/// A packet read from the device, in the frame buffer it will be sealed in.
+#[derive(Debug)]
+pub(super) struct Outbound {
+    /// Room for the headers, the packet, room for tag and nonce.
+    buf: BytesMut,
+    /// The frame's header: the packet's addresses and its hop limit less our own hop.
+    header: DataHeader,
+}
+
+impl Outbound {
+    fn packet(&self) -> &[u8] {
+        &self.buf[SEALED_PAYLOAD_OFFSET..self.buf.len() - TRAILER]
+    }
+}
+
+/// `400::/7`, the overlay's addresses.
+fn in_overlay(a: Ipv6Addr) -> bool {
+    a.octets()[0] & 0xfe == 0x04
+}
+
+/// Link-local (`fe80::/10`).
+fn link_local(a: Ipv6Addr) -> bool {
+    a.segments()[0] & 0xffc0 == 0xfe80
+}
+
+impl Forwarder {
+    /// Reads this worker's queue of the TUN device until shutdown, forwarding what it reads
+    /// a batch at a time. Returns at once without a device.
+    pub(crate) async fn serve_tun(self) {
+        let Some(tun) = self.tun.clone() else { return };
+        let mut shutdown = self.shared.shutdown.clone();
+        let mut chunk = BytesMut::zeroed(CHUNK);
+        let mut packets = Vec::with_capacity(READ_BATCH);
+        loop {
+            let mut ready = tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return,
+                r = tun.readable() => match r {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(worker = self.worker, "TUN device: {e}");
+                        return;
+                    }
+                },
+            };
+            while packets.len() < READ_BATCH {
+                if chunk.len() < SLOT {
+                    chunk = BytesMut::zeroed(CHUNK);
+                }
+                let room = &mut chunk[SEALED_PAYLOAD_OFFSET..SLOT - TRAILER];
+                match ready.read(room) {
+                    None => break,
+                    Some(Ok(n)) => packets.push(chunk.split_to(SEALED_FRAME_OVERHEAD + n)),
+                    Some(Err(e)) => {
+                        tracing::debug!(worker = self.worker, "TUN read: {e}");
+                        break;
+                    }
+                }
+            }
+            self.handle_tun(&mut packets);
+            // Let the links write what was queued before reading more.
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Forwards the packets of one read turn (each laid out in its frame buffer), leaving
+    /// `packets` empty.
+    fn handle_tun(&self, packets: &mut Vec<BytesMut>) {
+        let shared = &*self.shared;
+        let node = &shared.node;
+        let peers = shared.peers.load();
+        let route_keys = shared.route_keys.load();
+        let mut t = Tally::default();
+        let mut st = self.state.borrow_mut();
+        let st = &mut *st;
+        let mut staged: Option<Staged> = None;
+        let mut last: Option<(u128, Option<(PeerId, PublicKey)>)> = None;
+        for buf in packets.drain(..) {
+            t.tun_read += 1;
+            let packet = &buf[SEALED_PAYLOAD_OFFSET..buf.len() - TRAILER];
+            if packet.len() < IPV6_HEADER_LEN || packet[0] >> 4 != 6 {
+                t.tun_invalid += 1;
+                continue;
+            }
+            let hop = packet[7];
+            let src = ipv6_at(packet, 8);
+            let dst = ipv6_at(packet, 24);
+            // The kernel's own chatter on the device (router solicitations, MLD reports) is
+            // not overlay traffic.
+            if dst.is_multicast() || link_local(src) || src.is_unspecified() || src.is_multicast() {
+                t.tun_invalid += 1;
+                continue;
+            }
+            if !node.subnet.contains_ip(src.into()) {
+                t.tun_foreign += 1;
+                let kind = (
+                    Icmpv6Type::DEST_UNREACHABLE,
+                    Icmpv6Code::SOURCE_POLICY_FAILED,
+                );
+                self.icmp_to_tun(st, kind, src, packet, &mut t);
+                continue;
+            }
+            // Nothing on this host owns that address of our /64 (the reference answers the
+            // same).
+            if node.subnet.contains_ip(dst.into()) {
+                let kind = (
+                    Icmpv6Type::DEST_UNREACHABLE,
+                    Icmpv6Code::ADDRESS_UNREACHABLE,
+                );
+                self.icmp_to_tun(st, kind, src, packet, &mut t);
+                continue;
+            }
+            if hop < 2 {
+                t.hop_limit += 1;
+                let kind = (Icmpv6Type::TIME_EXCEEDED, Icmpv6Code::HOP_LIMIT_EXCEEDED);
+                self.icmp_to_tun(st, kind, src, packet, &mut t);
+                continue;
+            }
+            if !in_overlay(dst) {
+                t.no_route += 1;
+                let kind = (Icmpv6Type::DEST_UNREACHABLE, Icmpv6Code::NO_ROUTE);
+                self.icmp_to_tun(st, kind, src, packet, &mut t);
+                continue;
+            }
+            // Our own hop counts, as the reference counts it.
+            let header = DataHeader {
+                hop_limit: hop - 1,
+                src,
+                dst,
+            };
+            let out = Outbound { buf, header };
+            let net = u128::from(dst) >> 64;
+            let route = match last {
+                Some((n, r)) if n == net => r,
+                _ => {
+                    let pk = route_keys.get(&hyphae_wire::Subnet::v6_64(dst)).copied();
+                    let r = shared.fib.lookup(dst).zip(pk);
+                    last = Some((net, r));
+                    r
+                }
+            };
+            let Some((next, pk)) = route else {
+                // Held while the route is looked for; when the queue is full, "no route" at
+                // once, as the reference.
+                if let Err(Waiting::FromTun(out)) = self.hold(st, net, Waiting::FromTun(out)) {
+                    t.no_route += 1;
+                    self.no_route_to_tun(st, &out, &mut t);
+                }
+                continue;
+            };
+            let Some(frame) = self.seal_outbound(st, pk, out) else {
+                t.no_route += 1;
+                continue;
+            };
+            match &mut staged {
+                Some(s)
+                    if s.peer == next
+                        && s.run.len() + frame.len() <= MAX_RUN
+                        && adjacent(&s.run, &frame) =>
+                {
+                    s.run.unsplit(frame);
+                    s.frames += 1;
+                }
+                _ => {
+                    if let Some(s) = staged.take() {
+                        s.send(&peers, &mut t);
+                    }
+                    staged = Some(Staged {
+                        peer: next,
+                        run: frame,
+                        frames: 1,
+                    });
+                }
+            }
+        }
+        if let Some(s) = staged.take() {
+            s.send(&peers, &mut t);
+        }
+        t.publish(self.counters());
+    }
+
+    /// Seals a packet from the device for `pk`'s node where it lies. `None` only if the
+    /// system has no randomness for a nonce.
+    pub(super) fn seal_outbound(
+        &self,
+        st: &mut State,
+        pk: PublicKey,
+        out: Outbound,
+    ) -> Option<BytesMut> {
+        let shared = &*self.shared;
+        let Outbound { mut buf, header } = out;
+        let key = st
+            .keys
+            .get(&shared.node.secret, pk, &shared.key_cache_evictions);
+        let nonce = hyphae_wire::seal::random_nonce().ok()?;
+        header
+            .seal_in_place(key, nonce, UserDataKind::L3, &mut buf)
+            .ok()?;
+        Some(buf)
+    }
+
+    /// Answers a packet from the device that waited for a route in vain (or found the queue
+    /// full) with "no route", as the reference.
+    pub(super) fn no_route_to_tun(&self, st: &mut State, out: &Outbound, t: &mut Tally) {
+        let kind = (Icmpv6Type::DEST_UNREACHABLE, Icmpv6Code::NO_ROUTE);
+        self.icmp_to_tun(st, kind, out.header.src, out.packet(), t);
+    }
+
+    /// Writes an ICMPv6 error of `kind` about `invoking` from this node to `to` (on this
+    /// host) on the device, within the worker's ICMP budget.
+    fn icmp_to_tun(
+        &self,
+        st: &mut State,
+        (ty, code): (Icmpv6Type, Icmpv6Code),
+        to: Ipv6Addr,
+        invoking: &[u8],
+        t: &mut Tally,
+    ) {
+        if !st.icmp_allowed() {
+            return;
+        }
+        let error = Icmpv6Packet::error(self.shared.node.address, to, ty, code, invoking);
+        let mut out = Vec::with_capacity(error.encoded_len());
+        if error.encode(&mut out).is_ok() && self.write_tun(&out, t) {
+            t.tun_icmp += 1;
+        }
+    }
+
+    /// Writes a packet addressed to us to the device, with the hop limit the frame arrived
+    /// with (as the reference). Without a device it is dropped (counted as opened).
+    pub(super) fn deliver_l3(&self, hop: u8, packet: &mut [u8], t: &mut Tally) {
+        if packet.len() < IPV6_HEADER_LEN || packet[0] >> 4 != 6 {
+            t.tun_invalid += 1;
+            return;
+        }
+        packet[7] = hop;
+        self.write_tun(packet, t);
+    }
+
+    /// Turns an error the overlay reports about a packet we sent (out-of-band ICMP: the
+    /// reporting node cannot read our packet, so it quotes it sealed) back into the ICMPv6
+    /// error the sender on this host understands: the quote is opened with the key we share
+    /// with the packet's destination, and the error goes from the reporting node to us.
+    pub(super) fn deliver_oob_icmp(
+        &self,
+        st: &mut State,
+        frame: DataHeader,
+        payload: &[u8],
+        t: &mut Tally,
+    ) {
+        if self.tun.is_none() {
+            return;
+        }
+        let Ok(oob) = OobIcmp::decode(payload) else {
+            t.tun_invalid += 1;
+            return;
+        };
+        let shared = &*self.shared;
+        let subnet = hyphae_wire::Subnet::v6_64(oob.orig_dst);
+        let Some(pk) = shared.route_keys.load().get(&subnet).copied() else {
+            return;
+        };
+        let key = st
+            .keys
+            .get(&shared.node.secret, pk, &shared.key_cache_evictions);
+        let mut quote = oob.packet.body.to_vec();
+        let Ok((UserDataKind::L3, original)) = key.open(&mut quote) else {
+            t.tun_invalid += 1;
+            return;
+        };
+        let error = Icmpv6Packet {
+            src: frame.src,
+            dst: frame.dst,
+            hop_limit: frame.hop_limit,
+            body: &original[..original.len().min(MAX_QUOTE)],
+            ..oob.packet
+        };
+        let mut out = Vec::with_capacity(error.encoded_len());
+        if error.encode(&mut out).is_ok() && self.write_tun(&out, t) {
+            t.tun_icmp += 1;
+        }
+    }
+
+    /// Writes one packet to the device; whether it was taken.
+    fn write_tun(&self, packet: &[u8], t: &mut Tally) -> bool {
+        let Some(tun) = &self.tun else { return false };
+        match tun.write(packet) {
+            Ok(()) => {
+                t.tun_written += 1;
+                true
+            }
+            Err(e) => {
+                t.tun_write_failed += 1;
+                tracing::debug!(worker = self.worker, "TUN write: {e}");
+                false
+            }
+        }
+    }
+}
+
+/// The IPv6 address at `at` in a packet at least `at + 16` bytes long.
+fn ipv6_at(packet: &[u8], at: usize) -> Ipv6Addr {
+    let mut a = [0; 16];
+    a.copy_from_slice(&packet[at..at + 16]);
+    Ipv6Addr::from(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_and_link_local_ranges() {
+        for a in ["400::1", "5ff:ffff::1", "4a9:1::2"] {
+            assert!(in_overlay(a.parse().unwrap()), "{a}");
+        }
+        for a in ["3ff::1", "600::1", "2001:db8::1", "fe80::1"] {
+            assert!(!in_overlay(a.parse().unwrap()), "{a}");
+        }
+        assert!(link_local("fe80::1".parse().unwrap()));
+        assert!(link_local("febf::1".parse().unwrap()));
+        assert!(!link_local("fec0::1".parse().unwrap()));
+    }
+}
