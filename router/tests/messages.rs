@@ -474,7 +474,13 @@ fn router_at(sock: &std::path::Path, key: &std::path::Path) -> std::process::Com
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hyphae-router"));
     cmd.arg("-k")
         .arg(key)
-        .args(["-t", &port, "--disable-quic", "--disable-peer-discovery", "--no-tun"])
+        .args([
+            "-t",
+            &port,
+            "--disable-quic",
+            "--disable-peer-discovery",
+            "--no-tun",
+        ])
         .args(["--api-addr", &api, "--driver", "portable", "--workers", "1"])
         .arg("--local-socket")
         .arg(sock)

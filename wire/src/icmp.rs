@@ -296,21 +296,50 @@ pub fn checksum(src: Ipv6Addr, dst: Ipv6Addr, message: &[u8]) -> u16 {
 
 /// A running RFC 1071 sum of big-endian 16-bit words. Only the last piece added may have an
 /// odd length (it is padded with a zero byte).
-struct Checksum(u64);
+pub(crate) struct Checksum(pub(crate) u64);
 
 impl Checksum {
     fn pseudo_header(src: Ipv6Addr, dst: Ipv6Addr, len: usize) -> Self {
+        Self::pseudo_header_for(src, dst, len, NEXT_HEADER_ICMPV6)
+    }
+
+    /// The sum over the IPv6 pseudo-header (RFC 8200 section 8.1) of an upper-layer packet of
+    /// `len` bytes and protocol `next_header`.
+    pub(crate) fn pseudo_header_for(
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        len: usize,
+        next_header: u8,
+    ) -> Self {
         let mut sum = Self(0);
         sum.add(&src.octets());
         sum.add(&dst.octets());
         // The upper-layer length is 32 bits; an IPv6 payload can't come near that.
         sum.add(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
-        sum.add(&[0, 0, 0, NEXT_HEADER_ICMPV6]);
+        sum.add(&[0, 0, 0, next_header]);
         sum
     }
 
-    fn add(&mut self, bytes: &[u8]) {
-        let mut words = bytes.chunks_exact(2);
+    /// The sum folded to 16 bits, not complemented: what a checksum field holds for a packet
+    /// whose checksum the receiver completes (a partial checksum).
+    pub(crate) fn folded(&self) -> u16 {
+        let mut sum = self.0;
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        // The loop leaves at most 16 bits.
+        sum as u16
+    }
+
+    pub(crate) fn add(&mut self, bytes: &[u8]) {
+        // 32-bit words into a 64-bit sum: end-around carry makes the one's complement sum of
+        // 32-bit words fold to the sum of 16-bit words (RFC 1071 section 2 (B)), and no piece
+        // is long enough to overflow 64 bits.
+        let mut quads = bytes.chunks_exact(4);
+        for q in &mut quads {
+            self.0 += u64::from(u32::from_be_bytes([q[0], q[1], q[2], q[3]]));
+        }
+        let mut words = quads.remainder().chunks_exact(2);
         for w in &mut words {
             self.0 += u64::from(u16::from_be_bytes([w[0], w[1]]));
         }
@@ -319,13 +348,8 @@ impl Checksum {
         }
     }
 
-    fn finish(self) -> u16 {
-        let mut sum = self.0;
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        // The loop leaves at most 16 bits.
-        !(sum as u16)
+    pub(crate) fn finish(self) -> u16 {
+        !self.folded()
     }
 }
 

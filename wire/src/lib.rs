@@ -25,6 +25,7 @@
 //! | [`router_id`] | the Babel router id (public key, zone, per-start random part) |
 //! | [`seal`] | AES-256-GCM sealing of data bodies |
 //! | [`icmp`] | ICMPv6 packets (RFC 4443) and the reference's out-of-band ICMP errors |
+//! | [`offload`] | TUN offloads: the virtio-net header, TCP super-packets cut and merged |
 //! | [`message`] | message-subsystem packets |
 //! | [`framing`] | hyphae's internal framing (postcard bodies) |
 //!
@@ -55,6 +56,7 @@ pub mod framing;
 pub mod icmp;
 pub mod identity;
 pub mod message;
+pub mod offload;
 pub mod packet;
 pub mod router_id;
 pub mod seal;

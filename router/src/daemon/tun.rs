@@ -2,7 +2,9 @@
 //! worker (`IFF_MULTI_QUEUE`, so each worker reads and writes its own descriptor and the
 //! kernel spreads flows over them), configured as the reference configures its device (MTU
 //! 1400, the node's address with prefix length 7 so all of `400::/7` routes into it, up), and
-//! read and written without blocking. The device is not persistent: it goes away when the
+//! read and written without blocking. Like the reference's, it carries a virtio-net header
+//! before every packet (`IFF_VNET_HDR`) with TCP segmentation offloads on, so the host hands
+//! over and takes back TCP super-packets (`hyphae_wire::offload`). The device is not persistent: it goes away when the
 //! last queue is closed, that is when the node stops.
 //!
 //! With `sockopt`, the only unsafe code in the crate: the TUN and interface ioctls and the
@@ -11,7 +13,7 @@
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::Ipv6Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -100,8 +102,23 @@ fn open_queue(name: &str) -> io::Result<OwnedFd> {
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut req = ifreq(name);
     req.ifr_ifru.ifru_flags =
-        (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE) as libc::c_short;
+        (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE | libc::IFF_VNET_HDR)
+            as libc::c_short;
     ioctl(&fd, libc::TUNSETIFF, &mut req)?;
+    // TCP super-packets both ways, and checksums left to whoever cuts them; without this
+    // every packet still carries a (zero) virtio-net header and nothing else changes.
+    let offloads = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+    // SAFETY: TUNSETOFFLOAD takes its flags by value.
+    if unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            offloads as libc::c_ulong,
+        )
+    } < 0
+    {
+        tracing::debug!("TUN offloads: {}", io::Error::last_os_error());
+    }
     Ok(fd)
 }
 
@@ -157,14 +174,17 @@ impl TunQueue {
         self.0.readable().await.map(Readable)
     }
 
-    /// Writes one packet. A TUN write hands the packet to the kernel's receive path at once;
-    /// it does not wait for room.
-    pub(crate) fn write(&self, packet: &[u8]) -> io::Result<()> {
+    /// Writes one packet (virtio-net header first) gathered from `parts`. A TUN write hands
+    /// the packet to the kernel's receive path at once; it does not wait for room.
+    pub(crate) fn write(&self, parts: &[IoSlice<'_>]) -> io::Result<()> {
         let fd = self.0.get_ref().as_raw_fd();
-        // SAFETY: `packet` is readable for its length.
-        let n = unsafe { libc::write(fd, packet.as_ptr().cast(), packet.len()) };
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let count = libc::c_int::try_from(parts.len())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: IoSlice is ABI-compatible with iovec, and every slice is readable.
+        let n = unsafe { libc::writev(fd, parts.as_ptr().cast(), count) };
         match usize::try_from(n) {
-            Ok(n) if n == packet.len() => Ok(()),
+            Ok(n) if n == len => Ok(()),
             Ok(_) => Err(io::ErrorKind::WriteZero.into()),
             Err(_) => Err(io::Error::last_os_error()),
         }

@@ -2,13 +2,23 @@
 //! forwarded like transit frames; packets addressed to us are written to the device. What the
 //! reference answers with an ICMPv6 error, we answer the same way, on the device.
 //!
-//! A packet is read into a frame buffer at [`SEALED_PAYLOAD_OFFSET`], with room for the frame
-//! headers before it and for tag and nonce after it, so sealing writes around it and encrypts
-//! it in place: it leaves for the peer link in the buffer it was read into. Packets read in
-//! one turn lie side by side in one chunk, and consecutive ones for one egress link are
+//! The device hands over TCP super-packets (up to 64 KiB, virtio-net header first). Each is cut
+//! into segments straight into frame buffers, at [`SEALED_PAYLOAD_OFFSET`] with room for the
+//! frame headers before and for tag and nonce after, so sealing writes around the segment and
+//! encrypts it in place: it leaves for the peer link in the buffer it was cut into. Segments
+//! of one turn lie side by side in one chunk, and consecutive ones for one egress link are
 //! rejoined into a single queued run, as transit frames are.
+//!
+//! The other way, packets opened for us during one batch of frames are collected, and
+//! consecutive segments of one TCP flow are written to the device as one super-packet (one
+//! gathered write of a header and the payloads where they were opened); anything else is
+//! written alone, its virtio-net header in the room the frame header leaves.
 
 use std::net::Ipv6Addr;
+
+use std::io::IoSlice;
+use std::ops::Range;
+use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::BytesMut;
 use hyphae_proto::PeerId;
@@ -17,21 +27,32 @@ use hyphae_wire::icmp::{
     IPV6_HEADER_LEN, Icmpv6Code, Icmpv6Packet, Icmpv6Type, MAX_QUOTE, OobIcmp,
 };
 use hyphae_wire::identity::PublicKey;
+use hyphae_wire::offload::{Segments, TcpMerge, VNET_HDR_LEN, VnetHdr};
 use hyphae_wire::seal::{NONCE_LEN, TAG_LEN, UserDataKind};
 
 use super::{Forwarder, MAX_RUN, Staged, State, Tally, Waiting, adjacent};
 
-/// Largest packet read from the device: its MTU is 1400, but an operator may raise it, and a
-/// longer packet would be cut by the read.
+/// Largest packet cut from what the device reads: its MTU is 1400, but an operator may raise
+/// it (up to a jumbo frame); a longer one is dropped.
 const MAX_PACKET: usize = 9000;
-/// One read's room in a chunk.
+/// One packet's room in a chunk.
 const SLOT: usize = SEALED_FRAME_OVERHEAD + MAX_PACKET;
-/// Packets read in one turn before they are forwarded.
-const READ_BATCH: usize = 64;
+/// Largest read: a virtio-net header and a 64 KiB super-packet.
+const MAX_READ: usize = VNET_HDR_LEN + u16::MAX as usize + IPV6_HEADER_LEN;
+/// Packets cut in one turn before they are forwarded.
+const READ_BATCH: usize = 128;
 /// Receive chunk: packets are read into it one after another.
 const CHUNK: usize = 256 * 1024;
 /// Room after the payload of a frame laid out for sealing.
 const TRAILER: usize = TAG_LEN + NONCE_LEN;
+
+/// A packet opened for us, waiting in its frame buffer to be written to the device.
+#[derive(Debug)]
+pub(super) struct Delivered {
+    buf: BytesMut,
+    /// The IPv6 packet's place in `buf`, at least [`VNET_HDR_LEN`] bytes in.
+    payload: Range<usize>,
+}
 
 /// A packet read from the device, in the frame buffer it will be sealed in.
 #[derive(Debug)]
@@ -65,7 +86,9 @@ impl Forwarder {
         let Some(tun) = self.tun.clone() else { return };
         let mut shutdown = self.shared.shutdown.clone();
         let mut chunk = BytesMut::zeroed(CHUNK);
-        let mut packets = Vec::with_capacity(READ_BATCH);
+        let mut scratch = vec![0u8; MAX_READ];
+        let mut packets = Vec::with_capacity(READ_BATCH + 64);
+        let mut bad = 0;
         loop {
             let mut ready = tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => return,
@@ -78,18 +101,42 @@ impl Forwarder {
                 },
             };
             while packets.len() < READ_BATCH {
-                if chunk.len() < SLOT {
-                    chunk = BytesMut::zeroed(CHUNK);
-                }
-                let room = &mut chunk[SEALED_PAYLOAD_OFFSET..SLOT - TRAILER];
-                match ready.read(room) {
+                let n = match ready.read(&mut scratch) {
                     None => break,
-                    Some(Ok(n)) => packets.push(chunk.split_to(SEALED_FRAME_OVERHEAD + n)),
+                    Some(Ok(n)) => n,
                     Some(Err(e)) => {
                         tracing::debug!(worker = self.worker, "TUN read: {e}");
                         break;
                     }
+                };
+                let segments = VnetHdr::decode(&scratch[..n])
+                    .and_then(|h| Segments::new(h, &scratch[VNET_HDR_LEN..n]));
+                let mut segments = match segments {
+                    Ok(s) => s,
+                    Err(e) => {
+                        bad += 1;
+                        tracing::debug!(worker = self.worker, "TUN read: {e}");
+                        continue;
+                    }
+                };
+                while let Some(len) = segments.next_len() {
+                    if len > MAX_PACKET {
+                        bad += 1;
+                        break;
+                    }
+                    if chunk.len() < SLOT {
+                        chunk = BytesMut::zeroed(CHUNK);
+                    }
+                    let room = &mut chunk[SEALED_PAYLOAD_OFFSET..SLOT - TRAILER];
+                    let Some(len) = segments.write_next(room) else {
+                        break;
+                    };
+                    packets.push(chunk.split_to(SEALED_FRAME_OVERHEAD + len));
                 }
+            }
+            if bad > 0 {
+                self.counters().drop_tun_invalid.fetch_add(bad, Relaxed);
+                bad = 0;
             }
             self.handle_tun(&mut packets);
             // Let the links write what was queued before reading more.
@@ -260,15 +307,77 @@ impl Forwarder {
         }
     }
 
-    /// Writes a packet addressed to us to the device, with the hop limit the frame arrived
-    /// with (as the reference). Without a device it is dropped (counted as opened).
-    pub(super) fn deliver_l3(&self, hop: u8, packet: &mut [u8], t: &mut Tally) {
+    /// Queues a packet addressed to us (at `payload` in the opened frame `buf`) for the
+    /// device, with the hop limit the frame arrived with (as the reference); the batch goes
+    /// out with [`Self::flush_tun`]. Without a device it is dropped (counted as opened).
+    pub(super) fn deliver_l3(
+        &self,
+        st: &mut State,
+        hop: u8,
+        mut buf: BytesMut,
+        payload: Range<usize>,
+        t: &mut Tally,
+    ) {
+        if self.tun.is_none() {
+            return;
+        }
+        let packet = &mut buf[payload.clone()];
         if packet.len() < IPV6_HEADER_LEN || packet[0] >> 4 != 6 {
             t.tun_invalid += 1;
             return;
         }
         packet[7] = hop;
-        self.write_tun(packet, t);
+        st.tun_out.push(Delivered { buf, payload });
+    }
+
+    /// Writes the packets [`Self::deliver_l3`] queued: consecutive segments of one TCP flow
+    /// as one super-packet, the rest one by one.
+    pub(super) fn flush_tun(&self, st: &mut State, t: &mut Tally) {
+        let Some(tun) = &self.tun else { return };
+        let mut out = std::mem::take(&mut st.tun_out);
+        let mut i = 0;
+        while i < out.len() {
+            let first = &out[i].buf[out[i].payload.clone()];
+            let mut end = i + 1;
+            let mut merge = TcpMerge::start(first);
+            if let Some(m) = &mut merge {
+                while end < out.len() && m.push(first, &out[end].buf[out[end].payload.clone()]) {
+                    end += 1;
+                }
+            }
+            let r = match merge {
+                Some(m) if end - i > 1 => {
+                    let mut head = [0u8; VNET_HDR_LEN + 120];
+                    let n = m.headers(first, &mut head);
+                    let mut parts = Vec::with_capacity(end - i + 1);
+                    parts.push(IoSlice::new(&head[..n]));
+                    parts.extend(
+                        out[i..end]
+                            .iter()
+                            .map(|d| IoSlice::new(m.payload(&d.buf[d.payload.clone()]))),
+                    );
+                    tun.write(&parts)
+                }
+                _ => {
+                    // The frame's headers lie before the payload: the (zero) virtio-net
+                    // header goes there.
+                    let d = &mut out[i];
+                    let start = d.payload.start - VNET_HDR_LEN;
+                    d.buf[start..d.payload.start].fill(0);
+                    tun.write(&[IoSlice::new(&d.buf[start..d.payload.end])])
+                }
+            };
+            match r {
+                Ok(()) => t.tun_written += (end - i) as u64,
+                Err(e) => {
+                    t.tun_write_failed += (end - i) as u64;
+                    tracing::debug!(worker = self.worker, "TUN write: {e}");
+                }
+            }
+            i = end;
+        }
+        out.clear();
+        st.tun_out = out;
     }
 
     /// Turns an error the overlay reports about a packet we sent (out-of-band ICMP: the
@@ -315,10 +424,11 @@ impl Forwarder {
         }
     }
 
-    /// Writes one packet to the device; whether it was taken.
+    /// Writes one packet to the device on its own; whether it was taken.
     fn write_tun(&self, packet: &[u8], t: &mut Tally) -> bool {
         let Some(tun) = &self.tun else { return false };
-        match tun.write(packet) {
+        let plain = [0u8; VNET_HDR_LEN];
+        match tun.write(&[IoSlice::new(&plain), IoSlice::new(packet)]) {
             Ok(()) => {
                 t.tun_written += 1;
                 true

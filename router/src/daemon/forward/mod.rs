@@ -73,6 +73,8 @@ struct State {
     pending_len: usize,
     /// Out-of-band ICMP errors sent in the current second, and since when.
     icmp_budget: (Option<Instant>, u32),
+    /// Packets opened for us in the current batch, for the TUN device.
+    tun_out: Vec<l3::Delivered>,
 }
 
 impl State {
@@ -143,6 +145,7 @@ impl Forwarder {
             pending: HashMap::with_hasher(SeededState::new(seed.rotate_left(16))),
             pending_len: 0,
             icmp_budget: (None, 0),
+            tun_out: Vec::new(),
         };
         Self {
             worker,
@@ -416,6 +419,7 @@ impl Forwarder {
         }
         src_run.flush(&mut st.stats.by_source);
         dst_run.flush(&mut st.stats.by_destination);
+        self.flush_tun(st, &mut t);
         t.publish(self.counters());
     }
 
@@ -543,6 +547,7 @@ impl Forwarder {
             !q.is_empty()
         });
         st.pending = pending;
+        self.flush_tun(st, &mut t);
         t.publish(self.counters());
     }
 
@@ -582,8 +587,7 @@ impl Forwarder {
             }
             UserDataKind::L3 => {
                 let hop = frame.hop_limit();
-                let mut buf = frame.into_inner();
-                self.deliver_l3(hop, &mut buf[payload], t);
+                self.deliver_l3(st, hop, frame.into_inner(), payload, t);
             }
             UserDataKind::OOB_ICMP => {
                 let header = DataHeader::parse(&frame);
