@@ -321,6 +321,31 @@ fn chain_traffic(kinds: [Kind; 3]) {
     let nodes = first_packet_before_route(&kinds);
     pings_both_ways(&nodes[0], &nodes[2]);
     transfers_both_ways(&nodes[0], &nodes[2]);
+    hop_limit_error_from_the_middle(&nodes);
+}
+
+/// A ping from the first node to the last with hop limit 2 dies at the middle node, which can
+/// not read it and reports it out of band (sealed for the first node); the first node turns
+/// that back into an ICMPv6 Time Exceeded from the middle node, whose errors come from the
+/// first address of its /64 (stock's choice, which hyphae follows).
+#[track_caller]
+fn hop_limit_error_from_the_middle(nodes: &[NsNode]) {
+    let (first, middle, last) = (&nodes[0], &nodes[1], &nodes[2]);
+    let p = first.ping(last.address, &["-c", "1", "-t", "2", "-W", "5"]);
+    assert_eq!(
+        p.received, 0,
+        "hop limit 2 cannot reach the far end:\n{}",
+        p.output
+    );
+    let reporter = Ipv6Addr::from(u128::from(middle.address) >> 64 << 64);
+    let from_middle = format!("From {reporter} icmp_seq=1 Time exceeded: Hop limit");
+    assert!(
+        p.output.contains(&from_middle),
+        "{} gets Time Exceeded from {} ({reporter}):\n{}",
+        first.name,
+        middle.name,
+        p.output
+    );
 }
 
 /// A packet read from A's TUN whose source is outside A's /64 (an address on A's loopback, in

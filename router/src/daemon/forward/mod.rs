@@ -451,7 +451,9 @@ impl Forwarder {
         let key = st
             .keys
             .get(&shared.node.secret, pk, &shared.key_cache_evictions);
-        let error = OobIcmp::new(ty, code, shared.node.address, src, dst, frame.body());
+        // As the reference, from the first address of our /64 (not the node's own).
+        let own = Ipv6Addr::from(u128::from(shared.node.address) >> 64 << 64);
+        let error = OobIcmp::new(ty, code, own, src, dst, frame.body());
         let mut out = BytesMut::with_capacity(DATA_OVERHEAD + SEAL_OVERHEAD + error.encoded_len());
         if error.emit_sealed(63, key, nonce, &mut out).is_ok() && egress.enqueue(out.freeze(), 1) {
             t.icmp += 1;
