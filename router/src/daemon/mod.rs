@@ -12,6 +12,7 @@
 //!
 //!  worker 0 .. N-1 (worker): one thread, one runtime each (tokio-uring, or tokio current-thread)
 //!    tcp: listener (SO_REUSEPORT) and dialed links    peer: read -> deframe -> forward
+//!    its queue of the TUN device (tun, IFF_MULTI_QUEUE)  forward::l3: read -> cut -> seal
 //!    HOME worker also: message task (message_task), local socket (local_socket),
 //!                      QUIC endpoint (quic), link-local discovery (discovery)
 //! ```
@@ -24,7 +25,7 @@
 //! | front ends | `api` (+ `metrics`), `local_socket` |
 //! | threads | `control`, `worker` |
 //! | tasks and links | `message_task` (+ `topic_forward`), `discovery`, `tcp`, `quic`, `peer` |
-//! | data path | `forward`, `link` (I/O halves and drivers), `sockopt` |
+//! | data path | `forward` (+ `l3`, the IPv6 overlay), `link` (I/O halves and drivers), `tun`, `sockopt` |
 //! | shared vocabulary | `inbox` (commands), `shared`, `peers`, `keys`, [`endpoint`], [`config`], `error` |
 //!
 //! # The path of one forwarded frame
@@ -48,6 +49,18 @@
 //! node in place and hands the packet, a slice of the receive buffer, to that node's message
 //! task, which acknowledges it and delivers the message to a waiting receiver, a subscription,
 //! or a topic's forward socket (`topic_forward`).
+//!
+//! # The path of one IPv6 packet
+//!
+//! The host sends to an overlay address; 400::/7 routes into the TUN device, and the kernel
+//! picks one of its queues (one per worker) by flow. The worker's `Forwarder::serve_tun` reads
+//! a TCP super-packet of up to 64 KiB, cuts it into segments straight into frame buffers
+//! (`hyphae_wire::offload::Segments`), and `handle_tun` checks each (source in our /64, else
+//! dropped and counted), seals it where it lies (`DataHeader::seal_in_place`) and queues it on
+//! the egress link like a forwarded frame, or holds it while the route is looked for (then
+//! ICMPv6 "no route" on the device). At the far end `handle_frames` opens the frame in place;
+//! the packets of one read batch are written to the device together, consecutive segments of
+//! one TCP flow as one super-packet (`hyphae_wire::offload::TcpMerge`).
 
 pub mod config;
 pub mod endpoint;
