@@ -64,6 +64,14 @@ pub(super) struct Outbound {
 }
 
 impl Outbound {
+    /// The same, in a buffer of its own size (see `Waiting::compact`).
+    pub(super) fn compact(self) -> Self {
+        Self {
+            buf: BytesMut::from(&self.buf[..]),
+            header: self.header,
+        }
+    }
+
     fn packet(&self) -> &[u8] {
         &self.buf[SEALED_PAYLOAD_OFFSET..self.buf.len() - TRAILER]
     }

@@ -77,6 +77,23 @@ struct State {
     tun_out: Vec<l3::Delivered>,
 }
 
+impl Waiting {
+    /// The same, in a buffer of its own size: what waits must not keep the whole receive
+    /// buffer or read chunk it came in alive (up to [`MAX_PENDING`] of them, for seconds).
+    fn compact(self) -> Self {
+        let copy =
+            |f: DataFrame<BytesMut>| match DataFrame::new_checked(BytesMut::from(f.as_bytes())) {
+                Ok(c) => c,
+                Err(_) => f,
+            };
+        match self {
+            Self::Transit(f) => Self::Transit(copy(f)),
+            Self::ForUs(f) => Self::ForUs(copy(f)),
+            Self::FromTun(o) => Self::FromTun(o.compact()),
+        }
+    }
+}
+
 impl State {
     /// Whether one more ICMP error fits this second's budget (and spends it if so).
     fn icmp_allowed(&mut self) -> bool {
@@ -474,7 +491,7 @@ impl Forwarder {
         }
         q.push_back(Held {
             since: Instant::now(),
-            what,
+            what: what.compact(),
         });
         st.pending_len += 1;
         if st.pending_len == 1 {
@@ -605,6 +622,33 @@ impl Forwarder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_waits_for_a_route_lets_its_read_buffer_go() {
+        let mut header = Vec::new();
+        DataHeader {
+            hop_limit: 9,
+            src: "4a9::1".parse().unwrap(),
+            dst: "5ff::2".parse().unwrap(),
+        }
+        .emit_frame(&[7; 100], &mut header)
+        .unwrap();
+        let mut read = BytesMut::with_capacity(256 * 1024);
+        read.extend_from_slice(&header);
+        read.extend_from_slice(&[0; 4096]);
+        let base = read.as_ptr() as usize;
+        let frame = DataFrame::new_checked(read.split_to(header.len())).unwrap();
+        let Waiting::Transit(held) = Waiting::Transit(frame).compact() else {
+            unreachable!()
+        };
+        let at = held.as_bytes().as_ptr() as usize;
+        assert!(
+            !(base..base + 256 * 1024).contains(&at),
+            "a copy of its own"
+        );
+        assert_eq!(held.as_bytes(), &header[..]);
+        assert!(held.into_inner().capacity() < 1024, "sized to the frame");
+    }
 
     #[test]
     fn frames_split_from_one_read_rejoin_without_copying() {
