@@ -67,7 +67,6 @@ impl Router {
                 std::fs::write(&key, [0x77u8; 32])?;
                 cmd = pinned_command(&launch.hyphae, cpu);
                 router_args(&mut cmd, &key, port, api, &launch.driver, launch.workers);
-                cmd.arg("--no-tun");
                 if let Some(n) = launch.rcvbuf {
                     cmd.args(["--tcp-rcvbuf", &n.to_string()]);
                 }

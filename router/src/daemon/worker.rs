@@ -28,8 +28,6 @@ use super::tcp::Tcp;
 use super::tun::TunQueue;
 use super::{discovery, local_socket, message_task};
 
-mod probe;
-
 /// The worker that runs the node's single tasks beside its share of the links: the message
 /// task (so a message packet from one of its links, or a request on the local socket, reaches
 /// the state machine without a thread hop), the local socket and link-local discovery.
@@ -142,26 +140,13 @@ pub(crate) fn spawn_thread<F: FnOnce() + Send + 'static>(
         .map_err(|e| StartError::Other(format!("spawning thread {name}: {e}")))
 }
 
-/// Decides the driver once, at start, and logs why. `auto` measures both drivers on this
-/// machine ([`probe`]) and runs io_uring only if it is clearly faster; on the machine the
-/// committed figures come from it never was (`bench/src/bin/uringbench.rs`: tokio-uring
-/// forwards 4-34 % fewer frames per second than plain tokio on epoll, worst with many links).
+/// Decides the driver once, at start, and logs why. `auto` is the portable driver: measured
+/// on the machine these figures come from (`bench/src/bin/uringbench.rs`, bench/README.md),
+/// tokio-uring forwards 4-34 % fewer frames per second than plain tokio (epoll), worst with
+/// many links; `uring` stays available for comparison.
 pub(crate) fn pick_driver(choice: DriverChoice) -> Result<Driver, StartError> {
     match choice {
-        DriverChoice::Portable => Ok(Driver::Portable),
-        DriverChoice::Auto => {
-            let m = probe::measure();
-            let driver = m.choice();
-            let gbs = |b: f64| format!("{:.2} GB/s", b / 1e9);
-            let uring = m
-                .uring
-                .as_ref()
-                .map_or_else(|e| format!("unavailable ({e})"), |b| gbs(*b));
-            tracing::info!(portable = %gbs(m.portable), io_uring = %uring, chosen = ?driver,
-                "driver auto: measured both on loopback (io_uring needs {}x to be chosen)",
-                probe::MARGIN);
-            Ok(driver)
-        }
+        DriverChoice::Portable | DriverChoice::Auto => Ok(Driver::Portable),
         DriverChoice::Uring => match uring_available() {
             Ok(()) => Ok(Driver::Uring),
             Err(e) => Err(StartError::Other(format!("io_uring unavailable: {e}"))),
