@@ -165,7 +165,13 @@ impl fmt::Debug for SealingKey {
 /// A fresh random nonce from the operating system.
 #[cfg(feature = "std")]
 pub fn random_nonce() -> Result<[u8; NONCE_LEN], getrandom::Error> {
-    let mut n = [0; NONCE_LEN];
+    random_bytes()
+}
+
+/// `N` fresh random bytes from the operating system.
+#[cfg(feature = "std")]
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], getrandom::Error> {
+    let mut n = [0; N];
     getrandom::fill(&mut n)?;
     Ok(n)
 }

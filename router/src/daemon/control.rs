@@ -23,6 +23,8 @@ use super::worker::Workers;
 
 /// How often dead configured peers are redialed (the reference's interval).
 const REDIAL_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a peer's control queue may stay full before the link is closed.
+const CONTROL_STALL: Duration = Duration::from_secs(10);
 /// Failed connects after which a discovered peer is forgotten (the reference's rule).
 const MAX_DISCOVERED_FAILURES: u32 = 3;
 /// Messages handled before outputs are flushed (batches FIB publications).
@@ -54,6 +56,8 @@ struct Control {
     workers: Workers,
     tx_buf: BytesMut,
     fib_dirty: bool,
+    /// Peers whose control queue is full, since when.
+    control_full_since: HashMap<PeerId, Instant>,
 }
 
 /// The control thread's body.
@@ -89,6 +93,7 @@ pub(crate) fn run(
         workers,
         tx_buf: BytesMut::with_capacity(64 * 1024),
         fib_dirty: false,
+        control_full_since: HashMap::new(),
         shared: shared.clone(),
     };
     for ep in shared.settings.peers.clone() {
@@ -141,6 +146,7 @@ impl Control {
                 self.router.handle_peer_up(now, handle.id, link);
             }
             ControlMsg::PeerDown { peer } => {
+                self.control_full_since.remove(&peer);
                 if let Some((h, _)) = self.links.remove(&peer)
                     && let Some(c) = self.configured.get_mut(&h.endpoint)
                     && c.state == PeerState::Alive(peer)
@@ -223,7 +229,19 @@ impl Control {
             self.tx_buf.reserve(t.tlv.frame_len());
             t.tlv.encode_frame(&mut self.tx_buf);
             let frame: Bytes = self.tx_buf.split().freeze();
-            let _ = h.ctl_tx.send(frame);
+            if h.enqueue_control(frame) {
+                self.control_full_since.remove(&t.peer);
+                continue;
+            }
+            // A peer that lets its control queue stay full is not reading: it goes, once.
+            let now = Instant::now();
+            let since = *self.control_full_since.entry(t.peer).or_insert(now);
+            if now.duration_since(since) >= CONTROL_STALL {
+                self.control_full_since.remove(&t.peer);
+                tracing::warn!(peer = t.peer.0, endpoint = %h.endpoint,
+                    "closing link: its control queue stayed full for {CONTROL_STALL:?}");
+                let _ = h.close.send(true);
+            }
         }
         let mut changed = Vec::new();
         while let Some(ch) = self.router.poll_fib_change() {
@@ -344,6 +362,7 @@ impl Control {
                     peers: self.links.len(),
                     tlvs: s.tlvs,
                     updates_filtered: s.updates_filtered,
+                    answers_rate_limited: s.answers_rate_limited,
                 });
             }
         }

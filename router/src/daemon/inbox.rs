@@ -126,6 +126,8 @@ pub(crate) struct ControlStats {
     pub(crate) tlvs: u64,
     /// Updates dropped by filters.
     pub(crate) updates_filtered: u64,
+    /// Requests left unanswered over a peer's per-second budget.
+    pub(crate) answers_rate_limited: u64,
 }
 
 /// A request to the message task.

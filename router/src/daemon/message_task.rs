@@ -60,6 +60,8 @@ struct MessageTask {
     forward_slots: Arc<tokio::sync::Semaphore>,
     /// Destinations without a route, since when.
     unreachable: HashMap<PublicKey, Instant>,
+    /// Messages pushed so far (numbers their ids).
+    pushed: u64,
 }
 
 /// The message subsystem's task, until shutdown. It runs on the home worker, beside the peer
@@ -80,6 +82,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut inbox: mpsc::Receiver<MsgCmd>) 
         unreachable: HashMap::new(),
         forwards: HashMap::new(),
         forward_slots: Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS)),
+        pushed: 0,
     };
     let mut shutdown = shared.shutdown.clone();
     loop {
@@ -112,10 +115,12 @@ pub(crate) async fn run(shared: Arc<Shared>, mut inbox: mpsc::Receiver<MsgCmd>) 
 /// Message packets sealed and sent per turn of the message task, between turns of the links.
 const FLUSH_BUDGET: usize = 256;
 
-/// A fresh random message id.
-fn new_id() -> MessageId {
-    let n = hyphae_wire::seal::random_nonce().unwrap_or_default();
-    MessageId([n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7]])
+/// The `n`th message id of a node whose id key is `key`: unpredictable to anyone without the
+/// key, and distinct from the ids before it as random ids are.
+fn message_id(key: &[u8; 32], n: u64) -> MessageId {
+    let h = blake3::keyed_hash(key, &n.to_le_bytes());
+    let b = h.as_bytes();
+    MessageId([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
 }
 
 impl MessageTask {
@@ -142,7 +147,8 @@ impl MessageTask {
                 wait,
                 tx,
             } => {
-                let id = new_id();
+                self.pushed += 1;
+                let id = message_id(&self.shared.node.message_id_key, self.pushed);
                 match self.m.push(now, id, dst, &topic, payload) {
                     Err(e) => {
                         let _ = tx.send(Err(e));
@@ -444,5 +450,28 @@ impl MessageTask {
         {
             egress.enqueue(frame.freeze(), 1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_are_distinct_and_keyed() {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let ids: std::collections::HashSet<_> = (1..=10_000).map(|n| message_id(&a, n).0).collect();
+        assert_eq!(ids.len(), 10_000, "no repeats");
+        assert!(!ids.contains(&[0; 8]));
+        assert_eq!(
+            message_id(&a, 7),
+            message_id(&a, 7),
+            "a function of key and count"
+        );
+        assert_ne!(
+            message_id(&a, 7),
+            message_id(&b, 7),
+            "another node's ids differ"
+        );
     }
 }

@@ -40,8 +40,13 @@ pub(crate) async fn prometheus(State(s): State<Arc<Shared>>) -> Response {
         "# TYPE hyphae_updates_filtered_total counter\nhyphae_updates_filtered_total {}",
         c.updates_filtered
     );
+    let _ = writeln!(
+        out,
+        "# TYPE hyphae_answers_rate_limited_total counter\nhyphae_answers_rate_limited_total {}",
+        c.answers_rate_limited
+    );
     let peers = s.peers.load();
-    let per_peer: [(&str, Read<PeerHandle>); 6] = [
+    let per_peer: [(&str, Read<PeerHandle>); 8] = [
         ("rx_bytes", |h| h.counters.rx_bytes.load(Relaxed)),
         ("rx_frames", |h| h.counters.rx_frames.load(Relaxed)),
         ("tx_bytes", |h| h.counters.tx_bytes.load(Relaxed)),
@@ -50,6 +55,12 @@ pub(crate) async fn prometheus(State(s): State<Arc<Shared>>) -> Response {
             h.counters.dropped_queue_full.load(Relaxed)
         }),
         ("queued_bytes", |h| h.queued.load(Relaxed) as u64),
+        ("control_drops", |h| {
+            h.counters.dropped_control.load(Relaxed)
+        }),
+        ("control_queued_bytes", |h| {
+            h.ctl_queued.load(Relaxed) as u64
+        }),
     ];
     for (name, f) in per_peer {
         let _ = writeln!(out, "# TYPE hyphae_peer_{name} gauge");

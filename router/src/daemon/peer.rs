@@ -66,6 +66,7 @@ pub(crate) async fn up(fwd: &Forwarder, info: LinkInfo) -> Option<Up> {
         data_tx,
         queued: Default::default(),
         ctl_tx,
+        ctl_queued: Default::default(),
         counters: PeerCounters::default(),
         close,
     });
@@ -218,6 +219,7 @@ async fn write_loop<W: LinkWrite>(
                 }
             }
         }
+        let ctl_bytes: usize = batch.iter().map(Bytes::len).sum();
         let mut data_bytes = 0;
         let mut frames = batch.len() as u64;
         for run in runs.drain(..) {
@@ -230,6 +232,7 @@ async fn write_loop<W: LinkWrite>(
         batch = b;
         batch.clear();
         h.queued.fetch_sub(data_bytes, Relaxed);
+        h.ctl_queued.fetch_sub(ctl_bytes, Relaxed);
         if let Err(e) = r {
             tracing::debug!(peer = h.id.0, "write: {e}");
             break;

@@ -17,6 +17,11 @@ use super::endpoint::{Endpoint, Proto};
 /// millisecond at the rates one core forwards, so a saturated link adds bounded delay.
 pub(crate) const PEER_QUEUE_BYTES: usize = 512 * 1024;
 
+/// Bytes of control frames (Babel TLVs) a peer's queue holds before new ones are dropped and
+/// counted: a full route table's Updates (about 60,000 routes) fit, a peer that stops reading
+/// while it floods requests does not grow the node.
+pub(crate) const CONTROL_QUEUE_BYTES: usize = 4 << 20;
+
 /// How a peer came to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PeerType {
@@ -52,6 +57,8 @@ pub(crate) struct PeerCounters {
     pub(crate) tx_frames: AtomicU64,
     /// Frames dropped because this peer's egress queue was full.
     pub(crate) dropped_queue_full: AtomicU64,
+    /// Control frames dropped because this peer's control queue was full.
+    pub(crate) dropped_control: AtomicU64,
 }
 
 /// A run of whole frames queued for one peer, and how many frames it holds.
@@ -80,8 +87,11 @@ pub(crate) struct PeerHandle {
     pub(crate) data_tx: mpsc::UnboundedSender<QueuedRun>,
     /// Bytes queued on `data_tx` and not yet written.
     pub(crate) queued: AtomicUsize,
-    /// Control frames to send (sent before data).
+    /// Control frames to send (sent before data); bounded in bytes by
+    /// [`PeerHandle::enqueue_control`].
     pub(crate) ctl_tx: mpsc::UnboundedSender<Bytes>,
+    /// Bytes queued on `ctl_tx` and not yet written.
+    pub(crate) ctl_queued: AtomicUsize,
     /// Counters.
     pub(crate) counters: PeerCounters,
     /// Set to true to close the link.
@@ -104,6 +114,19 @@ impl PeerHandle {
         }
         if self.data_tx.send(QueuedRun { bytes: run, frames }).is_err() {
             self.queued.fetch_sub(len, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Queues a control frame. Returns false, queuing nothing and counting the drop, when the
+    /// queue holds [`CONTROL_QUEUE_BYTES`] already (or the link is gone).
+    pub(crate) fn enqueue_control(&self, frame: Bytes) -> bool {
+        let len = frame.len();
+        let before = self.ctl_queued.fetch_add(len, Relaxed);
+        if before + len > CONTROL_QUEUE_BYTES || self.ctl_tx.send(frame).is_err() {
+            self.ctl_queued.fetch_sub(len, Relaxed);
+            self.counters.dropped_control.fetch_add(1, Relaxed);
             return false;
         }
         true
@@ -163,5 +186,54 @@ impl PeerTable {
             m.remove(&id);
             m
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle() -> (PeerHandle, mpsc::UnboundedReceiver<Bytes>) {
+        let (data_tx, _) = mpsc::unbounded_channel();
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let addr: SocketAddr = "[::1]:9651".parse().unwrap();
+        let h = PeerHandle {
+            id: PeerId(1),
+            endpoint: Endpoint {
+                proto: Proto::Tcp,
+                addr,
+            },
+            local: addr,
+            kind: PeerType::Inbound,
+            worker: 0,
+            data_tx,
+            queued: AtomicUsize::new(0),
+            ctl_tx,
+            ctl_queued: AtomicUsize::new(0),
+            counters: PeerCounters::default(),
+            close: watch::channel(false).0,
+        };
+        (h, ctl_rx)
+    }
+
+    #[test]
+    fn control_queue_is_bounded_in_bytes_and_counts_drops() {
+        let (h, mut rx) = handle();
+        let frame = Bytes::from(vec![0u8; 64 * 1024]);
+        let fits = CONTROL_QUEUE_BYTES / frame.len();
+        for _ in 0..fits {
+            assert!(h.enqueue_control(frame.clone()));
+        }
+        assert!(!h.enqueue_control(frame.clone()), "over the budget");
+        assert!(
+            !h.enqueue_control(Bytes::from_static(&[1; 8])),
+            "still full"
+        );
+        assert_eq!(h.counters.dropped_control.load(Relaxed), 2);
+        assert_eq!(h.ctl_queued.load(Relaxed), CONTROL_QUEUE_BYTES);
+        // The writer takes one and gives its bytes back: room again.
+        assert!(rx.try_recv().is_ok());
+        h.ctl_queued.fetch_sub(frame.len(), Relaxed);
+        assert!(h.enqueue_control(frame));
     }
 }

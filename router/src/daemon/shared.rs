@@ -31,6 +31,12 @@ pub(crate) struct Node {
     pub(crate) router_id: RouterId,
     /// Start time, Unix seconds.
     pub(crate) start_time: u64,
+    /// Random at start: keys the hashes of tables peers fill (a start without randomness
+    /// fails; nothing falls back to a fixed seed).
+    pub(crate) hash_seed: u64,
+    /// Random at start: message ids are this key's hash of a counter (unpredictable and
+    /// distinct, with no later call to the random source that could fail).
+    pub(crate) message_id_key: [u8; 32],
 }
 
 /// The data plane's counters, one set per worker.

@@ -72,6 +72,8 @@ pub fn start(settings: Settings) -> Result<Running, StartError> {
     let hash_seed = u64::from_le_bytes([
         rnd[4], rnd[5], rnd[6], rnd[7], rnd[8], rnd[9], rnd[10], rnd[11],
     ]);
+    let message_id_key = hyphae_wire::seal::random_bytes::<32>()
+        .map_err(|e| StartError::Other(format!("no randomness: {e}")))?;
     let node = Node {
         address: public.address(),
         subnet: public.subnet(),
@@ -81,6 +83,8 @@ pub fn start(settings: Settings) -> Result<Running, StartError> {
         start_time: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        hash_seed,
+        message_id_key,
     };
     tracing::info!(address = %node.address, subnet = %node.subnet, pubkey = %node.public, "node identity");
 

@@ -224,10 +224,9 @@ async fn worker_main(
     home: Option<HomeTasks>,
     mut cmds: mpsc::UnboundedReceiver<WorkerCmd>,
 ) {
-    // The packet-count tables are keyed by addresses peers choose: seed their hash randomly.
-    let seed = hyphae_wire::seal::random_nonce().map_or(idx as u64, |n| {
-        u64::from_le_bytes([n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7]])
-    });
+    // The packet-count tables are keyed by addresses peers choose: their hash is keyed by the
+    // node's random seed, different on every worker.
+    let seed = shared.node.hash_seed ^ (idx as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let tun = match listeners.tun.map(TunQueue::new).transpose() {
         Ok(t) => t,
         Err(e) => {

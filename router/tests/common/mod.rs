@@ -323,9 +323,13 @@ pub struct FakePeer {
 
 impl FakePeer {
     pub fn connect(port: u16, seed: u8) -> Self {
+        Self::from_stream(TcpStream::connect(("127.0.0.1", port)).unwrap(), seed)
+    }
+
+    /// A fake peer on a connection made elsewhere (for socket options set before connecting).
+    pub fn from_stream(stream: TcpStream, seed: u8) -> Self {
         let secret = SecretKey::from_bytes([seed; 32]);
         let public = secret.public_key();
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         stream.set_nodelay(true).unwrap();
         let router_id = RouterId::new(&public, 0, [seed, 1, 2, 3, 4, 5]);
         Self {

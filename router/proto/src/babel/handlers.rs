@@ -150,11 +150,15 @@ impl Router {
             return;
         };
         if self.own_subnet.contains_subnet(&p) {
-            self.send_own_update(now, Some(peer));
+            if self.may_answer(now, peer) {
+                self.send_own_update(now, Some(peer));
+            }
             return;
         }
         if let Some(s) = self.covering_selected(&p) {
-            if self.selected_route(&s).is_some_and(|v| v.next_hop != peer) {
+            if self.selected_route(&s).is_some_and(|v| v.next_hop != peer)
+                && self.may_answer(now, peer)
+            {
                 self.send_selected(now, s, Some(peer));
             }
             return;
@@ -190,7 +194,7 @@ impl Router {
         if s == self.own_subnet {
             if sr.router_id == self.router_id && sr.seqno.gt(self.seqno) {
                 self.bump_seqno(now);
-            } else {
+            } else if self.may_answer(now, peer) {
                 self.send_own_update(now, Some(peer));
             }
             return;
@@ -414,6 +418,16 @@ impl Router {
             prefix: s,
         };
         self.push(to, Tlv::SeqnoRequest(sr));
+    }
+
+    /// Whether `peer`'s request may be answered now (its per-second budget); counts the ones
+    /// that may not.
+    fn may_answer(&mut self, now: Instant, peer: PeerId) -> bool {
+        let ok = self.peers.get_mut(&peer).is_some_and(|n| n.may_answer(now));
+        if !ok {
+            self.stats.answers_rate_limited += 1;
+        }
+        ok
     }
 
     /// Answers a wildcard RouteRequest: own route and every selected route (rate-limited).

@@ -47,7 +47,7 @@ mod routes;
 mod source;
 mod timers;
 
-pub use neighbour::LinkKind;
+pub use neighbour::{ANSWERS_PER_SECOND, LinkKind};
 pub use requests::{ROUTE_QUERY_TIMEOUT, SEQNO_DEDUP_TTL};
 pub use routes::SIGNIFICANT_METRIC_IMPROVEMENT;
 pub use source::SOURCE_HOLD;
@@ -207,6 +207,9 @@ pub struct Stats {
     pub seqno_requests_deduped: u64,
     /// RouteRequests forwarded.
     pub route_requests_forwarded: u64,
+    /// Route and seqno requests left unanswered: the asking peer's per-second budget
+    /// ([`ANSWERS_PER_SECOND`]) was spent.
+    pub answers_rate_limited: u64,
 }
 
 /// The routing control plane of one node. See the module docs.

@@ -39,6 +39,10 @@ impl LinkKind {
     }
 }
 
+/// Most answers to one peer's specific route and seqno requests per second: far more than a
+/// node asks for in normal operation (it asks once per route it needs).
+pub const ANSWERS_PER_SECOND: u32 = 100;
+
 /// One directly connected peer.
 #[derive(Debug, Clone)]
 pub(crate) struct Neighbour {
@@ -50,6 +54,8 @@ pub(crate) struct Neighbour {
     pub(crate) last_ihu: Instant,
     /// When we last answered a wildcard route request from this peer.
     pub(crate) last_dump: Option<Instant>,
+    /// Answers to this peer's route and seqno requests in the current second, and since when.
+    answers: (Option<Instant>, u32),
     /// Route entries learned from this peer.
     pub(crate) routes: usize,
 }
@@ -63,7 +69,24 @@ impl Neighbour {
             last_hello_sent: None,
             last_ihu: now,
             last_dump: None,
+            answers: (None, 0),
             routes: 0,
+        }
+    }
+
+    /// Whether one more answer to this peer's requests fits the per-second budget
+    /// ([`ANSWERS_PER_SECOND`]); spends it if so. A peer asking for the same route over and
+    /// over (or never reading the answers) gets no more than that.
+    pub(crate) fn may_answer(&mut self, now: Instant) -> bool {
+        match self.answers {
+            (Some(since), n) if now < since + Duration::from_secs(1) => {
+                self.answers.1 = n.saturating_add(1);
+                n < ANSWERS_PER_SECOND
+            }
+            _ => {
+                self.answers = (Some(now), 1);
+                true
+            }
         }
     }
 

@@ -611,3 +611,36 @@ fn used_route_near_expiry_is_refreshed_by_route_request() {
     );
     assert_eq!(r.queried().count(), 0, "query answered");
 }
+
+#[test]
+fn answers_to_one_peer_are_rate_limited() {
+    use super::ANSWERS_PER_SECOND;
+    let (mut r, t0) = setup();
+    r.handle_tlv(t0, PeerId(10), upd(2, 1, 100));
+    drain(&mut r);
+    let own = Tlv::RouteRequest(RouteRequest {
+        generation: 0,
+        prefix: Some(subnet_of(1)),
+    });
+    let selected = Tlv::RouteRequest(RouteRequest {
+        generation: 0,
+        prefix: Some(subnet_of(2)),
+    });
+    // A peer flooding requests for our subnet and a route we hold, within one second.
+    let mut answered = 0;
+    for i in 0..1000u64 {
+        let t = t0 + Duration::from_micros(i * 500);
+        r.handle_tlv(t, PeerId(11), if i % 2 == 0 { own } else { selected });
+        answered += updates_to(&drain(&mut r), PeerId(11)).len();
+    }
+    assert_eq!(answered, ANSWERS_PER_SECOND as usize);
+    assert_eq!(
+        r.stats().answers_rate_limited,
+        1000 - u64::from(ANSWERS_PER_SECOND)
+    );
+    // Another peer still gets its answer, and the flooding one again a second later.
+    r.handle_tlv(t0 + Duration::from_millis(600), PeerId(12), own);
+    assert_eq!(updates_to(&drain(&mut r), PeerId(12)).len(), 1);
+    r.handle_tlv(t0 + Duration::from_millis(1600), PeerId(11), own);
+    assert_eq!(updates_to(&drain(&mut r), PeerId(11)).len(), 1);
+}
