@@ -100,3 +100,88 @@ fn route_requests_from_a_peer_that_never_reads_are_bounded() {
     // closed the link, but it is alive.
     assert!(node.info()["nodeSubnet"].is_string());
 }
+
+/// A TCP connection to `port` from `src` (any 127/8 address works on loopback).
+fn connect_from(src: [u8; 4], port: u16) -> std::io::Result<TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(&std::net::SocketAddr::from((src, 0)).into())?;
+    s.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    Ok(s.into())
+}
+
+/// Whether the node closed `s` (EOF or reset) within `limit`.
+fn closed(s: &mut TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut b = [0u8; 4096];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            // Hellos and Updates from the node: it took the link.
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Idle connections from many addresses, and many from one address, are held only up to the
+/// caps (`--max-inbound`, `--max-inbound-per-address`); the rest are closed at once and
+/// counted. Before the caps every one was taken (1,500 idle connections, no limit).
+#[test]
+fn inbound_links_are_capped_in_total_and_per_address() {
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    let node = Node::start(
+        "capped",
+        "portable",
+        53,
+        &[
+            "--metrics-api-address".into(),
+            metrics.clone(),
+            "--max-inbound".into(),
+            "40".into(),
+            "--max-inbound-per-address".into(),
+            "3".into(),
+        ],
+    );
+    let metrics: std::net::SocketAddr = metrics.parse().unwrap();
+    let refused = |reason: &str| {
+        metric(
+            metrics,
+            &format!("hyphae_inbound_refused_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    // Five from one address: three are held, two closed.
+    let mut one: Vec<TcpStream> = (0..5)
+        .map(|_| connect_from([127, 0, 0, 200], node.port).unwrap())
+        .collect();
+    wait_until(Duration::from_secs(10), || refused("per_address") == 2)
+        .expect("two refused for their address");
+    let closed_now: usize = one
+        .iter_mut()
+        .map(|s| closed(s, Duration::from_millis(300)))
+        .filter(|c| *c)
+        .count();
+    assert_eq!(closed_now, 2, "the two over the per-address cap are closed");
+    // Sixty from sixty addresses: the node holds 40 in all (3 of them from above).
+    let many: Vec<TcpStream> = (1..=60u8)
+        .map(|i| connect_from([127, 0, 1, i], node.port).unwrap())
+        .collect();
+    wait_until(Duration::from_secs(10), || refused("total") == 23)
+        .unwrap_or_else(|| panic!("23 refused for the total, not {}", refused("total")));
+    assert_eq!(metric(metrics, "hyphae_inbound_links"), 40);
+    // Places come back when links close.
+    drop(many);
+    drop(one);
+    wait_until(Duration::from_secs(10), || {
+        metric(metrics, "hyphae_inbound_links") == 0
+    })
+    .expect("every place given back");
+    let again = connect_from([127, 0, 0, 200], node.port).unwrap();
+    wait_until(Duration::from_secs(10), || {
+        metric(metrics, "hyphae_inbound_links") == 1
+    })
+    .expect("a new link is taken again");
+    drop(again);
+}

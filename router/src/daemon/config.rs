@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+use super::admission::{DEFAULT_MAX_INBOUND, DEFAULT_MAX_INBOUND_PER_ADDRESS};
 use super::endpoint::Endpoint;
 
 /// Default TCP listen port (the reference's).
@@ -58,6 +59,13 @@ pub struct Cli {
     /// Run without a TUN device (the message subsystem and transit still work).
     #[arg(long)]
     pub no_tun: bool,
+    /// Most links peers may open to this node (QUIC handshakes in flight count); more are
+    /// refused and counted. Links this node dials are never refused.
+    #[arg(long, value_name = "N")]
+    pub max_inbound: Option<usize>,
+    /// Most links peers may open to this node from one address.
+    #[arg(long, value_name = "N")]
+    pub max_inbound_per_address: Option<usize>,
     /// Name of the TUN device that carries the node's IPv6 overlay traffic (default
     /// "mycelium", as the reference).
     #[arg(long, value_name = "NAME")]
@@ -123,6 +131,8 @@ struct FileConfig {
     metrics_api_address: Option<SocketAddr>,
     no_tun: Option<bool>,
     tun_name: Option<String>,
+    max_inbound: Option<usize>,
+    max_inbound_per_address: Option<usize>,
     workers: Option<usize>,
     hello_interval: Option<u64>,
     driver: Option<String>,
@@ -182,6 +192,10 @@ pub struct Settings {
     pub topic_forward_dir: PathBuf,
     /// The TUN device's name, `None` with `--no-tun`.
     pub tun_name: Option<String>,
+    /// Cap on inbound links.
+    pub max_inbound: usize,
+    /// Cap on inbound links from one address.
+    pub max_inbound_per_address: usize,
 }
 
 /// A configuration error, printed as one line.
@@ -303,6 +317,19 @@ impl Cli {
             (false, true) => "debug",
             _ => "info",
         };
+        let max_inbound = self
+            .max_inbound
+            .or(file.max_inbound)
+            .unwrap_or(DEFAULT_MAX_INBOUND);
+        let max_inbound_per_address = self
+            .max_inbound_per_address
+            .or(file.max_inbound_per_address)
+            .unwrap_or(DEFAULT_MAX_INBOUND_PER_ADDRESS);
+        if max_inbound == 0 || max_inbound_per_address == 0 {
+            return Err(ConfigError::Invalid(
+                "--max-inbound and --max-inbound-per-address must be at least 1".into(),
+            ));
+        }
         let no_tun = self.no_tun || file.no_tun.unwrap_or(false);
         let tun_name = match self.tun_name.clone().or(file.tun_name) {
             _ if no_tun => None,
@@ -342,6 +369,8 @@ impl Cli {
             local_socket_mode,
             topic_forward_dir,
             tun_name,
+            max_inbound,
+            max_inbound_per_address,
         })
     }
 }

@@ -45,6 +45,23 @@ pub(crate) async fn prometheus(State(s): State<Arc<Shared>>) -> Response {
         "# TYPE hyphae_answers_rate_limited_total counter\nhyphae_answers_rate_limited_total {}",
         c.answers_rate_limited
     );
+    let a = &s.admission;
+    let _ = writeln!(
+        out,
+        "# TYPE hyphae_inbound_links gauge\nhyphae_inbound_links {}",
+        a.held()
+    );
+    let _ = writeln!(out, "# TYPE hyphae_inbound_refused_total counter");
+    for (reason, n) in [
+        ("total", &a.refused_total),
+        ("per_address", &a.refused_per_address),
+    ] {
+        let _ = writeln!(
+            out,
+            "hyphae_inbound_refused_total{{reason=\"{reason}\"}} {}",
+            n.load(Relaxed)
+        );
+    }
     let peers = s.peers.load();
     let per_peer: [(&str, Read<PeerHandle>); 8] = [
         ("rx_bytes", |h| h.counters.rx_bytes.load(Relaxed)),

@@ -65,6 +65,7 @@
 pub mod config;
 pub mod endpoint;
 
+mod admission;
 mod api;
 mod control;
 mod discovery;

@@ -181,10 +181,20 @@ impl Quic {
                 i = self.listen.accept() => i,
             };
             let Some(incoming) = incoming else { return };
+            let remote = canonical(incoming.remote_address());
+            // The place is taken before the handshake: handshakes in flight count.
+            let slot = match fwd.shared().admission.admit(remote.ip()) {
+                Ok(s) => s,
+                Err(why) => {
+                    tracing::debug!(%remote, ?why, "inbound QUIC link refused");
+                    incoming.refuse();
+                    continue;
+                }
+            };
             let fwd = fwd.clone();
             let local = self.listen.local_addr();
             tokio::task::spawn_local(async move {
-                let remote = canonical(incoming.remote_address());
+                let _slot = slot;
                 let setup = async {
                     let conn = incoming.await?;
                     let (send, recv) = conn.accept_bi().await?;

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::Ipv6Addr;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use arc_swap::ArcSwap;
@@ -12,6 +13,7 @@ use hyphae_wire::identity::{PublicKey, SecretKey};
 use hyphae_wire::{RouterId, Subnet};
 use tokio::sync::watch;
 
+use super::admission::Admission;
 use super::config::Settings;
 use super::inbox::Inboxes;
 use super::peers::PeerTable;
@@ -109,4 +111,6 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// The settings.
     pub(crate) settings: Settings,
+    /// Caps on inbound links.
+    pub(crate) admission: Arc<Admission>,
 }

@@ -119,3 +119,32 @@ pub(crate) fn set_rcvbuf(_fd: RawFd, _bytes: u32) -> std::io::Result<()> {
 pub(crate) fn set_window_clamp(_fd: RawFd, _bytes: u32) -> std::io::Result<()> {
     Err(std::io::ErrorKind::Unsupported.into())
 }
+
+/// Raises the soft limit on open descriptors to the hard limit (at most 1 Mi): every link is a
+/// descriptor, and the usual soft limit of 1024 would refuse links long before the caps do.
+/// Returns the limit now in force.
+#[cfg(target_os = "linux")]
+pub(crate) fn raise_nofile_limit() -> std::io::Result<u64> {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut l) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let want = l.rlim_max.min(1 << 20);
+    if l.rlim_cur < want {
+        l.rlim_cur = want;
+        // SAFETY: setrlimit reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const l) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(l.rlim_cur)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn raise_nofile_limit() -> std::io::Result<u64> {
+    Err(std::io::Error::other("not Linux"))
+}

@@ -11,6 +11,7 @@ use hyphae_wire::RouterId;
 use hyphae_wire::identity::PublicKey;
 use tokio::sync::{mpsc, watch};
 
+use super::admission::Admission;
 use super::config::Settings;
 use super::error::StartError;
 use super::inbox::{CONTROL_QUEUE, Inboxes, MESSAGE_QUEUE};
@@ -18,7 +19,7 @@ use super::local_socket::{self, LocalListener};
 use super::peers::PeerTable;
 use super::shared::{Node, Shared, WorkerCounters};
 use super::worker::{self, HomeTasks, Listeners, Workers, spawn_thread};
-use super::{api, control, quic, tcp, tun};
+use super::{api, control, quic, sockopt, tcp, tun};
 
 /// Runs the node until SIGTERM or SIGINT.
 pub fn run(settings: Settings) -> Result<(), StartError> {
@@ -88,6 +89,10 @@ pub fn start(settings: Settings) -> Result<Running, StartError> {
     };
     tracing::info!(address = %node.address, subnet = %node.subnet, pubkey = %node.public, "node identity");
 
+    match sockopt::raise_nofile_limit() {
+        Ok(n) => tracing::debug!("open descriptor limit {n}"),
+        Err(e) => tracing::warn!("open descriptor limit not raised: {e}"),
+    }
     let driver = worker::pick_driver(settings.driver)?;
     let listeners = tcp::bind_listeners(settings.tcp_port, settings.workers, settings.tcp_rcvbuf)?;
     let quic_sockets = match settings.quic_port {
@@ -130,6 +135,7 @@ pub fn start(settings: Settings) -> Result<Running, StartError> {
             .collect(),
         key_cache_evictions: AtomicU64::new(0),
         shutdown: shutdown_rx,
+        admission: Admission::new(settings.max_inbound, settings.max_inbound_per_address),
         settings: settings.clone(),
     });
     fib_writer.publish();

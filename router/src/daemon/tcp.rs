@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::task::spawn_local;
 
+use super::admission::Slot;
 use super::endpoint::{Endpoint, Proto, canonical, link_kind};
 use super::error::StartError;
 use super::forward::Forwarder;
@@ -83,7 +84,10 @@ impl Tcp {
                         proto: Proto::Tcp,
                         addr: canonical(remote),
                     };
-                    self.start(stream, ep, PeerType::Inbound);
+                    match self.fwd.shared().admission.admit(ep.addr.ip()) {
+                        Ok(slot) => self.start(stream, ep, PeerType::Inbound, Some(slot)),
+                        Err(why) => tracing::debug!(%ep, ?why, "inbound link refused"),
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(worker = self.fwd.worker(), "accept: {e}");
@@ -97,7 +101,7 @@ impl Tcp {
     pub(crate) async fn dial(self, ep: Endpoint, kind: PeerType) {
         let r = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(ep.addr));
         match r.await {
-            Ok(Ok(stream)) => return self.start(stream, ep, kind),
+            Ok(Ok(stream)) => return self.start(stream, ep, kind, None),
             Ok(Err(e)) => tracing::debug!(%ep, "connect: {e}"),
             Err(_) => tracing::debug!(%ep, "connect timed out"),
         }
@@ -105,8 +109,15 @@ impl Tcp {
         let _ = control.send(ControlMsg::DialFailed(ep)).await;
     }
 
-    /// Sets a new link's socket options and runs it on this worker.
-    fn start(&self, stream: tokio::net::TcpStream, ep: Endpoint, kind: PeerType) {
+    /// Sets a new link's socket options and runs it on this worker; an inbound link holds
+    /// its place (`slot`) while it runs.
+    fn start(
+        &self,
+        stream: tokio::net::TcpStream,
+        ep: Endpoint,
+        kind: PeerType,
+        slot: Option<Slot>,
+    ) {
         let settings = &self.fwd.shared().settings;
         let _ = stream.set_nodelay(true);
         // Keep the kernel's unsent backlog short: frames wait in our bounded per-peer queue,
@@ -127,6 +138,7 @@ impl Tcp {
             Driver::Portable => {
                 let (r, w) = stream.into_split();
                 spawn_local(async move {
+                    let _slot = slot;
                     if let Some(up) = peer::up(&fwd, info).await {
                         peer::serve(fwd, up, PortableRead(r), PortableWrite(w)).await;
                     }
@@ -150,6 +162,7 @@ impl Tcp {
                     super::link::UringWrite(s),
                 );
                 spawn_local(async move {
+                    let _slot = slot;
                     if let Some(up) = peer::up(&fwd, info).await {
                         peer::serve(fwd, up, r, w).await;
                     }
