@@ -691,3 +691,69 @@ fn a_topic_forward_socket_answers_requests() {
     assert_eq!(json_req(&c, "GET", fwd, None).1, Value::Null);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An application that asks and asks but never reads its answers cannot make the node hold
+/// them without bound: past 16 MiB of unread answers its connection is closed. Another
+/// application on the same socket is served all the while. An application also holds at most
+/// 64 subscriptions per connection.
+#[test]
+fn a_local_application_that_never_reads_is_cut_off() {
+    use hyphae_wire::framing::{Kind, Message, StatusQuery, Subscribe};
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    let n = Node::start("outbox", "portable", 45, &[]);
+    // 65 subscriptions on one connection: the last is refused.
+    let mut app = local::App::connect(&n.local_socket());
+    for i in 0..65u8 {
+        app.send(&Message::Subscribe(Subscribe {
+            tag: u64::from(i),
+            topic: Some(&[b't', i]),
+        }));
+    }
+    let (kind, body) = app.recv();
+    assert_eq!(kind, Kind::ERROR, "the 65th subscription is refused");
+    assert!(String::from_utf8_lossy(&body).contains("at most 64 subscriptions"));
+    drop(app);
+
+    // Status queries for unknown ids, each answered with an error, never read.
+    let mut flood = UnixStream::connect(n.local_socket()).unwrap();
+    let mut frame = bytes::BytesMut::new();
+    Message::StatusQuery(StatusQuery {
+        tag: 7,
+        id: hyphae_wire::message::MessageId([9; 8]),
+    })
+    .encode(hyphae_wire::framing::DEFAULT_MAX_BODY, &mut frame)
+    .unwrap();
+    let burst: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * 4096)
+        .collect();
+    flood
+        .set_write_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut sent = 0usize;
+    let cut_off = loop {
+        if start.elapsed() > Duration::from_secs(120) {
+            break false;
+        }
+        match flood.write_all(&burst) {
+            Ok(()) => sent += 4096,
+            Err(_) => break true,
+        }
+    };
+    assert!(cut_off, "the connection is closed ({sent} queries sent)");
+    assert!(
+        n.log().contains("does not read its answers"),
+        "and the node says why:\n{}",
+        n.log()
+    );
+    // Others are still served.
+    let b_pk = hyphae_wire::identity::SecretKey::from_bytes([46; 32]).public_key();
+    let mut other = local::App::connect(&n.local_socket());
+    other.push(1, &b_pk, b"t", b"hello", None);
+    assert_eq!(other.recv().0, Kind::PUSHED);
+}

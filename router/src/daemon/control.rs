@@ -216,7 +216,9 @@ impl Control {
             }
             c.state = PeerState::Connecting;
             c.next_dial = now + REDIAL_INTERVAL;
-            self.workers.dial(*ep, c.kind);
+            if !self.workers.dial(*ep, c.kind) {
+                c.state = PeerState::Dead;
+            }
         }
     }
 

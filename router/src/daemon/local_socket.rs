@@ -12,6 +12,7 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -22,7 +23,7 @@ use hyphae_wire::framing::{
 use hyphae_wire::identity::PublicKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::error::StartError;
 use super::inbox::{MsgCmd, Pushed as PushOutcome, ReplyError, unix_secs};
@@ -32,6 +33,45 @@ use super::shared::Shared;
 const MAX_BODY: usize = framing::DEFAULT_MAX_BODY;
 /// How long one subscription poll parks in the message task before it is renewed.
 const SUBSCRIPTION_POLL: Duration = Duration::from_secs(30);
+/// Requests of one connection being worked on at once; the connection is not read further
+/// until one finishes (an application sending faster than the node answers is slowed down).
+const MAX_IN_FLIGHT: usize = 1024;
+/// Subscriptions one connection may hold.
+const MAX_SUBSCRIPTIONS: usize = 64;
+/// Answer bytes waiting for an application to read them; past this the application is not
+/// reading, and its connection is closed.
+const OUTBOX_BYTES: usize = 16 << 20;
+
+/// Where one connection's answers wait for its writer, bounded in bytes.
+#[derive(Debug, Clone)]
+struct Outbox {
+    tx: mpsc::UnboundedSender<Bytes>,
+    queued: Arc<AtomicUsize>,
+    /// Told when an answer does not fit.
+    overflow: Arc<Notify>,
+}
+
+impl Outbox {
+    /// Queues an answer; false if the connection is gone or its outbox is full (then the
+    /// connection is closed).
+    fn send(&self, b: Bytes) -> bool {
+        let n = b.len();
+        if self.queued.fetch_add(n, Relaxed) + n > OUTBOX_BYTES {
+            self.queued.fetch_sub(n, Relaxed);
+            self.overflow.notify_one();
+            return false;
+        }
+        if self.tx.send(b).is_err() {
+            self.queued.fetch_sub(n, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
 
 /// The bound local socket. Dropping it removes its file, unless another process has replaced
 /// the file since.
@@ -215,7 +255,13 @@ fn deliver(shared: &Shared, m: &ReceivedMessage, reply_tag: Option<u64>) -> Byte
 
 async fn connection(shared: Arc<Shared>, stream: UnixStream) {
     let (mut rd, mut wr) = stream.into_split();
-    let (out, mut out_rx) = mpsc::unbounded_channel::<Bytes>();
+    let (tx, mut out_rx) = mpsc::unbounded_channel::<Bytes>();
+    let out = Outbox {
+        tx,
+        queued: Arc::default(),
+        overflow: Arc::default(),
+    };
+    let queued = out.queued.clone();
     let writer = tokio::spawn(async move {
         let mut batch = Vec::new();
         while out_rx.recv_many(&mut batch, 256).await > 0 {
@@ -226,13 +272,22 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
             if wr.write_all(&buf).await.is_err() {
                 return;
             }
+            queued.fetch_sub(buf.len(), Relaxed);
         }
     });
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut buf = BytesMut::with_capacity(256 * 1024);
     let mut subscriptions = Vec::new();
     'conn: loop {
         buf.reserve(64 * 1024);
-        match rd.read_buf(&mut buf).await {
+        let read = tokio::select! {
+            r = rd.read_buf(&mut buf) => r,
+            _ = out.overflow.notified() => {
+                tracing::warn!("local socket: closing a connection that does not read its answers");
+                break;
+            }
+        };
+        match read {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
@@ -241,14 +296,17 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = out.send(error(0, ErrorCode::BAD_REQUEST, &format!("closing: {e}")));
+                    out.send(error(0, ErrorCode::BAD_REQUEST, &format!("closing: {e}")));
                     break 'conn;
                 }
             };
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                break 'conn;
+            };
             match Message::decode(kind, &body) {
-                Ok(m) => request(&shared, &out, &body, m, &mut subscriptions),
+                Ok(m) => request(&shared, &out, &body, m, &mut subscriptions, permit),
                 Err(e) => {
-                    let _ = out.send(error(
+                    out.send(error(
                         0,
                         ErrorCode::BAD_REQUEST,
                         &format!("bad {kind:?} frame: {e}"),
@@ -267,10 +325,11 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
 /// Starts the work for one request; answers go to `out` when ready.
 fn request(
     shared: &Arc<Shared>,
-    out: &mpsc::UnboundedSender<Bytes>,
+    out: &Outbox,
     body: &Bytes,
     m: Message<'_>,
     subscriptions: &mut Vec<tokio::task::JoinHandle<()>>,
+    permit: OwnedSemaphorePermit,
 ) {
     let (shared, out) = (shared.clone(), out.clone());
     match m {
@@ -282,10 +341,11 @@ fn request(
                 .reply_timeout_ms
                 .map(|ms| Duration::from_millis(u64::from(ms)));
             tokio::spawn(async move {
+                let _permit = permit;
                 let dst = match destination(&shared, dst).await {
                     Ok(d) => d,
                     Err(msg) => {
-                        let _ = out.send(error(tag, ErrorCode::UNREACHABLE, &msg));
+                        out.send(error(tag, ErrorCode::UNREACHABLE, &msg));
                         return;
                     }
                 };
@@ -303,10 +363,17 @@ fn request(
                         Err(_) => error(tag, ErrorCode::UNAVAILABLE, "message subsystem busy"),
                     },
                 };
-                let _ = out.send(answer);
+                out.send(answer);
             });
         }
         Message::Subscribe(s) => {
+            drop(permit);
+            subscriptions.retain(|t| !t.is_finished());
+            if subscriptions.len() >= MAX_SUBSCRIPTIONS {
+                let msg = format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection");
+                out.send(error(s.tag, ErrorCode::BAD_REQUEST, &msg));
+                return;
+            }
             let topic = s.topic.map(|t| body.slice_ref(t));
             subscriptions.push(tokio::spawn(async move {
                 loop {
@@ -319,7 +386,7 @@ fn request(
                     };
                     match shared.inbox.ask_messages(cmd, SUBSCRIPTION_POLL).await {
                         Ok(Some(m)) => {
-                            if out.send(deliver(&shared, &m, None)).is_err() {
+                            if !out.send(deliver(&shared, &m, None)) {
                                 return;
                             }
                         }
@@ -336,13 +403,15 @@ fn request(
             let (tag, id) = (r.tag, r.id);
             let payload = body.slice_ref(r.payload);
             tokio::spawn(async move {
+                let _permit = permit;
                 let answer = send_reply(&shared, tag, id, None, payload).await;
-                let _ = out.send(answer);
+                out.send(answer);
             });
         }
         Message::StatusQuery(q) => {
             let (tag, id) = (q.tag, q.id);
             tokio::spawn(async move {
+                let _permit = permit;
                 let answer = match shared
                     .inbox
                     .ask_messages(|tx| MsgCmd::Status { id, tx }, Duration::ZERO)
@@ -379,11 +448,11 @@ fn request(
                     Ok(None) => error(tag, ErrorCode::NOT_FOUND, "unknown message id"),
                     Err(_) => error(tag, ErrorCode::UNAVAILABLE, "message subsystem busy"),
                 };
-                let _ = out.send(answer);
+                out.send(answer);
             });
         }
         other => {
-            let _ = out.send(error(
+            out.send(error(
                 0,
                 ErrorCode::BAD_REQUEST,
                 &format!("{:?} is not a request", other.kind()),

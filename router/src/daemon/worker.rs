@@ -33,6 +33,10 @@ use super::{discovery, local_socket, message_task};
 /// the state machine without a thread hop), the local socket and link-local discovery.
 pub(crate) const HOME: usize = 0;
 
+/// Commands a worker's queue holds (dials and packet-count requests; both are retried or
+/// answered "busy" when it is full).
+const WORKER_QUEUE: usize = 256;
+
 /// How long the API waits for a worker's packet counts.
 const STATS_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -50,16 +54,23 @@ enum WorkerCmd {
 /// The workers' command queues, and the rule that places new links on them.
 #[derive(Debug, Clone)]
 pub(crate) struct Workers {
-    queues: Arc<[mpsc::UnboundedSender<WorkerCmd>]>,
+    queues: Arc<[mpsc::Sender<WorkerCmd>]>,
     next: Arc<AtomicUsize>,
 }
 
 impl Workers {
     /// Dials `ep` from the worker that will run the link: each worker in turn, TCP and QUIC
-    /// alike (links peers open are spread by the kernel, over the workers' listeners).
-    pub(crate) fn dial(&self, ep: Endpoint, kind: PeerType) {
+    /// alike (links peers open are spread by the kernel, over the workers' listeners). False if
+    /// the worker's queue was full and nothing was dialed.
+    pub(crate) fn dial(&self, ep: Endpoint, kind: PeerType) -> bool {
         let w = (self.next.fetch_add(1, Relaxed) + 1) % self.queues.len();
-        let _ = self.queues[w].send(WorkerCmd::Dial(ep, kind));
+        // A full queue means the worker is far behind: the dial is dropped and the peer
+        // manager dials again after its interval.
+        let queued = self.queues[w].try_send(WorkerCmd::Dial(ep, kind)).is_ok();
+        if !queued {
+            tracing::warn!(worker = w, %ep, "worker queue full: dial postponed");
+        }
+        queued
     }
 
     /// Every worker's packet counts (those that answer in time).
@@ -67,7 +78,7 @@ impl Workers {
         let mut out = Vec::new();
         for q in self.queues.iter() {
             let (tx, rx) = oneshot::channel();
-            if q.send(WorkerCmd::PacketStats(tx)).is_ok()
+            if q.try_send(WorkerCmd::PacketStats(tx)).is_ok()
                 && let Ok(Ok(v)) = tokio::time::timeout(STATS_TIMEOUT, rx).await
             {
                 out.push(v);
@@ -78,8 +89,9 @@ impl Workers {
 
     /// Tells every worker to stop.
     pub(crate) fn shutdown(&self) {
+        // Workers also stop on the shutdown signal; this only wakes them sooner.
         for q in self.queues.iter() {
-            let _ = q.send(WorkerCmd::Shutdown);
+            let _ = q.try_send(WorkerCmd::Shutdown);
         }
     }
 }
@@ -111,8 +123,10 @@ pub(crate) fn spawn_all(
     listeners: Vec<Listeners>,
     home: HomeTasks,
 ) -> Result<(Workers, Vec<std::thread::JoinHandle<()>>), StartError> {
-    let (queues, inboxes): (Vec<_>, Vec<_>) =
-        listeners.iter().map(|_| mpsc::unbounded_channel()).unzip();
+    let (queues, inboxes): (Vec<_>, Vec<_>) = listeners
+        .iter()
+        .map(|_| mpsc::channel(WORKER_QUEUE))
+        .unzip();
     let workers = Workers {
         queues: queues.into(),
         next: Arc::default(),
@@ -195,7 +209,7 @@ fn run(
     driver: Driver,
     listeners: Listeners,
     home: Option<HomeTasks>,
-    cmds: mpsc::UnboundedReceiver<WorkerCmd>,
+    cmds: mpsc::Receiver<WorkerCmd>,
 ) {
     let fut = worker_main(idx, shared, driver, listeners, home, cmds);
     match driver {
@@ -222,7 +236,7 @@ async fn worker_main(
     driver: Driver,
     listeners: Listeners,
     home: Option<HomeTasks>,
-    mut cmds: mpsc::UnboundedReceiver<WorkerCmd>,
+    mut cmds: mpsc::Receiver<WorkerCmd>,
 ) {
     // The packet-count tables are keyed by addresses peers choose: their hash is keyed by the
     // node's random seed, different on every worker.
@@ -274,7 +288,15 @@ async fn worker_main(
             }
         }
     }
-    while let Some(cmd) = cmds.recv().await {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let cmd = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            cmd = cmds.recv() => match cmd {
+                Some(c) => c,
+                None => break,
+            },
+        };
         match cmd {
             WorkerCmd::Dial(ep, kind) => match (ep.proto, &quic) {
                 (Proto::Tcp, _) => {
