@@ -254,3 +254,40 @@ fn simulation_is_deterministic_and_feeds_a_fib() {
         assert!(want.is_some());
     }
 }
+
+/// Two disjoint paths between X and Z (X-A-Z, X-B-Z); the relay X uses dies silently (no link
+/// goes down: a frozen process). With hyphae's 300 ms Hellos the neighbours hear no IHU for
+/// 1.5 s, declare it dead, and X and Z both forward over the other relay within 2 s.
+#[test]
+fn silent_relay_death_fails_over_within_two_seconds() {
+    let config = Config {
+        hello_interval: Duration::from_millis(300),
+        hash_seed: 7,
+        ..Config::default()
+    };
+    for seed in 0..32 {
+        let mut net = Net::new(4, seed, config.clone());
+        let (x, a, b, z) = (0, 1, 2, 3);
+        // The path over B is slower: its route is not feasible at X while A's is selected,
+        // so the failover needs Z's seqno bumped (a SeqnoRequest round trip).
+        for (p, q, ms) in [(x, a, 1), (a, z, 1), (x, b, 20), (b, z, 20)] {
+            net.connect(p, q, ms);
+        }
+        converge(&mut net, Duration::from_secs(10), "two paths");
+        // Long enough for the link costs to settle from their start value to the RTTs.
+        net.run_for(Duration::from_secs(20));
+        let relay = net.next_node(x, z).expect("X reaches Z");
+        let other = if relay == a { b } else { a };
+        assert!(relay == a || relay == b);
+        let start = net.elapsed();
+        net.kill(relay);
+        let done = net
+            .run_until(start + Duration::from_secs(10), |n| {
+                n.next_node(x, z) == Some(other) && n.next_node(z, x) == Some(other)
+            })
+            .expect("X and Z forward over the other relay");
+        let took = done - start;
+        println!("seed {seed}: failover in {took:?} simulated (hello 300 ms)");
+        assert!(took <= Duration::from_secs(2), "seed {seed}: {took:?}");
+    }
+}

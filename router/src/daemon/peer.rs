@@ -69,6 +69,7 @@ pub(crate) async fn up(fwd: &Forwarder, info: LinkInfo) -> Option<Up> {
         ctl_queued: Default::default(),
         counters: PeerCounters::default(),
         close,
+        drained: Default::default(),
     });
     tracing::info!(peer = handle.id.0, endpoint = %info.endpoint, kind = info.kind.as_str(),
         worker = fwd.worker(), "peer up");
@@ -233,6 +234,9 @@ async fn write_loop<W: LinkWrite>(
         batch.clear();
         h.queued.fetch_sub(data_bytes, Relaxed);
         h.ctl_queued.fetch_sub(ctl_bytes, Relaxed);
+        if data_bytes > 0 {
+            h.drained.notify_waiters();
+        }
         if let Err(e) = r {
             tracing::debug!(peer = h.id.0, "write: {e}");
             break;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use arc_swap::{ArcSwap, Guard};
 use bytes::Bytes;
 use hyphae_proto::PeerId;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use super::endpoint::{Endpoint, Proto};
 
@@ -61,6 +61,15 @@ pub(crate) struct PeerCounters {
     pub(crate) dropped_control: AtomicU64,
 }
 
+/// Why [`PeerHandle::try_enqueue`] took nothing.
+#[derive(Debug)]
+pub(crate) enum Full {
+    /// The queue is at its byte budget: the run comes back.
+    Queue(Bytes),
+    /// The link is gone.
+    Closed,
+}
+
 /// A run of whole frames queued for one peer, and how many frames it holds.
 #[derive(Debug)]
 pub(crate) struct QueuedRun {
@@ -96,6 +105,9 @@ pub(crate) struct PeerHandle {
     pub(crate) counters: PeerCounters,
     /// Set to true to close the link.
     pub(crate) close: watch::Sender<bool>,
+    /// Told after each write, when the data queue has room again (for senders that wait
+    /// instead of dropping: this node's own traffic from the TUN device).
+    pub(crate) drained: Notify,
 }
 
 impl PeerHandle {
@@ -103,20 +115,32 @@ impl PeerHandle {
     /// and counting the drop, when the queue's byte budget is spent (an empty queue always
     /// takes one run, so any single frame fits).
     pub(crate) fn enqueue(&self, run: Bytes, frames: u32) -> bool {
+        match self.try_enqueue(run, frames) {
+            Ok(()) => true,
+            Err(Full::Queue(_)) => {
+                self.counters
+                    .dropped_queue_full
+                    .fetch_add(u64::from(frames), Relaxed);
+                false
+            }
+            Err(Full::Closed) => false,
+        }
+    }
+
+    /// Queues a run if the byte budget allows; gives it back (not counted as dropped) if not,
+    /// for a sender that waits for [`PeerHandle::drained`] and tries again.
+    pub(crate) fn try_enqueue(&self, run: Bytes, frames: u32) -> Result<(), Full> {
         let len = run.len();
         let before = self.queued.fetch_add(len, Relaxed);
         if before != 0 && before + len > PEER_QUEUE_BYTES {
             self.queued.fetch_sub(len, Relaxed);
-            self.counters
-                .dropped_queue_full
-                .fetch_add(u64::from(frames), Relaxed);
-            return false;
+            return Err(Full::Queue(run));
         }
         if self.data_tx.send(QueuedRun { bytes: run, frames }).is_err() {
             self.queued.fetch_sub(len, Relaxed);
-            return false;
+            return Err(Full::Closed);
         }
-        true
+        Ok(())
     }
 
     /// Queues a control frame. Returns false, queuing nothing and counting the drop, when the
@@ -212,6 +236,7 @@ mod tests {
             ctl_queued: AtomicUsize::new(0),
             counters: PeerCounters::default(),
             close: watch::channel(false).0,
+            drained: Notify::new(),
         };
         (h, ctl_rx)
     }

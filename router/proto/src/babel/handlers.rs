@@ -11,7 +11,7 @@ use super::routes::{self, RouteEntry, RouteSet};
 use super::timers::TimerKey;
 use super::{
     BIG_METRIC_CHANGE, MAX_RR_GENERATION, RETRACTED_ROUTE_HOLD, Router, SEQNO_DEDUP_TTL,
-    WILDCARD_DUMP_GAP, rr,
+    SEQNO_RESEND, WILDCARD_DUMP_GAP, rr,
 };
 use crate::fib::FibChange;
 use crate::peer::PeerId;
@@ -199,8 +199,14 @@ impl Router {
             }
             return;
         }
+        // Identical requests are forwarded once a second at most: often enough that a node
+        // repairing a route it lost just now is not held up by the same request from long
+        // before (the reference waits 60 s), rarely enough that a flood goes nowhere.
         let key = (s, sr.router_id, sr.seqno);
-        if !self.seqno_cache.insert(now, key) {
+        if !self
+            .seqno_cache
+            .insert_unless_within(now, key, SEQNO_RESEND)
+        {
             self.stats.seqno_requests_deduped += 1;
             return;
         }
@@ -349,7 +355,9 @@ impl Router {
                     self.send_retraction(s);
                     if let Some(a) = lost_alternative {
                         let want = self.wanted_seqno(&s, &a.rid, a.seqno);
-                        self.request_seqno(now, s, a.rid, want, a.peer);
+                        // The route is gone: ask even if the same request went out earlier
+                        // (it may have been answered, or lost, long before this loss).
+                        self.request_seqno_after(now, s, a.rid, want, a.peer, SEQNO_RESEND);
                     }
                 }
                 if set_is_empty(self.routes.sets.get(&s)) {
@@ -403,8 +411,21 @@ impl Router {
     /// Sends a SeqnoRequest for (`s`, `rid`, `seqno`) to `to`, unless one went out in the
     /// last [`SEQNO_DEDUP_TTL`].
     fn request_seqno(&mut self, now: Instant, s: Subnet, rid: RouterId, seqno: SeqNo, to: PeerId) {
+        self.request_seqno_after(now, s, rid, seqno, to, SEQNO_DEDUP_TTL);
+    }
+
+    /// [`Self::request_seqno`], unless the same request went out less than `window` ago.
+    fn request_seqno_after(
+        &mut self,
+        now: Instant,
+        s: Subnet,
+        rid: RouterId,
+        seqno: SeqNo,
+        to: PeerId,
+        window: Duration,
+    ) {
         let key = (s, rid, seqno);
-        if !self.seqno_cache.insert(now, key) {
+        if !self.seqno_cache.insert_unless_within(now, key, window) {
             return;
         }
         self.seqno_cache.tried(&key, to);

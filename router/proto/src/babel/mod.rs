@@ -68,6 +68,9 @@ pub const UPDATE_INTERVAL: Duration = Duration::from_secs(300);
 pub const DEAD_PEER_THRESHOLD: Duration = Duration::from_secs(43);
 /// Minimum gap between two bumps of our own seqno.
 pub const SEQNO_BUMP_TIMEOUT: Duration = Duration::from_secs(4);
+/// A node that loses its selected route asks for a new seqno even if it asked the same
+/// earlier, unless that was less than this ago.
+pub const SEQNO_RESEND: Duration = Duration::from_secs(1);
 /// A selected route's metric change that triggers an update.
 pub const BIG_METRIC_CHANGE: u16 = 10;
 /// How long a retracted route is held (metric infinite) before removal.
@@ -87,8 +90,9 @@ pub struct Config {
     /// Hello period; clamped to 10 ms ..= 20 s. hyphae peers may use less than the reference's
     /// 20 s to detect silent failures sooner; it is announced in every Hello.
     pub hello_interval: Duration,
-    /// No IHU for this long ⇒ the peer is dead. `None`: `2 × hello_interval + 3 s` (43 s for
-    /// the default interval, as the reference).
+    /// No IHU (nor other sign of life, [`Router::handle_peer_heard`]) for this long ⇒ the
+    /// peer is dead. `None`: `2 × hello_interval + min(3 s, 3 × hello_interval)`: 43 s for the
+    /// reference's 20 s, 1.5 s for 300 ms.
     pub dead_peer_threshold: Option<Duration>,
     /// Own-route re-announcement period, also the interval in our Updates (300 s).
     pub update_interval: Duration,
@@ -124,7 +128,7 @@ impl Config {
 
     fn dead_threshold(&self) -> Duration {
         self.dead_peer_threshold
-            .unwrap_or_else(|| 2 * self.hello() + Duration::from_secs(3))
+            .unwrap_or_else(|| 2 * self.hello() + (3 * self.hello()).min(Duration::from_secs(3)))
     }
 
     fn update_interval(&self) -> Duration {
@@ -296,6 +300,16 @@ impl Router {
         }
         self.timers.cancel(TimerKey::PeerDead(peer));
         self.drop_routes_of(now, peer);
+    }
+
+    /// Something other than an IHU arrived from `peer` (data frames, say): it is alive, so
+    /// its dead-peer deadline moves as an IHU would move it. A peer busy forwarding is not
+    /// declared dead because its IHUs wait behind its data.
+    pub fn handle_peer_heard(&mut self, now: Instant, peer: PeerId) {
+        if self.peers.contains_key(&peer) {
+            let until = now + self.config.dead_threshold();
+            self.timers.set(TimerKey::PeerDead(peer), until);
+        }
     }
 
     /// A control TLV arrived from `peer`.

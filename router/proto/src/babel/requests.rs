@@ -39,9 +39,18 @@ impl SeqnoCache {
         }
     }
 
-    /// Records a request; returns `false` if it was seen within the TTL (drop it).
-    pub(crate) fn insert(&mut self, now: Instant, key: (Subnet, RouterId, SeqNo)) -> bool {
-        if self.map.get(&key).is_some_and(|s| s.until > now) {
+    /// Records a request; returns `false` if the same one was recorded less than `window`
+    /// ago (at most [`SEQNO_DEDUP_TTL`]).
+    pub(crate) fn insert_unless_within(
+        &mut self,
+        now: Instant,
+        key: (Subnet, RouterId, SeqNo),
+        window: Duration,
+    ) -> bool {
+        // Recorded at `until - SEQNO_DEDUP_TTL`; recent if that plus `window` is still ahead.
+        let window = window.min(SEQNO_DEDUP_TTL);
+        let recent = |s: &SeqnoSeen| s.until + window > now + SEQNO_DEDUP_TTL;
+        if self.map.get(&key).is_some_and(recent) {
             return false;
         }
         if self.map.len() >= self.cap {
@@ -169,11 +178,27 @@ mod tests {
     fn seqno_dedup_ttl_and_cap() {
         let t0 = Instant::now();
         let mut c = SeqnoCache::new(SeededState::new(0), 2);
-        assert!(c.insert(t0, key(1)));
-        assert!(!c.insert(t0 + Duration::from_secs(59), key(1)), "duplicate");
-        assert!(c.insert(t0, key(2)));
-        assert!(!c.insert(t0, key(3)), "full");
-        assert!(c.insert(t0 + SEQNO_DEDUP_TTL, key(3)), "after the TTL");
+        let ttl = SEQNO_DEDUP_TTL;
+        assert!(c.insert_unless_within(t0, key(1), ttl));
+        let later = t0 + Duration::from_secs(59);
+        assert!(!c.insert_unless_within(later, key(1), ttl), "duplicate");
+        // A shorter window lets the same request through once it has passed.
+        let window = Duration::from_secs(1);
+        let soon = t0 + Duration::from_millis(900);
+        assert!(
+            !c.insert_unless_within(soon, key(1), window),
+            "within the window"
+        );
+        assert!(
+            c.insert_unless_within(t0 + window, key(1), window),
+            "after it"
+        );
+        assert!(c.insert_unless_within(t0, key(2), ttl));
+        assert!(!c.insert_unless_within(t0, key(3), ttl), "full");
+        assert!(
+            c.insert_unless_within(t0 + 2 * ttl, key(3), ttl),
+            "after the TTL"
+        );
         assert!(c.len() <= 2);
         c.tried(&key(3), PeerId(9));
         assert!(c.was_tried(&key(3), PeerId(9)));

@@ -489,7 +489,7 @@ impl Net {
     }
 
     /// The node a FIB entry of node `n` forwards to, if any.
-    fn next_node(&self, n: usize, d: usize) -> Option<usize> {
+    pub(crate) fn next_node(&self, n: usize, d: usize) -> Option<usize> {
         let p = self.nodes[n].fib[d].as_ref()?;
         let id = (p.0 & 0xffff_ffff) as usize;
         let l = &self.links[id];

@@ -20,7 +20,11 @@ use std::io::IoSlice;
 use std::ops::Range;
 use std::sync::atomic::Ordering::Relaxed;
 
-use bytes::BytesMut;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
 use hyphae_proto::PeerId;
 use hyphae_wire::data::{DataHeader, SEALED_FRAME_OVERHEAD, SEALED_PAYLOAD_OFFSET};
 use hyphae_wire::icmp::{
@@ -30,6 +34,7 @@ use hyphae_wire::identity::PublicKey;
 use hyphae_wire::offload::{Segments, TcpMerge, VNET_HDR_LEN, VnetHdr};
 use hyphae_wire::seal::{NONCE_LEN, TAG_LEN, UserDataKind};
 
+use super::super::peers::{Full, PeerHandle};
 use super::{Forwarder, MAX_RUN, Staged, State, Tally, Waiting, adjacent};
 
 /// Largest packet cut from what the device reads: its MTU is 1400, but an operator may raise
@@ -43,6 +48,9 @@ const MAX_READ: usize = VNET_HDR_LEN + u16::MAX as usize + IPV6_HEADER_LEN;
 const READ_BATCH: usize = 128;
 /// Receive chunk: packets are read into it one after another.
 const CHUNK: usize = 256 * 1024;
+/// How often a run waiting for room looks again without being told (a link that stopped
+/// writing is closed by the control plane; the wait must see that).
+const ROOM_RECHECK: Duration = Duration::from_millis(20);
 /// Room after the payload of a frame laid out for sealing.
 const TRAILER: usize = TAG_LEN + NONCE_LEN;
 
@@ -146,15 +154,52 @@ impl Forwarder {
                 self.counters().drop_tun_invalid.fetch_add(bad, Relaxed);
                 bad = 0;
             }
-            self.handle_tun(&mut packets);
+            let blocked = self.handle_tun(&mut packets);
+            // Runs whose link queue is full wait for room: this node's own traffic is slowed
+            // down at the device (the host's TCP sees delay), not dropped (which it would see
+            // as loss). The device is not read again until they are queued.
+            for b in blocked {
+                if !self.wait_for_room(b).await {
+                    return;
+                }
+            }
             // Let the links write what was queued before reading more.
             tokio::task::yield_now().await;
         }
     }
 
+    /// Queues a run that found its link's queue full once there is room, waiting as long as
+    /// it takes; false at shutdown. A link that goes away drops it (counted as no route).
+    async fn wait_for_room(&self, b: Blocked) -> bool {
+        let Blocked { peer, mut run, frames } = b;
+        let mut shutdown = self.shared.shutdown.clone();
+        loop {
+            let drained = peer.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            match peer.try_enqueue(run, frames) {
+                Ok(()) => {
+                    self.counters().forwarded.fetch_add(u64::from(frames), Relaxed);
+                    return true;
+                }
+                Err(Full::Closed) => {
+                    self.counters().drop_no_route.fetch_add(u64::from(frames), Relaxed);
+                    return true;
+                }
+                Err(Full::Queue(r)) => run = r,
+            }
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return false,
+                () = drained => {}
+                // A link that stops writing (and is closed later) must not hold the device.
+                () = tokio::time::sleep(ROOM_RECHECK) => {}
+            }
+        }
+    }
+
     /// Forwards the packets of one read turn (each laid out in its frame buffer), leaving
-    /// `packets` empty.
-    fn handle_tun(&self, packets: &mut Vec<BytesMut>) {
+    /// `packets` empty; returns the runs whose link's queue was full, in order.
+    fn handle_tun(&self, packets: &mut Vec<BytesMut>) -> Vec<Blocked> {
         let shared = &*self.shared;
         let node = &shared.node;
         let peers = shared.peers.load();
@@ -163,6 +208,7 @@ impl Forwarder {
         let mut st = self.state.borrow_mut();
         let st = &mut *st;
         let mut staged: Option<Staged> = None;
+        let mut blocked: Vec<Blocked> = Vec::new();
         let mut last: Option<(u128, Option<(PeerId, PublicKey)>)> = None;
         for buf in packets.drain(..) {
             t.tun_read += 1;
@@ -252,7 +298,7 @@ impl Forwarder {
                 }
                 _ => {
                     if let Some(s) = staged.take() {
-                        s.send(&peers, &mut t);
+                        send_or_block(s, &peers, &mut blocked, &mut t);
                     }
                     staged = Some(Staged {
                         peer: next,
@@ -263,9 +309,10 @@ impl Forwarder {
             }
         }
         if let Some(s) = staged.take() {
-            s.send(&peers, &mut t);
+            send_or_block(s, &peers, &mut blocked, &mut t);
         }
         t.publish(self.counters());
+        blocked
     }
 
     /// Seals a packet from the device for `pk`'s node where it lies. `None` only if the
@@ -447,6 +494,46 @@ impl Forwarder {
                 false
             }
         }
+    }
+}
+
+/// A run of sealed packets for a link whose queue was full.
+pub(super) struct Blocked {
+    peer: Arc<PeerHandle>,
+    run: Bytes,
+    frames: u32,
+}
+
+/// Queues a run, or sets it aside if its link's queue is full (or another run for that link
+/// already waits: order within the link is kept).
+fn send_or_block(
+    s: Staged,
+    peers: &HashMap<PeerId, Arc<PeerHandle>>,
+    blocked: &mut Vec<Blocked>,
+    t: &mut Tally,
+) {
+    let n = u64::from(s.frames);
+    let Some(peer) = peers.get(&s.peer) else {
+        t.no_route += n;
+        return;
+    };
+    let run = s.run.freeze();
+    if blocked.iter().any(|b| Arc::ptr_eq(&b.peer, peer)) {
+        blocked.push(Blocked {
+            peer: peer.clone(),
+            run,
+            frames: s.frames,
+        });
+        return;
+    }
+    match peer.try_enqueue(run, s.frames) {
+        Ok(()) => t.forwarded += n,
+        Err(Full::Queue(run)) => blocked.push(Blocked {
+            peer: peer.clone(),
+            run,
+            frames: s.frames,
+        }),
+        Err(Full::Closed) => t.no_route += n,
     }
 }
 
