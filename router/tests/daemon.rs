@@ -41,6 +41,14 @@ both_drivers!(
 
 const CONVERGE: Duration = Duration::from_secs(10);
 
+/// `flags` plus the reference's Hello interval, for a node that test peers talk to: they do
+/// not answer Hellos, and with hyphae's 300 ms default the node would drop them in 1.5 s.
+fn fake_peer_timers(flags: &[String]) -> Vec<String> {
+    let mut v = flags.to_vec();
+    v.extend(["--hello-interval".to_owned(), "20".to_owned()]);
+    v
+}
+
 fn peers(list: &[&Node], quic: bool) -> Vec<String> {
     let mut v = vec!["--peers".to_owned()];
     v.extend(list.iter().map(|n| if quic { n.quic() } else { n.tcp() }));
@@ -58,7 +66,7 @@ fn routes_converge_over_tcp_and_quic(driver: &str) {
     );
     let b = Node::start("b", driver, 2, &peers(&[&a], false));
     let c_metrics = format!("127.0.0.1:{}", common::free_port());
-    let mut c_flags = peers(&[&b], true);
+    let mut c_flags = fake_peer_timers(&peers(&[&b], true));
     c_flags.extend(["--metrics-api-address".to_owned(), c_metrics.clone()]);
     let mut c = Node::start("c", driver, 3, &c_flags);
     let (sa, sb, sc) = (a.subnet(), b.subnet(), c.subnet());
@@ -209,9 +217,9 @@ fn quic_links_are_spread_over_the_workers(driver: &str) {
 
 fn frame_crosses_three_hops_with_right_hop_limit(driver: &str) {
     // x -- r1 -- r2 -- r3 -- y
-    let r1 = Node::start("r1", driver, 11, &[]);
+    let r1 = Node::start("r1", driver, 11, &fake_peer_timers(&[]));
     let r2 = Node::start("r2", driver, 12, &peers(&[&r1], false));
-    let r3 = Node::start("r3", driver, 13, &peers(&[&r2], false));
+    let r3 = Node::start("r3", driver, 13, &fake_peer_timers(&peers(&[&r2], false)));
     // The chain is up once r1 has heard of r3 (a route acquired is passed on at once).
     let s3 = r3.subnet();
     wait_until(CONVERGE, || r1.has_route(&s3)).expect("chain up");
@@ -251,8 +259,18 @@ fn killing_the_middle_node_reroutes_within_two_seconds(driver: &str) {
     let mut r2 = Node::start("r2", driver, 32, &[]);
     let mut r3 = Node::start("r3", driver, 33, &[]);
     // r1 dials both, so its links name their listening ports.
-    let r1 = Node::start("r1", driver, 31, &peers(&[&r2, &r3], false));
-    let r4 = Node::start("r4", driver, 34, &peers(&[&r2, &r3], false));
+    let r1 = Node::start(
+        "r1",
+        driver,
+        31,
+        &fake_peer_timers(&peers(&[&r2, &r3], false)),
+    );
+    let r4 = Node::start(
+        "r4",
+        driver,
+        34,
+        &fake_peer_timers(&peers(&[&r2, &r3], false)),
+    );
     let s4 = r4.subnet();
     wait_until(CONVERGE, || r1.has_route(&s4)).expect("diamond up");
     let mut x = FakePeer::connect(r1.port, 41);
@@ -303,7 +321,7 @@ fn peer_port_of(n: &Node, hop: &str) -> bool {
 }
 
 fn hostile_peers_are_dropped_and_forwarding_goes_on(driver: &str) {
-    let r = Node::start("r", driver, 51, &[]);
+    let r = Node::start("r", driver, 51, &fake_peer_timers(&[]));
     let mut x = FakePeer::connect(r.port, 52);
     let mut y = FakePeer::connect(r.port, 53);
     x.announce();
@@ -501,8 +519,8 @@ fn sigterm_exits_cleanly_and_bad_input_fails_with_one_line() {
 
 fn expired_frames_are_answered_with_time_exceeded(driver: &str) {
     // x -- r1 -- r2 -- y; a frame leaving x with hop limit 2 expires at r2.
-    let r1 = Node::start("r1", driver, 91, &[]);
-    let r2 = Node::start("r2", driver, 92, &peers(&[&r1], false));
+    let r1 = Node::start("r1", driver, 91, &fake_peer_timers(&[]));
+    let r2 = Node::start("r2", driver, 92, &fake_peer_timers(&peers(&[&r1], false)));
     let s2 = r2.subnet();
     wait_until(CONVERGE, || r1.has_route(&s2)).expect("r1 -- r2 up");
     let mut x = FakePeer::connect(r1.port, 93);
@@ -570,7 +588,7 @@ fn receive_buffers(port: u16) -> Vec<u64> {
 /// (How the size then follows the link is unit-tested in `router/src/window.rs`.)
 fn tcp_links_get_a_governed_receive_buffer(driver: &str) {
     const GOVERNED: u64 = 2 * 256 * 1024;
-    let r = Node::start("r", driver, 95, &[]);
+    let r = Node::start("r", driver, 95, &fake_peer_timers(&[]));
     let mut x = FakePeer::connect(r.port, 96);
     let mut y = FakePeer::connect(r.port, 97);
     x.announce();

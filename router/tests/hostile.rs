@@ -143,6 +143,10 @@ fn inbound_links_are_capped_in_total_and_per_address() {
             "40".into(),
             "--max-inbound-per-address".into(),
             "3".into(),
+            // Idle connections answer no Hello: with the 300 ms default they would be dropped
+            // as dead in 1.5 s, before the counts are read.
+            "--hello-interval".into(),
+            "20".into(),
         ],
     );
     let metrics: std::net::SocketAddr = metrics.parse().unwrap();
