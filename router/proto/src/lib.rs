@@ -26,7 +26,8 @@
 //!
 //! The forwarding table ([`fib`]) is published as immutable snapshots: one writer applies the
 //! router's [`fib::FibChange`]s and publishes, any number of reader threads look up next hops
-//! without locks.
+//! without locks. A publication costs what changed since the last one, not the whole table
+//! ([`snapshot`]).
 //!
 //! # Non-goals
 //!
@@ -46,6 +47,7 @@ pub mod fib;
 pub mod hash;
 pub mod message;
 mod peer;
+pub mod snapshot;
 pub mod window;
 
 pub use babel::{Config, Event, LinkKind, Router, Transmit};

@@ -128,6 +128,11 @@ pub(crate) struct ControlStats {
     pub(crate) updates_filtered: u64,
     /// Requests left unanswered over a peer's per-second budget.
     pub(crate) answers_rate_limited: u64,
+    /// Publications of the forwarding table that copied the whole table (a reader held the
+    /// previous snapshot, or the batch was large) instead of replaying the batch.
+    pub(crate) fib_full_copies: u64,
+    /// The same for the route keys.
+    pub(crate) route_keys_full_copies: u64,
 }
 
 /// A request to the message task.

@@ -45,6 +45,16 @@ pub(crate) async fn prometheus(State(s): State<Arc<Shared>>) -> Response {
         "# TYPE hyphae_answers_rate_limited_total counter\nhyphae_answers_rate_limited_total {}",
         c.answers_rate_limited
     );
+    let _ = writeln!(out, "# TYPE hyphae_table_full_copies_total counter");
+    for (table, n) in [
+        ("fib", c.fib_full_copies),
+        ("route_keys", c.route_keys_full_copies),
+    ] {
+        let _ = writeln!(
+            out,
+            "hyphae_table_full_copies_total{{table=\"{table}\"}} {n}"
+        );
+    }
     let a = &s.admission;
     let _ = writeln!(
         out,

@@ -88,6 +88,10 @@ mod topic_forward;
 mod tun;
 mod worker;
 
+#[doc(hidden)]
+pub use control::publish_route_keys;
 pub use error::StartError;
+#[doc(hidden)]
+pub use shared::RouteKeys;
 pub use start::{Running, run, start};
 pub use tun::TunError;

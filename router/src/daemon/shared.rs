@@ -18,6 +18,9 @@ use super::config::Settings;
 use super::inbox::Inboxes;
 use super::peers::PeerTable;
 
+/// The public keys of the nodes that own the selected routes, by subnet.
+pub type RouteKeys = HashMap<Subnet, PublicKey>;
+
 /// This node.
 #[derive(Debug)]
 pub(crate) struct Node {
@@ -99,8 +102,9 @@ pub(crate) struct Shared {
     /// Live peer links.
     pub(crate) peers: PeerTable,
     /// The public keys of the nodes that own the selected routes, by /64 (the control thread
-    /// publishes them with the forwarding table), to open the frames they send us.
-    pub(crate) route_keys: ArcSwap<HashMap<Subnet, PublicKey>>,
+    /// publishes them with the forwarding table, through a
+    /// [`hyphae_proto::snapshot::SnapshotWriter`]), to open the frames they send us.
+    pub(crate) route_keys: ArcSwap<RouteKeys>,
     /// The control thread's and the message task's inboxes.
     pub(crate) inbox: Inboxes,
     /// One set of counters per worker.

@@ -4,7 +4,9 @@
 //! One [`FibWriter`] (the thread that drives the [`crate::Router`]) applies
 //! [`FibChange`]s to a staged table and [`FibWriter::publish`]es it; any number of
 //! [`FibReader`]s (data-plane threads) look up next hops in the latest published snapshot
-//! without taking a lock (`arc_swap`). A snapshot never changes once published.
+//! without taking a lock (`arc_swap`). A snapshot never changes while a reader can see it.
+//! Publishing costs what changed, not a copy of the table: the writer keeps two tables and
+//! replays each batch on the other one ([`crate::snapshot`]).
 //!
 //! The table is one hash map per prefix length present, probed longest first: node routes are
 //! all `/64`, so a lookup is usually one hash probe.
@@ -18,6 +20,7 @@ use hyphae_wire::Subnet;
 
 use crate::hash::SeededState;
 use crate::peer::PeerId;
+use crate::snapshot::{SnapshotWriter, Table};
 
 /// A change of the selected route for one subnet: its new next hop, or `None` when the subnet
 /// has no route any more.
@@ -124,22 +127,32 @@ impl Fib {
     }
 }
 
+impl Table for Fib {
+    type Change = FibChange;
+
+    fn apply_change(&mut self, change: &FibChange) {
+        self.apply(*change);
+    }
+
+    fn entries(&self) -> usize {
+        self.len
+    }
+}
+
 /// The single writer: stages changes and publishes snapshots.
 #[derive(Debug)]
 pub struct FibWriter {
     shared: Arc<ArcSwap<Fib>>,
-    staged: Fib,
-    dirty: bool,
+    tables: SnapshotWriter<Fib>,
 }
 
 impl FibWriter {
     /// A writer with an empty published table; `seed` seeds the hash maps.
     pub fn new(seed: u64) -> Self {
-        let staged = Fib::with_seed(seed);
+        let tables = SnapshotWriter::new(Fib::with_seed(seed));
         Self {
-            shared: Arc::new(ArcSwap::from_pointee(staged.clone())),
-            staged,
-            dirty: false,
+            shared: Arc::new(ArcSwap::new(Arc::clone(tables.published()))),
+            tables,
         }
     }
 
@@ -152,24 +165,26 @@ impl FibWriter {
 
     /// Stages one change (readers don't see it until [`FibWriter::publish`]).
     pub fn apply(&mut self, change: FibChange) {
-        self.staged.apply(change);
-        self.dirty = true;
+        self.tables.apply(change);
     }
 
     /// Publishes the staged table if anything changed since the last publish; returns
-    /// whether it did. Readers switch to the new snapshot atomically.
+    /// whether it did. Readers switch to the new snapshot atomically. Costs `O(1)` here and
+    /// the replay of the published changes on the writer's other table at the next
+    /// [`FibWriter::apply`].
     pub fn publish(&mut self) -> bool {
-        if !self.dirty {
-            return false;
-        }
-        self.shared.store(Arc::new(self.staged.clone()));
-        self.dirty = false;
-        true
+        self.tables.publish(&self.shared)
     }
 
     /// The staged table.
     pub fn staged(&self) -> &Fib {
-        &self.staged
+        self.tables.staged()
+    }
+
+    /// How many times the writer copied the whole table instead of replaying a batch (see
+    /// [`SnapshotWriter::full_copies`]).
+    pub fn full_copies(&self) -> u64 {
+        self.tables.full_copies()
     }
 }
 
@@ -272,5 +287,42 @@ mod tests {
         let t = std::thread::spawn(move || r2.lookup(dst));
         assert_eq!(t.join().unwrap(), Some(PeerId(5)));
         assert_eq!(w.staged().len(), 1);
+    }
+
+    #[test]
+    fn publishing_replays_changes_unless_a_reader_holds_the_old_snapshot() {
+        let change = |i: u128, p: u64| FibChange {
+            subnet: Subnet::v6_64(Ipv6Addr::from((0x4aa_u128 << 112) | (i << 64))),
+            next_hop: Some(PeerId(p)),
+        };
+        let mut w = FibWriter::new(3);
+        let r = w.reader();
+        for i in 0..1000 {
+            w.apply(change(i, 1));
+        }
+        assert!(w.publish());
+        // The first batch filled an empty table: copied, not replayed.
+        w.apply(change(1, 2));
+        assert_eq!(w.full_copies(), 1);
+        assert!(w.publish());
+        for i in 2..10 {
+            w.apply(change(i, 2));
+            assert!(w.publish());
+        }
+        assert_eq!(w.full_copies(), 1, "small batches are replayed");
+        let held = r.snapshot();
+        w.apply(change(10, 2));
+        assert!(w.publish());
+        w.apply(change(11, 2));
+        assert_eq!(w.full_copies(), 2, "the previous snapshot is held: copied");
+        assert!(w.publish());
+        let now = r.snapshot();
+        for i in 0..1000 {
+            let dst = Ipv6Addr::from((0x4aa_u128 << 112) | (i << 64) | 1);
+            let moved = |n| if (1..n).contains(&i) { 2 } else { 1 };
+            assert_eq!(now.lookup(dst), Some(PeerId(moved(12))));
+            assert_eq!(held.lookup(dst), Some(PeerId(moved(10))));
+        }
+        assert_eq!(w.staged().len(), 1000);
     }
 }
