@@ -171,7 +171,11 @@ impl Forwarder {
     /// Queues a run that found its link's queue full once there is room, waiting as long as
     /// it takes; false at shutdown. A link that goes away drops it (counted as no route).
     async fn wait_for_room(&self, b: Blocked) -> bool {
-        let Blocked { peer, mut run, frames } = b;
+        let Blocked {
+            peer,
+            mut run,
+            frames,
+        } = b;
         let mut shutdown = self.shared.shutdown.clone();
         loop {
             let drained = peer.drained.notified();
@@ -179,11 +183,15 @@ impl Forwarder {
             drained.as_mut().enable();
             match peer.try_enqueue(run, frames) {
                 Ok(()) => {
-                    self.counters().forwarded.fetch_add(u64::from(frames), Relaxed);
+                    self.counters()
+                        .forwarded
+                        .fetch_add(u64::from(frames), Relaxed);
                     return true;
                 }
                 Err(Full::Closed) => {
-                    self.counters().drop_no_route.fetch_add(u64::from(frames), Relaxed);
+                    self.counters()
+                        .drop_no_route
+                        .fetch_add(u64::from(frames), Relaxed);
                     return true;
                 }
                 Err(Full::Queue(r)) => run = r,
