@@ -20,8 +20,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::endpoint::Endpoint;
 use super::peers::{PeerHandle, PeerType};
 
-/// Messages the control thread's inbox holds before TLVs are dropped (and counted).
-pub(crate) const CONTROL_QUEUE: usize = 65_536;
+/// Messages the control thread's inbox holds before TLVs are dropped (and counted): the
+/// control thread handles Updates far faster than links deliver them, so this only fills
+/// under a flood, and a full queue is about 1.6 MB (65,536 held 6.5 MB at the peak of one).
+pub(crate) const CONTROL_QUEUE: usize = 16_384;
 /// Requests and packets the message task's inbox holds.
 pub(crate) const MESSAGE_QUEUE: usize = 65_536;
 /// How long a front end waits to hand a request over, and (beyond any wait the request asks
