@@ -693,7 +693,8 @@ fn a_topic_forward_socket_answers_requests() {
 }
 
 /// An application that asks and asks but never reads its answers cannot make the node hold
-/// them without bound: past 16 MiB of unread answers its connection is closed. Another
+/// them without bound: past `--local-socket-outbox-mib` (4 here) of unread answers its
+/// connection is closed. Another
 /// application on the same socket is served all the while. An application also holds at most
 /// 64 subscriptions per connection.
 #[test]
@@ -702,7 +703,12 @@ fn a_local_application_that_never_reads_is_cut_off() {
     use std::io::Write;
     use std::os::unix::net::UnixStream;
 
-    let n = Node::start("outbox", "portable", 45, &[]);
+    let n = Node::start(
+        "outbox",
+        "portable",
+        45,
+        &["--local-socket-outbox-mib".into(), "4".into()],
+    );
     // 65 subscriptions on one connection: the last is refused.
     let mut app = local::App::connect(&n.local_socket());
     for i in 0..65u8 {

@@ -113,6 +113,11 @@ pub struct Cli {
     /// router's group). Bits for other users are refused.
     #[arg(long, value_name = "MODE")]
     pub local_socket_mode: Option<String>,
+    /// MiB of answers a local-socket application may leave unread before its connection is
+    /// closed (default 256: a federation edge relays bodies of tens of MB, and a busy one
+    /// reads late).
+    #[arg(long, value_name = "MIB")]
+    pub local_socket_outbox_mib: Option<usize>,
     /// The only directory topic forward sockets may live in (the message API cannot point the
     /// router at other sockets on this host). Default: `forward/` beside the default local
     /// socket, e.g. /run/hyphae/forward as root.
@@ -144,6 +149,7 @@ struct FileConfig {
     tcp_window: Option<String>,
     local_socket: Option<PathBuf>,
     local_socket_mode: Option<String>,
+    local_socket_outbox_mib: Option<usize>,
     topic_forward_dir: Option<PathBuf>,
 }
 
@@ -191,6 +197,8 @@ pub struct Settings {
     pub local_socket: Option<PathBuf>,
     /// Permission bits of the local socket (never any for other users).
     pub local_socket_mode: u32,
+    /// Unread answer bytes per local-socket connection before it is closed.
+    pub local_socket_outbox: usize,
     /// Where topic forward sockets may live.
     pub topic_forward_dir: PathBuf,
     /// The TUN device's name, `None` with `--no-tun`.
@@ -372,6 +380,12 @@ impl Cli {
                 None => Some(default_local_socket()),
             },
             local_socket_mode,
+            local_socket_outbox: self
+                .local_socket_outbox_mib
+                .or(file.local_socket_outbox_mib)
+                .unwrap_or(256)
+                .clamp(1, 1 << 20)
+                << 20,
             topic_forward_dir,
             tun_name,
             max_inbound,

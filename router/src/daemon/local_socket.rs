@@ -38,9 +38,6 @@ const SUBSCRIPTION_POLL: Duration = Duration::from_secs(30);
 const MAX_IN_FLIGHT: usize = 1024;
 /// Subscriptions one connection may hold.
 const MAX_SUBSCRIPTIONS: usize = 64;
-/// Answer bytes waiting for an application to read them; past this the application is not
-/// reading, and its connection is closed.
-const OUTBOX_BYTES: usize = 16 << 20;
 
 /// Where one connection's answers wait for its writer, bounded in bytes.
 #[derive(Debug, Clone)]
@@ -49,6 +46,9 @@ struct Outbox {
     queued: Arc<AtomicUsize>,
     /// Told when an answer does not fit.
     overflow: Arc<Notify>,
+    /// Answer bytes that may wait for the application to read them (`--local-socket-outbox-mib`);
+    /// past this the application is not reading, and its connection is closed.
+    limit: usize,
 }
 
 impl Outbox {
@@ -56,7 +56,7 @@ impl Outbox {
     /// connection is closed).
     fn send(&self, b: Bytes) -> bool {
         let n = b.len();
-        if self.queued.fetch_add(n, Relaxed) + n > OUTBOX_BYTES {
+        if self.queued.fetch_add(n, Relaxed) + n > self.limit {
             self.queued.fetch_sub(n, Relaxed);
             self.overflow.notify_one();
             return false;
@@ -260,6 +260,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
         tx,
         queued: Arc::default(),
         overflow: Arc::default(),
+        limit: shared.settings.local_socket_outbox,
     };
     let queued = out.queued.clone();
     let writer = tokio::spawn(async move {
