@@ -4,9 +4,16 @@
 pub mod fake_peer;
 pub mod sys;
 
+use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use bytes::{Bytes, BytesMut};
+use hyphae_wire::framing::{self, Kind, Message, Reply, Subscribe};
 
 /// A TCP port free on loopback right now.
 pub fn free_port() -> std::io::Result<u16> {
@@ -37,4 +44,70 @@ pub fn router_args<'a>(
         .args(["--driver", driver, "--workers", &workers.to_string()])
         .arg("--local-socket")
         .arg(key.with_extension("sock"))
+}
+
+/// An application on a router's local socket (hyphae framing): sends messages, reads frames.
+#[derive(Debug)]
+pub struct App {
+    s: UnixStream,
+    buf: BytesMut,
+}
+
+impl App {
+    /// Connects to the local socket at `p`.
+    pub fn connect(p: &Path) -> Result<Self> {
+        Ok(Self {
+            s: UnixStream::connect(p)?,
+            buf: BytesMut::with_capacity(1 << 20),
+        })
+    }
+
+    /// Bounds every read (`None`: reads wait forever).
+    pub fn set_read_timeout(&self, limit: Option<Duration>) -> Result<()> {
+        Ok(self.s.set_read_timeout(limit)?)
+    }
+
+    /// Sends one message.
+    pub fn send(&mut self, m: &Message<'_>) -> Result<()> {
+        let mut b = BytesMut::new();
+        m.encode(framing::DEFAULT_MAX_BODY, &mut b)?;
+        self.s.write_all(&b)?;
+        Ok(())
+    }
+
+    /// The next frame from the router.
+    pub fn recv(&mut self) -> Result<(Kind, Bytes)> {
+        loop {
+            if let Some(f) = framing::split_frame(&mut self.buf, framing::DEFAULT_MAX_BODY)? {
+                return Ok(f);
+            }
+            self.buf.reserve(1 << 16);
+            let mut chunk = vec![0u8; 1 << 16];
+            let n = self.s.read(&mut chunk)?;
+            if n == 0 {
+                bail!("socket closed");
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// An application on the local socket at `sock` that echoes every message on `topic` back as
+/// its reply, until the socket closes.
+pub fn responder(sock: &Path, topic: &[u8]) -> Result<()> {
+    let mut app = App::connect(sock)?;
+    app.send(&Message::Subscribe(Subscribe {
+        tag: 0,
+        topic: Some(topic),
+    }))?;
+    loop {
+        let (kind, body) = app.recv()?;
+        if let Ok(Message::Deliver(d)) = Message::decode(kind, &body) {
+            app.send(&Message::Reply(Reply {
+                tag: 1,
+                id: d.id,
+                payload: d.payload,
+            }))?;
+        }
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -169,6 +169,125 @@ pub fn loadavg() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A `/proc/PID/status` field in bytes (`VmRSS`, `VmHWM`: the kernel gives them in kB).
+pub fn status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// A count field of `/proc/PID/status` (`Threads`).
+pub fn status_count(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Descriptors process `pid` holds open (entries of `/proc/PID/fd`).
+pub fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// A TCP connection to `to` from source address `from` (port chosen by the kernel), the
+/// connect bounded by `limit`. On Linux every address of 127.0.0.0/8 is local, so fake peers
+/// can come from as many loopback addresses as they like.
+#[allow(unsafe_code)]
+pub fn connect_from(from: IpAddr, to: SocketAddr, limit: Duration) -> std::io::Result<TcpStream> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    if from.is_ipv4() != to.is_ipv4() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("cannot connect from {from} to {to}"),
+        ));
+    }
+    let domain = if to.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: socket(2) takes no pointers; a descriptor it returns is ours to own.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Linux bounds a blocking connect(2) by the send timeout.
+    let tv = libc::timeval {
+        tv_sec: limit.as_secs() as libc::time_t,
+        tv_usec: libc::suseconds_t::from(limit.subsec_micros() as i32),
+    };
+    let (src, src_len) = sockaddr(SocketAddr::new(from, 0));
+    let (dst, dst_len) = sockaddr(to);
+    // SAFETY: every pointer is to a live local of the length passed with it, on a descriptor
+    // this function owns.
+    let ok = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        ) == 0
+            && libc::bind(fd, (&src as *const libc::sockaddr_storage).cast(), src_len) == 0
+            && libc::connect(fd, (&dst as *const libc::sockaddr_storage).cast(), dst_len) == 0
+    };
+    if !ok {
+        let e = std::io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::EINPROGRESS) {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+        } else {
+            e
+        });
+    }
+    let s = TcpStream::from(sock);
+    s.set_write_timeout(None)?;
+    Ok(s)
+}
+
+/// `a` as a C socket address.
+#[allow(unsafe_code)]
+fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero bytes are a valid `sockaddr_storage`.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match a {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: `sockaddr_storage` is larger than and aligned for every socket address.
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above.
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
 /// The machine: CPU model, vCPUs this process may use, memory and kernel.
 #[derive(Debug, Clone)]
 pub struct Machine {
@@ -263,29 +382,67 @@ pub fn set_int_opt(s: &impl AsRawFd, level: libc::c_int, name: libc::c_int, v: l
 
 /// `GET path` over HTTP/1.1 with `Connection: close`: the body of a 200 answer, within `limit`.
 pub fn http_get(addr: SocketAddr, path: &str, limit: Duration) -> Result<String> {
+    let (status, line, body) = http(addr, "GET", path, None, limit)?;
+    if status != 200 {
+        bail!("GET {path}: {line}");
+    }
+    Ok(body)
+}
+
+/// `POST path` with a JSON body over HTTP/1.1 with `Connection: close`, within `limit`: the
+/// status and the body, whatever the status.
+pub fn http_post(
+    addr: SocketAddr,
+    path: &str,
+    json: &str,
+    limit: Duration,
+) -> Result<(u16, String)> {
+    let (status, _, body) = http(addr, "POST", path, Some(json), limit)?;
+    Ok((status, body))
+}
+
+/// One request: the status, the status line and the body (de-chunked).
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+    limit: Duration,
+) -> Result<(u16, String, String)> {
     let mut s = TcpStream::connect_timeout(&addr, limit)?;
     s.set_read_timeout(Some(limit))?;
     s.set_write_timeout(Some(limit))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(body) = json {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    } else {
+        req.push_str("\r\n");
+    }
+    s.write_all(req.as_bytes())?;
     let mut resp = Vec::new();
     s.take(64 << 20).read_to_end(&mut resp)?;
     let text = String::from_utf8_lossy(&resp);
     let (head, body) = text
         .split_once("\r\n\r\n")
         .context("no end of the HTTP header")?;
-    if head.split(' ').nth(1) != Some("200") {
-        bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
-    }
-    if head
+    let line = head.lines().next().unwrap_or_default().to_owned();
+    let status = line
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("{method} {path}: no status in {line:?}"))?;
+    let body = if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        return Ok(dechunk(body));
-    }
-    Ok(body.to_owned())
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((status, line, body))
 }
 
 fn dechunk(mut s: &str) -> String {
@@ -308,6 +465,25 @@ mod tests {
     #[test]
     fn dechunk_joins_chunks() {
         assert_eq!(dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), "abcde");
+    }
+
+    #[test]
+    fn own_process_figures_are_readable() {
+        let me = std::process::id();
+        assert!(status_bytes(me, "VmRSS").is_some_and(|b| b > 0));
+        assert!(status_count(me, "Threads").is_some_and(|n| n >= 1));
+        assert!(open_fds(me).is_some_and(|n| n >= 3));
+    }
+
+    #[test]
+    fn connects_from_another_loopback_address() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = l.local_addr().unwrap();
+        let from: IpAddr = "127.3.4.5".parse().unwrap();
+        let s = connect_from(from, to, Duration::from_secs(2)).unwrap();
+        assert_eq!(s.local_addr().unwrap().ip(), from);
+        let (_, peer) = l.accept().unwrap();
+        assert_eq!(peer.ip(), from);
     }
 
     #[test]

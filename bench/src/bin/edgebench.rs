@@ -52,7 +52,7 @@ use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use hyphae_bench::free_port;
-use hyphae_bench::sys::{Proc, cpu_seconds};
+use hyphae_bench::sys::{Proc, cpu_seconds, status_bytes};
 use hyphae_edge::testkit::{self, FakeHomeserver, FederationClient, RequestBody, TestCa};
 use serde_json::{Value, json};
 
@@ -274,16 +274,6 @@ fn machine_cpu() -> MachineCpu {
         idle: get(3) + get(4),
         steal: get(7),
     }
-}
-
-/// A `/proc/PID/status` field in bytes (`VmRSS`, `VmHWM`).
-fn status_bytes(pid: u32, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text
-        .lines()
-        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 /// Resets a process's peak RSS (VmHWM) to its current RSS; whether it worked.

@@ -17,11 +17,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
-use bytes::{Bytes, BytesMut};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use hyphae_bench::{free_port, router_args};
-use hyphae_wire::framing::{self, Destination, Kind, Message, Push, Reply, Subscribe};
+use hyphae_bench::{App, free_port, responder, router_args};
+use hyphae_wire::framing::{Destination, Message, Push};
 use hyphae_wire::identity::{PublicKey, SecretKey};
 
 #[derive(Parser, Debug)]
@@ -99,61 +98,6 @@ fn start(
     Ok(r)
 }
 
-struct App {
-    s: UnixStream,
-    buf: BytesMut,
-}
-
-impl App {
-    fn connect(p: &Path) -> Result<Self> {
-        Ok(Self {
-            s: UnixStream::connect(p)?,
-            buf: BytesMut::with_capacity(1 << 20),
-        })
-    }
-
-    fn send(&mut self, m: &Message<'_>) -> Result<()> {
-        let mut b = BytesMut::new();
-        m.encode(framing::DEFAULT_MAX_BODY, &mut b)?;
-        self.s.write_all(&b)?;
-        Ok(())
-    }
-
-    fn recv(&mut self) -> Result<(Kind, Bytes)> {
-        loop {
-            if let Some(f) = framing::split_frame(&mut self.buf, framing::DEFAULT_MAX_BODY)? {
-                return Ok(f);
-            }
-            self.buf.reserve(1 << 16);
-            let mut chunk = vec![0u8; 1 << 16];
-            let n = self.s.read(&mut chunk)?;
-            if n == 0 {
-                bail!("socket closed");
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-}
-
-/// Echoes every message on TOPIC back as its reply.
-fn responder(sock: PathBuf) -> Result<()> {
-    let mut app = App::connect(&sock)?;
-    app.send(&Message::Subscribe(Subscribe {
-        tag: 0,
-        topic: Some(TOPIC),
-    }))?;
-    loop {
-        let (kind, body) = app.recv()?;
-        if let Ok(Message::Deliver(d)) = Message::decode(kind, &body) {
-            app.send(&Message::Reply(Reply {
-                tag: 1,
-                id: d.id,
-                payload: d.payload,
-            }))?;
-        }
-    }
-}
-
 fn push(app: &mut App, tag: u64, dst: &PublicKey, payload: &[u8]) -> Result<()> {
     let p = Push {
         tag,
@@ -220,7 +164,7 @@ fn main() -> Result<()> {
     let a = start(&bin, &dir, "a", 0x61, &args.driver, Some(b.port))?;
     let b_pk = SecretKey::from_bytes([0x62; 32]).public_key();
     let sock = b.sock.clone();
-    std::thread::spawn(move || responder(sock));
+    std::thread::spawn(move || responder(&sock, TOPIC));
 
     let mut client = App::connect(&a.sock)?;
     // Warm up: routes, keys, RTT estimates.

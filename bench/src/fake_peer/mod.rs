@@ -46,6 +46,7 @@ pub const WRITE_BYTES: usize = 256 * 1024;
 /// hyphae), so each /64 gets its own key.
 #[derive(Debug)]
 pub struct Prefixes {
+    tag: u8,
     keys: Vec<PublicKey>,
     /// Every Update frame, back to back: what the peer sends first on a new link.
     announcement: Bytes,
@@ -83,11 +84,12 @@ impl Prefixes {
         let mut updates = HashMap::with_capacity(keys.len());
         for (i, k) in keys.iter().enumerate() {
             let mut v = Vec::with_capacity(68);
-            Tlv::Update(update(tag, i, k)).encode_frame(&mut v);
+            Tlv::Update(update(tag, i, k, SeqNo(0), Metric(0))).encode_frame(&mut v);
             announcement.extend_from_slice(&v);
             updates.insert(k.subnet(), Bytes::from(v));
         }
         Self {
+            tag,
             keys,
             announcement: announcement.into(),
             updates,
@@ -109,9 +111,24 @@ impl Prefixes {
         self.keys[i % self.keys.len()].address()
     }
 
+    /// Key `i` (modulo their number).
+    pub fn key(&self, i: usize) -> PublicKey {
+        self.keys[i % self.keys.len()]
+    }
+
     /// Every Update, back to back.
     pub fn announcement(&self) -> Bytes {
         self.announcement.clone()
+    }
+
+    /// Every Update again, with `seqno` and `metric` ([`Metric::INFINITE`]: a retraction of
+    /// every prefix), back to back: to send with [`Peer::send_control`].
+    pub fn updates(&self, seqno: SeqNo, metric: Metric) -> Bytes {
+        let mut v = Vec::with_capacity(self.announcement.len());
+        for (i, k) in self.keys.iter().enumerate() {
+            Tlv::Update(update(self.tag, i, k, seqno, metric)).encode_frame(&mut v);
+        }
+        v.into()
     }
 
     /// The answer to a control frame from the router, if any: an IHU for a Hello, our Updates
@@ -143,13 +160,13 @@ fn key(tag: u8, i: usize) -> PublicKey {
     SecretKey::from_bytes(b).public_key()
 }
 
-fn update(tag: u8, i: usize, k: &PublicKey) -> Update {
+fn update(tag: u8, i: usize, k: &PublicKey, seqno: SeqNo, metric: Metric) -> Update {
     let i = (i as u32).to_le_bytes();
     Update {
         flags: 0,
         interval: Interval::from_secs(300),
-        seqno: SeqNo(0),
-        metric: Metric(0),
+        seqno,
+        metric,
         subnet: k.subnet(),
         router_id: RouterId::new(k, 0, [tag, i[0], i[1], i[2], i[3], 0x6d]),
     }
@@ -453,6 +470,28 @@ enum Transport {
 }
 
 impl Peer {
+    /// TCP links only: the peer stops reading its link and answering the router, and sends
+    /// nothing more, but keeps the link open until it is dropped: a frozen peer, which the
+    /// router should find dead (no IHU) and close.
+    pub fn freeze(&self) -> Result<()> {
+        match &self.transport {
+            Transport::Tcp { _guard: g } => {
+                g.freeze();
+                Ok(())
+            }
+            Transport::Quic(_) => bail!("only TCP peers freeze"),
+        }
+    }
+
+    /// TCP links only: writes `frames` (whole frames, such as [`Prefixes::updates`]) on the
+    /// current link; an error if there is none or the router takes nothing for [`STALL`].
+    pub fn send_control(&self, frames: &[u8]) -> Result<()> {
+        match &self.transport {
+            Transport::Tcp { _guard: g } => g.send(frames),
+            Transport::Quic(_) => bail!("only TCP peers send raw frames"),
+        }
+    }
+
     /// QUIC links only: (DATAGRAM frames, UDP datagrams) the peer's QUIC stack received, and
     /// packets it lost as a sender, summed over its connections so far. Datagram frames beyond
     /// the data frames counted were dropped in the peer itself (its receive buffer was full).
@@ -515,6 +554,22 @@ mod tests {
             assert_eq!(u.router_id.public_key().address(), p.address(i));
             assert_eq!((u.metric, u.seqno), (Metric(0), SeqNo(0)));
         }
+    }
+
+    #[test]
+    fn updates_carry_the_seqno_and_metric_asked_for() {
+        let p = Prefixes::new(9, 3);
+        let frames = frames_in(&p.updates(SeqNo(7), Metric::INFINITE));
+        assert_eq!(frames.len(), 3);
+        for (i, f) in frames.iter().enumerate() {
+            let Frame::Control(Tlv::Update(u)) = f else {
+                panic!("an Update");
+            };
+            assert_eq!(u.subnet, Subnet::v6_64(p.address(i)));
+            assert_eq!((u.seqno, u.metric), (SeqNo(7), Metric::INFINITE));
+        }
+        assert_eq!(p.updates(SeqNo(0), Metric(0)), p.announcement());
+        assert_eq!(p.key(4), p.key(1));
     }
 
     #[test]

@@ -5,23 +5,47 @@
 //! generator's writes and the reader's answers never interleave inside a frame.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use bytes::BytesMut;
 use hyphae_wire::deframer::{Deframer, Frame};
 
 use super::{
     Counters, GenReport, Generator, Job, JobQueue, Peer, Prefixes, STALL, Transport, WRITE_BYTES,
 };
-use crate::sys::set_int_opt;
+use crate::sys::{connect_from, set_int_opt};
 
 /// Stops a TCP peer's threads and closes its link when dropped.
 #[derive(Debug)]
 pub(super) struct Guard(Arc<Shared>);
+
+impl Guard {
+    /// Stop reading and answering; the link stays open.
+    pub(super) fn freeze(&self) {
+        self.0.frozen.store(true, Relaxed);
+    }
+
+    /// Writes whole frames on the current link.
+    pub(super) fn send(&self, frames: &[u8]) -> Result<()> {
+        let mut cur = self
+            .0
+            .writer
+            .lock()
+            .map_err(|_| anyhow::anyhow!("link lock poisoned"))?;
+        let (_, w) = cur.as_mut().context("no link")?;
+        if let Err(e) = w.write_all(frames) {
+            // Half a frame may be on the link: it is useless now.
+            let _ = w.shutdown(Shutdown::Both);
+            *cur = None;
+            return Err(e).context("writing on the link");
+        }
+        Ok(())
+    }
+}
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -42,6 +66,8 @@ struct Shared {
     writer: Mutex<Option<(u64, TcpStream)>>,
     next_link: AtomicU64,
     stop: AtomicBool,
+    /// Frozen: the links are neither read nor answered (see [`super::Peer::freeze`]).
+    frozen: AtomicBool,
 }
 
 /// A peer listening on a loopback port for the router to dial.
@@ -66,6 +92,12 @@ pub fn listen(prefixes: Arc<Prefixes>) -> Result<Peer> {
 
 /// A peer that dials `to` (the router's TCP port), and dials again whenever its link is down.
 pub fn dial(prefixes: Arc<Prefixes>, to: SocketAddr) -> Result<Peer> {
+    dial_from(prefixes, to, None)
+}
+
+/// As [`dial`], from source address `from` when given (any of 127.0.0.0/8 on Linux: many peers
+/// on one host, each from its own address, as the router's per-address cap expects).
+pub fn dial_from(prefixes: Arc<Prefixes>, to: SocketAddr, from: Option<IpAddr>) -> Result<Peer> {
     let shared = new_shared(prefixes);
     let s = shared.clone();
     std::thread::Builder::new()
@@ -73,9 +105,16 @@ pub fn dial(prefixes: Arc<Prefixes>, to: SocketAddr) -> Result<Peer> {
         .spawn(move || {
             while !s.stop.load(Relaxed) {
                 let up = s.writer.lock().map(|w| w.is_some()).unwrap_or(true);
-                if !up && let Ok(stream) = TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
-                    let port = stream.local_addr().map_or(0, |a| a.port());
-                    attach(&s, stream, port);
+                if !up && !s.frozen.load(Relaxed) {
+                    let limit = Duration::from_secs(2);
+                    let connected = match from {
+                        Some(ip) => connect_from(ip, to, limit),
+                        None => TcpStream::connect_timeout(&to, limit),
+                    };
+                    if let Ok(stream) = connected {
+                        let port = stream.local_addr().map_or(0, |a| a.port());
+                        attach(&s, stream, port);
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -90,6 +129,7 @@ fn new_shared(prefixes: Arc<Prefixes>) -> Arc<Shared> {
         writer: Mutex::new(None),
         next_link: AtomicU64::new(0),
         stop: AtomicBool::new(false),
+        frozen: AtomicBool::new(false),
     })
 }
 
@@ -171,6 +211,10 @@ fn read_link(s: &Shared, mut stream: TcpStream, id: u64) {
     let why = loop {
         if s.stop.load(Relaxed) {
             break "stopped".to_owned();
+        }
+        if s.frozen.load(Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
         }
         let n = match stream.read(&mut chunk) {
             Ok(0) => break "closed by the router".to_owned(),
