@@ -275,7 +275,16 @@ impl Router {
         if self.peers.contains_key(&peer) {
             self.handle_peer_down(now, peer);
         }
-        self.peers.insert(peer, Neighbour::new(now, kind));
+        let mut n = Neighbour::new(now, kind);
+        // Entries of an earlier link with this id may still be held (retracted): they count
+        // against this peer's cap, and their expiry decrements its count.
+        n.routes = self
+            .routes
+            .sets
+            .values()
+            .filter(|set| set.entry(peer).is_some())
+            .count();
+        self.peers.insert(peer, n);
         self.timers
             .set(TimerKey::PeerDead(peer), now + self.config.dead_threshold());
         self.send_own_update(now, Some(peer));

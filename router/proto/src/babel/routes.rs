@@ -109,6 +109,10 @@ pub(crate) fn select(
             continue;
         }
         let total = e.metric + c;
+        // An infinite link cost (`LinkKind::Other(0xFFFF)`) makes the route unusable too.
+        if total.is_infinite() {
+            continue;
+        }
         if Some(e.peer) == current {
             cur = Some((i, total));
         }
@@ -189,6 +193,15 @@ mod tests {
             })
         };
         assert_eq!(select(&es[..2], None, costly2, |_| true), Some(0));
+        // A finite metric over a link of infinite cost is no route.
+        let inf2 = |p: PeerId| {
+            Some(if p == PeerId(2) {
+                Metric::INFINITE
+            } else {
+                Metric(100)
+            })
+        };
+        assert_eq!(select(&es[1..2], None, inf2, |_| true), None);
     }
 
     #[test]

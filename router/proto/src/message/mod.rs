@@ -73,7 +73,7 @@ mod rtt;
 mod topic;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -792,6 +792,29 @@ impl Messages {
         }
     }
 
+    /// Arms `key` at `at`. A deadline that moves leaves its old heap entry behind (skipped when
+    /// it surfaces); once the stale entries outnumber the live timers, they are swept, so a
+    /// peer that keeps resetting a message (an INIT that differs each time) cannot grow the
+    /// heap by one entry per packet.
+    fn push_timer(&mut self, at: Instant, key: TimerKey) {
+        self.timers.push(Reverse((at, key)));
+        let live = self.outbound.len() + self.inbound.len() + 1;
+        if self.timers.len() > 2 * live + 64 {
+            let (outbound, inbound, delivered) =
+                (&self.outbound, &self.inbound, self.delivered_armed);
+            // One entry per armed key (a reset message re-arms at the same instant).
+            let mut kept = BTreeSet::new();
+            self.timers.retain(|Reverse((t, k))| {
+                let armed = match k {
+                    TimerKey::Out(id) => outbound.get(id).and_then(|m| m.armed),
+                    TimerKey::In(src, id) => inbound.get(&(*src, *id)).and_then(|e| e.armed),
+                    TimerKey::Delivered => delivered,
+                };
+                armed == Some(*t) && kept.insert(*k)
+            });
+        }
+    }
+
     fn armed(&self, key: TimerKey) -> Option<Instant> {
         match key {
             TimerKey::Out(id) => self.outbound.get(&id).and_then(|m| m.armed),
@@ -884,7 +907,7 @@ impl Messages {
         };
         if self.delivered_armed.is_none_or(|a| t < a) {
             self.delivered_armed = Some(t);
-            self.timers.push(Reverse((t, TimerKey::Delivered)));
+            self.push_timer(t, TimerKey::Delivered);
         }
     }
 
@@ -906,7 +929,7 @@ impl Messages {
             (e.created + self.cfg.send_window).min(e.last_activity + self.cfg.inbound_idle_timeout);
         if e.armed.is_none_or(|a| d < a) {
             e.armed = Some(d);
-            self.timers.push(Reverse((d, TimerKey::In(key.0, key.1))));
+            self.push_timer(d, TimerKey::In(key.0, key.1));
         }
     }
 
@@ -918,7 +941,7 @@ impl Messages {
         let d = m.next_deadline(rto);
         if m.armed.is_none_or(|a| d < a) {
             m.armed = Some(d);
-            self.timers.push(Reverse((d, TimerKey::Out(id))));
+            self.push_timer(d, TimerKey::Out(id));
         }
     }
 
