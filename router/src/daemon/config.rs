@@ -66,6 +66,17 @@ pub struct Cli {
     /// Most links peers may open to this node from one address.
     #[arg(long, value_name = "N")]
     pub max_inbound_per_address: Option<usize>,
+    /// Most route entries kept in all (one per subnet and neighbour announcing it, 65,536 per
+    /// peer by default); Updates beyond it are dropped and counted.
+    #[arg(long, value_name = "N")]
+    pub max_routes: Option<usize>,
+    /// Most route entries kept from one peer; Updates beyond it are dropped and counted.
+    #[arg(long, value_name = "N")]
+    pub max_routes_per_peer: Option<usize>,
+    /// Most peers found by link-local discovery kept at once; beacons from more are ignored and
+    /// counted.
+    #[arg(long, value_name = "N")]
+    pub max_discovered_peers: Option<usize>,
     /// Name of the TUN device that carries the node's IPv6 overlay traffic (default
     /// "mycelium", as the reference).
     #[arg(long, value_name = "NAME")]
@@ -141,6 +152,9 @@ struct FileConfig {
     tun_name: Option<String>,
     max_inbound: Option<usize>,
     max_inbound_per_address: Option<usize>,
+    max_routes: Option<usize>,
+    max_routes_per_peer: Option<usize>,
+    max_discovered_peers: Option<usize>,
     workers: Option<usize>,
     hello_interval: Option<Interval>,
     driver: Option<String>,
@@ -207,7 +221,21 @@ pub struct Settings {
     pub max_inbound: usize,
     /// Cap on inbound links from one address.
     pub max_inbound_per_address: usize,
+    /// Cap on route entries in all.
+    pub max_routes: usize,
+    /// Cap on route entries from one peer.
+    pub max_routes_per_peer: usize,
+    /// Cap on peers found by link-local discovery.
+    pub max_discovered_peers: usize,
 }
+
+/// Default cap on route entries in all: room for 8 peers each announcing the default
+/// per-peer cap, far above today's network (a few thousand nodes).
+pub const DEFAULT_MAX_ROUTES: usize = 1 << 19;
+/// Default cap on route entries from one peer.
+pub const DEFAULT_MAX_ROUTES_PER_PEER: usize = 1 << 16;
+/// Default cap on peers found by link-local discovery.
+pub const DEFAULT_MAX_DISCOVERED_PEERS: usize = 64;
 
 /// A configuration error, printed as one line.
 #[derive(Debug, thiserror::Error)]
@@ -343,6 +371,23 @@ impl Cli {
                 "--max-inbound and --max-inbound-per-address must be at least 1".into(),
             ));
         }
+        let max_routes = self
+            .max_routes
+            .or(file.max_routes)
+            .unwrap_or(DEFAULT_MAX_ROUTES);
+        let max_routes_per_peer = self
+            .max_routes_per_peer
+            .or(file.max_routes_per_peer)
+            .unwrap_or(DEFAULT_MAX_ROUTES_PER_PEER);
+        if max_routes == 0 || max_routes_per_peer == 0 {
+            return Err(ConfigError::Invalid(
+                "--max-routes and --max-routes-per-peer must be at least 1".into(),
+            ));
+        }
+        let max_discovered_peers = self
+            .max_discovered_peers
+            .or(file.max_discovered_peers)
+            .unwrap_or(DEFAULT_MAX_DISCOVERED_PEERS);
         let no_tun = self.no_tun || file.no_tun.unwrap_or(false);
         let tun_name = match self.tun_name.clone().or(file.tun_name) {
             _ if no_tun => None,
@@ -390,6 +435,9 @@ impl Cli {
             tun_name,
             max_inbound,
             max_inbound_per_address,
+            max_routes,
+            max_routes_per_peer,
+            max_discovered_peers,
         })
     }
 }

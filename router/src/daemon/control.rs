@@ -66,6 +66,8 @@ struct Control {
     route_keys: SnapshotWriter<RouteKeys>,
     /// Frames each link had received when [`Control::heard`] last looked.
     last_rx: HashMap<PeerId, u64>,
+    /// Beacons from new peers ignored because `--max-discovered-peers` were kept.
+    discovered_refused: u64,
 }
 
 /// The control thread's body.
@@ -89,6 +91,8 @@ pub(crate) fn run(
     let now = Instant::now();
     let config = Config {
         hello_interval: shared.settings.hello_interval,
+        max_routes: shared.settings.max_routes,
+        max_routes_per_peer: shared.settings.max_routes_per_peer,
         hash_seed: seed,
         ..Config::default()
     };
@@ -104,6 +108,7 @@ pub(crate) fn run(
         control_full_since: HashMap::new(),
         route_keys: SnapshotWriter::new(RouteKeys::default()),
         last_rx: HashMap::new(),
+        discovered_refused: 0,
         shared: shared.clone(),
     };
     for ep in shared.settings.peers.clone() {
@@ -194,10 +199,24 @@ impl Control {
                         .links
                         .values()
                         .any(|(h, _)| h.endpoint.addr.ip() == ep.addr.ip());
-                if !known {
-                    tracing::info!(endpoint = %ep, "discovered a peer on the local link");
-                    self.configure(ep, PeerType::LinkLocalDiscovery, now);
+                if known {
+                    return;
                 }
+                let discovered = self
+                    .configured
+                    .values()
+                    .filter(|c| c.kind == PeerType::LinkLocalDiscovery)
+                    .count();
+                if discovered >= self.shared.settings.max_discovered_peers {
+                    if self.discovered_refused == 0 {
+                        tracing::warn!(endpoint = %ep, max = discovered,
+                            "ignoring a discovered peer: --max-discovered-peers reached (counted from now on in hyphae_discovered_refused_total)");
+                    }
+                    self.discovered_refused += 1;
+                    return;
+                }
+                tracing::info!(endpoint = %ep, "discovered a peer on the local link");
+                self.configure(ep, PeerType::LinkLocalDiscovery, now);
             }
             ControlMsg::Admin(a) => self.admin(now, a),
         }
@@ -393,6 +412,8 @@ impl Control {
                     tlvs: s.tlvs,
                     updates_filtered: s.updates_filtered,
                     answers_rate_limited: s.answers_rate_limited,
+                    updates_capped: s.updates_capped,
+                    discovered_refused: self.discovered_refused,
                     fib_full_copies: self.fib.full_copies(),
                     route_keys_full_copies: self.route_keys.full_copies(),
                 });

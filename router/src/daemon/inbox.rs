@@ -130,6 +130,10 @@ pub(crate) struct ControlStats {
     pub(crate) updates_filtered: u64,
     /// Requests left unanswered over a peer's per-second budget.
     pub(crate) answers_rate_limited: u64,
+    /// Updates for new routes dropped at `--max-routes` or `--max-routes-per-peer`.
+    pub(crate) updates_capped: u64,
+    /// Beacons from new peers ignored at `--max-discovered-peers`.
+    pub(crate) discovered_refused: u64,
     /// Publications of the forwarding table that copied the whole table (a reader held the
     /// previous snapshot, or the batch was large) instead of replaying the batch.
     pub(crate) fib_full_copies: u64,

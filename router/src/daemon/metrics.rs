@@ -45,6 +45,16 @@ pub(crate) async fn prometheus(State(s): State<Arc<Shared>>) -> Response {
         "# TYPE hyphae_answers_rate_limited_total counter\nhyphae_answers_rate_limited_total {}",
         c.answers_rate_limited
     );
+    let _ = writeln!(
+        out,
+        "# TYPE hyphae_updates_capped_total counter\nhyphae_updates_capped_total {}",
+        c.updates_capped
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE hyphae_discovered_refused_total counter\nhyphae_discovered_refused_total {}",
+        c.discovered_refused
+    );
     let _ = writeln!(out, "# TYPE hyphae_table_full_copies_total counter");
     for (table, n) in [
         ("fib", c.fib_full_copies),
@@ -113,7 +123,9 @@ pub(crate) async fn prometheus(State(s): State<Arc<Shared>>) -> Response {
         ("drop_loop", |c| c.drop_loop.load(Relaxed)),
         ("skipped_control", |c| c.skipped_control.load(Relaxed)),
         ("framing_errors", |c| c.framing_errors.load(Relaxed)),
-        ("drop_control_queue", |c| c.drop_control_queue.load(Relaxed)),
+        ("control_queue_waits", |c| {
+            c.control_queue_waits.load(Relaxed)
+        }),
         ("drop_message_queue", |c| c.drop_message_queue.load(Relaxed)),
         ("quic_oversize_on_stream", |c| {
             c.quic_oversize_on_stream.load(Relaxed)

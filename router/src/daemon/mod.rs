@@ -93,5 +93,6 @@ pub use control::publish_route_keys;
 pub use error::StartError;
 #[doc(hidden)]
 pub use shared::RouteKeys;
+pub use sockopt::disable_transparent_huge_pages;
 pub use start::{Running, run, start};
 pub use tun::TunError;

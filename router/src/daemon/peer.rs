@@ -111,6 +111,7 @@ pub(crate) async fn serve<R: LinkRead + 'static, W: LinkWrite + 'static>(
     let mut buf = BytesMut::with_capacity(2 * READ_CHUNK);
     let mut deframer = Deframer::new();
     let mut frames = Vec::with_capacity(256);
+    let mut deferred = Vec::new();
     // TCP links: the receive buffer follows the link's bandwidth-delay product (unless the
     // operator fixed it with --tcp-rcvbuf).
     let mut window = reader
@@ -163,7 +164,13 @@ pub(crate) async fn serve<R: LinkRead + 'static, W: LinkWrite + 'static>(
             .counters
             .rx_frames
             .fetch_add(frames.len() as u64, Relaxed);
-        fwd.handle_frames(&handle, &mut frames);
+        fwd.handle_frames(&handle, &mut frames, &mut deferred);
+        // Control TLVs the control thread had no room for: wait for it before reading more.
+        for msg in deferred.drain(..) {
+            if shared.inbox.control.send(msg).await.is_err() {
+                break;
+            }
+        }
         // Let this worker's writers drain what the read queued before reading more: a peer
         // sending in bursts must not fill another peer's queue before it can be written.
         tokio::task::yield_now().await;

@@ -274,6 +274,8 @@ async fn run(
 /// Receives datagrams (one whole frame each) until the link closes.
 async fn datagram_loop(fwd: Forwarder, h: Arc<PeerHandle>, conn: quinn::Connection) {
     let counters = fwd.counters();
+    let control = fwd.shared().inbox.control.clone();
+    let mut deferred = Vec::new();
     let mut close = h.close.subscribe();
     loop {
         let d = tokio::select! {
@@ -284,7 +286,14 @@ async fn datagram_loop(fwd: Forwarder, h: Arc<PeerHandle>, conn: quinn::Connecti
         h.counters.rx_bytes.fetch_add(d.len() as u64, Relaxed);
         h.counters.rx_frames.fetch_add(1, Relaxed);
         match decode_datagram(BytesMut::from(d)) {
-            Ok(f) => fwd.handle_frames(&h, &mut vec![f]),
+            Ok(f) => {
+                fwd.handle_frames(&h, &mut vec![f], &mut deferred);
+                for msg in deferred.drain(..) {
+                    if control.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            }
             Err(e) => {
                 counters.skipped_control.fetch_add(1, Relaxed);
                 tracing::debug!(peer = h.id.0, "bad datagram: {e}");

@@ -68,8 +68,9 @@ pub(crate) struct WorkerCounters {
     pub(crate) skipped_control: AtomicU64,
     /// Links closed for framing errors.
     pub(crate) framing_errors: AtomicU64,
-    /// Control TLVs dropped because the control thread's inbox was full.
-    pub(crate) drop_control_queue: AtomicU64,
+    /// Control TLVs that found the control thread's inbox full and waited for room (their
+    /// link was not read meanwhile).
+    pub(crate) control_queue_waits: AtomicU64,
     /// Message packets dropped because the message task's inbox was full.
     pub(crate) drop_message_queue: AtomicU64,
     /// Data frames too large for a QUIC datagram, sent on the stream instead.

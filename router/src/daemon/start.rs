@@ -89,6 +89,9 @@ pub fn start(settings: Settings) -> Result<Running, StartError> {
     };
     tracing::info!(address = %node.address, subnet = %node.subnet, pubkey = %node.public, "node identity");
 
+    if let Err(e) = sockopt::disable_transparent_huge_pages() {
+        tracing::debug!("transparent huge pages left on: {e}");
+    }
     match sockopt::raise_nofile_limit() {
         Ok(n) => tracing::debug!("open descriptor limit {n}"),
         Err(e) => tracing::warn!("open descriptor limit not raised: {e}"),

@@ -27,8 +27,10 @@ use crate::procs::{Router, set_affinity};
 
 /// Marks the frames that carry a send time.
 const MAGIC: u64 = 0x6879_7068_6165_2121;
-/// How often a fake peer sends Hello and IHU.
-const KEEPALIVE: Duration = Duration::from_secs(10);
+/// How often a fake peer sends Hello and IHU. Stock answers every Hello with an IHU; these
+/// peers send theirs on their own clock instead, often enough for hyphae's default Hello
+/// interval (300 ms: a peer is dead after 1.5 s without an IHU or any frame).
+const KEEPALIVE: Duration = Duration::from_millis(250);
 /// How long a write may block before the run fails (the hop stopped reading).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a route through the router may take to appear.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use hyphae_wire::babel::{RouteRequest, SeqnoRequest, Tlv, Update};
 use hyphae_wire::{GLOBAL_SUBNET, Interval, Metric, RouterId, SeqNo, Subnet};
 
-use super::routes::{self, RouteEntry, RouteSet};
+use super::routes::{self, PendingSeqno, RouteEntry, RouteSet};
 use super::timers::TimerKey;
 use super::{
     BIG_METRIC_CHANGE, MAX_RR_GENERATION, RETRACTED_ROUTE_HOLD, Router, SEQNO_DEDUP_TTL,
@@ -35,7 +35,7 @@ impl Router {
             .routes
             .sets
             .get(&s)
-            .is_some_and(|set| set.verified_rid == Some(u.router_id));
+            .is_some_and(|set| set.verified(&u.router_id));
         if !verified && !s.contains_ip(IpAddr::V6(u.router_id.public_key().address())) {
             self.stats.updates_filtered += 1;
             return;
@@ -61,15 +61,17 @@ impl Router {
                     }
                 }
                 let mut arm = false;
-                if let Some(set) = self.routes.sets.get_mut(&s) {
-                    set.verified_rid = Some(u.router_id);
-                    if let Some(e) = set.entry_mut(peer) {
-                        e.rid = u.router_id;
-                        e.seqno = u.seqno;
-                        e.metric = u.metric;
-                        e.expires = now + hold;
-                        arm = e.needs_arming();
-                    }
+                if let Some(e) = self
+                    .routes
+                    .sets
+                    .get_mut(&s)
+                    .and_then(|set| set.entry_mut(peer))
+                {
+                    e.rid = u.router_id;
+                    e.seqno = u.seqno;
+                    e.metric = u.metric;
+                    e.expires = now + hold;
+                    arm = e.needs_arming();
                 }
                 if arm {
                     self.timers.set(TimerKey::RouteExpiry(s, peer), now + hold);
@@ -97,8 +99,7 @@ impl Router {
                     return;
                 }
                 let set = self.routes.sets.entry(s).or_default();
-                set.verified_rid = Some(u.router_id);
-                set.entries.push(RouteEntry {
+                set.push(RouteEntry {
                     peer,
                     rid: u.router_id,
                     seqno: u.seqno,
@@ -242,7 +243,11 @@ impl Router {
         };
         self.seqno_cache.tried(&key, to);
         if let Some(set) = self.routes.sets.get_mut(&s) {
-            set.pending_seqno = Some((sr.router_id, sr.seqno, now + SEQNO_DEDUP_TTL));
+            set.pending_seqno = Some(Box::new(PendingSeqno {
+                rid: sr.router_id,
+                seqno: sr.seqno,
+                until: now + SEQNO_DEDUP_TTL,
+            }));
         }
         let fwd = SeqnoRequest {
             hop_count: sr.hop_count - 1,
@@ -377,9 +382,10 @@ impl Router {
                 let adv = set.advertised;
                 let changed =
                     adv.is_none_or(|a| a.rid != e.rid || a.metric.delta(total) > BIG_METRIC_CHANGE);
-                let satisfied = set.pending_seqno.is_some_and(|(rid, want, until)| {
-                    until > now && rid == e.rid && !e.seqno.lt(want)
-                });
+                let satisfied = set
+                    .pending_seqno
+                    .as_ref()
+                    .is_some_and(|p| p.until > now && p.rid == e.rid && !e.seqno.lt(p.seqno));
                 if satisfied {
                     set.pending_seqno = None;
                 }
@@ -430,7 +436,11 @@ impl Router {
         }
         self.seqno_cache.tried(&key, to);
         if let Some(set) = self.routes.sets.get_mut(&s) {
-            set.pending_seqno = Some((rid, seqno, now + SEQNO_DEDUP_TTL));
+            set.pending_seqno = Some(Box::new(PendingSeqno {
+                rid,
+                seqno,
+                until: now + SEQNO_DEDUP_TTL,
+            }));
         }
         let sr = SeqnoRequest {
             seqno,

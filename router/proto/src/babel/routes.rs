@@ -48,21 +48,43 @@ pub(crate) struct Advert {
     pub(crate) metric: Metric,
 }
 
+/// A seqno request in flight for a subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PendingSeqno {
+    pub(crate) rid: RouterId,
+    pub(crate) seqno: SeqNo,
+    pub(crate) until: Instant,
+}
+
 /// All entries for one subnet.
+///
+/// Kept small, as there is one per route the node knows (a peer with 20,000 nodes behind it
+/// makes 20,000): entries are allocated to their exact number (usually one, one per neighbour
+/// that announces the subnet), and the rare pending seqno request is boxed.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RouteSet {
     pub(crate) entries: Vec<RouteEntry>,
     /// The neighbour of the selected entry.
     pub(crate) selected: Option<PeerId>,
-    /// A router id already checked to own this subnet (saves a hash per Update).
-    pub(crate) verified_rid: Option<RouterId>,
     /// The last finite Update we sent for this subnet.
     pub(crate) advertised: Option<Advert>,
-    /// A seqno request in flight: (router id, seqno, until).
-    pub(crate) pending_seqno: Option<(RouterId, SeqNo, Instant)>,
+    /// A seqno request in flight.
+    pub(crate) pending_seqno: Option<Box<PendingSeqno>>,
 }
 
 impl RouteSet {
+    /// Adds an entry, growing the list by one (not by doubling: sets are small and many).
+    pub(crate) fn push(&mut self, e: RouteEntry) {
+        self.entries.reserve_exact(1);
+        self.entries.push(e);
+    }
+
+    /// Whether `rid` was already checked to own this subnet: every entry's router id was
+    /// (saves a hash per refreshing Update).
+    pub(crate) fn verified(&self, rid: &RouterId) -> bool {
+        self.entries.iter().any(|e| e.rid == *rid)
+    }
+
     pub(crate) fn entry(&self, peer: PeerId) -> Option<&RouteEntry> {
         self.entries.iter().find(|e| e.peer == peer)
     }
@@ -79,7 +101,9 @@ impl RouteSet {
     /// selection, which notices the selected entry is gone.
     pub(crate) fn remove(&mut self, peer: PeerId) -> Option<RouteEntry> {
         let i = self.entries.iter().position(|e| e.peer == peer)?;
-        Some(self.entries.swap_remove(i))
+        let e = self.entries.swap_remove(i);
+        self.entries.shrink_to_fit();
+        Some(e)
     }
 }
 

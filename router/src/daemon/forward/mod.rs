@@ -23,6 +23,7 @@ use hyphae_wire::deframer::Frame;
 use hyphae_wire::icmp::{Icmpv6Code, Icmpv6Type, OobIcmp};
 use hyphae_wire::seal::{SEAL_OVERHEAD, UserDataKind};
 use tokio::sync::Notify;
+use tokio::sync::mpsc::error::TrySendError;
 
 use super::inbox::{ControlMsg, MsgCmd};
 use super::keys::KeyCache;
@@ -255,7 +256,7 @@ struct Tally {
     queue_full: u64,
     looped: u64,
     skipped: u64,
-    control_full: u64,
+    control_waits: u64,
     icmp: u64,
     tun_read: u64,
     tun_written: u64,
@@ -281,7 +282,7 @@ impl Tally {
         add(&c.drop_queue_full, self.queue_full);
         add(&c.drop_loop, self.looped);
         add(&c.skipped_control, self.skipped);
-        add(&c.drop_control_queue, self.control_full);
+        add(&c.control_queue_waits, self.control_waits);
         add(&c.icmp_sent, self.icmp);
         add(&c.tun_read, self.tun_read);
         add(&c.tun_written, self.tun_written);
@@ -325,10 +326,20 @@ const ICMP_PER_SECOND: u32 = 200;
 impl Forwarder {
     /// Handles every frame in `frames` (from one read of `from`), leaving it empty.
     ///
+    /// Control TLVs go to the control thread. When its inbox is full, they and every control
+    /// TLV after them in this read are put in `deferred`, in order, for the caller to send
+    /// waiting for room before it reads the link again: a peer sending faster than the control
+    /// thread handles is slowed down by TCP, and loses nothing.
+    ///
     /// Work is done a read-batch at a time: the peer table is loaded once, counters are summed
     /// locally and published once, and per-address packet counts collapse runs of one flow
     /// into a single table update.
-    pub(crate) fn handle_frames(&self, from: &PeerHandle, frames: &mut Vec<Frame<BytesMut>>) {
+    pub(crate) fn handle_frames(
+        &self,
+        from: &PeerHandle,
+        frames: &mut Vec<Frame<BytesMut>>,
+        deferred: &mut Vec<ControlMsg>,
+    ) {
         let shared = &*self.shared;
         let peers = shared.peers.load();
         let mut t = Tally::default();
@@ -342,9 +353,14 @@ impl Forwarder {
             let mut frame = match f {
                 Frame::Data(d) => d,
                 Frame::Control(tlv) => {
+                    // In order: once one TLV waits, the rest of the read waits behind it.
                     let msg = ControlMsg::Tlv { peer: from.id, tlv };
-                    if shared.inbox.control.try_send(msg).is_err() {
-                        t.control_full += 1;
+                    if !deferred.is_empty() {
+                        deferred.push(msg);
+                    } else if let Err(TrySendError::Full(msg)) = shared.inbox.control.try_send(msg)
+                    {
+                        t.control_waits += 1;
+                        deferred.push(msg);
                     }
                     continue;
                 }
