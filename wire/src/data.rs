@@ -139,7 +139,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> DataFrame<T> {
     /// byte range within the whole frame ([`Self::as_bytes`]): the plaintext stays where it was,
     /// so an owned payload is `buf.freeze().slice(range)` with no copy.
     ///
-    /// On [`OpenError::TooShort`] and [`OpenError::Auth`] the frame is unchanged; on
+    /// On [`OpenError::TooShort`] the frame is unchanged; on [`OpenError::Auth`] the
+    /// ciphertext is zeroed (the header, tag and nonce are as received); on
     /// [`OpenError::Version`] the body has been decrypted.
     pub fn open(&mut self, key: &SealingKey) -> Result<(UserDataKind, Range<usize>), OpenError> {
         let (kind, payload) = key.open(self.body_mut())?;
@@ -458,15 +459,25 @@ mod tests {
     }
 
     #[test]
-    fn tampered_frame_fails_to_open_and_is_left_alone() {
+    fn tampered_frame_fails_to_open_and_reveals_nothing() {
         let v = sealed(&[b"secret"]);
+        let ct_end = v.len() - TAG_LEN - NONCE_LEN;
         // The data header is not authenticated (as on the reference); every body byte is.
         for i in DATA_OVERHEAD..v.len() {
             let mut t = v.clone();
             t[i] ^= 0x10;
             let mut f = DataFrame::new_checked(&mut t[..]).unwrap();
             assert_eq!(f.open(&key()), Err(OpenError::Auth), "flip at {i}");
-            assert_eq!(f.as_bytes()[i] ^ 0x10, v[i], "unchanged at {i}");
+            let b = f.as_bytes();
+            assert!(
+                b[DATA_OVERHEAD..ct_end].iter().all(|&x| x == 0),
+                "zeroed, flip at {i}"
+            );
+            assert_eq!(b[..DATA_OVERHEAD], v[..DATA_OVERHEAD], "header as received");
+            assert!(
+                !b.windows(6).any(|w| w == b"secret"),
+                "no plaintext, flip at {i}"
+            );
         }
         let other = SealingKey::new(
             &SecretKey::from_bytes([3; 32])

@@ -10,7 +10,9 @@
 //! and hyphae must match it to interoperate.
 //!
 //! [`SealingKey`] holds the expanded AES key, so the key schedule runs once per peer pair, not
-//! once per frame. Nonces come from the caller (this crate reads no randomness on the data
+//! once per frame. The cipher is ring's AES-256-GCM (its assembly interleaves AES and GHASH):
+//! about 3.4x the throughput of RustCrypto's `aes-gcm` on this project's machine (1400-byte
+//! frames: 280 against 950 ns), and ring is already in the tree through rustls and quinn. Nonces come from the caller (this crate reads no randomness on the data
 //! path); [`random_nonce`] is the `std` convenience.
 //!
 //! The paved path works on whole data frames, in place, with no intermediate buffer:
@@ -20,9 +22,8 @@
 
 use core::fmt;
 
-use aes_gcm::aead::{AeadInOut, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use bytes::BufMut;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 
 use crate::identity::SharedSecret;
 
@@ -78,12 +79,16 @@ pub enum OpenError {
 
 /// An AES-256-GCM key for one pair of nodes, expanded once.
 #[derive(Clone)]
-pub struct SealingKey(Aes256Gcm);
+pub struct SealingKey(LessSafeKey);
 
 impl SealingKey {
     /// The key for traffic between the two nodes of `secret`.
     pub fn new(secret: &SharedSecret) -> Self {
-        Self(Aes256Gcm::new(secret.as_bytes().into()))
+        match UnboundKey::new(&AES_256_GCM, secret.as_bytes()) {
+            Ok(k) => Self(LessSafeKey::new(k)),
+            // ring refuses only a key of the wrong length; a shared secret is 32 bytes.
+            Err(_) => unreachable!("an AES-256 key is 32 bytes"),
+        }
     }
 
     /// Appends a sealed body carrying `payload` of `kind` to `out`; the sealed length is
@@ -123,18 +128,24 @@ impl SealingKey {
     /// Encrypts `plaintext` (user-data header included) in place and returns the tag; the caller
     /// appends tag and nonce.
     pub fn seal_in_place(&self, nonce: [u8; NONCE_LEN], plaintext: &mut [u8]) -> [u8; TAG_LEN] {
-        let n = Nonce::from(nonce);
         // Encryption fails only for inputs longer than GCM's 64 GiB limit, far beyond any
         // frame; a tag of zeros there would simply fail to open.
-        self.0
-            .encrypt_inout_detached(&n, &[], plaintext.into())
-            .map_or([0; TAG_LEN], Into::into)
+        let nonce = Nonce::assume_unique_for_key(nonce);
+        let mut out = [0; TAG_LEN];
+        if let Ok(tag) = self
+            .0
+            .seal_in_place_separate_tag(nonce, Aad::empty(), plaintext)
+        {
+            out.copy_from_slice(tag.as_ref());
+        }
+        out
     }
 
     /// Opens a sealed body in place. On success returns the kind and the payload, a sub-slice
-    /// of `sealed`. On [`OpenError::TooShort`] and [`OpenError::Auth`] `sealed` is left as it
-    /// was (the tag is checked before anything is decrypted); on [`OpenError::Version`] it holds
-    /// the plaintext. [`DataFrame::open`](crate::data::DataFrame::open) does this for a whole
+    /// of `sealed`. On [`OpenError::TooShort`] `sealed` is left as it was; on
+    /// [`OpenError::Auth`] the ciphertext has been overwritten (ring zeroes what it decrypted,
+    /// so nothing unauthenticated stays readable); on [`OpenError::Version`] it holds the
+    /// plaintext. [`DataFrame::open`](crate::data::DataFrame::open) does this for a whole
     /// frame and returns the payload's position in it.
     pub fn open<'a>(&self, sealed: &'a mut [u8]) -> Result<(UserDataKind, &'a [u8]), OpenError> {
         let len = sealed.len();
@@ -143,10 +154,12 @@ impl SealingKey {
         }
         let (ct, rest) = sealed.split_at_mut(len - TAG_LEN - NONCE_LEN);
         let (tag, nonce) = rest.split_at(TAG_LEN);
-        let nonce = Nonce::try_from(nonce).map_err(|_| OpenError::TooShort(len))?;
+        let nonce =
+            Nonce::try_assume_unique_for_key(nonce).map_err(|_| OpenError::TooShort(len))?;
         let tag = Tag::try_from(tag).map_err(|_| OpenError::TooShort(len))?;
-        self.0
-            .decrypt_inout_detached(&nonce, &[], (&mut *ct).into(), &tag)
+        let ct = self
+            .0
+            .open_in_place_separate_tag(nonce, Aad::empty(), tag, ct, 0..)
             .map_err(|_| OpenError::Auth)?;
         if ct[0] != USER_DATA_VERSION {
             return Err(OpenError::Version(ct[0]));

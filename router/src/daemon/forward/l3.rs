@@ -336,7 +336,7 @@ impl Forwarder {
         let key = st
             .keys
             .get(&shared.node.secret, pk, &shared.key_cache_evictions);
-        let nonce = hyphae_wire::seal::random_nonce().ok()?;
+        let nonce = st.nonces.next()?;
         header
             .seal_in_place(key, nonce, UserDataKind::L3, &mut buf)
             .ok()?;

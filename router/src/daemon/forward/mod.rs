@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 use tokio::sync::mpsc::error::TrySendError;
 
 use super::inbox::{ControlMsg, MsgCmd};
-use super::keys::KeyCache;
+use super::keys::{KeyCache, Nonces};
 use super::peers::PeerHandle;
 use super::shared::{Shared, WorkerCounters};
 use super::tun::TunQueue;
@@ -76,6 +76,8 @@ struct State {
     icmp_budget: (Option<Instant>, u32),
     /// Packets opened for us in the current batch, for the TUN device.
     tun_out: Vec<l3::Delivered>,
+    /// Nonces for what this worker seals.
+    nonces: Nonces,
 }
 
 impl Waiting {
@@ -164,6 +166,7 @@ impl Forwarder {
             pending_len: 0,
             icmp_budget: (None, 0),
             tun_out: Vec::new(),
+            nonces: Nonces::default(),
         };
         Self {
             worker,
@@ -478,7 +481,7 @@ impl Forwarder {
         let Some(egress) = shared.fib.lookup(src).and_then(|p| peers.get(&p)) else {
             return;
         };
-        let Ok(nonce) = hyphae_wire::seal::random_nonce() else {
+        let Some(nonce) = st.nonces.next() else {
             return;
         };
         let key = st
