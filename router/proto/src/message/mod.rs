@@ -84,7 +84,7 @@ use hyphae_wire::message::{
 };
 
 use inbound::{ChunkReject, Inbound, chunk_fits};
-use outbound::{Outbound, Phase};
+use outbound::{Finished, Outbound, Phase};
 use rtt::RttTable;
 pub use topic::TopicAcl;
 
@@ -303,7 +303,11 @@ pub struct Messages {
     cfg: Config,
     own: PublicKey,
     acl: TopicAcl,
+    /// Outbound messages still sending (or with an ABORT to send).
     outbound: HashMap<MessageId, Outbound>,
+    /// Outbound messages finished, kept for their status until [`Config::linger`] after
+    /// their window.
+    finished: HashMap<MessageId, Finished>,
     active_outbound: usize,
     outbound_bytes: usize,
     inbound: HashMap<(PublicKey, MessageId), Inbound>,
@@ -336,6 +340,7 @@ impl Messages {
             own,
             acl: TopicAcl::default(),
             outbound: HashMap::new(),
+            finished: HashMap::new(),
             active_outbound: 0,
             outbound_bytes: 0,
             inbound: HashMap::new(),
@@ -426,6 +431,7 @@ impl Messages {
             return Err(PushError::Busy);
         }
         self.outbound.remove(&id);
+        self.finished.remove(&id);
         self.active_outbound += 1;
         self.outbound_bytes += payload.len();
         let m = Outbound::new(
@@ -477,6 +483,16 @@ impl Messages {
 
     /// Status of an outbound message, until [`Config::linger`] after its window.
     pub fn status(&self, id: MessageId) -> Option<Status> {
+        if let Some(f) = self.finished.get(&id) {
+            return Some(Status {
+                dst: f.dst,
+                reply: f.reply,
+                state: f.state(),
+                created: f.created,
+                deadline: f.deadline,
+                len: f.len,
+            });
+        }
         self.outbound.get(&id).map(|m| Status {
             dst: m.dst,
             reply: m.reply,
@@ -522,6 +538,16 @@ impl Messages {
                 checksum,
             } => self.handle_done(now, src, &packet, chunk_count, &checksum),
             MessageBody::Empty if flags.contains(MessageFlags::READ) => {
+                if let Some(f) = self.finished.get_mut(&id) {
+                    if f.dst != src {
+                        self.stats.unknown += 1;
+                    } else if f.on_read() {
+                        let (dst, state) = (f.dst, f.state());
+                        self.events
+                            .push_back(Event::StateChanged { id, dst, state });
+                    }
+                    return;
+                }
                 let Some(m) = self.outbound_from(id, &src) else {
                     return;
                 };
@@ -545,6 +571,8 @@ impl Messages {
     fn outbound_from(&mut self, id: MessageId, src: &PublicKey) -> Option<&mut Outbound> {
         match self.outbound.get_mut(&id) {
             Some(m) if m.dst == *src => Some(m),
+            // Finished: nothing to do, but not unknown either.
+            None if self.finished.get(&id).is_some_and(|f| f.dst == *src) => None,
             _ => {
                 self.stats.unknown += 1;
                 None
@@ -615,7 +643,10 @@ impl Messages {
                 self.forget_inbound(src, &old);
             }
         }
-        let answers_ours = reply && self.outbound.get(&packet.id).is_some_and(|m| m.dst == src);
+        let answers_ours = reply
+            && (self.outbound.get(&packet.id).map(|m| m.dst))
+                .or_else(|| self.finished.get(&packet.id).map(|f| f.dst))
+                == Some(src);
         if !answers_ours && !self.acl.allows(topic, &src) {
             self.stats.refused_acl += 1;
             return;
@@ -753,6 +784,7 @@ impl Messages {
                 self.ready.push_back(id);
             }
             self.rearm_out(id);
+            self.settle_out(id);
             return Some(Transmit { dst, payload: buf });
         }
         None
@@ -798,15 +830,20 @@ impl Messages {
     /// heap by one entry per packet.
     fn push_timer(&mut self, at: Instant, key: TimerKey) {
         self.timers.push(Reverse((at, key)));
-        let live = self.outbound.len() + self.inbound.len() + 1;
+        let live = self.outbound.len() + self.finished.len() + self.inbound.len() + 1;
         if self.timers.len() > 2 * live + 64 {
-            let (outbound, inbound, delivered) =
-                (&self.outbound, &self.inbound, self.delivered_armed);
+            let (outbound, finished, inbound, delivered) = (
+                &self.outbound,
+                &self.finished,
+                &self.inbound,
+                self.delivered_armed,
+            );
             // One entry per armed key (a reset message re-arms at the same instant).
             let mut kept = BTreeSet::new();
             self.timers.retain(|Reverse((t, k))| {
                 let armed = match k {
-                    TimerKey::Out(id) => outbound.get(id).and_then(|m| m.armed),
+                    TimerKey::Out(id) => (outbound.get(id).and_then(|m| m.armed))
+                        .or_else(|| finished.get(id).and_then(|f| f.armed)),
                     TimerKey::In(src, id) => inbound.get(&(*src, *id)).and_then(|e| e.armed),
                     TimerKey::Delivered => delivered,
                 };
@@ -817,7 +854,8 @@ impl Messages {
 
     fn armed(&self, key: TimerKey) -> Option<Instant> {
         match key {
-            TimerKey::Out(id) => self.outbound.get(&id).and_then(|m| m.armed),
+            TimerKey::Out(id) => (self.outbound.get(&id).and_then(|m| m.armed))
+                .or_else(|| self.finished.get(&id).and_then(|f| f.armed)),
             TimerKey::In(src, id) => self.inbound.get(&(src, id)).and_then(|e| e.armed),
             TimerKey::Delivered => self.delivered_armed,
         }
@@ -825,6 +863,10 @@ impl Messages {
 
     fn timeout_out(&mut self, now: Instant, id: MessageId) {
         let Some(m) = self.outbound.get_mut(&id) else {
+            // A finished message's only timer is its removal.
+            if self.finished.get(&id).is_some_and(|f| now >= f.remove_at) {
+                self.finished.remove(&id);
+            }
             return;
         };
         m.armed = None;
@@ -963,6 +1005,19 @@ impl Messages {
             });
         }
         self.schedule_out(id);
+        self.settle_out(id);
+    }
+
+    /// Moves outbound message `id` to [`Self::finished`] once it is finished with nothing
+    /// left to send, keeping only its status, with a timer for its removal.
+    fn settle_out(&mut self, id: MessageId) {
+        let Some(mut f) = self.outbound.get(&id).and_then(Outbound::finished) else {
+            return;
+        };
+        self.outbound.remove(&id);
+        f.armed = Some(f.remove_at);
+        self.finished.insert(id, f);
+        self.push_timer(f.remove_at, TimerKey::Out(id));
     }
 
     fn schedule_out(&mut self, id: MessageId) {
