@@ -703,11 +703,17 @@ fn a_local_application_that_never_reads_is_cut_off() {
     use std::io::Write;
     use std::os::unix::net::UnixStream;
 
+    let metrics = format!("127.0.0.1:{}", common::free_port());
     let n = Node::start(
         "outbox",
         "portable",
         45,
-        &["--local-socket-outbox-mib".into(), "4".into()],
+        &[
+            "--local-socket-outbox-mib".into(),
+            "4".into(),
+            "--metrics-api-address".into(),
+            metrics.clone(),
+        ],
     );
     // 65 subscriptions on one connection: the last is refused.
     let mut app = local::App::connect(&n.local_socket());
@@ -756,6 +762,12 @@ fn a_local_application_that_never_reads_is_cut_off() {
         n.log().contains("does not read its answers"),
         "and the node says why:\n{}",
         n.log()
+    );
+    let (_, page) = http(metrics.parse().unwrap(), "GET", "/metrics", None).unwrap();
+    assert!(
+        page.lines()
+            .any(|l| l == "hyphae_local_socket_unread_closes_total 1"),
+        "and counts it:\n{page}"
     );
     // Others are still served.
     let b_pk = hyphae_wire::identity::SecretKey::from_bytes([46; 32]).public_key();

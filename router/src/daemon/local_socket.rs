@@ -284,6 +284,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
         let read = tokio::select! {
             r = rd.read_buf(&mut buf) => r,
             _ = out.overflow.notified() => {
+                shared.local_socket_unread_closes.fetch_add(1, Relaxed);
                 tracing::warn!("local socket: closing a connection that does not read its answers");
                 break;
             }

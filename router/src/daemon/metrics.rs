@@ -151,5 +151,10 @@ pub(crate) async fn prometheus(State(s): State<Arc<Shared>>) -> Response {
         "# TYPE hyphae_key_cache_evictions_total counter\nhyphae_key_cache_evictions_total {}",
         s.key_cache_evictions.load(Relaxed)
     );
+    let _ = writeln!(
+        out,
+        "# TYPE hyphae_local_socket_unread_closes_total counter\nhyphae_local_socket_unread_closes_total {}",
+        s.local_socket_unread_closes.load(Relaxed)
+    );
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }

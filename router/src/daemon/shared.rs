@@ -112,6 +112,9 @@ pub(crate) struct Shared {
     pub(crate) counters: Vec<WorkerCounters>,
     /// Sealing keys dropped from a full [`super::keys::KeyCache`].
     pub(crate) key_cache_evictions: AtomicU64,
+    /// Local-socket connections closed because their application left too many answers
+    /// unread (`--local-socket-outbox-mib`).
+    pub(crate) local_socket_unread_closes: AtomicU64,
     /// Becomes true at shutdown.
     pub(crate) shutdown: watch::Receiver<bool>,
     /// The settings.
