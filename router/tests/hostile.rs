@@ -36,20 +36,36 @@ fn metric(addr: std::net::SocketAddr, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} in:\n{body}"))
 }
 
+/// A node on loopback with a metrics address and `extra` flags; returns it and that address.
+fn node_with_metrics(name: &str, seed: u8, extra: &[&str]) -> (Node, std::net::SocketAddr) {
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    let mut flags = vec!["--metrics-api-address".to_owned(), metrics.clone()];
+    flags.extend(extra.iter().map(|f| (*f).to_owned()));
+    let node = Node::start(name, "portable", seed, &flags);
+    (node, metrics.parse().expect("a socket address"))
+}
+
+/// An Update announcing the /64 of `key` (a public key) from a source with that key, as a
+/// node that many hops away would be announced.
+fn update_for(key: [u8; 32], tag: u8) -> Tlv {
+    let pk = hyphae_wire::identity::PublicKey::from(key);
+    Tlv::Update(Update {
+        flags: 0,
+        interval: Interval::from_secs(300),
+        seqno: SeqNo(0),
+        metric: Metric(1),
+        subnet: pk.subnet(),
+        router_id: RouterId::new(&pk, 0, [tag; 6]),
+    })
+}
+
 /// A peer that never reads what the node sends and streams RouteRequests for the node's own
 /// /64 (each asks for an Update back) for 4 s. Before the bound the answers piled up in the
 /// node without limit (1.79 GB after 6 s); now a peer's answers are limited per second, the
 /// rest are counted, and the node's memory stays where it was.
 #[test]
 fn route_requests_from_a_peer_that_never_reads_are_bounded() {
-    let metrics = format!("127.0.0.1:{}", common::free_port());
-    let node = Node::start(
-        "target",
-        "portable",
-        51,
-        &["--metrics-api-address".into(), metrics.clone()],
-    );
-    let metrics = metrics.parse().unwrap();
+    let (node, metrics) = node_with_metrics("target", 51, &[]);
     let own = SecretKey::from_bytes([51; 32]).public_key().subnet();
     // The attacker's socket reads nothing and its receive buffer is tiny, so whatever the node
     // answers stays with the node.
@@ -137,25 +153,20 @@ fn closed(s: &mut TcpStream, limit: Duration) -> bool {
 /// counted. Before the caps every one was taken (1,500 idle connections, no limit).
 #[test]
 fn inbound_links_are_capped_in_total_and_per_address() {
-    let metrics = format!("127.0.0.1:{}", common::free_port());
-    let node = Node::start(
+    // Idle connections answer no Hello: with the 300 ms default they would be dropped as dead
+    // in 1.5 s, before the counts are read.
+    let (node, metrics) = node_with_metrics(
         "capped",
-        "portable",
         53,
         &[
-            "--metrics-api-address".into(),
-            metrics.clone(),
-            "--max-inbound".into(),
-            "40".into(),
-            "--max-inbound-per-address".into(),
-            "3".into(),
-            // Idle connections answer no Hello: with the 300 ms default they would be dropped
-            // as dead in 1.5 s, before the counts are read.
-            "--hello-interval".into(),
-            "20".into(),
+            "--max-inbound",
+            "40",
+            "--max-inbound-per-address",
+            "3",
+            "--hello-interval",
+            "20",
         ],
     );
-    let metrics: std::net::SocketAddr = metrics.parse().unwrap();
     let refused = |reason: &str| {
         metric(
             metrics,
@@ -203,19 +214,7 @@ fn inbound_links_are_capped_in_total_and_per_address() {
 /// 31 to 103 MB resident (huge pages and a JSON tree of the route list included).
 #[test]
 fn twenty_thousand_routes_cost_little_memory() {
-    let metrics = format!("127.0.0.1:{}", common::free_port());
-    let node = Node::start(
-        "routes20k",
-        "portable",
-        54,
-        &[
-            "--metrics-api-address".into(),
-            metrics.clone(),
-            "--hello-interval".into(),
-            "20".into(),
-        ],
-    );
-    let metrics = metrics.parse().unwrap();
+    let (node, metrics) = node_with_metrics("routes20k", 54, &["--hello-interval", "20"]);
     std::thread::sleep(Duration::from_millis(500));
     let idle = rss(node.child.id());
     // Memory of its own (the binary's mapped code aside, which depends on the build): before,
@@ -243,16 +242,7 @@ fn twenty_thousand_routes_cost_little_memory() {
             seed ^= seed << 17;
             chunk.copy_from_slice(&seed.to_le_bytes());
         }
-        let pk = hyphae_wire::identity::PublicKey::from(key);
-        let u = Update {
-            flags: 0,
-            interval: Interval::from_secs(300),
-            seqno: SeqNo(0),
-            metric: Metric(1),
-            subnet: pk.subnet(),
-            router_id: RouterId::new(&pk, 0, [1, 2, 3, 4, 5, 6]),
-        };
-        Tlv::Update(u).encode_frame(&mut batch);
+        update_for(key, 1).encode_frame(&mut batch);
         if i % 1000 == 999 {
             peer.stream.write_all(&batch).unwrap();
             batch.clear();
@@ -286,38 +276,24 @@ fn twenty_thousand_routes_cost_little_memory() {
 /// the caps drop is counted. Before the flags every peer could fill 2^18 entries.
 #[test]
 fn routes_are_capped_per_peer_and_in_all() {
-    let metrics = format!("127.0.0.1:{}", common::free_port());
-    let node = Node::start(
+    let (node, metrics) = node_with_metrics(
         "routecaps",
-        "portable",
         56,
         &[
-            "--metrics-api-address".into(),
-            metrics.clone(),
-            "--max-routes-per-peer".into(),
-            "100".into(),
-            "--max-routes".into(),
-            "150".into(),
-            "--hello-interval".into(),
-            "20".into(),
+            "--max-routes-per-peer",
+            "100",
+            "--max-routes",
+            "150",
+            "--hello-interval",
+            "20",
         ],
     );
-    let metrics = metrics.parse().unwrap();
     let announce = |peer: &mut FakePeer, tag: u8| {
         let mut batch = Vec::new();
         for i in 0..300u16 {
             let mut key = [tag; 32];
             key[..2].copy_from_slice(&i.to_le_bytes());
-            let pk = hyphae_wire::identity::PublicKey::from(key);
-            let u = Update {
-                flags: 0,
-                interval: Interval::from_secs(300),
-                seqno: SeqNo(0),
-                metric: Metric(1),
-                subnet: pk.subnet(),
-                router_id: RouterId::new(&pk, 0, [tag; 6]),
-            };
-            Tlv::Update(u).encode_frame(&mut batch);
+            update_for(key, tag).encode_frame(&mut batch);
         }
         peer.stream.write_all(&batch).unwrap();
     };
