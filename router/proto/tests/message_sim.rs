@@ -776,6 +776,35 @@ fn status_transitions() {
     assert!(sim.ours(a).status(id).is_none());
 }
 
+/// Finished messages keep only their status, at most `max_delivered_records` of them (the
+/// oldest go first), each until the linger after its window.
+#[test]
+fn finished_statuses_are_bounded() {
+    let mut sim = Sim::new(5, Link::clean(Duration::from_millis(1)));
+    let mut cfg = Config::default();
+    cfg.max_delivered_records = 4;
+    let a = sim.add(cfg);
+    let b = sim.add(Config::default());
+    let kb = sim.nodes[b].key;
+    for i in 0..10u8 {
+        let now = sim.now;
+        sim.ours(a)
+            .push(now, MessageId([i; 8]), kb, b"", Bytes::from_static(b"hi"))
+            .unwrap();
+        sim.run(Duration::from_millis(100));
+    }
+    for i in 0..10u8 {
+        let st = sim.ours(a).status(MessageId([i; 8])).map(|s| s.state);
+        match i {
+            0..6 => assert_eq!(st, None, "message {i} forgotten"),
+            _ => assert_eq!(st, Some(State::Read), "message {i} kept"),
+        }
+    }
+    sim.run(Duration::from_secs(601));
+    assert!(sim.ours(a).status(MessageId([9; 8])).is_none());
+    assert!(sim.ours(a).poll_timeout().is_none(), "no timer left");
+}
+
 #[test]
 fn unreachable_destination_is_aborted() {
     let link = Link {

@@ -286,6 +286,7 @@ enum TimerKey {
     Out(MessageId),
     In(PublicKey, MessageId),
     Delivered,
+    Finished,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -306,8 +307,13 @@ pub struct Messages {
     /// Outbound messages still sending (or with an ABORT to send).
     outbound: HashMap<MessageId, Outbound>,
     /// Outbound messages finished, kept for their status until [`Config::linger`] after
-    /// their window.
+    /// their window, at most [`Config::max_delivered_records`].
     finished: HashMap<MessageId, Finished>,
+    /// When each finished message is forgotten, in the order they finished (a message that
+    /// finished late after an early start may wait behind a later one: at most a window
+    /// longer).
+    finished_order: VecDeque<(Instant, MessageId)>,
+    finished_armed: Option<Instant>,
     active_outbound: usize,
     outbound_bytes: usize,
     inbound: HashMap<(PublicKey, MessageId), Inbound>,
@@ -341,6 +347,8 @@ impl Messages {
             acl: TopicAcl::default(),
             outbound: HashMap::new(),
             finished: HashMap::new(),
+            finished_order: VecDeque::new(),
+            finished_armed: None,
             active_outbound: 0,
             outbound_bytes: 0,
             inbound: HashMap::new(),
@@ -489,7 +497,7 @@ impl Messages {
                 reply: f.reply,
                 state: f.state(),
                 created: f.created,
-                deadline: f.deadline,
+                deadline: f.created + self.cfg.send_window,
                 len: f.len,
             });
         }
@@ -820,6 +828,7 @@ impl Messages {
                 TimerKey::Out(id) => self.timeout_out(now, id),
                 TimerKey::In(src, id) => self.timeout_in(now, (src, id)),
                 TimerKey::Delivered => self.timeout_delivered(now),
+                TimerKey::Finished => self.timeout_finished(now),
             }
         }
     }
@@ -830,22 +839,22 @@ impl Messages {
     /// heap by one entry per packet.
     fn push_timer(&mut self, at: Instant, key: TimerKey) {
         self.timers.push(Reverse((at, key)));
-        let live = self.outbound.len() + self.finished.len() + self.inbound.len() + 1;
+        let live = self.outbound.len() + self.inbound.len() + 2;
         if self.timers.len() > 2 * live + 64 {
-            let (outbound, finished, inbound, delivered) = (
+            let (outbound, inbound, delivered, finished) = (
                 &self.outbound,
-                &self.finished,
                 &self.inbound,
                 self.delivered_armed,
+                self.finished_armed,
             );
             // One entry per armed key (a reset message re-arms at the same instant).
             let mut kept = BTreeSet::new();
             self.timers.retain(|Reverse((t, k))| {
                 let armed = match k {
-                    TimerKey::Out(id) => (outbound.get(id).and_then(|m| m.armed))
-                        .or_else(|| finished.get(id).and_then(|f| f.armed)),
+                    TimerKey::Out(id) => outbound.get(id).and_then(|m| m.armed),
                     TimerKey::In(src, id) => inbound.get(&(*src, *id)).and_then(|e| e.armed),
                     TimerKey::Delivered => delivered,
+                    TimerKey::Finished => finished,
                 };
                 armed == Some(*t) && kept.insert(*k)
             });
@@ -854,19 +863,15 @@ impl Messages {
 
     fn armed(&self, key: TimerKey) -> Option<Instant> {
         match key {
-            TimerKey::Out(id) => (self.outbound.get(&id).and_then(|m| m.armed))
-                .or_else(|| self.finished.get(&id).and_then(|f| f.armed)),
+            TimerKey::Out(id) => self.outbound.get(&id).and_then(|m| m.armed),
             TimerKey::In(src, id) => self.inbound.get(&(src, id)).and_then(|e| e.armed),
             TimerKey::Delivered => self.delivered_armed,
+            TimerKey::Finished => self.finished_armed,
         }
     }
 
     fn timeout_out(&mut self, now: Instant, id: MessageId) {
         let Some(m) = self.outbound.get_mut(&id) else {
-            // A finished message's only timer is its removal.
-            if self.finished.get(&id).is_some_and(|f| now >= f.remove_at) {
-                self.finished.remove(&id);
-            }
             return;
         };
         m.armed = None;
@@ -1011,13 +1016,58 @@ impl Messages {
     /// Moves outbound message `id` to [`Self::finished`] once it is finished with nothing
     /// left to send, keeping only its status, with a timer for its removal.
     fn settle_out(&mut self, id: MessageId) {
-        let Some(mut f) = self.outbound.get(&id).and_then(Outbound::finished) else {
+        let Some((f, remove_at)) = self
+            .outbound
+            .get(&id)
+            .and_then(|m| Some((m.finished()?, m.remove_at)))
+        else {
             return;
         };
         self.outbound.remove(&id);
-        f.armed = Some(f.remove_at);
+        while self.finished.len() >= self.cfg.max_delivered_records.max(1) {
+            let Some((t, old)) = self.finished_order.pop_front() else {
+                break;
+            };
+            self.forget_finished(t, old);
+        }
         self.finished.insert(id, f);
-        self.push_timer(f.remove_at, TimerKey::Out(id));
+        self.finished_order.push_back((remove_at, id));
+        self.arm_finished();
+    }
+
+    /// Forgets finished message `id` if `remove_at` is still its removal time (the id may
+    /// have been pushed again since).
+    fn forget_finished(&mut self, remove_at: Instant, id: MessageId) {
+        let window = self.cfg.send_window + self.cfg.linger;
+        if self
+            .finished
+            .get(&id)
+            .is_some_and(|f| f.created + window == remove_at)
+        {
+            self.finished.remove(&id);
+        }
+    }
+
+    fn timeout_finished(&mut self, now: Instant) {
+        self.finished_armed = None;
+        while let Some(&(t, id)) = self.finished_order.front() {
+            if t > now {
+                break;
+            }
+            self.finished_order.pop_front();
+            self.forget_finished(t, id);
+        }
+        self.arm_finished();
+    }
+
+    fn arm_finished(&mut self) {
+        let Some(&(t, _)) = self.finished_order.front() else {
+            return;
+        };
+        if self.finished_armed.is_none_or(|a| t < a) {
+            self.finished_armed = Some(t);
+            self.push_timer(t, TimerKey::Finished);
+        }
     }
 
     fn schedule_out(&mut self, id: MessageId) {

@@ -81,7 +81,7 @@ pub(super) struct Outbound {
     checksum: [u8; 32],
     pub(super) created: Instant,
     pub(super) deadline: Instant,
-    remove_at: Instant,
+    pub(super) remove_at: Instant,
     pub(super) phase: Phase,
     init_acked: bool,
     /// Chunks may go before the INIT is acknowledged, at most this many (0: INIT first).
@@ -109,20 +109,16 @@ pub(super) struct Outbound {
 
 /// What is kept of an outbound message once it has finished (received, read or aborted) and
 /// has nothing left to send: its status, until it is forgotten. A finished message is kept
-/// for the window plus the linger (600 s by default), so at steady traffic there are
-/// hundreds of seconds' worth; this is about 110 bytes of the 400 a live one takes, and none
-/// of its buffers.
+/// until the linger after its window (600 s after it was pushed, by default), so at steady
+/// traffic there are hundreds of seconds' worth: this is 64 bytes of the 400 a live one takes,
+/// and none of its buffers (its deadline and removal time follow from `created`).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Finished {
     pub(super) dst: PublicKey,
+    pub(super) created: Instant,
+    pub(super) len: u64,
     pub(super) reply: bool,
     pub(super) phase: Phase,
-    pub(super) created: Instant,
-    pub(super) deadline: Instant,
-    pub(super) remove_at: Instant,
-    pub(super) len: u64,
-    /// The removal timer, once armed.
-    pub(super) armed: Option<Instant>,
 }
 
 impl Finished {
@@ -231,13 +227,10 @@ impl Outbound {
     pub(super) fn finished(&self) -> Option<Finished> {
         (!self.is_active() && !self.need_abort).then_some(Finished {
             dst: self.dst,
+            created: self.created,
+            len: self.len,
             reply: self.reply,
             phase: self.phase,
-            created: self.created,
-            deadline: self.deadline,
-            remove_at: self.remove_at,
-            len: self.len,
-            armed: None,
         })
     }
 
