@@ -56,11 +56,28 @@ pub(crate) struct Router {
 }
 
 impl Router {
-    /// Starts a router of `kind` (on `cpu` if given) and waits until its API port answers.
+    /// Starts a router of `kind` (on `cpu` if given) and waits until every TCP port it binds
+    /// answers. Ports are found free and then given to the router, so another process can take
+    /// one in between (stock then panics binding it, possibly after its API is up): a start
+    /// that fails with "Address already in use" is tried again on new ports, up to 5 times.
     pub(crate) fn start(launch: &Launch, kind: Kind, cpu: Option<usize>) -> Result<Self> {
+        let mut last = None;
+        for _attempt in 0..5 {
+            match Self::start_once(launch, kind, cpu) {
+                Ok(r) => return Ok(r),
+                Err(e) if format!("{e:#}").contains("Address already in use") => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no start attempted")))
+    }
+
+    fn start_once(launch: &Launch, kind: Kind, cpu: Option<usize>) -> Result<Self> {
         let dir = fresh_dir(&launch.dir, kind.name())?;
         let (port, api) = (free_port()?, free_port()?);
         let mut cmd;
+        // The TCP ports the router listens on, all of which must answer before it is up.
+        let mut listens = vec![port, api];
         match kind {
             Kind::Hyphae => {
                 let key = dir.join("key");
@@ -80,6 +97,7 @@ impl Router {
                 let cfg = dir.join("mycelium.toml");
                 std::fs::write(&cfg, "peers = []\n")?;
                 let (quic, rpc) = (free_port()?, free_port()?);
+                listens.push(rpc);
                 cmd = pinned_command(bin, cpu);
                 cmd.current_dir(&dir)
                     .arg("-k")
@@ -95,17 +113,22 @@ impl Router {
         let label = format!("{} router", kind.name());
         let mut child = Reaped::spawn(&label, &mut cmd, dir.join("log"))?;
         let deadline = Instant::now() + START_TIMEOUT;
-        while TcpStream::connect(("127.0.0.1", api)).is_err() {
-            child.check()?;
-            if Instant::now() > deadline {
-                bail!(
-                    "{label} did not open its API port 127.0.0.1:{api} within {} s{}",
-                    START_TIMEOUT.as_secs(),
-                    child.log_tail()
-                );
+        for p in listens {
+            while TcpStream::connect(("127.0.0.1", p)).is_err() {
+                child.check()?;
+                if Instant::now() > deadline {
+                    bail!(
+                        "{label} did not open its port 127.0.0.1:{p} within {} s{}",
+                        START_TIMEOUT.as_secs(),
+                        child.log_tail()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
+        // A bind that failed after the others (stock's JSON-RPC server) ends the process.
+        std::thread::sleep(Duration::from_millis(50));
+        child.check()?;
         Ok(Self { child, kind, port })
     }
 
