@@ -97,6 +97,27 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Polls `f` every `every` until it gives `Some`, running `check` between polls (it fails when
+/// a process the wait depends on has exited); `Ok(None)` once `limit` has passed.
+pub fn poll_until<T>(
+    limit: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> Result<()>,
+    mut f: impl FnMut() -> Option<T>,
+) -> Result<Option<T>> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Ok(Some(v));
+        }
+        check()?;
+        if std::time::Instant::now() > deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(every);
+    }
+}
+
 /// The last `lines` lines of a text file.
 pub fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();

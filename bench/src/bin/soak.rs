@@ -823,18 +823,12 @@ fn wait_for<T>(
     what: &str,
     limit: Duration,
     subject: &mut Subject,
-    mut f: impl FnMut() -> Option<T>,
+    f: impl FnMut() -> Option<T>,
 ) -> Result<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        subject.check()?;
-        if Instant::now() > deadline {
-            bail!("no {what} within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let every = Duration::from_millis(100);
+    match sys::poll_until(limit, every, || subject.check(), f)? {
+        Some(v) => Ok(v),
+        None => bail!("no {what} within {limit:?}"),
     }
 }
 

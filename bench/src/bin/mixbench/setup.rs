@@ -457,22 +457,16 @@ fn wait_for<T>(
     what: &str,
     limit: Duration,
     p: &mut Proc,
-    mut f: impl FnMut() -> Option<T>,
+    f: impl FnMut() -> Option<T>,
 ) -> Result<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        p.check()?;
-        if Instant::now() > deadline {
-            bail!(
-                "{what}: not within {limit:?}; end of {}:\n{}",
-                p.log().display(),
-                sys::tail(p.log(), 10)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let every = Duration::from_millis(50);
+    match sys::poll_until(limit, every, || p.check(), f)? {
+        Some(v) => Ok(v),
+        None => bail!(
+            "{what}: not within {limit:?}; end of {}:\n{}",
+            p.log().display(),
+            sys::tail(p.log(), 10)
+        ),
     }
 }
 
