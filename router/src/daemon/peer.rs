@@ -166,11 +166,7 @@ pub(crate) async fn serve<R: LinkRead + 'static, W: LinkWrite + 'static>(
             .fetch_add(frames.len() as u64, Relaxed);
         fwd.handle_frames(&handle, &mut frames, &mut deferred);
         // Control TLVs the control thread had no room for: wait for it before reading more.
-        for msg in deferred.drain(..) {
-            if shared.inbox.control.send(msg).await.is_err() {
-                break;
-            }
-        }
+        fwd.send_deferred(&mut deferred).await;
         // Let this worker's writers drain what the read queued before reading more: a peer
         // sending in bursts must not fill another peer's queue before it can be written.
         tokio::task::yield_now().await;

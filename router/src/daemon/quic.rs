@@ -274,7 +274,6 @@ async fn run(
 /// Receives datagrams (one whole frame each) until the link closes.
 async fn datagram_loop(fwd: Forwarder, h: Arc<PeerHandle>, conn: quinn::Connection) {
     let counters = fwd.counters();
-    let control = fwd.shared().inbox.control.clone();
     let mut deferred = Vec::new();
     let mut close = h.close.subscribe();
     loop {
@@ -288,11 +287,7 @@ async fn datagram_loop(fwd: Forwarder, h: Arc<PeerHandle>, conn: quinn::Connecti
         match decode_datagram(BytesMut::from(d)) {
             Ok(f) => {
                 fwd.handle_frames(&h, &mut vec![f], &mut deferred);
-                for msg in deferred.drain(..) {
-                    if control.send(msg).await.is_err() {
-                        break;
-                    }
-                }
+                fwd.send_deferred(&mut deferred).await;
             }
             Err(e) => {
                 counters.skipped_control.fetch_add(1, Relaxed);

@@ -327,6 +327,16 @@ fn adjacent(a: &BytesMut, b: &BytesMut) -> bool {
 const ICMP_PER_SECOND: u32 = 200;
 
 impl Forwarder {
+    /// Hands the control TLVs [`Self::handle_frames`] deferred to the control thread, in
+    /// order, waiting for room; the caller reads its link again only after this.
+    pub(crate) async fn send_deferred(&self, deferred: &mut Vec<ControlMsg>) {
+        for msg in deferred.drain(..) {
+            if self.shared.inbox.control.send(msg).await.is_err() {
+                break;
+            }
+        }
+    }
+
     /// Handles every frame in `frames` (from one read of `from`), leaving it empty.
     ///
     /// Control TLVs go to the control thread. When its inbox is full, they and every control
