@@ -22,13 +22,83 @@ pub(crate) enum Driver {
     Portable,
 }
 
-/// Receive-buffer growth step: at least this much spare room is offered to every read.
-pub(crate) const READ_CHUNK: usize = 256 * 1024;
+/// The most spare room a link's read is offered, under load.
+pub(crate) const READ_MAX: usize = 256 * 1024;
+/// The least, on a quiet link (Hellos, IHUs and the odd Update).
+pub(crate) const READ_MIN: usize = 16 * 1024;
+
+/// How much spare room a link's next read is offered: it follows what the reads return.
+///
+/// A read that fills at least half of its room doubles it, up to [`READ_MAX`]; after
+/// [`ReadSizer::QUIET_READS`] reads in a row that use less than an eighth of it, it halves, down to
+/// [`READ_MIN`]. A busy link thus reads 256 KiB at a time while an idle one holds 16 KiB
+/// instead of the 512 KiB every link held before.
+#[derive(Debug, Clone)]
+pub(crate) struct ReadSizer {
+    room: usize,
+    quiet: u32,
+}
+
+impl Default for ReadSizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ReadSizer {
+    /// Small reads in a row before the room halves.
+    pub(crate) const QUIET_READS: u32 = 64;
+
+    pub(crate) fn new() -> Self {
+        Self {
+            room: READ_MIN,
+            quiet: 0,
+        }
+    }
+
+    /// Spare room to offer the next read.
+    pub(crate) fn room(&self) -> usize {
+        self.room
+    }
+
+    /// Records a read of `n` bytes. True when the room just shrank: the caller should move
+    /// what it holds to a buffer of the new size, as the old allocation would otherwise be
+    /// reused at its old size for as long as the link lives.
+    pub(crate) fn record(&mut self, n: usize) -> bool {
+        if n >= self.room / 2 {
+            self.room = (self.room * 2).min(READ_MAX);
+            self.quiet = 0;
+            return false;
+        }
+        if n >= self.room / 8 || self.room == READ_MIN {
+            self.quiet = 0;
+            return false;
+        }
+        self.quiet += 1;
+        if self.quiet < Self::QUIET_READS {
+            return false;
+        }
+        self.quiet = 0;
+        self.room = (self.room / 2).max(READ_MIN);
+        true
+    }
+
+    /// Makes room in `buf` for the next read; after a shrink, first moves its unread bytes to
+    /// an allocation of the new size.
+    pub(crate) fn prepare(&self, buf: &mut BytesMut, shrunk: bool) {
+        if shrunk {
+            let mut fresh = BytesMut::with_capacity(buf.len() + self.room);
+            fresh.extend_from_slice(buf);
+            *buf = fresh;
+        }
+        buf.reserve(self.room());
+    }
+}
 
 /// The read half of a link.
 #[allow(async_fn_in_trait)]
 pub(crate) trait LinkRead {
-    /// Reads into `buf`'s spare capacity (at least [`READ_CHUNK`] is reserved first); returns
+    /// Reads into `buf`'s spare capacity (the caller reserves it, see [`ReadSizer`]); returns
     /// the buffer and the number of bytes read, 0 at end of stream.
     async fn read(&mut self, buf: BytesMut) -> (io::Result<usize>, BytesMut);
 
@@ -68,7 +138,6 @@ pub(crate) struct PortableWrite(pub(crate) tokio::net::tcp::OwnedWriteHalf);
 
 impl LinkRead for PortableRead {
     async fn read(&mut self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
-        buf.reserve(READ_CHUNK);
         let r = self.0.read_buf(&mut buf).await;
         (r, buf)
     }
@@ -107,7 +176,7 @@ mod uring {
     use bytes::{Bytes, BytesMut};
     use tokio_uring::buf::BoundedBuf;
 
-    use super::{LinkRead, LinkWrite, READ_CHUNK, advance_batch};
+    use super::{LinkRead, LinkWrite, READ_MIN, advance_batch};
 
     /// A tokio-uring stream shared by the link's reader and writer tasks (same thread).
     pub(crate) struct UringRead(pub(crate) Rc<tokio_uring::net::TcpStream>);
@@ -116,7 +185,9 @@ mod uring {
 
     impl LinkRead for UringRead {
         async fn read(&mut self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
-            buf.reserve(READ_CHUNK);
+            if buf.capacity() == buf.len() {
+                buf.reserve(READ_MIN);
+            }
             let (len, cap) = (buf.len(), buf.capacity());
             // The kernel writes into the spare capacity; the slice's length update moves
             // `buf.len()` past what it wrote.
@@ -162,5 +233,72 @@ mod tests {
         assert_eq!(b, vec![Bytes::from_static(b"e"), Bytes::from_static(b"f")]);
         advance_batch(&mut b, 2);
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn read_room_grows_under_load_and_comes_back_when_quiet() {
+        let mut s = ReadSizer::new();
+        assert_eq!(s.room(), READ_MIN);
+        // Full reads: the room doubles each time up to the cap.
+        let mut steps = 0;
+        while s.room() < READ_MAX {
+            assert!(!s.record(s.room()));
+            steps += 1;
+        }
+        assert_eq!(steps, 4, "16 KiB to 256 KiB in four full reads");
+        assert!(!s.record(READ_MAX));
+        assert_eq!(s.room(), READ_MAX, "capped");
+
+        // Reads between an eighth and a half keep it where it is.
+        for _ in 0..1000 {
+            assert!(!s.record(READ_MAX / 4));
+        }
+        assert_eq!(s.room(), READ_MAX);
+
+        // Small reads: it halves after QUIET_READS of them, and only then.
+        for _ in 1..ReadSizer::QUIET_READS {
+            assert!(!s.record(100));
+        }
+        assert_eq!(s.room(), READ_MAX);
+        assert!(s.record(100), "the shrink is reported");
+        assert_eq!(s.room(), READ_MAX / 2);
+        // A busy read in between starts the count again.
+        for _ in 1..ReadSizer::QUIET_READS {
+            s.record(100);
+        }
+        assert!(!s.record(READ_MAX / 8));
+        for _ in 1..ReadSizer::QUIET_READS {
+            assert!(!s.record(100));
+        }
+        assert_eq!(s.room(), READ_MAX / 2);
+        // Down to the floor, never below.
+        for _ in 0..10_000 {
+            s.record(0);
+        }
+        assert_eq!(s.room(), READ_MIN);
+    }
+
+    #[test]
+    fn a_shrink_moves_unread_bytes_to_a_small_buffer() {
+        let mut s = ReadSizer::new();
+        while s.room() < READ_MAX {
+            s.record(s.room());
+        }
+        let mut buf = BytesMut::with_capacity(2 * READ_MAX);
+        buf.extend_from_slice(&[1; 300]);
+        s.prepare(&mut buf, false);
+        assert!(buf.capacity() >= READ_MAX + 300);
+        let mut shrunk = false;
+        while !shrunk {
+            shrunk = s.record(10);
+        }
+        s.prepare(&mut buf, true);
+        assert_eq!(&buf[..], &[1; 300][..], "the unread bytes are kept");
+        assert!(
+            buf.capacity() < READ_MAX,
+            "the big allocation is let go: {}",
+            buf.capacity()
+        );
+        assert!(buf.capacity() - buf.len() >= s.room());
     }
 }

@@ -38,6 +38,10 @@ const SUBSCRIPTION_POLL: Duration = Duration::from_secs(30);
 const MAX_IN_FLIGHT: usize = 1024;
 /// Subscriptions one connection may hold.
 const MAX_SUBSCRIPTIONS: usize = 64;
+/// A connection's first receive buffer; later reads offer at least [`READ_SPARE`].
+const READ_BUFFER: usize = 256 * 1024;
+/// Spare room offered to every read.
+const READ_SPARE: usize = 64 * 1024;
 
 /// Where one connection's answers wait for its writer, bounded in bytes.
 #[derive(Debug, Clone)]
@@ -277,10 +281,10 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
         }
     });
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut buf = BytesMut::with_capacity(256 * 1024);
+    let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let mut subscriptions = Vec::new();
     'conn: loop {
-        buf.reserve(64 * 1024);
+        buf.reserve(READ_SPARE);
         let read = tokio::select! {
             r = rd.read_buf(&mut buf) => r,
             _ = out.overflow.notified() => {
@@ -324,6 +328,19 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
     let _ = writer.await;
 }
 
+/// A payload the message subsystem will hold until the message is done (minutes, for a
+/// receiver that never acknowledges). A slice of `body` would keep the whole receive buffer it
+/// was read into alive that long, up to [`READ_BUFFER`] for a 1 KiB message, so a payload
+/// smaller than that gets an allocation of its own. A larger one had the buffer grown for it
+/// and is most of its allocation anyway.
+fn kept(body: &Bytes, payload: &[u8]) -> Bytes {
+    if payload.len() < READ_BUFFER {
+        Bytes::copy_from_slice(payload)
+    } else {
+        body.slice_ref(payload)
+    }
+}
+
 /// Starts the work for one request; answers go to `out` when ready.
 fn request(
     shared: &Arc<Shared>,
@@ -338,7 +355,7 @@ fn request(
         Message::Push(p) => {
             let (tag, dst, reply_to) = (p.tag, p.dst, p.reply_to);
             let topic = body.slice_ref(p.topic);
-            let payload = body.slice_ref(p.payload);
+            let payload = kept(body, p.payload);
             let wait = p
                 .reply_timeout_ms
                 .map(|ms| Duration::from_millis(u64::from(ms)));
@@ -403,7 +420,7 @@ fn request(
         }
         Message::Reply(r) => {
             let (tag, id) = (r.tag, r.id);
-            let payload = body.slice_ref(r.payload);
+            let payload = kept(body, r.payload);
             tokio::spawn(async move {
                 let _permit = permit;
                 let answer = send_reply(&shared, tag, id, None, payload).await;
@@ -493,5 +510,36 @@ async fn destination(shared: &Shared, d: Destination) -> Result<PublicKey, Strin
             let ip = std::net::Ipv6Addr::from(ip).into();
             shared.inbox.resolve_key(ip).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn within(outer: &[u8], inner: &[u8]) -> bool {
+        let o = outer.as_ptr() as usize;
+        let i = inner.as_ptr() as usize;
+        (o..o + outer.len()).contains(&i)
+    }
+
+    #[test]
+    fn a_held_payload_does_not_keep_its_receive_buffer() {
+        let mut read = BytesMut::with_capacity(READ_BUFFER);
+        read.extend_from_slice(&[7; 4096]);
+        let body = read.freeze();
+        let small = kept(&body, &body[100..1124]);
+        assert_eq!(&small[..], &body[100..1124]);
+        assert!(
+            !within(&body, &small),
+            "a 1 KiB payload gets its own allocation"
+        );
+
+        let big = Bytes::from(vec![9u8; READ_BUFFER + 16]);
+        let held = kept(&big, &big[8..]);
+        assert!(
+            within(&big, &held),
+            "a payload that fills its buffer is not copied"
+        );
     }
 }

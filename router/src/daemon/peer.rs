@@ -17,7 +17,7 @@ use tokio::task::spawn_local;
 use super::endpoint::Endpoint;
 use super::forward::Forwarder;
 use super::inbox::ControlMsg;
-use super::link::{LinkRead, LinkWrite, READ_CHUNK};
+use super::link::{LinkRead, LinkWrite, ReadSizer};
 use super::peers::{PeerCounters, PeerHandle, PeerType, QueuedRun};
 use super::sockopt;
 
@@ -108,7 +108,9 @@ pub(crate) async fn serve<R: LinkRead + 'static, W: LinkWrite + 'static>(
     let writer_task = spawn_local(write_loop(handle.clone(), writer, data_rx, ctl_rx));
     let counters = fwd.counters();
     let mut shutdown = shared.shutdown.clone();
-    let mut buf = BytesMut::with_capacity(2 * READ_CHUNK);
+    let mut sizer = ReadSizer::new();
+    let mut buf = BytesMut::new();
+    let mut shrunk = false;
     let mut deframer = Deframer::new();
     let mut frames = Vec::with_capacity(256);
     let mut deferred = Vec::new();
@@ -123,6 +125,7 @@ pub(crate) async fn serve<R: LinkRead + 'static, W: LinkWrite + 'static>(
             Some((fd, gov, 0u64))
         });
     loop {
+        sizer.prepare(&mut buf, shrunk);
         let (r, b) = tokio::select! {
             biased;
             _ = close_rx.wait_for(|c| *c) => break,
@@ -133,6 +136,7 @@ pub(crate) async fn serve<R: LinkRead + 'static, W: LinkWrite + 'static>(
         match r {
             Ok(0) => break,
             Ok(n) => {
+                shrunk = sizer.record(n);
                 handle.counters.rx_bytes.fetch_add(n as u64, Relaxed);
                 if let Some((fd, gov, read)) = &mut window {
                     *read += n as u64;

@@ -32,7 +32,7 @@ use super::endpoint::{Endpoint, Proto, canonical, link_kind};
 use super::error::StartError;
 use super::forward::Forwarder;
 use super::inbox::ControlMsg;
-use super::link::{LinkRead, LinkWrite, READ_CHUNK};
+use super::link::{LinkRead, LinkWrite, READ_MIN};
 use super::peer::{self, LinkInfo};
 use super::peers::{PeerHandle, PeerType};
 
@@ -318,7 +318,8 @@ pub(crate) struct QuicRead(quinn::RecvStream);
 
 impl LinkRead for QuicRead {
     async fn read(&mut self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
-        match self.0.read_chunk(READ_CHUNK, true).await {
+        let room = (buf.capacity() - buf.len()).max(READ_MIN);
+        match self.0.read_chunk(room, true).await {
             Ok(Some(c)) => {
                 buf.extend_from_slice(&c.bytes);
                 (Ok(c.bytes.len()), buf)
