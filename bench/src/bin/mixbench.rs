@@ -69,6 +69,10 @@ struct Args {
     /// Measure stock mycelium only.
     #[arg(long)]
     stock_only: bool,
+    /// Leave out the floor: the same traffic from the sender straight to the sink over one
+    /// link of the same kind, no router between (measured last in every round).
+    #[arg(long)]
+    no_direct: bool,
     /// hyphae's I/O driver: auto, uring or portable.
     #[arg(long, default_value = "auto")]
     driver: String,
@@ -153,6 +157,8 @@ enum Dialer {
 enum Impl {
     Hyphae,
     Stock,
+    /// No router: the sender's link goes straight to the sink (the generator's floor).
+    Direct,
 }
 
 macro_rules! names {
@@ -168,7 +174,7 @@ macro_rules! names {
 names! {
     LinkKind { Tcp => "tcp", Quic => "quic" }
     Traffic { Single => "single", Mix => "mix" }
-    Impl { Hyphae => "hyphae", Stock => "stock" }
+    Impl { Hyphae => "hyphae", Stock => "stock", Direct => "direct" }
     Order { Shuffled => "shuffled", RoundRobin => "round-robin" }
     Dialer { Router => "router", Peers => "peers" }
 }
@@ -323,6 +329,8 @@ fn cases(args: &Args, link: LinkKind) -> Vec<Case> {
 struct Bins {
     hyphae: Option<PathBuf>,
     stock: Option<PathBuf>,
+    /// Whether the direct floor is measured too.
+    direct: bool,
     hyphae_version: Option<String>,
     stock_version: Option<String>,
     commit: Option<String>,
@@ -384,6 +392,7 @@ impl Bins {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
         Ok(Self {
+            direct: !args.no_direct && !args.stock_only,
             hyphae_version: hyphae.as_deref().and_then(sys::version_of),
             stock_version: stock.as_deref().and_then(sys::version_of),
             hyphae,
@@ -399,6 +408,9 @@ impl Bins {
         }
         if self.stock.is_some() {
             v.push(Impl::Stock);
+        }
+        if self.direct {
+            v.push(Impl::Direct);
         }
         v
     }

@@ -238,6 +238,8 @@ pub(super) struct Summary {
     drop_pct: Spread,
     cpu_s: Spread,
     fpcpu: Spread,
+    /// vCPUs the benchmark process (generator and sink) kept busy.
+    bench_vcpus: Spread,
     resets: u64,
 }
 
@@ -250,6 +252,7 @@ impl Summary {
             "frames_per_s": self.fps.json(), "gbit_per_s": self.gbps.json(),
             "drop_pct": self.drop_pct.json(), "router_cpu_s": self.cpu_s.json(),
             "frames_per_cpu_s": self.fpcpu.json(), "link_resets": self.resets,
+            "bench_vcpus": self.bench_vcpus.json(),
         })
     }
 }
@@ -274,6 +277,7 @@ pub(super) fn summarize(runs: &[RunResult]) -> Vec<Summary> {
                 drop_pct: spread(RunResult::drop_pct),
                 cpu_s: spread(|r| r.router_cpu_s),
                 fpcpu: spread(RunResult::frames_per_cpu_s),
+                bench_vcpus: spread(|r| r.bench_cpu_s / r.seconds.max(1e-9)),
                 resets: ok.iter().map(|r| r.resets()).sum(),
             }
         })
@@ -395,7 +399,41 @@ pub(super) fn compare(summary: &[Summary]) -> Value {
             "met": goal.map(|g| ratio >= g), "stock_link_resets": stock.resets,
         }));
     }
-    json!({"mix_over_single": mix, "hyphae_over_stock": vs})
+    // The floor: what the generator and the sink move with no hop at all. A goal above it
+    // cannot be reached on this machine by any router, whatever it does.
+    let mut floors = Vec::new();
+    for s in summary
+        .iter()
+        .filter(|s| s.imp == Impl::Direct && s.rounds > 0)
+    {
+        let of = |imp: Impl| find(s.case, imp).map(|o| o.fps.median / s.fps.median);
+        let stock = find(s.case, Impl::Stock).map(|o| o.fps.median);
+        let floor_over_stock = stock.filter(|&v| v > 0.0).map(|v| s.fps.median / v);
+        println!(
+            "floor (no router), {}: {:.3} M frames/s with generator and sink on {:.2} vCPUs; \
+             hyphae reaches {}, stock {}{}",
+            s.case.label(),
+            s.fps.median / 1e6,
+            s.bench_vcpus.median,
+            of(Impl::Hyphae).map_or_else(|| "-".to_owned(), |r| format!("{:.2} of it", r)),
+            of(Impl::Stock).map_or_else(|| "-".to_owned(), |r| format!("{:.2} of it", r)),
+            match floor_over_stock {
+                Some(r) if s.case.link == LinkKind::Quic && r < 3.0 => format!(
+                    "; the floor itself is {r:.2}x stock: 3x stock is above what this machine moves with no hop at all"
+                ),
+                Some(r) => format!("; the floor is {r:.2}x stock"),
+                None => String::new(),
+            }
+        );
+        floors.push(json!({
+            "link": s.case.link.name(), "traffic": s.case.traffic.name(),
+            "frame_len": s.case.frame_len, "frames_per_s": s.fps.median,
+            "bench_vcpus": s.bench_vcpus.median,
+            "hyphae_of_floor": of(Impl::Hyphae), "stock_of_floor": of(Impl::Stock),
+            "floor_over_stock": floor_over_stock,
+        }));
+    }
+    json!({"mix_over_single": mix, "hyphae_over_stock": vs, "floor": floors})
 }
 
 #[cfg(test)]

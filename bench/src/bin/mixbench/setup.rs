@@ -1,5 +1,6 @@
 //! One router under test (hyphae or stock mycelium, a child process) with its two fake
-//! peers: starting it, probing until every destination is reachable, and one measured run.
+//! peers, or the two peers linked straight to each other (the floor): starting it, probing
+//! until every destination is reachable, and one measured run.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -28,11 +29,11 @@ fn free_port() -> Result<u16> {
     bail!("no free port")
 }
 
-/// One router under test with its two fake peers.
+/// One router under test with its two fake peers (no router: the direct floor).
 pub(super) struct Setup {
     imp: Impl,
     link: LinkKind,
-    router: Proc,
+    router: Option<Proc>,
     sender: Peer,
     sink: Peer,
     /// hyphae's Prometheus endpoint.
@@ -54,6 +55,9 @@ impl Setup {
     ) -> Result<Self> {
         let (sender, sink) = (&sets.sender, &sets.sink);
         let t0 = Instant::now();
+        if imp == Impl::Direct {
+            return Self::direct(link, sets, t0);
+        }
         let dir = dir.join(format!("{}-{}", link.name(), imp.name()));
         std::fs::create_dir_all(&dir)?;
         let listen = |p: &Arc<Prefixes>| match link {
@@ -117,6 +121,7 @@ impl Setup {
                     cmd.arg("--disable-quic");
                 }
             }
+            Impl::Direct => unreachable!("returned above"),
         }
         let label = format!("{} router ({})", imp.name(), link.name());
         let mut router = Proc::spawn(&label, &mut cmd, dir.join("router.log"))?;
@@ -150,7 +155,7 @@ impl Setup {
         let mut s = Self {
             imp,
             link,
-            router,
+            router: Some(router),
             sender: sender_peer,
             sink: sink_peer,
             metrics,
@@ -172,10 +177,52 @@ impl Setup {
         Ok(s)
     }
 
+    /// The sender dials the sink, which listens; no router.
+    fn direct(link: LinkKind, sets: &TrafficSets, t0: Instant) -> Result<Self> {
+        let sink = match link {
+            LinkKind::Tcp => fake_peer::tcp::listen(sets.sink.clone())?,
+            LinkKind::Quic => fake_peer::quic::listen(sets.sink.clone())?,
+        };
+        let port = sink.listen_port.context("a listening peer has a port")?;
+        let to = SocketAddr::from(([127, 0, 0, 1], port));
+        let sender = match link {
+            LinkKind::Tcp => fake_peer::tcp::dial(sets.sender.clone(), to)?,
+            LinkKind::Quic => fake_peer::quic::dial(sets.sender.clone(), to)?,
+        };
+        let up = |p: &Peer| p.counters.links_up.load(Relaxed) > 0;
+        let linked = sys::poll_until(
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || Ok(()),
+            || (up(&sender) && up(&sink)).then_some(()),
+        )?;
+        if linked.is_none() {
+            bail!("direct link: not up within 20 s");
+        }
+        let mut s = Self {
+            imp: Impl::Direct,
+            link,
+            router: None,
+            sender,
+            sink,
+            metrics: None,
+            workers: [None, None],
+            routes_s: 0.0,
+        };
+        let all: Vec<u32> = (0..sets.sink.len() as u32).collect();
+        s.ready(&all, Duration::from_secs(60), sets)
+            .context("probing the sink straight")?;
+        s.routes_s = t0.elapsed().as_secs_f64();
+        Ok(s)
+    }
+
     /// The workers of the sender's and the sink's links, from hyphae's `peer up` log lines
     /// (`endpoint=<our end> ... worker=N`).
     fn read_workers(&self) -> [Option<usize>; 2] {
-        let log = std::fs::read_to_string(self.router.log()).unwrap_or_default();
+        let Some(router) = &self.router else {
+            return [None, None];
+        };
+        let log = std::fs::read_to_string(router.log()).unwrap_or_default();
         let mut found = [None, None];
         for line in log.lines().filter(|l| l.contains("peer up")) {
             let field = |name: &str| {
@@ -209,7 +256,7 @@ impl Setup {
                     _ => "",
                 }
             ),
-            Impl::Stock => String::new(),
+            Impl::Stock | Impl::Direct => String::new(),
         };
         println!(
             "{} over {}: up, {} routes reachable after {:.2} s{workers}",
@@ -243,7 +290,9 @@ impl Setup {
             if missing.is_empty() {
                 return Ok(t0.elapsed().as_secs_f64());
             }
-            self.router.check()?;
+            if let Some(r) = &mut self.router {
+                r.check()?;
+            }
             if t0.elapsed() > limit {
                 bail!(
                     "{} of {} destinations still unreachable after {limit:?}",
@@ -304,9 +353,9 @@ impl Setup {
         r.loadavg = sys::loadavg();
         let s0 = self.snap(true);
         self.sender.generator.start(frames)?;
-        let warm = sleep_checking(&mut self.router, args.warmup);
+        let warm = sleep_checking(self.router.as_mut(), args.warmup);
         let a = self.snap(false);
-        let alive = warm.and_then(|()| sleep_checking(&mut self.router, args.seconds));
+        let alive = warm.and_then(|()| sleep_checking(self.router.as_mut(), args.seconds));
         let b = self.snap(false);
         // Stopped whatever happened, so that the next run starts from an idle generator.
         let report = self.sender.generator.stop(STALL + Duration::from_secs(5))?;
@@ -370,8 +419,8 @@ impl Setup {
             .and_then(|m| sys::http_get(m, "/metrics", Duration::from_secs(2)).ok())
             .map(|t| parse_counters(&t))
             .unwrap_or_default();
-        let too_large = match self.imp {
-            Impl::Stock if full => std::fs::read_to_string(self.router.log())
+        let too_large = match (&self.router, self.imp) {
+            (Some(r), Impl::Stock) if full => std::fs::read_to_string(r.log())
                 .map(|l| l.matches("too large").count() as u64)
                 .unwrap_or(0),
             _ => 0,
@@ -385,7 +434,7 @@ impl Setup {
             sink_down: sink.links_down.load(Relaxed),
             sender_down: self.sender.counters.links_down.load(Relaxed),
             sink_dgrams: self.sink.quic_stats().map(|s| s.datagram_frames_rx),
-            router_cpu: self.router.cpu_seconds(),
+            router_cpu: self.router.as_ref().map_or(0.0, Proc::cpu_seconds),
             bench_cpu: sys::cpu_seconds(std::process::id()).unwrap_or(0.0),
             steal: sys::steal_seconds(),
             too_large,
@@ -439,10 +488,12 @@ fn diff_counters(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) -> BTreeM
 }
 
 /// Sleeps `secs`, failing early if `p` exits.
-fn sleep_checking(p: &mut Proc, secs: f64) -> Result<()> {
+fn sleep_checking(mut p: Option<&mut Proc>, secs: f64) -> Result<()> {
     let end = Instant::now() + Duration::from_secs_f64(secs.max(0.0));
     loop {
-        p.check()?;
+        if let Some(p) = p.as_deref_mut() {
+            p.check()?;
+        }
         let left = end.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Ok(());
