@@ -264,7 +264,7 @@ fn main() -> Result<()> {
 
     let summary = summarize(&runs);
     print_summary(&summary);
-    let comparisons = compare(&summary);
+    let comparisons = compare(&summary, machine.cores);
     let errors = runs.iter().filter(|r| r.error.is_some()).count() + failed_setups;
     if let Some(path) = &args.json {
         let doc = json!({

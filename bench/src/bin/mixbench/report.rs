@@ -320,7 +320,7 @@ pub(super) fn print_summary(summary: &[Summary]) {
 
 /// Mix over single for each router, link and size (goal: at least 0.8), and hyphae over stock
 /// for each case (goal over QUIC: at least 3); printed, and returned for the JSON.
-pub(super) fn compare(summary: &[Summary]) -> Value {
+pub(super) fn compare(summary: &[Summary], cores: usize) -> Value {
     let find = |case: Case, imp: Impl| {
         summary
             .iter()
@@ -399,38 +399,53 @@ pub(super) fn compare(summary: &[Summary]) -> Value {
             "met": goal.map(|g| ratio >= g), "stock_link_resets": stock.resets,
         }));
     }
-    // The floor: what the generator and the sink move with no hop at all. A goal above it
-    // cannot be reached on this machine by any router, whatever it does.
+    // The floor: what the generator and the sink move with no hop at all, and what they spend
+    // per frame doing it. A hop opens and seals every frame once more (QUIC: decrypts and
+    // encrypts each datagram, as the two endpoints do between them), so with one it costs
+    // about twice the floor's CPU per frame, and the machine's vCPUs cap the rate at `ceiling`.
     let mut floors = Vec::new();
     for s in summary
         .iter()
         .filter(|s| s.imp == Impl::Direct && s.rounds > 0)
     {
         let of = |imp: Impl| find(s.case, imp).map(|o| o.fps.median / s.fps.median);
-        let stock = find(s.case, Impl::Stock).map(|o| o.fps.median);
-        let floor_over_stock = stock.filter(|&v| v > 0.0).map(|v| s.fps.median / v);
+        let stock = find(s.case, Impl::Stock)
+            .map(|o| o.fps.median)
+            .filter(|&v| v > 0.0);
+        let cpu_per_frame = s.bench_vcpus.median / s.fps.median;
+        let ceiling = (cpu_per_frame > 0.0).then(|| cores as f64 / (2.0 * cpu_per_frame));
         println!(
-            "floor (no router), {}: {:.3} M frames/s with generator and sink on {:.2} vCPUs; \
-             hyphae reaches {}, stock {}{}",
+            "floor (no router), {}: {:.3} M frames/s, the generator and sink on {:.2} vCPUs \
+             ({:.2} us per frame); hyphae reaches {} of it, stock {}",
             s.case.label(),
             s.fps.median / 1e6,
             s.bench_vcpus.median,
-            of(Impl::Hyphae).map_or_else(|| "-".to_owned(), |r| format!("{:.2} of it", r)),
-            of(Impl::Stock).map_or_else(|| "-".to_owned(), |r| format!("{:.2} of it", r)),
-            match floor_over_stock {
-                Some(r) if s.case.link == LinkKind::Quic && r < 3.0 => format!(
-                    "; the floor itself is {r:.2}x stock: 3x stock is above what this machine moves with no hop at all"
-                ),
-                Some(r) => format!("; the floor is {r:.2}x stock"),
-                None => String::new(),
-            }
+            cpu_per_frame * 1e6,
+            of(Impl::Hyphae).map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
+            of(Impl::Stock).map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
         );
+        if let (Some(stock), Some(ceiling)) = (stock, ceiling)
+            && s.case.link == LinkKind::Quic
+        {
+            println!(
+                "  with one hop doing the endpoints' work again: at most {:.3} M frames/s on {cores} \
+                 vCPUs, {:.2}x stock (the goal, 3x, {})",
+                ceiling / 1e6,
+                ceiling / stock,
+                if ceiling >= 3.0 * stock {
+                    "fits under it"
+                } else {
+                    "is above it"
+                }
+            );
+        }
         floors.push(json!({
             "link": s.case.link.name(), "traffic": s.case.traffic.name(),
             "frame_len": s.case.frame_len, "frames_per_s": s.fps.median,
-            "bench_vcpus": s.bench_vcpus.median,
+            "bench_vcpus": s.bench_vcpus.median, "cpu_s_per_frame": cpu_per_frame,
+            "one_hop_ceiling_frames_per_s": ceiling,
             "hyphae_of_floor": of(Impl::Hyphae), "stock_of_floor": of(Impl::Stock),
-            "floor_over_stock": floor_over_stock,
+            "floor_over_stock": stock.map(|v| s.fps.median / v),
         }));
     }
     json!({"mix_over_single": mix, "hyphae_over_stock": vs, "floor": floors})
