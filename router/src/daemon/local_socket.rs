@@ -27,6 +27,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::error::StartError;
 use super::inbox::{MsgCmd, Pushed as PushOutcome, ReplyError, unix_secs};
+use super::link::{READ_MAX, ReadSizer};
 use super::shared::Shared;
 
 /// Largest frame body accepted from an application (a 64 MiB payload and its envelope).
@@ -38,10 +39,8 @@ const SUBSCRIPTION_POLL: Duration = Duration::from_secs(30);
 const MAX_IN_FLIGHT: usize = 1024;
 /// Subscriptions one connection may hold.
 const MAX_SUBSCRIPTIONS: usize = 64;
-/// A connection's first receive buffer; later reads offer at least [`READ_SPARE`].
-const READ_BUFFER: usize = 256 * 1024;
-/// Spare room offered to every read.
-const READ_SPARE: usize = 64 * 1024;
+/// Payloads this size and above keep the receive buffer they were read into (see [`kept`]).
+const READ_BUFFER: usize = READ_MAX;
 
 /// Where one connection's answers wait for its writer, bounded in bytes.
 #[derive(Debug, Clone)]
@@ -281,10 +280,14 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
         }
     });
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    // The room each read is offered follows what the reads return, as on a peer link: an
+    // application that sends now and then holds 16 KiB, a busy one reads 256 KiB at a time.
+    let mut sizer = ReadSizer::new();
+    let mut buf = BytesMut::new();
+    let mut shrunk = false;
     let mut subscriptions = Vec::new();
     'conn: loop {
-        buf.reserve(READ_SPARE);
+        sizer.prepare(&mut buf, shrunk);
         let read = tokio::select! {
             r = rd.read_buf(&mut buf) => r,
             _ = out.overflow.notified() => {
@@ -295,7 +298,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
         };
         match read {
             Ok(0) | Err(_) => break,
-            Ok(_) => {}
+            Ok(n) => shrunk = sizer.record(n),
         }
         loop {
             let (kind, body) = match framing::split_frame(&mut buf, MAX_BODY) {
