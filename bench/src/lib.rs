@@ -15,9 +15,36 @@ use anyhow::{Result, bail};
 use bytes::{Bytes, BytesMut};
 use hyphae_wire::framing::{self, Kind, Message, Reply, Subscribe};
 
-/// A TCP port free on loopback right now.
+/// Where [`free_port`] looks first: below Linux's default ephemeral range (32768-60999), so
+/// that the benchmarks' own outgoing connections, which draw their source ports from that
+/// range, cannot take a port between the pick and the router's bind.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port free for TCP and UDP on every address right now (a router binds `[::]:port`, which a
+/// socket on any address with that port would block), preferably outside the ephemeral range.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::hash::{BuildHasher, Hasher};
+    let free = |p: u16| {
+        std::net::UdpSocket::bind(("::", p)).is_ok() && TcpListener::bind(("::", p)).is_ok()
+    };
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    for i in 0..200u32 {
+        h.write_u32(i);
+        let p = PORTS.start + (h.finish() % u64::from(PORTS.end - PORTS.start)) as u16;
+        if free(p) {
+            return Ok(p);
+        }
+    }
+    for _ in 0..100 {
+        let p = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if free(p) {
+            return Ok(p);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no port free for TCP and UDP",
+    ))
 }
 
 /// Appends the flags every benchmarked router runs with: its key file and TCP port, QUIC and

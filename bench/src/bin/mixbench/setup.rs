@@ -3,7 +3,7 @@
 //! until every destination is reachable, and one measured run.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -12,22 +12,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use hyphae_bench::fake_peer::{self, Peer, Prefixes, STALL};
+use hyphae_bench::free_port;
 use hyphae_bench::sys::{self, Proc};
 use serde_json::{Value, json};
 
 use super::report::RunResult;
 use super::{Args, Bins, Case, Dialer, Impl, LinkKind, Traffic, TrafficSets};
-
-/// A port free for both TCP and UDP on all addresses right now.
-fn free_port() -> Result<u16> {
-    for _ in 0..100 {
-        let p = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        if UdpSocket::bind(("::", p)).is_ok() && TcpListener::bind(("::", p)).is_ok() {
-            return Ok(p);
-        }
-    }
-    bail!("no free port")
-}
 
 /// One router under test with its two fake peers (no router: the direct floor).
 pub(super) struct Setup {
