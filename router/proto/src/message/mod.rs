@@ -73,7 +73,7 @@ mod rtt;
 mod topic;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -304,11 +304,14 @@ pub struct Messages {
     cfg: Config,
     own: PublicKey,
     acl: TopicAcl,
-    /// Outbound messages still sending (or with an ABORT to send).
-    outbound: HashMap<MessageId, Outbound>,
+    /// Outbound messages still sending (or with an ABORT to send). This map and the two
+    /// below hold records for minutes (the window, the linger); B-trees grow and shrink a node
+    /// at a time with them, where a hash table doubles (a whole table more, at some moment
+    /// minutes into a steady load) and never shrinks.
+    outbound: BTreeMap<MessageId, Outbound>,
     /// Outbound messages finished, kept for their status until [`Config::linger`] after
     /// their window, at most [`Config::max_delivered_records`].
-    finished: HashMap<MessageId, Finished>,
+    finished: BTreeMap<MessageId, Finished>,
     /// When each finished message is forgotten, in the order they finished (a message that
     /// finished late after an early start may wait behind a later one: at most a window
     /// longer).
@@ -319,7 +322,7 @@ pub struct Messages {
     inbound: HashMap<(PublicKey, MessageId), Inbound>,
     per_source: HashMap<PublicKey, usize>,
     inbound_bytes: usize,
-    delivered: HashMap<(PublicKey, MessageId), Delivered>,
+    delivered: BTreeMap<(PublicKey, MessageId), Delivered>,
     delivered_order: VecDeque<(Instant, PublicKey, MessageId)>,
     delivered_armed: Option<Instant>,
     rtt: RttTable,
@@ -345,8 +348,8 @@ impl Messages {
             cfg: config,
             own,
             acl: TopicAcl::default(),
-            outbound: HashMap::new(),
-            finished: HashMap::new(),
+            outbound: BTreeMap::new(),
+            finished: BTreeMap::new(),
             finished_order: VecDeque::new(),
             finished_armed: None,
             active_outbound: 0,
@@ -354,7 +357,7 @@ impl Messages {
             inbound: HashMap::new(),
             per_source: HashMap::new(),
             inbound_bytes: 0,
-            delivered: HashMap::new(),
+            delivered: BTreeMap::new(),
             delivered_order: VecDeque::new(),
             delivered_armed: None,
             rtt,
