@@ -1202,6 +1202,26 @@ fn summary(
     let rss_ref = at_warm.rss_kib.max(1) as f64;
     let growth = (max_after as f64 / rss_ref - 1.0) * 100.0;
     let rss_slope = slope(&after, |s| s.rss_kib as f64 / 1024.0) * 3600.0;
+    // The same by the minute (the mean of each minute's samples), which separates the trend
+    // from the swings between single samples; reported beside the verdict, not instead of it.
+    let window = (warm / 5.0).max(1.0);
+    let mean_over = |from: f64, to: f64| {
+        let v: Vec<f64> = run
+            .iter()
+            .filter(|s| s.t > from && s.t <= to)
+            .map(|s| s.rss_kib as f64)
+            .collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    let level = mean_over(at_warm.t - window, at_warm.t);
+    let mut top_window = None::<f64>;
+    let mut from = at_warm.t;
+    while from < last_run.t {
+        if let Some(m) = mean_over(from, from + window) {
+            top_window = Some(top_window.map_or(m, |t| t.max(m)));
+        }
+        from += window;
+    }
     let fd_slope = slope(&after, |s| s.fds as f64) * 3600.0;
     let fd_max = run.iter().map(|s| s.fds).max().unwrap_or(0);
     let thr_max = run.iter().map(|s| s.threads).max().unwrap_or(0);
@@ -1286,6 +1306,14 @@ fn summary(
         mib(min_after),
         mib(last_run.rss_kib),
     );
+    if let (Some(level), Some(top)) = (level, top_window) {
+        println!(
+            "RSS by {window:.0} s windows (mean of their samples): {:.1} MiB in the one before the warm-up end, highest after it {:.1} MiB ({:+.1} %)",
+            level / 1024.0,
+            top / 1024.0,
+            (top / level - 1.0) * 100.0,
+        );
+    }
     println!(
         "descriptors: {} at the baseline, max {fd_max} during the churn (trend {fd_slope:+.1}/h after the warm-up), {} after the churn stopped{}; threads {} -> max {thr_max} -> {}",
         base.fds,
