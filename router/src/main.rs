@@ -8,22 +8,7 @@ use clap::Parser;
 use hyphae_router::daemon::{self, config::Cli};
 
 #[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// jemalloc's options, read before the first allocation: one background thread returns freed
-/// pages to the kernel 1 s after they were last used (`dirty_decay_ms`), straight away rather
-/// than through a lazily freed stage (`muzzy_decay_ms`), whichever thread freed them and
-/// whether or not it allocates again. `$_RJEM_MALLOC_CONF` still overrides them.
-///
-/// Why jemalloc: under the soak's hour of churn (`bench/src/bin/soak.rs`) mimalloc's resident
-/// memory kept climbing for 20 minutes and more, to 33-38 % above its level after 5 minutes,
-/// with the live heap flat at 11-13 MB (heaptrack): its per-thread pages for each size class
-/// stay resident while any block in them lives. jemalloc with these options held 21-24 MB
-/// where mimalloc held 29-39, and moved as many or more frames per CPU-second in `transit`.
-#[allow(non_upper_case_globals, unsafe_code)]
-#[unsafe(export_name = "_rjem_malloc_conf")]
-pub static malloc_conf: &[u8; 85] =
-    b"background_thread:true,max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     tune_memory();
@@ -53,9 +38,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// Turns transparent huge pages off before the first allocations of substance: with them on,
-/// each thread's first small allocations could fault in whole 2 MiB pages (an idle node was 31
-/// MB resident, 22.5 MB of it huge pages, against 9.5 MB without; `router/tests/hostile.rs`).
+/// mimalloc option 15: how long freed memory stays resident before it is returned, in ms.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Makes the node's resident memory follow what it holds, before the first allocations of
+/// substance (measured with `router/tests/hostile.rs`, release build):
+///
+/// - Transparent huge pages off: mimalloc asks for them on its arenas, so each thread's first
+///   small allocations faulted in 2 MiB pages; an idle node was 31 MB resident (22.5 MB of
+///   huge pages), 8.5 MB without.
+/// - Freed memory returned at once: mimalloc returns it lazily, on the freeing thread's next
+///   allocation after a delay (1 s, 10 s for large blocks), so a control thread gone quiet
+///   after taking 20,000 routes kept the tables its maps had outgrown: 36 MB resident, 29.5 MB
+///   with this. The transit benchmark's rate did not move outside its noise.
+#[allow(unsafe_code)]
 fn tune_memory() {
     let _ = daemon::disable_transparent_huge_pages();
+    // SAFETY: sets a process-wide allocator option; mimalloc reads it on each purge.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
 }

@@ -255,9 +255,7 @@ fn twenty_thousand_routes_cost_little_memory() {
         (selected() == 20_001).then_some(())
     })
     .unwrap_or_else(|| panic!("{} routes selected of 20,001", selected()));
-    // The allocator gives freed pages back a second after their last use (router/src/main.rs):
-    // what the burst used on its way and let go is not held.
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(500));
     let full = rss(node.child.id());
     eprintln!(
         "RSS idle {} KiB, with 20,000 routes {} KiB",

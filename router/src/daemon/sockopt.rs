@@ -121,9 +121,9 @@ pub(crate) fn set_window_clamp(_fd: RawFd, _bytes: u32) -> std::io::Result<()> {
     Err(std::io::ErrorKind::Unsupported.into())
 }
 
-/// Turns transparent huge pages off for this process. An allocator that asks for them on its
-/// arenas (mimalloc did) makes every thread's first small allocations fault in 2 MiB pages:
-/// an idle node was 31 MB resident, 22.5 MB of it huge pages, against 9.5 MB without. A router's
+/// Turns transparent huge pages off for this process. The allocator (mimalloc) asks for them
+/// on its arenas, so every thread's first small allocations fault in 2 MiB pages: an idle
+/// node was 31 MB resident, 22.5 MB of it huge pages, against 9.5 MB without. A router's
 /// memory should follow what it holds. Only later faults are affected, so the binary calls it
 /// first thing in `main` (the daemon again at start, for embedders).
 #[cfg(target_os = "linux")]
