@@ -37,6 +37,9 @@ pub(crate) const READ_MIN: usize = 16 * 1024;
 pub(crate) struct ReadSizer {
     room: usize,
     quiet: u32,
+    /// The room shrank since the last [`ReadSizer::prepare`]: the buffer moves to a smaller
+    /// allocation there.
+    shrunk: bool,
 }
 
 impl Default for ReadSizer {
@@ -53,6 +56,7 @@ impl ReadSizer {
         Self {
             room: READ_MIN,
             quiet: 0,
+            shrunk: false,
         }
     }
 
@@ -61,9 +65,9 @@ impl ReadSizer {
         self.room
     }
 
-    /// Records a read of `n` bytes. True when the room just shrank: the caller should move
-    /// what it holds to a buffer of the new size, as the old allocation would otherwise be
-    /// reused at its old size for as long as the link lives.
+    /// Records a read of `n` bytes; true when the room just shrank. The next
+    /// [`ReadSizer::prepare`] then moves the buffer to an allocation of the new size (the old
+    /// one would otherwise be reused at its old size as long as the link lives).
     pub(crate) fn record(&mut self, n: usize) -> bool {
         if n >= self.room / 2 {
             self.room = (self.room * 2).min(READ_MAX);
@@ -80,13 +84,14 @@ impl ReadSizer {
         }
         self.quiet = 0;
         self.room = (self.room / 2).max(READ_MIN);
+        self.shrunk = true;
         true
     }
 
     /// Makes room in `buf` for the next read; after a shrink, first moves its unread bytes to
     /// an allocation of the new size.
-    pub(crate) fn prepare(&self, buf: &mut BytesMut, shrunk: bool) {
-        if shrunk {
+    pub(crate) fn prepare(&mut self, buf: &mut BytesMut) {
+        if std::mem::take(&mut self.shrunk) {
             let mut fresh = BytesMut::with_capacity(buf.len() + self.room);
             fresh.extend_from_slice(buf);
             *buf = fresh;
@@ -286,13 +291,13 @@ mod tests {
         }
         let mut buf = BytesMut::with_capacity(2 * READ_MAX);
         buf.extend_from_slice(&[1; 300]);
-        s.prepare(&mut buf, false);
+        s.prepare(&mut buf);
         assert!(buf.capacity() >= READ_MAX + 300);
         let mut shrunk = false;
         while !shrunk {
             shrunk = s.record(10);
         }
-        s.prepare(&mut buf, true);
+        s.prepare(&mut buf);
         assert_eq!(&buf[..], &[1; 300][..], "the unread bytes are kept");
         assert!(
             buf.capacity() < READ_MAX,

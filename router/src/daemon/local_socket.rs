@@ -284,10 +284,9 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
     // application that sends now and then holds 16 KiB, a busy one reads 256 KiB at a time.
     let mut sizer = ReadSizer::new();
     let mut buf = BytesMut::new();
-    let mut shrunk = false;
     let mut subscriptions = Vec::new();
     'conn: loop {
-        sizer.prepare(&mut buf, shrunk);
+        sizer.prepare(&mut buf);
         let read = tokio::select! {
             r = rd.read_buf(&mut buf) => r,
             _ = out.overflow.notified() => {
@@ -298,7 +297,9 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
         };
         match read {
             Ok(0) | Err(_) => break,
-            Ok(n) => shrunk = sizer.record(n),
+            Ok(n) => {
+                sizer.record(n);
+            }
         }
         loop {
             let (kind, body) = match framing::split_frame(&mut buf, MAX_BODY) {

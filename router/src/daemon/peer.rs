@@ -110,7 +110,6 @@ pub(crate) async fn serve<R: LinkRead + 'static, W: LinkWrite + 'static>(
     let mut shutdown = shared.shutdown.clone();
     let mut sizer = ReadSizer::new();
     let mut buf = BytesMut::new();
-    let mut shrunk = false;
     let mut deframer = Deframer::new();
     let mut frames = Vec::with_capacity(256);
     let mut deferred = Vec::new();
@@ -125,7 +124,7 @@ pub(crate) async fn serve<R: LinkRead + 'static, W: LinkWrite + 'static>(
             Some((fd, gov, 0u64))
         });
     loop {
-        sizer.prepare(&mut buf, shrunk);
+        sizer.prepare(&mut buf);
         let (r, b) = tokio::select! {
             biased;
             _ = close_rx.wait_for(|c| *c) => break,
@@ -136,7 +135,7 @@ pub(crate) async fn serve<R: LinkRead + 'static, W: LinkWrite + 'static>(
         match r {
             Ok(0) => break,
             Ok(n) => {
-                shrunk = sizer.record(n);
+                sizer.record(n);
                 handle.counters.rx_bytes.fetch_add(n as u64, Relaxed);
                 if let Some((fd, gov, read)) = &mut window {
                     *read += n as u64;

@@ -293,7 +293,7 @@ async fn datagram_loop(fwd: Forwarder, h: Arc<PeerHandle>, conn: quinn::Connecti
             }
         }
     };
-    'link: loop {
+    loop {
         let d = tokio::select! {
             _ = close.wait_for(|c| *c) => break,
             d = conn.read_datagram() => d,
@@ -311,11 +311,11 @@ async fn datagram_loop(fwd: Forwarder, h: Arc<PeerHandle>, conn: quinn::Connecti
                 None => break,
             }
         }
+        // Leaves `frames` empty for the next batch.
         fwd.handle_frames(&h, &mut frames, &mut deferred);
-        frames.clear();
         fwd.send_deferred(&mut deferred).await;
         if ended {
-            break 'link;
+            break;
         }
     }
     let _ = h.close.send(true);
