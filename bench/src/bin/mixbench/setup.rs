@@ -50,14 +50,10 @@ impl Setup {
         }
         let dir = dir.join(format!("{}-{}", link.name(), imp.name()));
         std::fs::create_dir_all(&dir)?;
-        let listen = |p: &Arc<Prefixes>| match link {
-            LinkKind::Tcp => fake_peer::tcp::listen(p.clone()),
-            LinkKind::Quic => fake_peer::quic::listen(p.clone()),
-        };
         let (mut peers, mut endpoints) = (Vec::new(), Vec::new());
         if args.dial == Dialer::Router {
             for p in [sender, sink] {
-                let peer = listen(p)?;
+                let peer = listen(link, p)?;
                 let port = peer.listen_port.context("a listening peer has a port")?;
                 endpoints.push(format!("{}://127.0.0.1:{port}", link.name()));
                 peers.push(peer);
@@ -124,10 +120,7 @@ impl Setup {
         if args.dial == Dialer::Peers {
             let to = SocketAddr::from(([127, 0, 0, 1], port));
             for p in [sender, sink] {
-                peers.push(match link {
-                    LinkKind::Tcp => fake_peer::tcp::dial(p.clone(), to)?,
-                    LinkKind::Quic => fake_peer::quic::dial(p.clone(), to)?,
-                });
+                peers.push(dial(link, p, to)?);
             }
         }
         let (Some(sink_peer), Some(sender_peer)) = (peers.pop(), peers.pop()) else {
@@ -169,16 +162,10 @@ impl Setup {
 
     /// The sender dials the sink, which listens; no router.
     fn direct(link: LinkKind, sets: &TrafficSets, t0: Instant) -> Result<Self> {
-        let sink = match link {
-            LinkKind::Tcp => fake_peer::tcp::listen(sets.sink.clone())?,
-            LinkKind::Quic => fake_peer::quic::listen(sets.sink.clone())?,
-        };
+        let sink = listen(link, &sets.sink)?;
         let port = sink.listen_port.context("a listening peer has a port")?;
         let to = SocketAddr::from(([127, 0, 0, 1], port));
-        let sender = match link {
-            LinkKind::Tcp => fake_peer::tcp::dial(sets.sender.clone(), to)?,
-            LinkKind::Quic => fake_peer::quic::dial(sets.sender.clone(), to)?,
-        };
+        let sender = dial(link, &sets.sender, to)?;
         let up = |p: &Peer| p.counters.links_up.load(Relaxed) > 0;
         let linked = sys::poll_until(
             Duration::from_secs(20),
@@ -475,6 +462,22 @@ fn diff_counters(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) -> BTreeM
             (d != 0.0).then(|| (k.clone(), d))
         })
         .collect()
+}
+
+/// A fake peer announcing `p`, listening for a link of kind `link`.
+fn listen(link: LinkKind, p: &Arc<Prefixes>) -> Result<Peer> {
+    match link {
+        LinkKind::Tcp => fake_peer::tcp::listen(p.clone()),
+        LinkKind::Quic => fake_peer::quic::listen(p.clone()),
+    }
+}
+
+/// A fake peer announcing `p`, dialing `to` over a link of kind `link`.
+fn dial(link: LinkKind, p: &Arc<Prefixes>, to: SocketAddr) -> Result<Peer> {
+    match link {
+        LinkKind::Tcp => fake_peer::tcp::dial(p.clone(), to),
+        LinkKind::Quic => fake_peer::quic::dial(p.clone(), to),
+    }
 }
 
 /// Sleeps `secs`, failing early if `p` exits.
