@@ -3,14 +3,15 @@
 //! run and the paced open-loop run.
 //!
 //! A routed pair is two fake Babel peers of the router under test: each announces its own /64
-//! with one Update and then keeps the link alive with a Hello and an IHU every ten seconds
-//! (both hyphae and stock mycelium drop a peer that sends no IHU for 43 s). The same bytes go
-//! to a hyphae router and to a stock mycelium node.
+//! with one Update and then keeps the link alive with a Hello and an IHU every 250 ms, also
+//! while it sends nothing (between paced rounds the other paths take their turns; hyphae drops
+//! a peer that sends nothing for 1.5 s, stock one that sends no IHU for 43 s). The same bytes
+//! go to a hyphae router and to a stock mycelium node.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -182,11 +183,7 @@ pub(crate) fn peers(router: &mut Router, sink_cpu: Option<usize>) -> Result<(Sen
         src: tx.key.address(),
         dst: rx.key.address(),
     };
-    let mut sender = Sender {
-        stream: tx.stream,
-        hdr,
-        keepalive: Some(Keepalive::new()),
-    };
+    let mut sender = Sender::new(tx.stream, hdr, Some(Keepalive::new()));
     let receiver = Receiver::spawn(rx.stream, sink_cpu, true)?;
     // Send probes until one arrives: the router has learned both routes.
     let deadline = Instant::now() + ROUTE_TIMEOUT;
@@ -267,22 +264,81 @@ fn raw_pair(a: TcpStream, b: TcpStream, sink_cpu: Option<usize>) -> Result<(Send
         src: "4a9::1".parse()?,
         dst: "4a9::2".parse()?,
     };
-    let tx = Sender {
-        stream: a,
-        hdr,
-        keepalive: None,
-    };
+    let tx = Sender::new(a, hdr, None);
     Ok((tx, Receiver::spawn(b, sink_cpu, false)?))
 }
 
 pub(crate) struct Sender {
-    stream: TcpStream,
+    link: Arc<Mutex<SendLink>>,
     hdr: DataHeader,
+    /// Tells the keepalive thread (routed pairs only) to end.
+    stop: Arc<AtomicBool>,
+}
+
+/// The sending stream and its keepalive schedule, shared with the keepalive thread so that
+/// Hello and IHU go out between whole writes, never inside one.
+struct SendLink {
+    stream: TcpStream,
     /// Routed pairs only.
     keepalive: Option<Keepalive>,
 }
 
+impl SendLink {
+    fn write(&mut self, b: &[u8]) -> Result<()> {
+        self.stream.write_all(b).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => anyhow::anyhow!(
+                "a write to the path under test blocked for {} s: the hop stopped reading",
+                WRITE_TIMEOUT.as_secs()
+            ),
+            _ => anyhow::Error::new(e).context("writing to the path under test"),
+        })
+    }
+
+    /// Hello and IHU, if due.
+    fn keep_alive(&mut self) -> Result<()> {
+        match self.keepalive.as_mut().and_then(Keepalive::due) {
+            Some(k) => self.write(&k),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+    }
+}
+
 impl Sender {
+    /// A sender on `stream`; with a keepalive schedule (a routed pair), a thread also sends
+    /// Hello and IHU on it while the sender is idle.
+    fn new(stream: TcpStream, hdr: DataHeader, keepalive: Option<Keepalive>) -> Self {
+        let routed = keepalive.is_some();
+        let link = Arc::new(Mutex::new(SendLink { stream, keepalive }));
+        let stop = Arc::new(AtomicBool::new(false));
+        if routed {
+            let (link, stop) = (link.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Relaxed) {
+                    std::thread::sleep(KEEPALIVE / 5);
+                    let mut l = link
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if l.keep_alive().is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Self { link, hdr, stop }
+    }
+
+    fn link(&self) -> MutexGuard<'_, SendLink> {
+        self.link
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// `n` frames of `frame_len` bytes on the wire, the first stamped with `stamp_ns`.
     fn batch(&self, frame_len: usize, n: usize, stamp_ns: u64) -> Vec<u8> {
         let body_len = frame_len - 40;
@@ -298,27 +354,16 @@ impl Sender {
 
     /// Writes whole frames (and, before them, Hello and IHU when due).
     fn send_batch(&mut self, b: &[u8]) -> Result<()> {
-        if let Some(k) = self.keepalive.as_mut().and_then(Keepalive::due) {
-            self.write(&k)?;
-        }
-        self.write(b)
-    }
-
-    fn write(&mut self, b: &[u8]) -> Result<()> {
-        self.stream.write_all(b).map_err(|e| match e.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => anyhow::anyhow!(
-                "a write to the path under test blocked for {} s: the hop stopped reading",
-                WRITE_TIMEOUT.as_secs()
-            ),
-            _ => anyhow::Error::new(e).context("writing to the path under test"),
-        })
+        let mut link = self.link();
+        link.keep_alive()?;
+        link.write(b)
     }
 }
 
 pub(crate) struct Receiver {
     frames: Arc<AtomicU64>,
     bytes: Arc<AtomicU64>,
-    hist: Arc<std::sync::Mutex<Histogram<u64>>>,
+    hist: Arc<Mutex<Histogram<u64>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -334,7 +379,7 @@ impl Receiver {
         stream.set_write_timeout(Some(Duration::from_secs(1)))?;
         let frames = Arc::new(AtomicU64::new(0));
         let bytes = Arc::new(AtomicU64::new(0));
-        let hist = Arc::new(std::sync::Mutex::new(new_hist()));
+        let hist = Arc::new(Mutex::new(new_hist()));
         let stop = Arc::new(AtomicBool::new(false));
         let (f, b, h, s) = (frames.clone(), bytes.clone(), hist.clone(), stop.clone());
         let base = *BASE.get_or_init(Instant::now);
