@@ -22,6 +22,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BEGIN, END = "<!-- figures:begin -->", "<!-- figures:end -->"
 TRANSIT_SCHEMA = "hyphae-transit/2"
 DRIVERS = ("uring", "portable")
+# The paced run alone at 5,000 frames/s (transit-light.json), where each frame finds the
+# worker asleep: what a wake-up costs the router against the plain relay.
+LIGHT_HEAD = "### Transit at light load, 5,000 frames/s, `--driver portable`"
 
 
 def load(res, name):
@@ -110,10 +113,10 @@ def ratio(r):
 # ---------------------------------------------------------------------------------------------
 
 
-def transit_section(res, drv):
+def transit_section(res, drv, head=None):
     name = f"transit-{drv}.json"
     t, why = load(res, name)
-    head = f"### Transit, `--driver {drv}`"
+    head = head or f"### Transit, `--driver {drv}`"
     if t is None:
         return [head, "", f"No figures: {why}. `bench/report.sh` produces them.", ""]
     if t.get("schema") != TRANSIT_SCHEMA:
@@ -336,6 +339,7 @@ def table(res):
     ]
     for drv in DRIVERS:
         out += transit_section(res, drv)
+    out += transit_section(res, "light", LIGHT_HEAD)
     out += text_section(res, "mixbench.txt", "Mixed traffic, TCP and QUIC (`mixbench`)", "summary")
     out += other_section(res)
     return "\n".join(out).rstrip()

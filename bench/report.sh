@@ -19,6 +19,10 @@ for driver in uring portable; do
         | tee "$out/transit-$driver.txt"
 done
 
+echo "== transit at light load (paced only, 5,000 frames/s: every frame wakes a sleeping worker)"
+target/release/transit --driver portable --seconds 0 --rate 5000 --json "$out/transit-light.json" \
+    | tee "$out/transit-light.txt"
+
 # Stock mycelium is measured beside hyphae when $HYPHAE_STOCK_MYCELIUM or
 # ../shared/bin/mycelium-0.7.10 is there (about five minutes with it, half without).
 echo "== mixbench (4096 destinations, TCP and QUIC links, hyphae and stock mycelium)"
