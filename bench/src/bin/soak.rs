@@ -265,6 +265,10 @@ struct Sample {
     phase: &'static str,
     t: f64,
     rss_kib: u64,
+    /// The anonymous part of RSS (heap, stacks: the router's own memory).
+    anon_kib: u64,
+    /// The file-backed part (the binary's and libraries' pages touched so far).
+    file_kib: u64,
     fds: usize,
     threads: u64,
     cpu_s: f64,
@@ -342,7 +346,7 @@ fn drops_by_reason(page: &str) -> Vec<(String, u64)> {
 
 const CSV_HEADER: &str = "phase,t_s,rss_kib,fds,threads,cpu_s,vcpus,peers,inbound_links,routes,\
 routes_selected,queued_bytes,control_queued_bytes,drops,inbound_refused,churn_links,transit_sent,\
-transit_delivered,msgs_ok,msgs_failed,load1";
+transit_delivered,msgs_ok,msgs_failed,load1,rss_anon_kib,rss_file_kib";
 
 impl Sample {
     fn csv(&self) -> String {
@@ -363,7 +367,7 @@ impl Sample {
             },
         );
         format!(
-            "{},{:.1},{},{},{},{:.2},{:.3},{m},{},{},{},{},{},{:.2}",
+            "{},{:.1},{},{},{},{:.2},{:.3},{m},{},{},{},{},{},{:.2},{},{}",
             self.phase,
             self.t,
             self.rss_kib,
@@ -376,7 +380,9 @@ impl Sample {
             self.transit_delivered,
             self.msgs_ok,
             self.msgs_failed,
-            self.load1
+            self.load1,
+            self.anon_kib,
+            self.file_kib
         )
     }
 }
@@ -412,6 +418,8 @@ impl Subject {
             phase,
             t,
             rss_kib: sys::status_bytes(pid, "VmRSS").unwrap_or(0) / 1024,
+            anon_kib: sys::status_bytes(pid, "RssAnon").unwrap_or(0) / 1024,
+            file_kib: sys::status_bytes(pid, "RssFile").unwrap_or(0) / 1024,
             fds: sys::open_fds(pid).unwrap_or(0),
             threads: sys::status_count(pid, "Threads").unwrap_or(0),
             cpu_s,
@@ -1305,6 +1313,18 @@ fn summary(
         mib(max_after),
         mib(min_after),
         mib(last_run.rss_kib),
+    );
+    // Where the rise is: the router's own memory or pages of its binary touched for the first
+    // time (code paths that run only now and then).
+    let anon_max = after.iter().map(|s| s.anon_kib).max().unwrap_or(0);
+    let file_max = after.iter().map(|s| s.file_kib).max().unwrap_or(0);
+    println!(
+        "RSS in parts: anonymous {:.1} MiB at the warm-up end, max {:.1} MiB after it ({:+.1} %); file-backed {:.1} MiB, max {:.1} MiB",
+        mib(at_warm.anon_kib),
+        mib(anon_max),
+        (anon_max as f64 / at_warm.anon_kib.max(1) as f64 - 1.0) * 100.0,
+        mib(at_warm.file_kib),
+        mib(file_max),
     );
     if let (Some(level), Some(top)) = (level, top_window) {
         println!(
