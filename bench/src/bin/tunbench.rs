@@ -31,10 +31,13 @@
 //! machine's busy time less the nodes', iperf3's and softirq time) is redone, up to `--retries`
 //! times. The summary gives each figure as the median over rounds with the lowest and
 //! highest round, and hyphae over stock as the median of the per-round ratios with their
-//! spread. When the two sides' ranges overlap, the difference is inside the run-to-run noise and
-//! is printed as *inconclusive* with its spread, never as a number. The goals (throughput at
-//! least 2x stock's, ping round trip no higher than stock's) are then met, not met,
-//! inconclusive, or not shown (no stock pair measured).
+//! spread. A difference is shown when the two sides' ranges lie apart, or, the rounds being
+//! paired (each round runs both pairs on the same state of the machine), when every one of at
+//! least five rounds puts hyphae on the same side (as `transit` judges its ratios; five of five
+//! by chance is 1 in 32). Otherwise it is inside the run-to-run noise and is printed as
+//! *inconclusive* with its spread, never as a number. The goals (throughput at least 2x
+//! stock's, ping round trip no higher than stock's) are then met, not met, inconclusive, or not
+//! shown (no stock pair measured).
 //!
 //! Namespaces are named `tunbench-<pid>-...`; nodes are killed and namespaces deleted when a
 //! pair ends, also on error, and a run first deletes those left behind by runs that died.
@@ -57,7 +60,7 @@ use clap::Parser;
 use hyphae_bench::sys::{self, Proc};
 use serde_json::Value;
 
-use crate::stats::{Ratio, Spread};
+use crate::stats::{MIN_ROUNDS_FOR_ADDED, Ratio, Spread};
 
 #[derive(Parser, Debug)]
 #[command(about = "TCP throughput and ping between two nodes' TUNs in network namespaces")]
@@ -1116,14 +1119,21 @@ fn overlap(a: &Spread, b: &Spread) -> bool {
     a.min() <= b.max() && b.min() <= a.max()
 }
 
+/// Whether hyphae's figure and stock's differ beyond the run-to-run noise: their ranges lie
+/// apart, or at least [`MIN_ROUNDS_FOR_ADDED`] paired rounds all put hyphae on one side.
+fn differ(h: &Spread, s: &Spread) -> bool {
+    let r = Ratio::of(h, s);
+    !overlap(h, s) || (r.0.rounds() >= MIN_ROUNDS_FOR_ADDED && r.conclusive())
+}
+
 /// hyphae over stock, per round: `2.31x (2.10..2.60)`, or `inconclusive (spread 0.9..1.2)` when
-/// the two ranges overlap.
+/// they do not [`differ`].
 fn show_ratio(h: &Spread, s: &Spread) -> String {
     let r = Ratio::of(h, s).0;
     if r.rounds() == 0 {
         return "not measured".into();
     }
-    if overlap(h, s) {
+    if !differ(h, s) {
         format!("inconclusive (spread {:.2}..{:.2})", r.min(), r.max())
     } else {
         format!("{:.2}x ({:.2}..{:.2})", r.median(), r.min(), r.max())
@@ -1136,7 +1146,7 @@ fn throughput_goal(h: &Spread, s: &Spread) -> Verdict {
     let r = Ratio::of(h, s).0;
     if r.rounds() == 0 {
         Verdict::NotShown
-    } else if r.min() >= GOAL_RATIO && !overlap(h, s) {
+    } else if r.min() >= GOAL_RATIO && differ(h, s) {
         Verdict::Met
     } else if r.max() < GOAL_RATIO {
         Verdict::NotMet
@@ -1145,17 +1155,17 @@ fn throughput_goal(h: &Spread, s: &Spread) -> Verdict {
     }
 }
 
-/// Round trip no higher than stock's: met when hyphae's range lies below stock's, not met when
-/// above; overlapping ranges show neither.
+/// Round trip no higher than stock's: met when hyphae's is lower beyond the noise (see
+/// [`differ`]), not met when higher; otherwise neither is shown.
 fn ping_goal(h: &Spread, s: &Spread) -> Verdict {
     if h.rounds() == 0 || s.rounds() == 0 {
         Verdict::NotShown
-    } else if h.max() < s.min() {
-        Verdict::Met
-    } else if h.min() > s.max() {
-        Verdict::NotMet
-    } else {
+    } else if !differ(h, s) {
         Verdict::Inconclusive
+    } else if Ratio::of(h, s).0.median() < 1.0 {
+        Verdict::Met
+    } else {
+        Verdict::NotMet
     }
 }
 
@@ -1375,5 +1385,22 @@ mod tests {
         assert_eq!(ping_goal(&fast, &slow), Verdict::Met);
         assert_eq!(ping_goal(&slow, &fast), Verdict::NotMet);
         assert_eq!(ping_goal(&fast, &fast), Verdict::Inconclusive);
+        // Overlapping ranges, but hyphae lower in every one of five paired rounds: shown.
+        let h5 = Spread::new(vec![0.31, 0.43, 0.35, 0.33, 0.36]);
+        let s5 = Spread::new(vec![0.38, 0.55, 0.44, 0.40, 0.45]);
+        assert!(overlap(&h5, &s5));
+        assert_eq!(ping_goal(&h5, &s5), Verdict::Met);
+        assert_eq!(ping_goal(&s5, &h5), Verdict::NotMet);
+        assert!(
+            show_ratio(&h5, &s5).starts_with("0.8"),
+            "{}",
+            show_ratio(&h5, &s5)
+        );
+        // The same with one round the other way, or with four rounds only: not shown.
+        let one_up = Spread::new(vec![0.31, 0.43, 0.35, 0.33, 0.46]);
+        assert_eq!(ping_goal(&one_up, &s5), Verdict::Inconclusive);
+        let h4 = Spread::new(vec![0.31, 0.43, 0.35, 0.33]);
+        let s4 = Spread::new(vec![0.38, 0.55, 0.44, 0.40]);
+        assert_eq!(ping_goal(&h4, &s4), Verdict::Inconclusive);
     }
 }
