@@ -284,6 +284,12 @@ struct SendLink {
 }
 
 impl SendLink {
+    /// Locks `link` (a panic in another holder leaves the stream as usable as before).
+    fn lock(link: &Mutex<Self>) -> MutexGuard<'_, Self> {
+        link.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn write(&mut self, b: &[u8]) -> Result<()> {
         self.stream.write_all(b).map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => anyhow::anyhow!(
@@ -321,22 +327,13 @@ impl Sender {
             std::thread::spawn(move || {
                 while !stop.load(Relaxed) {
                     std::thread::sleep(KEEPALIVE / 5);
-                    let mut l = link
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    if l.keep_alive().is_err() {
+                    if SendLink::lock(&link).keep_alive().is_err() {
                         return;
                     }
                 }
             });
         }
         Self { link, hdr, stop }
-    }
-
-    fn link(&self) -> MutexGuard<'_, SendLink> {
-        self.link
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// `n` frames of `frame_len` bytes on the wire, the first stamped with `stamp_ns`.
@@ -354,7 +351,7 @@ impl Sender {
 
     /// Writes whole frames (and, before them, Hello and IHU when due).
     fn send_batch(&mut self, b: &[u8]) -> Result<()> {
-        let mut link = self.link();
+        let mut link = SendLink::lock(&self.link);
         link.keep_alive()?;
         link.write(b)
     }
