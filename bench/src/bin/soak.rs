@@ -1207,8 +1207,9 @@ fn summary(
     let after: Vec<&Sample> = run.iter().copied().filter(|s| s.t >= at_warm.t).collect();
     let max_after = after.iter().map(|s| s.rss_kib).max().unwrap_or(0);
     let min_after = after.iter().map(|s| s.rss_kib).min().unwrap_or(0);
-    let rss_ref = at_warm.rss_kib.max(1) as f64;
-    let growth = (max_after as f64 / rss_ref - 1.0) * 100.0;
+    // How far `to` is above `from`, in per cent.
+    let rise = |to: f64, from: f64| (to / from.max(1.0) - 1.0) * 100.0;
+    let growth = rise(max_after as f64, at_warm.rss_kib as f64);
     let rss_slope = slope(&after, |s| s.rss_kib as f64 / 1024.0) * 3600.0;
     // The same by the minute (the mean of each minute's samples), which separates the trend
     // from the swings between single samples; reported beside the verdict, not instead of it.
@@ -1322,7 +1323,7 @@ fn summary(
         "RSS in parts: anonymous {:.1} MiB at the warm-up end, max {:.1} MiB after it ({:+.1} %); file-backed {:.1} MiB, max {:.1} MiB",
         mib(at_warm.anon_kib),
         mib(anon_max),
-        (anon_max as f64 / at_warm.anon_kib.max(1) as f64 - 1.0) * 100.0,
+        rise(anon_max as f64, at_warm.anon_kib as f64),
         mib(at_warm.file_kib),
         mib(file_max),
     );
@@ -1331,7 +1332,7 @@ fn summary(
             "RSS by {window:.0} s windows (mean of their samples): {:.1} MiB in the one before the warm-up end, highest after it {:.1} MiB ({:+.1} %)",
             level / 1024.0,
             top / 1024.0,
-            (top / level - 1.0) * 100.0,
+            rise(top, level),
         );
     }
     println!(
