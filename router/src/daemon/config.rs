@@ -97,8 +97,8 @@ pub struct Cli {
     /// interval.
     #[arg(long, value_name = "DURATION")]
     pub hello_interval: Option<String>,
-    /// I/O driver: "auto" (the portable driver, which outforwards tokio-uring: see
-    /// bench/README.md), "uring" (tokio-uring) or "portable" (tokio on epoll).
+    /// I/O driver: "auto" (see bench/README.md, "io_uring"), "uring" (TCP links on an
+    /// io_uring ring per worker) or "portable" (tokio on epoll).
     #[arg(long)]
     pub driver: Option<String>,
     /// Receive buffer of each TCP peer socket, in bytes (default: the kernel's autotuning).

@@ -1,8 +1,9 @@
 //! The I/O driver behind a small trait: read into the spare capacity of a `BytesMut`, write a
 //! batch of `Bytes` with vectored writes. Two drivers implement it for TCP:
 //!
-//! * io_uring, through tokio-uring (owned buffers: the kernel writes straight into the
-//!   receive buffer and reads straight out of the queued frames);
+//! * io_uring, on the worker's [`Ring`](super::ring::Ring) (owned buffers: the kernel writes
+//!   straight into the receive buffer and reads straight out of the queued frames, and one
+//!   `io_uring_enter` carries every link's operations of a turn);
 //! * portable, plain tokio (epoll), used where io_uring is unavailable and in tests.
 //!
 //! QUIC streams implement the same trait (in `quic.rs`).
@@ -16,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// The I/O driver a worker runs, and so the halves its TCP links get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Driver {
-    /// io_uring through tokio-uring.
+    /// io_uring, one ring per worker (`ring`).
     Uring,
     /// Plain tokio (epoll).
     Portable,
@@ -170,55 +171,83 @@ impl LinkWrite for PortableWrite {
 }
 
 #[cfg(target_os = "linux")]
-pub(crate) use uring::{UringRead, UringWrite};
+pub(crate) use uring::halves as uring_halves;
 
 #[cfg(target_os = "linux")]
 mod uring {
     use std::io;
+    use std::net::TcpStream;
     use std::os::fd::{AsRawFd, RawFd};
     use std::rc::Rc;
 
     use bytes::{Bytes, BytesMut};
-    use tokio_uring::buf::BoundedBuf;
 
+    use super::super::ring::{Batch, Ring};
     use super::{LinkRead, LinkWrite, READ_MIN, advance_batch};
 
-    /// A tokio-uring stream shared by the link's reader and writer tasks (same thread).
-    pub(crate) struct UringRead(pub(crate) Rc<tokio_uring::net::TcpStream>);
+    /// A TCP link's socket on the worker's ring, shared by its reader and writer tasks; the
+    /// socket closes when both are gone.
+    pub(crate) struct UringRead {
+        ring: Rc<Ring>,
+        sock: Rc<TcpStream>,
+    }
+
     /// See [`UringRead`].
-    pub(crate) struct UringWrite(pub(crate) Rc<tokio_uring::net::TcpStream>);
+    pub(crate) struct UringWrite {
+        ring: Rc<Ring>,
+        sock: Rc<TcpStream>,
+        batch: Option<Box<Batch>>,
+    }
+
+    /// The two halves of `sock` on `ring`.
+    pub(crate) fn halves(ring: &Rc<Ring>, sock: TcpStream) -> (UringRead, UringWrite) {
+        let sock = Rc::new(sock);
+        (
+            UringRead {
+                ring: ring.clone(),
+                sock: sock.clone(),
+            },
+            UringWrite {
+                ring: ring.clone(),
+                sock,
+                batch: Some(Batch::new()),
+            },
+        )
+    }
 
     impl LinkRead for UringRead {
         async fn read(&mut self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
             if buf.capacity() == buf.len() {
                 buf.reserve(READ_MIN);
             }
-            let (len, cap) = (buf.len(), buf.capacity());
-            // The kernel writes into the spare capacity; the slice's length update moves
-            // `buf.len()` past what it wrote.
-            let (r, slice) = self.0.read(BoundedBuf::slice(buf, len..cap)).await;
-            (r, slice.into_inner())
+            self.ring.recv(self.sock.as_raw_fd(), buf).await
         }
 
         fn tcp_fd(&self) -> Option<RawFd> {
-            Some(self.0.as_raw_fd())
+            Some(self.sock.as_raw_fd())
         }
     }
 
     impl LinkWrite for UringWrite {
         async fn write_batch(&mut self, mut batch: Vec<Bytes>) -> (io::Result<()>, Vec<Bytes>) {
+            let fd = self.sock.as_raw_fd();
+            let mut held = self.batch.take().unwrap_or_else(Batch::new);
+            let mut r = Ok(());
             while !batch.is_empty() {
-                let rest = batch.split_off(batch.len().min(1024));
-                let (r, mut sent) = self.0.writev(batch).await;
-                match r {
-                    Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), sent),
-                    Ok(n) => advance_batch(&mut sent, n),
-                    Err(e) => return (Err(e), sent),
-                }
-                sent.extend(rest);
+                let (n, h, sent) = self.ring.send(fd, held, batch).await;
+                held = h;
                 batch = sent;
+                match n {
+                    Ok(0) => r = Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => advance_batch(&mut batch, n),
+                    Err(e) => r = Err(e),
+                }
+                if r.is_err() {
+                    break;
+                }
             }
-            (Ok(()), batch)
+            self.batch = Some(held);
+            (r, batch)
         }
     }
 }

@@ -10,7 +10,7 @@
 //!        v                                  |                              v  (lock-free snapshots)
 //!  inbox: Inboxes { control, messages } ----+          Workers::dial  ---> worker i
 //!
-//!  worker 0 .. N-1 (worker): one thread, one runtime each (tokio-uring, or tokio current-thread)
+//!  worker 0 .. N-1 (worker): one thread, one tokio runtime each (+ an io_uring `ring`, or epoll)
 //!    tcp: listener (SO_REUSEPORT) and dialed links    peer: read -> deframe -> forward
 //!    its queue of the TUN device (tun, IFF_MULTI_QUEUE)  forward::l3: read -> cut -> seal
 //!    HOME worker also: message task (message_task), local socket (local_socket),
@@ -80,6 +80,8 @@ mod metrics;
 mod peer;
 mod peers;
 mod quic;
+#[cfg(target_os = "linux")]
+mod ring;
 mod shared;
 mod sockopt;
 mod start;

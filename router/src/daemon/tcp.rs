@@ -14,7 +14,7 @@ use super::endpoint::{Endpoint, Proto, canonical, link_kind};
 use super::error::StartError;
 use super::forward::Forwarder;
 use super::inbox::ControlMsg;
-use super::link::{Driver, PortableRead, PortableWrite};
+use super::link::{PortableRead, PortableWrite};
 use super::peer::{self, LinkInfo, TCP_NOTSENT_LOWAT};
 use super::peers::PeerType;
 
@@ -65,8 +65,9 @@ pub(crate) fn bind_listeners(
 pub(crate) struct Tcp {
     /// Where the links' frames go.
     pub(crate) fwd: Forwarder,
-    /// The driver the worker runs.
-    pub(crate) driver: Driver,
+    /// The worker's ring when it runs the io_uring driver; `None`: the portable driver.
+    #[cfg(target_os = "linux")]
+    pub(crate) ring: Option<Rc<super::ring::Ring>>,
 }
 
 impl Tcp {
@@ -134,42 +135,34 @@ impl Tcp {
             link: link_kind(Proto::Tcp, ep.addr),
         };
         let fwd = self.fwd.clone();
-        match self.driver {
-            Driver::Portable => {
-                let (r, w) = stream.into_split();
-                spawn_local(async move {
-                    let _slot = slot;
-                    if let Some(up) = peer::up(&fwd, info).await {
-                        peer::serve(fwd, up, PortableRead(r), PortableWrite(w)).await;
-                    }
-                });
-            }
-            #[cfg(target_os = "linux")]
-            Driver::Uring => {
-                let std = match stream
-                    .into_std()
-                    .and_then(|s| s.set_nonblocking(false).map(|()| s))
-                {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(%ep, "socket: {e}");
-                        return;
-                    }
-                };
-                let s = Rc::new(tokio_uring::net::TcpStream::from_std(std));
-                let (r, w) = (
-                    super::link::UringRead(s.clone()),
-                    super::link::UringWrite(s),
-                );
-                spawn_local(async move {
-                    let _slot = slot;
-                    if let Some(up) = peer::up(&fwd, info).await {
-                        peer::serve(fwd, up, r, w).await;
-                    }
-                });
-            }
-            #[cfg(not(target_os = "linux"))]
-            Driver::Uring => {}
+        #[cfg(target_os = "linux")]
+        if let Some(ring) = &self.ring {
+            // The ring's operations wait in the kernel, not on readiness: the socket blocks.
+            let std = match stream
+                .into_std()
+                .and_then(|s| s.set_nonblocking(false).map(|()| s))
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(%ep, "socket: {e}");
+                    return;
+                }
+            };
+            let (r, w) = super::link::uring_halves(ring, std);
+            spawn_local(async move {
+                let _slot = slot;
+                if let Some(up) = peer::up(&fwd, info).await {
+                    peer::serve(fwd, up, r, w).await;
+                }
+            });
+            return;
         }
+        let (r, w) = stream.into_split();
+        spawn_local(async move {
+            let _slot = slot;
+            if let Some(up) = peer::up(&fwd, info).await {
+                peer::serve(fwd, up, PortableRead(r), PortableWrite(w)).await;
+            }
+        });
     }
 }

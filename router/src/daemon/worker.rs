@@ -1,5 +1,5 @@
-//! The data-plane workers: one thread each, with a single-threaded runtime (tokio-uring, or
-//! tokio current-thread) that owns its peer links, reads and forwards their frames and writes
+//! The data-plane workers: one thread each, with a single-threaded tokio runtime (and, with
+//! the io_uring driver, the worker's `ring` inside it) that owns its peer links, reads and forwards their frames and writes
 //! their queues. This module alone builds the runtimes and decides which worker runs what:
 //! TCP and QUIC links are spread over the workers (each has its own TCP listener and QUIC
 //! endpoints on the shared ports), and the [`HOME`] worker also runs the message task, the
@@ -154,10 +154,9 @@ pub(crate) fn spawn_thread<F: FnOnce() + Send + 'static>(
         .map_err(|e| StartError::Other(format!("spawning thread {name}: {e}")))
 }
 
-/// Decides the driver once, at start, and logs why. `auto` is the portable driver: measured
-/// on the machine these figures come from (`bench/src/bin/uringbench.rs`, bench/README.md),
-/// tokio-uring forwards 4-34 % fewer frames per second than plain tokio (epoll), worst with
-/// many links; `uring` stays available for comparison.
+/// Decides the driver once, at start. `auto` is the portable driver: measured on the machine
+/// these figures come from (bench/README.md, "io_uring"), it is never slower outside the noise
+/// and it runs where io_uring is disabled; `uring` runs the workers' links on io_uring.
 pub(crate) fn pick_driver(choice: DriverChoice) -> Result<Driver, StartError> {
     match choice {
         DriverChoice::Portable | DriverChoice::Auto => Ok(Driver::Portable),
@@ -170,31 +169,7 @@ pub(crate) fn pick_driver(choice: DriverChoice) -> Result<Driver, StartError> {
 
 #[cfg(target_os = "linux")]
 fn uring_available() -> Result<(), String> {
-    tokio_uring::Runtime::new(&tokio_uring::builder())
-        .map(drop)
-        .map_err(|e| e.to_string())
-}
-
-/// A worker's io_uring runtime. Completions run as cooperative task work (no interrupt of a
-/// running worker to deliver them) and the worker is the ring's only submitter, where the
-/// kernel has those flags (cooperative task work since 5.19, single issuer since 6.0). Each
-/// set of flags is probed on a one-entry ring first: a runtime that fails to build leaks its
-/// tokio half in tokio-uring 0.5.
-#[cfg(target_os = "linux")]
-fn uring_runtime(idx: usize) -> std::io::Result<tokio_uring::Runtime> {
-    let mut both = tokio_uring::uring_builder();
-    both.setup_coop_taskrun().setup_single_issuer();
-    let mut coop = tokio_uring::uring_builder();
-    coop.setup_coop_taskrun();
-    let (flags, name) = [
-        (both, "cooperative task work, single issuer"),
-        (coop, "cooperative task work"),
-    ]
-    .into_iter()
-    .find(|(b, _)| b.build(1).is_ok())
-    .unwrap_or_else(|| (tokio_uring::uring_builder(), "no setup flags"));
-    tracing::debug!(worker = idx, "io_uring ring: {name}");
-    tokio_uring::Runtime::new(tokio_uring::builder().uring_builder(&flags))
+    super::ring::available()
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -202,7 +177,8 @@ fn uring_available() -> Result<(), String> {
     Err("not Linux".into())
 }
 
-/// The worker thread's body: builds its runtime and runs it until shutdown.
+/// The worker thread's body: builds its runtime (tokio, current thread; the io_uring driver
+/// adds its ring to it in [`worker_main`]) and runs it until shutdown.
 fn run(
     idx: usize,
     shared: Arc<Shared>,
@@ -212,21 +188,12 @@ fn run(
     cmds: mpsc::Receiver<WorkerCmd>,
 ) {
     let fut = worker_main(idx, shared, driver, listeners, home, cmds);
-    match driver {
-        #[cfg(target_os = "linux")]
-        Driver::Uring => match uring_runtime(idx) {
-            Ok(rt) => rt.block_on(fut),
-            Err(e) => tracing::error!(worker = idx, "io_uring runtime: {e}"),
-        },
-        #[cfg(not(target_os = "linux"))]
-        Driver::Uring => tracing::error!("io_uring needs Linux"),
-        Driver::Portable => match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => tokio::task::LocalSet::new().block_on(&rt, fut),
-            Err(e) => tracing::error!(worker = idx, "runtime: {e}"),
-        },
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => tokio::task::LocalSet::new().block_on(&rt, fut),
+        Err(e) => tracing::error!(worker = idx, "runtime: {e}"),
     }
 }
 
@@ -251,7 +218,21 @@ async fn worker_main(
     let fwd = Forwarder::new(idx, shared.clone(), seed, tun);
     let tcp = Tcp {
         fwd: fwd.clone(),
-        driver,
+        #[cfg(target_os = "linux")]
+        ring: match driver {
+            Driver::Uring => match super::ring::Ring::new() {
+                Ok(ring) => {
+                    tracing::debug!(worker = idx, "io_uring ring: {}", ring.setup());
+                    spawn_local(ring.clone().drive());
+                    Some(ring)
+                }
+                Err(e) => {
+                    tracing::error!(worker = idx, "io_uring ring: {e}");
+                    return;
+                }
+            },
+            Driver::Portable => None,
+        },
     };
     match tokio::net::TcpListener::from_std(listeners.tcp) {
         Ok(l) => {

@@ -1,0 +1,743 @@
+//! The io_uring driver: one ring per worker, on the `io-uring` crate, inside the worker's
+//! tokio runtime.
+//!
+//! Tasks submit operations (a receive into a link's buffer, a vectored send of its queue, a
+//! read or write of the TUN queue) by pushing an entry onto the submission queue, which costs
+//! no system call. The worker's [`Ring::drive`] task then enters the kernel once for everything
+//! pushed since its last turn, takes every completion there is and wakes the tasks they belong
+//! to; a busy worker thus does one `io_uring_enter` per turn however many links it serves,
+//! where the portable driver does a `read` or `writev` per operation and an `epoll_wait` in
+//! between. When nothing is pushed and nothing completes, the driver waits for the ring's
+//! descriptor to become readable through the runtime's reactor, with the worker's other
+//! sockets (QUIC's UDP socket, timers, channels): there is one wait point per thread.
+//!
+//! The ring is set up for its thread only (`SINGLE_ISSUER`, where the kernel has it) and with
+//! cooperative task work (`COOP_TASKRUN` and `TASKRUN_FLAG`: completions are not forced on the
+//! worker by an interrupt; the flag tells [`Ring::drive`] when some wait to be posted).
+//!
+//! An operation owns the memory the kernel works on (the buffer, the `iovec`s and the message
+//! header) until its completion arrives, whether or not its future is still waited on: a future
+//! dropped early asks the kernel to cancel, and the memory is freed when the cancellation
+//! completes. A ring dropped with operations still in flight cancels them, waits a bounded time
+//! and leaks what the kernel never gave back rather than free memory it may still write.
+//!
+//! With `sockopt` and `tun`, this is where the crate's unsafe code is: the entries pushed here
+//! point into memory their operation owns.
+
+#![allow(unsafe_code)]
+
+use std::cell::{Cell, RefCell};
+use std::future::{Future, poll_fn};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use io_uring::types::{Fd, SubmitArgs, Timespec};
+use io_uring::{IoUring, opcode, squeue};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+/// Submission-queue entries. A full queue is submitted on the spot, so this bounds nothing
+/// but the batch one `io_uring_enter` can carry.
+const SQ_ENTRIES: u32 = 256;
+/// Completion-queue entries (the kernel keeps overflowing completions, so this too is only
+/// a batch size).
+const CQ_ENTRIES: u32 = 4096;
+/// Most `iovec`s in one send (the kernel's `UIO_MAXIOV`).
+const MAX_IOV: usize = 1024;
+/// The `user_data` of cancellation requests, whose completions carry nothing.
+const CANCEL: u64 = u64::MAX;
+/// How long a dropped ring waits for the kernel to give back operations in flight.
+const DRAIN_WAIT: Duration = Duration::from_millis(500);
+
+/// What an operation in flight owns, so it outlives the operation.
+#[derive(Debug)]
+pub(crate) enum Hold {
+    /// A buffer being read into (its spare capacity) or written from.
+    Buf(BytesMut),
+    /// Frames being sent, with their `iovec`s and message header.
+    Batch(Box<Batch>),
+}
+
+/// A vectored send or write in flight: the frames and the kernel's view of them.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    bufs: Vec<Bytes>,
+    iov: Vec<libc::iovec>,
+    msg: libc::msghdr,
+}
+
+impl Batch {
+    /// An empty batch, reused from one send to the next.
+    pub(crate) fn new() -> Box<Self> {
+        Box::new(Self {
+            bufs: Vec::new(),
+            iov: Vec::new(),
+            // SAFETY: msghdr is plain data; all zeroes is a valid (empty) header.
+            msg: unsafe { std::mem::zeroed() },
+        })
+    }
+
+    /// Points the `iovec`s and the header at the first [`MAX_IOV`] buffers of `bufs` (which
+    /// the batch then owns); the number of bytes they hold.
+    fn load(&mut self, bufs: Vec<Bytes>) -> usize {
+        self.bufs = bufs;
+        self.iov.clear();
+        let mut len = 0;
+        for b in self.bufs.iter().take(MAX_IOV) {
+            len += b.len();
+            self.iov.push(libc::iovec {
+                iov_base: b.as_ptr().cast_mut().cast(),
+                iov_len: b.len(),
+            });
+        }
+        self.msg.msg_iov = self.iov.as_mut_ptr();
+        self.msg.msg_iovlen = self.iov.len();
+        len
+    }
+
+    /// Gives the buffers back.
+    fn take(&mut self) -> Vec<Bytes> {
+        self.iov.clear();
+        self.msg.msg_iov = std::ptr::null_mut();
+        self.msg.msg_iovlen = 0;
+        std::mem::take(&mut self.bufs)
+    }
+}
+
+/// One operation's place in the ring's table (its index is the entry's `user_data`).
+#[derive(Debug)]
+enum Slot {
+    Free,
+    /// In flight, its future waiting.
+    Waiting {
+        waker: Option<Waker>,
+        hold: Hold,
+    },
+    /// Completed, its future not yet polled.
+    Done {
+        res: i32,
+        hold: Hold,
+    },
+    /// In flight, its future dropped: freed when the completion arrives.
+    Orphan {
+        hold: Hold,
+    },
+}
+
+/// What one ring has done, for the log at its end.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    enters: u64,
+    submitted: u64,
+    completions: u64,
+}
+
+struct State {
+    uring: IoUring,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// Entries pushed since the last `io_uring_enter`.
+    pushed: usize,
+    /// Operations whose completion has not arrived (orphans included).
+    in_flight: usize,
+    tally: Tally,
+}
+
+/// The ring's descriptor as the runtime's reactor sees it (the ring owns it).
+struct RingFd(RawFd);
+
+impl AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// A worker's ring. Only its own thread uses it (`Rc`).
+pub(crate) struct Ring {
+    /// Declared first so it is deregistered before `state` closes the descriptor.
+    readable: AsyncFd<RingFd>,
+    state: RefCell<State>,
+    /// [`Ring::drive`]'s waker while it is idle: pushing an entry wakes it.
+    idle: Cell<Option<Waker>>,
+    setup: &'static str,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring").field("setup", &self.setup).finish()
+    }
+}
+
+/// The setup flags tried, best first, and how the log names them.
+fn build() -> io::Result<(IoUring, &'static str)> {
+    type Set = fn(&mut io_uring::Builder);
+    let tries: [(Set, &'static str); 3] = [
+        (
+            |b| {
+                b.setup_single_issuer()
+                    .setup_coop_taskrun()
+                    .setup_taskrun_flag();
+            },
+            "single issuer, cooperative task work",
+        ),
+        (
+            |b| {
+                b.setup_coop_taskrun().setup_taskrun_flag();
+            },
+            "cooperative task work",
+        ),
+        (|_| {}, "no setup flags"),
+    ];
+    let mut last = None;
+    for (set, name) in tries {
+        let mut b = IoUring::builder();
+        b.setup_cqsize(CQ_ENTRIES);
+        set(&mut b);
+        match b.build(SQ_ENTRIES) {
+            Ok(r) => return Ok((r, name)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("io_uring setup")))
+}
+
+/// Whether this kernel lets the process build a ring that has every operation the driver
+/// uses (`kernel.io_uring_disabled`, seccomp and old kernels say no).
+pub(crate) fn available() -> Result<(), String> {
+    let (ring, _) = build().map_err(|e| e.to_string())?;
+    let mut probe = io_uring::Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| format!("probing operations: {e}"))?;
+    let needed = [
+        (opcode::Recv::CODE, "recv"),
+        (opcode::SendMsg::CODE, "sendmsg"),
+        (opcode::Read::CODE, "read"),
+        (opcode::Writev::CODE, "writev"),
+        (opcode::AsyncCancel::CODE, "cancel"),
+    ];
+    match needed.iter().find(|(code, _)| !probe.is_supported(*code)) {
+        Some((_, name)) => Err(format!("the kernel's io_uring has no {name}")),
+        None => Ok(()),
+    }
+}
+
+impl Ring {
+    /// Builds a ring and registers its descriptor with the current runtime.
+    pub(crate) fn new() -> io::Result<Rc<Self>> {
+        let (uring, setup) = build()?;
+        let fd = uring.as_raw_fd();
+        // SAFETY: the ring owns `fd` and closes it only when `State` drops, after `readable`
+        // (declared before it in `Ring`) has deregistered it.
+        let readable = unsafe { AsyncFd::register_with_interest(RingFd(fd), Interest::READABLE) }?;
+        Ok(Rc::new(Self {
+            readable,
+            state: RefCell::new(State {
+                uring,
+                slots: Vec::new(),
+                free: Vec::new(),
+                pushed: 0,
+                in_flight: 0,
+                tally: Tally::default(),
+            }),
+            idle: Cell::new(None),
+            setup,
+        }))
+    }
+
+    /// The setup flags the kernel took.
+    pub(crate) fn setup(&self) -> &'static str {
+        self.setup
+    }
+
+    /// Pushes `entry`, whose memory `hold` owns, and returns the future of its completion.
+    ///
+    /// # Safety
+    ///
+    /// Every pointer in `entry` points into `hold` (heap memory that moving `hold` does not
+    /// move) or stays valid until the completion arrives for another reason.
+    unsafe fn start(self: &Rc<Self>, entry: squeue::Entry, hold: Hold) -> Op {
+        let mut st = self.state.borrow_mut();
+        let idx = match st.free.pop() {
+            Some(i) => i,
+            None => {
+                st.slots.push(Slot::Free);
+                u32::try_from(st.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        st.slots[idx as usize] = Slot::Waiting { waker: None, hold };
+        st.push(&entry.user_data(u64::from(idx)));
+        st.in_flight += 1;
+        drop(st);
+        self.kick();
+        Op {
+            ring: self.clone(),
+            idx,
+            done: false,
+        }
+    }
+
+    /// Wakes [`Ring::drive`] if it is waiting.
+    fn kick(&self) {
+        if let Some(w) = self.idle.take() {
+            w.wake();
+        }
+    }
+
+    /// Runs the ring for its worker: submits what tasks pushed and hands out completions,
+    /// until the worker's runtime stops.
+    pub(crate) async fn drive(self: Rc<Self>) {
+        let mut wake = Vec::new();
+        loop {
+            let busy = self.turn(&mut wake);
+            for w in wake.drain(..) {
+                w.wake();
+            }
+            if busy {
+                // Let the woken tasks run (and push their next operations) before the next
+                // turn, so one enter carries them all.
+                tokio::task::yield_now().await;
+            } else {
+                poll_fn(|cx| self.poll_idle(cx)).await;
+            }
+        }
+    }
+
+    /// One turn: enter the kernel if anything was pushed or completions wait to be posted,
+    /// then take every completion. True if it did anything.
+    fn turn(&self, wake: &mut Vec<Waker>) -> bool {
+        let mut st = self.state.borrow_mut();
+        let mut busy = false;
+        if st.pushed > 0 || st.uring.submission().taskrun() {
+            busy |= st.pushed > 0;
+            st.enter();
+        }
+        busy |= st.reap(wake) > 0;
+        busy
+    }
+
+    /// Waits until something is pushed or the ring's descriptor says completions are there.
+    fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.idle.set(Some(cx.waker().clone()));
+        {
+            let mut st = self.state.borrow_mut();
+            if st.pushed > 0 || !st.uring.completion().is_empty() {
+                return Poll::Ready(());
+            }
+        }
+        loop {
+            match self.readable.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    // Not expected from a registered descriptor; the turn that follows
+                    // enters the kernel anyway.
+                    tracing::warn!("io_uring readiness: {e}");
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Ok(mut guard)) => {
+                    if !self.state.borrow_mut().uring.completion().is_empty() {
+                        return Poll::Ready(());
+                    }
+                    guard.clear_ready();
+                }
+            }
+        }
+    }
+}
+
+impl State {
+    /// Pushes an entry, entering the kernel first if the submission queue is full.
+    fn push(&mut self, entry: &squeue::Entry) {
+        loop {
+            // SAFETY: the caller of `Ring::start` vouched for the entry's pointers;
+            // cancellations carry none.
+            if unsafe { self.uring.submission().push(entry) }.is_ok() {
+                self.pushed += 1;
+                return;
+            }
+            self.enter();
+        }
+    }
+
+    /// Submits what was pushed (and lets the kernel post completed work).
+    fn enter(&mut self) {
+        self.tally.enters += 1;
+        match self.uring.submit() {
+            Ok(n) => {
+                self.tally.submitted += n as u64;
+                self.pushed = self.pushed.saturating_sub(n);
+            }
+            // EBUSY: the completion queue overflowed; the next reap makes room. EINTR and
+            // EAGAIN: try again on the next turn.
+            Err(e) => tracing::trace!("io_uring_enter: {e}"),
+        }
+    }
+
+    /// Takes every completion: a waiting operation is marked done and its waker collected, an
+    /// orphan's memory is freed. Returns how many there were.
+    fn reap(&mut self, wake: &mut Vec<Waker>) -> usize {
+        let mut n = 0;
+        let Self {
+            uring,
+            slots,
+            free,
+            in_flight,
+            ..
+        } = self;
+        for cqe in uring.completion() {
+            n += 1;
+            let Ok(idx) = usize::try_from(cqe.user_data()) else {
+                continue;
+            };
+            if cqe.user_data() == CANCEL {
+                continue;
+            }
+            let Some(slot) = slots.get_mut(idx) else {
+                continue;
+            };
+            match std::mem::replace(slot, Slot::Free) {
+                Slot::Waiting { waker, hold } => {
+                    *slot = Slot::Done {
+                        res: cqe.result(),
+                        hold,
+                    };
+                    wake.extend(waker);
+                }
+                Slot::Orphan { hold } => {
+                    drop(hold);
+                    free.push(idx as u32);
+                }
+                // Not ours (cannot happen: every entry with a slot's index is in flight).
+                other => {
+                    *slot = other;
+                    continue;
+                }
+            }
+            *in_flight -= 1;
+        }
+        self.tally.completions += n as u64;
+        n
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        if self.in_flight > 0 {
+            let live: Vec<usize> = (self.slots.iter().enumerate())
+                .filter(|(_, s)| matches!(s, Slot::Waiting { .. } | Slot::Orphan { .. }))
+                .map(|(i, _)| i)
+                .collect();
+            for i in live {
+                let c = opcode::AsyncCancel::new(i as u64).build().user_data(CANCEL);
+                self.push(&c);
+            }
+            let ts = Timespec::from(DRAIN_WAIT / 10);
+            let args = SubmitArgs::new().timespec(&ts);
+            let mut sink = Vec::new();
+            for _ in 0..10 {
+                if self.in_flight == 0 {
+                    break;
+                }
+                let _ = self.uring.submitter().submit_with_args(1, &args);
+                self.reap(&mut sink);
+                // The tasks are gone: nobody polls these again.
+                for s in &mut self.slots {
+                    if let Slot::Done { .. } = s {
+                        *s = Slot::Free;
+                    }
+                }
+            }
+            if self.in_flight > 0 {
+                tracing::warn!(
+                    in_flight = self.in_flight,
+                    "io_uring: operations still in flight at the end; their memory is leaked"
+                );
+                for s in self.slots.drain(..) {
+                    if let Slot::Waiting { hold, .. } | Slot::Orphan { hold } = s {
+                        std::mem::forget(hold);
+                    }
+                }
+            }
+        }
+        tracing::debug!(
+            enters = self.tally.enters,
+            submitted = self.tally.submitted,
+            completions = self.tally.completions,
+            "io_uring ring closed"
+        );
+    }
+}
+
+/// The completion of one operation: its result (a count, or minus an errno) and what it held.
+pub(crate) struct Op {
+    ring: Rc<Ring>,
+    idx: u32,
+    done: bool,
+}
+
+impl Future for Op {
+    type Output = (i32, Hold);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let ring = self.ring.clone();
+        let mut st = ring.state.borrow_mut();
+        let State { slots, free, .. } = &mut *st;
+        let slot = &mut slots[self.idx as usize];
+        match slot {
+            Slot::Waiting { waker, .. } => {
+                match waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => *waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+            Slot::Done { .. } => {
+                let Slot::Done { res, hold } = std::mem::replace(slot, Slot::Free) else {
+                    return Poll::Pending;
+                };
+                free.push(self.idx);
+                self.done = true;
+                Poll::Ready((res, hold))
+            }
+            // Polled after it finished: never again ready.
+            Slot::Free | Slot::Orphan { .. } => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Op {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut st = self.ring.state.borrow_mut();
+        let idx = self.idx as usize;
+        match std::mem::replace(&mut st.slots[idx], Slot::Free) {
+            Slot::Waiting { hold, .. } => {
+                st.slots[idx] = Slot::Orphan { hold };
+                let c = opcode::AsyncCancel::new(u64::from(self.idx))
+                    .build()
+                    .user_data(CANCEL);
+                st.push(&c);
+                drop(st);
+                self.ring.kick();
+            }
+            Slot::Done { hold, .. } => {
+                drop(hold);
+                st.free.push(self.idx);
+            }
+            other => st.slots[idx] = other,
+        }
+    }
+}
+
+/// A result as the kernel gives it: a count, or minus an errno.
+fn result(res: i32) -> io::Result<usize> {
+    usize::try_from(res).map_err(|_| io::Error::from_raw_os_error(-res))
+}
+
+/// The buffer an operation held, or an error if it held something else (a bug).
+fn buf_of(hold: Hold) -> Result<BytesMut, io::Error> {
+    match hold {
+        Hold::Buf(b) => Ok(b),
+        _ => Err(io::Error::other("io_uring: operation lost its buffer")),
+    }
+}
+
+impl Ring {
+    /// Receives from the stream socket `fd` into `buf`'s spare capacity (which must not be
+    /// empty); `buf`'s length grows by what was received.
+    pub(crate) async fn recv(
+        self: &Rc<Self>,
+        fd: RawFd,
+        mut buf: BytesMut,
+    ) -> (io::Result<usize>, BytesMut) {
+        let spare = buf.spare_capacity_mut();
+        let len = u32::try_from(spare.len()).unwrap_or(u32::MAX);
+        let entry = opcode::Recv::new(Fd(fd), spare.as_mut_ptr().cast(), len).build();
+        // SAFETY: the entry points into `buf`'s heap allocation, which the hold owns.
+        let (res, hold) = unsafe { self.start(entry, Hold::Buf(buf)) }.await;
+        let mut buf = match buf_of(hold) {
+            Ok(b) => b,
+            Err(e) => return (Err(e), BytesMut::new()),
+        };
+        let r = result(res);
+        if let Ok(n) = r {
+            // SAFETY: the kernel wrote `n <= len` bytes at the start of the spare capacity.
+            unsafe { buf.set_len(buf.len() + n.min(len as usize)) };
+        }
+        (r, buf)
+    }
+
+    /// Sends the first [`MAX_IOV`] buffers of `bufs` on the stream socket `fd` in one
+    /// `sendmsg`; returns how many bytes went (possibly fewer than all) and the buffers.
+    pub(crate) async fn send(
+        self: &Rc<Self>,
+        fd: RawFd,
+        mut batch: Box<Batch>,
+        bufs: Vec<Bytes>,
+    ) -> (io::Result<usize>, Box<Batch>, Vec<Bytes>) {
+        batch.load(bufs);
+        let entry = opcode::SendMsg::new(Fd(fd), &raw const batch.msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build();
+        // SAFETY: the header and its `iovec`s live in the box and point into the buffers it
+        // owns; moving the box moves none of them.
+        let (res, hold) = unsafe { self.start(entry, Hold::Batch(batch)) }.await;
+        match hold {
+            Hold::Batch(mut b) => {
+                let bufs = b.take();
+                (result(res), b, bufs)
+            }
+            _ => (
+                Err(io::Error::other("io_uring: operation lost its buffers")),
+                Batch::new(),
+                Vec::new(),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Runs `f` on a current-thread runtime with a ring driven beside it.
+    fn on_ring<F: Future<Output = ()>>(f: impl FnOnce(Rc<Ring>) -> F) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let ring = Ring::new().expect("io_uring on this host");
+            tokio::task::spawn_local(ring.clone().drive());
+            f(ring).await;
+        });
+    }
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (a, b)
+    }
+
+    fn in_flight(ring: &Ring) -> usize {
+        ring.state.borrow().in_flight
+    }
+
+    #[test]
+    fn receives_and_sends_in_order_across_many_buffers() {
+        on_ring(|ring| async move {
+            let (a, mut b) = pair();
+            // 3,000 buffers: more than one sendmsg can carry.
+            let bufs: Vec<Bytes> = (0..3000u32)
+                .map(|i| Bytes::from(i.to_be_bytes().to_vec()))
+                .collect();
+            let want: Vec<u8> = bufs.iter().flat_map(|b| b.to_vec()).collect();
+            let reader = std::thread::spawn(move || {
+                let mut got = vec![0; 12_000];
+                b.read_exact(&mut got).unwrap();
+                b.write_all(b"pong").unwrap();
+                got
+            });
+            let mut batch = Batch::new();
+            let mut rest = bufs;
+            while !rest.is_empty() {
+                let (n, h, back) = ring.send(a.as_raw_fd(), batch, rest).await;
+                batch = h;
+                rest = back;
+                crate::daemon::link::advance_batch(&mut rest, n.unwrap());
+            }
+            let got = tokio::task::spawn_blocking(move || reader.join().unwrap())
+                .await
+                .unwrap();
+            assert_eq!(got, want);
+            let mut buf = BytesMut::from(&b"pre"[..]);
+            buf.reserve(64);
+            let (n, buf) = ring.recv(a.as_raw_fd(), buf).await;
+            assert_eq!(n.unwrap(), 4);
+            assert_eq!(&buf[..], b"prepong", "appended after what was there");
+            assert_eq!(in_flight(&ring), 0);
+        });
+    }
+
+    #[test]
+    fn a_dropped_receive_is_cancelled_and_its_buffer_freed() {
+        on_ring(|ring| async move {
+            let (a, _b) = pair();
+            let mut buf = BytesMut::with_capacity(1 << 16);
+            buf.extend_from_slice(b"x");
+            let recv = ring.recv(a.as_raw_fd(), buf);
+            // Nothing arrives: the receive is still in flight when it is given up.
+            let timed_out = tokio::time::timeout(Duration::from_millis(50), recv).await;
+            assert!(timed_out.is_err());
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while in_flight(&ring) > 0 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "cancel never completed"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let st = ring.state.borrow();
+            assert!(st.slots.iter().all(|s| matches!(s, Slot::Free)));
+        });
+    }
+
+    #[test]
+    fn errors_come_back_as_errors_with_the_buffer() {
+        on_ring(|ring| async move {
+            let (a, b) = pair();
+            drop(b);
+            let mut buf = BytesMut::with_capacity(64);
+            buf.extend_from_slice(b"kept");
+            // The peer closed: end of stream first, then a send fails (reset or broken pipe).
+            let (n, buf) = ring.recv(a.as_raw_fd(), buf).await;
+            assert_eq!(n.unwrap(), 0);
+            assert_eq!(&buf[..], b"kept");
+            let mut batch = Batch::new();
+            let mut failed = None;
+            for _ in 0..100 {
+                let (r, h, _) = ring
+                    .send(a.as_raw_fd(), batch, vec![Bytes::from(vec![0; 65536])])
+                    .await;
+                batch = h;
+                if let Err(e) = r {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            let e = failed.expect("a send to a closed peer fails");
+            assert!(
+                matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ),
+                "{e}"
+            );
+        });
+    }
+
+    #[test]
+    fn a_ring_dropped_with_operations_in_flight_ends() {
+        let (a, _b) = pair();
+        let fd = a.as_raw_fd();
+        on_ring(|ring| async move {
+            // Left in flight when the runtime, its tasks and the ring go away.
+            tokio::task::spawn_local(async move {
+                let _ = ring.recv(fd, BytesMut::with_capacity(4096)).await;
+            });
+            tokio::task::yield_now().await;
+        });
+    }
+}
