@@ -20,7 +20,7 @@ use common::netns::{Kind, Netns, NsNode, identity, tcp_transfer, veth};
 use common::wait_until;
 use hyphae_test_support::{Capability, require};
 
-use Kind::{Hyphae, Stock};
+use Kind::{Hyphae, HyphaeUring, Stock};
 
 /// The TUN device's name in every namespace.
 const TUN: &str = "hyt0";
@@ -238,7 +238,7 @@ fn tun_device(kind: Kind) {
             .is_some_and(|f| f.iter().any(|f| f == "UP")),
         "{link}"
     );
-    if kind == Hyphae {
+    if kind.is_hyphae() {
         assert_eq!(
             info["info_data"]["multi_queue"], true,
             "one queue per worker: {link}"
@@ -265,7 +265,7 @@ fn sigterm_removes_tun(kind: Kind) {
     assert!(n.tun_exists());
     let status = n.terminate();
     eprintln!("{} ({kind:?}) exited with {status} on SIGTERM", n.name);
-    if kind == Hyphae {
+    if kind.is_hyphae() {
         assert!(status.success(), "a clean exit: {status}\n{}", n.log());
     }
     wait_until(Duration::from_secs(2), || !n.tun_exists())
@@ -296,7 +296,7 @@ fn tun_name_in_use(kind: Kind, blocker: &[&str]) {
         "the ERROR line names the device: {}",
         errors[0]
     );
-    if kind == Hyphae {
+    if kind.is_hyphae() {
         assert!(
             n.stderr().contains(&errors[0]),
             "the ERROR line is on stderr:\n{log}"
@@ -366,7 +366,7 @@ fn foreign_source(kind: Kind) {
         a.metric_sum(METRIC)
             .unwrap_or_else(|| panic!("{} exposes {METRIC}", a.name))
     };
-    let before = (kind == Hyphae).then(counted);
+    let before = (kind.is_hyphae()).then(counted);
     let bind = |n: &NsNode, addr: Ipv6Addr, port: u16| {
         n.ns.run(|| UdpSocket::bind((addr, port)))
             .unwrap_or_else(|e| panic!("UDP bind [{addr}]:{port} in {}: {e}", n.name))
@@ -616,5 +616,81 @@ fn stock_dials_hyphae() {
 fn hyphae_stock_hyphae_chain() {
     if runs("hyphae_stock_hyphae_chain", &[Hyphae, Stock]) {
         chain_traffic([Hyphae, Stock, Hyphae]);
+    }
+}
+
+// hyphae on the io_uring driver: its links and TUN queues on the workers' rings.
+
+#[test]
+fn hyphae_uring_pair_ping_and_tcp() {
+    if !runs("hyphae_uring_pair_ping_and_tcp", &[HyphaeUring]) {
+        return;
+    }
+    let (a, b) = pair_traffic(HyphaeUring, HyphaeUring);
+    for n in [&a, &b] {
+        for metric in ["hyphae_tun_read_total", "hyphae_tun_written_total"] {
+            let v = n.metric_sum(metric);
+            assert!(
+                v.is_some_and(|v| v >= 4),
+                "{}: {metric} counts at least the 4 pings each way: {v:?}",
+                n.name
+            );
+        }
+        let failed = n.metric_sum("hyphae_drop_tun_write_total");
+        assert_eq!(failed, Some(0), "{}: no TUN write failed", n.name);
+    }
+}
+
+#[test]
+fn hyphae_uring_and_portable_pair() {
+    if runs("hyphae_uring_and_portable_pair", &[HyphaeUring]) {
+        pair_traffic(Hyphae, HyphaeUring);
+    }
+}
+
+#[test]
+fn hyphae_uring_first_packet_waits_for_route_two_hops() {
+    if runs(
+        "hyphae_uring_first_packet_waits_for_route_two_hops",
+        &[HyphaeUring],
+    ) {
+        chain_traffic([HyphaeUring, HyphaeUring, HyphaeUring]);
+    }
+}
+
+#[test]
+fn hyphae_uring_unknown_destination_unreachable() {
+    if runs(
+        "hyphae_uring_unknown_destination_unreachable",
+        &[HyphaeUring],
+    ) {
+        unknown_destination(HyphaeUring, HyphaeUring);
+    }
+}
+
+#[test]
+fn hyphae_uring_foreign_source_dropped_and_counted() {
+    if runs(
+        "hyphae_uring_foreign_source_dropped_and_counted",
+        &[HyphaeUring],
+    ) {
+        foreign_source(HyphaeUring);
+    }
+}
+
+#[test]
+fn hyphae_uring_sigterm_removes_tun() {
+    if runs("hyphae_uring_sigterm_removes_tun", &[HyphaeUring]) {
+        sigterm_removes_tun(HyphaeUring);
+    }
+}
+
+#[test]
+fn hyphae_uring_stock_hyphae_uring_chain() {
+    if runs(
+        "hyphae_uring_stock_hyphae_uring_chain",
+        &[HyphaeUring, Stock],
+    ) {
+        chain_traffic([HyphaeUring, Stock, HyphaeUring]);
     }
 }

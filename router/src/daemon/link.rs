@@ -170,10 +170,8 @@ impl LinkWrite for PortableWrite {
     }
 }
 
-#[cfg(target_os = "linux")]
 pub(crate) use uring::halves as uring_halves;
 
-#[cfg(target_os = "linux")]
 mod uring {
     use std::io;
     use std::net::TcpStream;

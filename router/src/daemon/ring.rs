@@ -49,6 +49,10 @@ const SQ_ENTRIES: u32 = 256;
 const CQ_ENTRIES: u32 = 4096;
 /// Most `iovec`s in one send (the kernel's `UIO_MAXIOV`).
 const MAX_IOV: usize = 1024;
+/// Most detached writes ([`Ring::write_detached`]) in flight at once.
+const MAX_DETACHED: usize = 1024;
+/// Most idle batches kept for detached writes.
+const SPARE_BATCHES: usize = 64;
 /// The `user_data` of cancellation requests, whose completions carry nothing.
 const CANCEL: u64 = u64::MAX;
 /// How long a dropped ring waits for the kernel to give back operations in flight.
@@ -127,6 +131,12 @@ enum Slot {
     Orphan {
         hold: Hold,
     },
+    /// A write nobody waits for, of `want` bytes carrying `packets` packets.
+    Detached {
+        hold: Box<Batch>,
+        want: usize,
+        packets: u64,
+    },
 }
 
 /// What one ring has done, for the log at its end.
@@ -143,8 +153,18 @@ struct State {
     free: Vec<u32>,
     /// Entries pushed since the last `io_uring_enter`.
     pushed: usize,
-    /// Operations whose completion has not arrived (orphans included).
+    /// Operations whose completion has not arrived (orphans and detached writes included).
     in_flight: usize,
+    /// Detached writes in flight.
+    detached: usize,
+    /// Packets of completed detached writes, written and failed, not yet taken.
+    detached_done: (u64, u64),
+    /// Batches of finished detached writes, for the next ones.
+    #[allow(
+        clippy::vec_box,
+        reason = "each goes back into a slot as the box it was"
+    )]
+    spare: Vec<Box<Batch>>,
     tally: Tally,
 }
 
@@ -157,6 +177,9 @@ impl AsRawFd for RingFd {
     }
 }
 
+/// Where the counts of completed detached writes go.
+type DetachedSink = Box<dyn Fn(u64, u64)>;
+
 /// A worker's ring. Only its own thread uses it (`Rc`).
 pub(crate) struct Ring {
     /// Declared first so it is deregistered before `state` closes the descriptor.
@@ -164,6 +187,8 @@ pub(crate) struct Ring {
     state: RefCell<State>,
     /// [`Ring::drive`]'s waker while it is idle: pushing an entry wakes it.
     idle: Cell<Option<Waker>>,
+    /// Told what detached writes did ([`Ring::on_detached`]).
+    detached_sink: RefCell<Option<DetachedSink>>,
     setup: &'static str,
 }
 
@@ -243,9 +268,13 @@ impl Ring {
                 free: Vec::new(),
                 pushed: 0,
                 in_flight: 0,
+                detached: 0,
+                detached_done: (0, 0),
+                spare: Vec::new(),
                 tally: Tally::default(),
             }),
             idle: Cell::new(None),
+            detached_sink: RefCell::new(None),
             setup,
         }))
     }
@@ -263,14 +292,7 @@ impl Ring {
     /// move) or stays valid until the completion arrives for another reason.
     unsafe fn start(self: &Rc<Self>, entry: squeue::Entry, hold: Hold) -> Op {
         let mut st = self.state.borrow_mut();
-        let idx = match st.free.pop() {
-            Some(i) => i,
-            None => {
-                st.slots.push(Slot::Free);
-                u32::try_from(st.slots.len() - 1).unwrap_or(u32::MAX)
-            }
-        };
-        st.slots[idx as usize] = Slot::Waiting { waker: None, hold };
+        let idx = st.slot(Slot::Waiting { waker: None, hold });
         st.push(&entry.user_data(u64::from(idx)));
         st.in_flight += 1;
         drop(st);
@@ -318,6 +340,13 @@ impl Ring {
             st.enter();
         }
         busy |= st.reap(wake) > 0;
+        let (written, failed) = std::mem::take(&mut st.detached_done);
+        drop(st);
+        if (written, failed) != (0, 0)
+            && let Some(sink) = &*self.detached_sink.borrow()
+        {
+            sink(written, failed);
+        }
         busy
     }
 
@@ -351,6 +380,20 @@ impl Ring {
 }
 
 impl State {
+    /// Takes a free place in the table for `slot`; its index.
+    fn slot(&mut self, slot: Slot) -> u32 {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = slot;
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        }
+    }
+
     /// Pushes an entry, entering the kernel first if the submission queue is full.
     fn push(&mut self, entry: &squeue::Entry) {
         loop {
@@ -387,6 +430,9 @@ impl State {
             slots,
             free,
             in_flight,
+            detached,
+            detached_done,
+            spare,
             ..
         } = self;
         for cqe in uring.completion() {
@@ -412,6 +458,23 @@ impl State {
                     drop(hold);
                     free.push(idx as u32);
                 }
+                Slot::Detached {
+                    mut hold,
+                    want,
+                    packets,
+                } => {
+                    if usize::try_from(cqe.result()).ok() == Some(want) {
+                        detached_done.0 += packets;
+                    } else {
+                        detached_done.1 += packets;
+                    }
+                    drop(hold.take());
+                    if spare.len() < SPARE_BATCHES {
+                        spare.push(hold);
+                    }
+                    *detached -= 1;
+                    free.push(idx as u32);
+                }
                 // Not ours (cannot happen: every entry with a slot's index is in flight).
                 other => {
                     *slot = other;
@@ -429,7 +492,12 @@ impl Drop for State {
     fn drop(&mut self) {
         if self.in_flight > 0 {
             let live: Vec<usize> = (self.slots.iter().enumerate())
-                .filter(|(_, s)| matches!(s, Slot::Waiting { .. } | Slot::Orphan { .. }))
+                .filter(|(_, s)| {
+                    matches!(
+                        s,
+                        Slot::Waiting { .. } | Slot::Orphan { .. } | Slot::Detached { .. }
+                    )
+                })
                 .map(|(i, _)| i)
                 .collect();
             for i in live {
@@ -458,8 +526,12 @@ impl Drop for State {
                     "io_uring: operations still in flight at the end; their memory is leaked"
                 );
                 for s in self.slots.drain(..) {
-                    if let Slot::Waiting { hold, .. } | Slot::Orphan { hold } = s {
-                        std::mem::forget(hold);
+                    match s {
+                        Slot::Waiting { hold, .. } | Slot::Orphan { hold } => {
+                            std::mem::forget(hold)
+                        }
+                        Slot::Detached { hold, .. } => std::mem::forget(hold),
+                        Slot::Free | Slot::Done { .. } => {}
                     }
                 }
             }
@@ -505,7 +577,7 @@ impl Future for Op {
                 Poll::Ready((res, hold))
             }
             // Polled after it finished: never again ready.
-            Slot::Free | Slot::Orphan { .. } => Poll::Pending,
+            Slot::Free | Slot::Orphan { .. } | Slot::Detached { .. } => Poll::Pending,
         }
     }
 }
@@ -572,6 +644,75 @@ impl Ring {
             unsafe { buf.set_len(buf.len() + n.min(len as usize)) };
         }
         (r, buf)
+    }
+
+    /// Reads once from `fd` into `buf`'s spare capacity (which must not be empty); `buf`'s
+    /// length grows by what was read.
+    pub(crate) async fn read(
+        self: &Rc<Self>,
+        fd: RawFd,
+        mut buf: BytesMut,
+    ) -> (io::Result<usize>, BytesMut) {
+        let spare = buf.spare_capacity_mut();
+        let len = u32::try_from(spare.len()).unwrap_or(u32::MAX);
+        let entry = opcode::Read::new(Fd(fd), spare.as_mut_ptr().cast(), len)
+            .offset(u64::MAX)
+            .build();
+        // SAFETY: as in `recv`.
+        let (res, hold) = unsafe { self.start(entry, Hold::Buf(buf)) }.await;
+        let mut buf = match buf_of(hold) {
+            Ok(b) => b,
+            Err(e) => return (Err(e), BytesMut::new()),
+        };
+        let r = result(res);
+        if let Ok(n) = r {
+            // SAFETY: as in `recv`.
+            unsafe { buf.set_len(buf.len() + n.min(len as usize)) };
+        }
+        (r, buf)
+    }
+
+    /// Writes `bufs` to `fd` in one `writev` without waiting for it: for a TUN queue, where
+    /// a write is one whole packet and never waits for room, so the writes of a turn go to the
+    /// kernel together in the turn's one enter. What became of them is counted (see
+    /// [`Ring::take_detached`]). At most [`MAX_DETACHED`] such writes are in flight, and
+    /// a batch has at most [`MAX_IOV`] buffers: past either, the buffers come back and the
+    /// caller writes them itself.
+    pub(crate) fn write_detached(
+        self: &Rc<Self>,
+        fd: RawFd,
+        bufs: Vec<Bytes>,
+        packets: u64,
+    ) -> Result<(), Vec<Bytes>> {
+        let mut st = self.state.borrow_mut();
+        if st.detached >= MAX_DETACHED || bufs.len() > MAX_IOV {
+            return Err(bufs);
+        }
+        let mut batch = st.spare.pop().unwrap_or_else(Batch::new);
+        let want = batch.load(bufs);
+        let iovs = u32::try_from(batch.iov.len()).unwrap_or(0);
+        let entry = opcode::Writev::new(Fd(fd), batch.iov.as_ptr(), iovs)
+            .offset(u64::MAX)
+            .build();
+        // The `iovec`s live in the batch the slot owns until the completion, and point into
+        // the buffers it owns.
+        let idx = st.slot(Slot::Detached {
+            hold: batch,
+            want,
+            packets,
+        });
+        st.push(&entry.user_data(u64::from(idx)));
+        st.in_flight += 1;
+        st.detached += 1;
+        drop(st);
+        self.kick();
+        Ok(())
+    }
+
+    /// Sets what is told, after each turn that completed detached writes, how many packets
+    /// they carried: written, and failed (an error, or less written than the packet).
+    pub(crate) fn on_detached(&self, sink: impl Fn(u64, u64) + 'static) {
+        *self.detached_sink.borrow_mut() = Some(Box::new(sink));
     }
 
     /// Sends the first [`MAX_IOV`] buffers of `bufs` on the stream socket `fd` in one

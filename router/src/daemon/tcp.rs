@@ -3,8 +3,6 @@
 //! runs it.
 
 use std::net::{Ipv6Addr, SocketAddr};
-#[cfg(target_os = "linux")]
-use std::rc::Rc;
 use std::time::Duration;
 
 use tokio::task::spawn_local;
@@ -63,11 +61,8 @@ pub(crate) fn bind_listeners(
 /// A worker's TCP side: its forwarder and the I/O driver its links use.
 #[derive(Debug, Clone)]
 pub(crate) struct Tcp {
-    /// Where the links' frames go.
+    /// Where the links' frames go; also the worker's ring, if it runs the io_uring driver.
     pub(crate) fwd: Forwarder,
-    /// The worker's ring when it runs the io_uring driver; `None`: the portable driver.
-    #[cfg(target_os = "linux")]
-    pub(crate) ring: Option<Rc<super::ring::Ring>>,
 }
 
 impl Tcp {
@@ -135,8 +130,7 @@ impl Tcp {
             link: link_kind(Proto::Tcp, ep.addr),
         };
         let fwd = self.fwd.clone();
-        #[cfg(target_os = "linux")]
-        if let Some(ring) = &self.ring {
+        if let Some(ring) = self.fwd.ring() {
             // The ring's operations wait in the kernel, not on readiness: the socket blocks.
             let std = match stream
                 .into_std()

@@ -169,6 +169,11 @@ impl TunQueue {
             .map_err(io::Error::from)
     }
 
+    /// The queue's descriptor, for the worker's ring.
+    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+        self.0.get_ref().as_raw_fd()
+    }
+
     /// Waits until the queue may have a packet to read.
     pub(crate) async fn readable(&self) -> io::Result<Readable<'_>> {
         self.0.readable().await.map(Readable)

@@ -23,6 +23,7 @@ use super::inbox::{ControlMsg, MsgCmd};
 use super::link::Driver;
 use super::peers::PeerType;
 use super::quic::Quic;
+use super::ring::Ring;
 use super::shared::Shared;
 use super::tcp::Tcp;
 use super::tun::TunQueue;
@@ -167,14 +168,8 @@ pub(crate) fn pick_driver(choice: DriverChoice) -> Result<Driver, StartError> {
     }
 }
 
-#[cfg(target_os = "linux")]
 fn uring_available() -> Result<(), String> {
     super::ring::available()
-}
-
-#[cfg(not(target_os = "linux"))]
-fn uring_available() -> Result<(), String> {
-    Err("not Linux".into())
 }
 
 /// The worker thread's body: builds its runtime (tokio, current thread; the io_uring driver
@@ -215,25 +210,22 @@ async fn worker_main(
             return;
         }
     };
-    let fwd = Forwarder::new(idx, shared.clone(), seed, tun);
-    let tcp = Tcp {
-        fwd: fwd.clone(),
-        #[cfg(target_os = "linux")]
-        ring: match driver {
-            Driver::Uring => match super::ring::Ring::new() {
-                Ok(ring) => {
-                    tracing::debug!(worker = idx, "io_uring ring: {}", ring.setup());
-                    spawn_local(ring.clone().drive());
-                    Some(ring)
-                }
-                Err(e) => {
-                    tracing::error!(worker = idx, "io_uring ring: {e}");
-                    return;
-                }
-            },
-            Driver::Portable => None,
+    let ring = match driver {
+        Driver::Uring => match Ring::new() {
+            Ok(ring) => {
+                tracing::debug!(worker = idx, "io_uring ring: {}", ring.setup());
+                spawn_local(ring.clone().drive());
+                Some(ring)
+            }
+            Err(e) => {
+                tracing::error!(worker = idx, "io_uring ring: {e}");
+                return;
+            }
         },
+        Driver::Portable => None,
     };
+    let fwd = Forwarder::new(idx, shared.clone(), seed, tun, ring);
+    let tcp = Tcp { fwd: fwd.clone() };
     match tokio::net::TcpListener::from_std(listeners.tcp) {
         Ok(l) => {
             spawn_local(tcp.clone().accept_loop(l));

@@ -334,10 +334,19 @@ pub fn veth(a: &Netns, b: &Netns) -> Veth {
 /// Which router a node runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
-    /// hyphae-router from this workspace.
+    /// hyphae-router from this workspace, on the portable driver.
     Hyphae,
+    /// The same on the io_uring driver (`--driver uring`: links and TUN queue on its ring).
+    HyphaeUring,
     /// Stock mycelium 0.7.10 (`hyphae_test_support::stock_mycelium`).
     Stock,
+}
+
+impl Kind {
+    /// hyphae-router, whichever driver.
+    pub fn is_hyphae(self) -> bool {
+        matches!(self, Self::Hyphae | Self::HyphaeUring)
+    }
 }
 
 /// The overlay identity of the node whose key is `[seed; 32]` (the key file [`NsNode`] writes).
@@ -395,13 +404,18 @@ impl NsNode {
         let key = key.to_str().unwrap().to_owned();
         let port = PEER_PORT.to_string();
         let mut c = match kind {
-            Kind::Hyphae => {
+            Kind::Hyphae | Kind::HyphaeUring => {
+                let driver = if kind == Kind::HyphaeUring {
+                    "uring"
+                } else {
+                    "portable"
+                };
                 let mut c = ns.command(env!("CARGO_BIN_EXE_hyphae-router"));
                 c.args(["-k", &key, "-t", &port, "-q", &port])
                     .args(["--api-addr", &API.to_string()])
                     .args(["--metrics-api-address", &METRICS.to_string()])
                     .args(["--disable-peer-discovery", "--tun-name", tun])
-                    .args(["--workers", "2", "--driver", "portable"])
+                    .args(["--workers", "2", "--driver", driver])
                     .args(["--local-socket", dir.join("router.sock").to_str().unwrap()]);
                 if !peers.is_empty() {
                     c.arg("--peers").args(peers);
@@ -628,7 +642,7 @@ impl NsNode {
             |f: &str| strip_ansi(&std::fs::read_to_string(self.dir.join(f)).unwrap_or_default());
         let is_error = |l: &&str| {
             l.split_whitespace().any(|w| w == "ERROR")
-                || (self.kind == Kind::Hyphae && l.starts_with("hyphae-router: "))
+                || (self.kind.is_hyphae() && l.starts_with("hyphae-router: "))
         };
         [read("stdout"), read("stderr")]
             .iter()

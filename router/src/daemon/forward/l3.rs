@@ -85,6 +85,46 @@ impl Outbound {
     }
 }
 
+/// Cuts what the device reads into packets, each in a frame buffer laid out for sealing.
+struct Cutter {
+    /// Where the packets are cut into, side by side.
+    chunk: BytesMut,
+    /// The packets of this turn.
+    packets: Vec<BytesMut>,
+    /// Reads or segments that were not valid, not yet counted.
+    bad: u64,
+}
+
+impl Cutter {
+    /// Cuts one read (a virtio-net header, then a packet or a TCP super-packet).
+    fn packet(&mut self, read: &[u8], worker: usize) {
+        let segments = VnetHdr::decode(read).and_then(|h| Segments::new(h, &read[VNET_HDR_LEN..]));
+        let mut segments = match segments {
+            Ok(s) => s,
+            Err(e) => {
+                self.bad += 1;
+                tracing::debug!(worker, "TUN read: {e}");
+                return;
+            }
+        };
+        while let Some(len) = segments.next_len() {
+            if len > MAX_PACKET {
+                self.bad += 1;
+                break;
+            }
+            if self.chunk.len() < SLOT {
+                self.chunk = BytesMut::zeroed(CHUNK);
+            }
+            let room = &mut self.chunk[SEALED_PAYLOAD_OFFSET..SLOT - TRAILER];
+            let Some(len) = segments.write_next(room) else {
+                break;
+            };
+            self.packets
+                .push(self.chunk.split_to(SEALED_FRAME_OVERHEAD + len));
+        }
+    }
+}
+
 /// `400::/7`, the overlay's addresses.
 fn in_overlay(a: Ipv6Addr) -> bool {
     a.octets()[0] & 0xfe == 0x04
@@ -97,64 +137,71 @@ fn link_local(a: Ipv6Addr) -> bool {
 
 impl Forwarder {
     /// Reads this worker's queue of the TUN device until shutdown, forwarding what it reads
-    /// a batch at a time. Returns at once without a device.
+    /// a batch at a time. Returns at once without a device. With the io_uring driver the
+    /// reads are operations on the worker's ring; otherwise they follow the queue's readiness.
     pub(crate) async fn serve_tun(self) {
         let Some(tun) = self.tun.clone() else { return };
         let mut shutdown = self.shared.shutdown.clone();
-        let mut chunk = BytesMut::zeroed(CHUNK);
-        let mut scratch = vec![0u8; MAX_READ];
-        let mut packets = Vec::with_capacity(READ_BATCH + 64);
-        let mut bad = 0;
+        let mut cut = Cutter {
+            chunk: BytesMut::zeroed(CHUNK),
+            packets: Vec::with_capacity(READ_BATCH + 64),
+            bad: 0,
+        };
+        let (mut scratch, mut ring_buf) = match self.ring {
+            Some(_) => (Vec::new(), BytesMut::with_capacity(MAX_READ)),
+            None => (vec![0u8; MAX_READ], BytesMut::new()),
+        };
         loop {
-            let mut ready = tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => return,
-                r = tun.readable() => match r {
-                    Ok(r) => r,
+            if let Some(ring) = &self.ring {
+                // One read in flight: packets of one flow stay in order.
+                ring_buf.clear();
+                let (r, b) = tokio::select! {
+                    _ = shutdown.wait_for(|s| *s) => return,
+                    r = ring.read(tun.fd(), ring_buf) => r,
+                };
+                ring_buf = b;
+                match r {
+                    Ok(n) => cut.packet(&ring_buf[..n], self.worker),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        // A kernel that does not wait for TUN data in the ring.
+                        if let Err(e) = tun.readable().await.map(drop) {
+                            tracing::error!(worker = self.worker, "TUN device: {e}");
+                            return;
+                        }
+                    }
                     Err(e) => {
-                        tracing::error!(worker = self.worker, "TUN device: {e}");
+                        tracing::error!(worker = self.worker, "TUN read: {e}");
                         return;
                     }
-                },
-            };
-            while packets.len() < READ_BATCH {
-                let n = match ready.read(&mut scratch) {
-                    None => break,
-                    Some(Ok(n)) => n,
-                    Some(Err(e)) => {
-                        tracing::debug!(worker = self.worker, "TUN read: {e}");
-                        break;
-                    }
+                }
+            } else {
+                let mut ready = tokio::select! {
+                    _ = shutdown.wait_for(|s| *s) => return,
+                    r = tun.readable() => match r {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::error!(worker = self.worker, "TUN device: {e}");
+                            return;
+                        }
+                    },
                 };
-                let segments = VnetHdr::decode(&scratch[..n])
-                    .and_then(|h| Segments::new(h, &scratch[VNET_HDR_LEN..n]));
-                let mut segments = match segments {
-                    Ok(s) => s,
-                    Err(e) => {
-                        bad += 1;
-                        tracing::debug!(worker = self.worker, "TUN read: {e}");
-                        continue;
+                while cut.packets.len() < READ_BATCH {
+                    match ready.read(&mut scratch) {
+                        None => break,
+                        Some(Ok(n)) => cut.packet(&scratch[..n], self.worker),
+                        Some(Err(e)) => {
+                            tracing::debug!(worker = self.worker, "TUN read: {e}");
+                            break;
+                        }
                     }
-                };
-                while let Some(len) = segments.next_len() {
-                    if len > MAX_PACKET {
-                        bad += 1;
-                        break;
-                    }
-                    if chunk.len() < SLOT {
-                        chunk = BytesMut::zeroed(CHUNK);
-                    }
-                    let room = &mut chunk[SEALED_PAYLOAD_OFFSET..SLOT - TRAILER];
-                    let Some(len) = segments.write_next(room) else {
-                        break;
-                    };
-                    packets.push(chunk.split_to(SEALED_FRAME_OVERHEAD + len));
                 }
             }
-            if bad > 0 {
-                self.counters().drop_tun_invalid.fetch_add(bad, Relaxed);
-                bad = 0;
+            if cut.bad > 0 {
+                self.counters()
+                    .drop_tun_invalid
+                    .fetch_add(std::mem::take(&mut cut.bad), Relaxed);
             }
-            let blocked = self.handle_tun(&mut packets);
+            let blocked = self.handle_tun(&mut cut.packets);
             // Runs whose link queue is full wait for room: this node's own traffic is slowed
             // down at the device (the host's TCP sees delay), not dropped (which it would see
             // as loss). The device is not read again until they are queued.
@@ -408,10 +455,52 @@ impl Forwarder {
                     end += 1;
                 }
             }
-            let r = match merge {
-                Some(m) if end - i > 1 => {
-                    let mut head = [0u8; VNET_HDR_LEN + 120];
-                    let n = m.headers(first, &mut head);
+            let packets = (end - i) as u64;
+            let mut head = [0u8; VNET_HDR_LEN + 120];
+            let merged = match &merge {
+                Some(m) if end - i > 1 => Some((m, m.headers(first, &mut head))),
+                _ => None,
+            };
+            if merged.is_none() {
+                // The frame's headers lie before the payload: the (zero) virtio-net header
+                // goes there.
+                let d = &mut out[i];
+                let start = d.payload.start - VNET_HDR_LEN;
+                d.buf[start..d.payload.start].fill(0);
+            }
+            // With the ring, the write goes with the turn's other operations and its buffers
+            // go with it; its result is counted when it completes.
+            if let Some(ring) = &self.ring {
+                let bufs: Vec<Bytes> = match merged {
+                    Some((m, n)) => std::iter::once(Bytes::copy_from_slice(&head[..n]))
+                        .chain(out[i..end].iter_mut().map(|d| {
+                            let b = std::mem::take(&mut d.buf).freeze();
+                            b.slice_ref(m.payload(&b[d.payload.clone()]))
+                        }))
+                        .collect(),
+                    None => {
+                        let d = &mut out[i];
+                        let b = std::mem::take(&mut d.buf).freeze();
+                        vec![b.slice(d.payload.start - VNET_HDR_LEN..d.payload.end)]
+                    }
+                };
+                match ring.write_detached(tun.fd(), bufs, packets) {
+                    Ok(()) => {
+                        i = end;
+                        continue;
+                    }
+                    Err(bufs) => {
+                        let parts: Vec<IoSlice<'_>> =
+                            bufs.iter().map(|b| IoSlice::new(b)).collect();
+                        let r = tun.write(&parts);
+                        self.count_tun_write(r, packets, t);
+                        i = end;
+                        continue;
+                    }
+                }
+            }
+            let r = match merged {
+                Some((m, n)) => {
                     let mut parts = Vec::with_capacity(end - i + 1);
                     parts.push(IoSlice::new(&head[..n]));
                     parts.extend(
@@ -421,26 +510,29 @@ impl Forwarder {
                     );
                     tun.write(&parts)
                 }
-                _ => {
-                    // The frame's headers lie before the payload: the (zero) virtio-net
-                    // header goes there.
-                    let d = &mut out[i];
-                    let start = d.payload.start - VNET_HDR_LEN;
-                    d.buf[start..d.payload.start].fill(0);
-                    tun.write(&[IoSlice::new(&d.buf[start..d.payload.end])])
+                None => {
+                    let d = &out[i];
+                    tun.write(&[IoSlice::new(
+                        &d.buf[d.payload.start - VNET_HDR_LEN..d.payload.end],
+                    )])
                 }
             };
-            match r {
-                Ok(()) => t.tun_written += (end - i) as u64,
-                Err(e) => {
-                    t.tun_write_failed += (end - i) as u64;
-                    tracing::debug!(worker = self.worker, "TUN write: {e}");
-                }
-            }
+            self.count_tun_write(r, packets, t);
             i = end;
         }
         out.clear();
         st.tun_out = out;
+    }
+
+    /// Counts a write of `packets` packets to the device.
+    fn count_tun_write(&self, r: std::io::Result<()>, packets: u64, t: &mut Tally) {
+        match r {
+            Ok(()) => t.tun_written += packets,
+            Err(e) => {
+                t.tun_write_failed += packets;
+                tracing::debug!(worker = self.worker, "TUN write: {e}");
+            }
+        }
     }
 
     /// Turns an error the overlay reports about a packet we sent (out-of-band ICMP: the

@@ -28,6 +28,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use super::inbox::{ControlMsg, MsgCmd};
 use super::keys::{KeyCache, Nonces};
 use super::peers::PeerHandle;
+use super::ring::Ring;
 use super::shared::{Shared, WorkerCounters};
 use super::tun::TunQueue;
 
@@ -145,16 +146,20 @@ pub(crate) struct Forwarder {
     held: Rc<Notify>,
     /// This worker's queue of the TUN device (`None` with `--no-tun`).
     tun: Option<Rc<TunQueue>>,
+    /// The worker's io_uring ring (`None`: the portable driver).
+    ring: Option<Rc<Ring>>,
 }
 
 impl Forwarder {
     /// The forwarding state of worker `worker`; `seed` keys the hashes of the tables peers
-    /// fill (packet counts, held frames); `tun` is the worker's queue of the TUN device.
+    /// fill (packet counts, held frames); `tun` is the worker's queue of the TUN device and
+    /// `ring` its io_uring ring, if it runs that driver.
     pub(crate) fn new(
         worker: usize,
         shared: Arc<Shared>,
         seed: u64,
         tun: Option<TunQueue>,
+        ring: Option<Rc<Ring>>,
     ) -> Self {
         let state = State {
             keys: KeyCache::default(),
@@ -168,13 +173,28 @@ impl Forwarder {
             tun_out: Vec::new(),
             nonces: Nonces::default(),
         };
+        if let Some(ring) = &ring {
+            // The ring's TUN writes are counted when they complete.
+            let s = shared.clone();
+            ring.on_detached(move |written, failed| {
+                let c = &s.counters[worker];
+                c.tun_written.fetch_add(written, Relaxed);
+                c.drop_tun_write.fetch_add(failed, Relaxed);
+            });
+        }
         Self {
             worker,
             shared,
             state: Rc::new(RefCell::new(state)),
             held: Rc::new(Notify::new()),
             tun: tun.map(Rc::new),
+            ring,
         }
+    }
+
+    /// The worker's io_uring ring, if it runs that driver.
+    pub(crate) fn ring(&self) -> Option<&Rc<Ring>> {
+        self.ring.as_ref()
     }
 
     /// The state every thread shares.
