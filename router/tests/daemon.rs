@@ -37,6 +37,7 @@ both_drivers!(
     expired_frames_are_answered_with_time_exceeded,
     tcp_links_get_a_governed_receive_buffer,
     quic_links_are_spread_over_the_workers,
+    a_peer_that_stops_reading_is_closed_and_its_socket_freed,
 );
 
 const CONVERGE: Duration = Duration::from_secs(10);
@@ -637,4 +638,56 @@ fn tcp_links_get_a_governed_receive_buffer(driver: &str) {
         seen.iter().all(|&rb| rb == GOVERNED),
         "{driver}: receive buffers {seen:?}"
     );
+}
+
+/// The node's open descriptors.
+fn open_fds(node: &Node) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", node.child.id()))
+        .map(Iterator::count)
+        .unwrap_or(0)
+}
+
+/// A peer that stops reading while the node has frames for it, then goes silent: the node
+/// declares it dead and closes the link even though a write to it can never finish, and the
+/// socket is let go (before, the link's writer waited on that write for ever and held it).
+fn a_peer_that_stops_reading_is_closed_and_its_socket_freed(driver: &str) {
+    let r = Node::start("stall", driver, 61, &[]);
+    let baseline = open_fds(&r);
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], r.port)).into())
+        .unwrap();
+    // Never reads, and sends nothing after its Update: dead after five Hello intervals.
+    let mut sink = FakePeer::from_stream(std::net::TcpStream::from(sock), 62);
+    let mut src = FakePeer::connect(r.port, 63);
+    sink.announce();
+    src.announce();
+    let s_sink = sink.public.subnet().to_string();
+    wait_until(CONVERGE, || r.has_route(&s_sink)).expect("route to the sink");
+    let frame = src.data_frame(&sink.public, 64, &[0x5a; 1200]);
+    let burst: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * 64)
+        .collect();
+    src.stream
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(800) && src.send_raw(&burst).is_ok() {}
+    drop(src);
+    let freed = wait_until(Duration::from_secs(10), || open_fds(&r) <= baseline);
+    assert!(
+        freed.is_some(),
+        "the node still holds {} descriptors ({baseline} before the peers came)",
+        open_fds(&r)
+    );
+    assert!(
+        r.get("/api/v1/admin/peers")
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        "both links are gone"
+    );
+    drop(sink);
 }

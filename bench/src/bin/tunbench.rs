@@ -75,6 +75,9 @@ struct Args {
     /// Passed to hyphae as --workers (default: hyphae's own, one per vCPU).
     #[arg(long)]
     workers: Option<usize>,
+    /// Passed to hyphae as --driver: auto, uring or portable (default: hyphae's own).
+    #[arg(long)]
+    driver: Option<String>,
     /// Rounds; each runs a hyphae pair, then a stock pair.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
@@ -142,6 +145,7 @@ struct Setup {
     hyphae: PathBuf,
     stock: Option<PathBuf>,
     workers: Option<usize>,
+    driver: Option<String>,
     seconds: u32,
     pings: u32,
     dir: PathBuf,
@@ -192,6 +196,7 @@ fn run(args: &Args) -> Result<()> {
         hyphae,
         stock,
         workers: args.workers,
+        driver: args.driver.clone(),
         seconds: args.seconds.max(1),
         pings: args.pings.max(1),
         dir: dir.clone(),
@@ -318,14 +323,18 @@ fn bench(args: &Args, setup: &Setup, no_stock: Option<&str>) -> Result<()> {
     println!("  command: {}", command.join(" "));
     println!("  load average (1 min) at the start: {:.2}", sys::loadavg());
     println!(
-        "  hyphae: {} ({}; {}), {}",
+        "  hyphae: {} ({}; {}), {}, {}",
         setup.hyphae.display(),
         sys::version_of(&setup.hyphae).unwrap_or_else(|| "version unknown".into()),
         tree_commit(&setup.hyphae),
         setup.workers.map_or_else(
             || "its default workers".into(),
             |w| format!("--workers {w}")
-        )
+        ),
+        setup
+            .driver
+            .as_ref()
+            .map_or_else(|| "its default driver".into(), |d| format!("--driver {d}"))
     );
     match (&setup.stock, no_stock) {
         (Some(p), _) => println!(
@@ -833,6 +842,9 @@ impl<'a> Node<'a> {
                     .args(["--tun-name", TUN, "--disable-peer-discovery", "--silent"]);
                 if let Some(w) = setup.workers {
                     c.args(["--workers", &w.to_string()]);
+                }
+                if let Some(d) = &setup.driver {
+                    c.args(["--driver", d]);
                 }
                 if let Some(p) = peer {
                     c.args(["--peers", p]);

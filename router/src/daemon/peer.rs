@@ -235,7 +235,13 @@ async fn write_loop<W: LinkWrite>(
             batch.push(run.bytes);
         }
         let bytes: usize = batch.iter().map(Bytes::len).sum();
-        let (r, b) = w.write_batch(std::mem::take(&mut batch)).await;
+        // A peer that stopped reading blocks this write for ever: when the link is closed
+        // (the peer declared dead, or the reader gone), the write is given up with it.
+        let (r, b) = tokio::select! {
+            biased;
+            _ = close_rx.wait_for(|c| *c) => break,
+            r = w.write_batch(std::mem::take(&mut batch)) => r,
+        };
         batch = b;
         batch.clear();
         h.queued.fetch_sub(data_bytes, Relaxed);
