@@ -2,7 +2,7 @@
 //! tokio runtime.
 //!
 //! Tasks submit operations (a receive into a link's buffer, a vectored send of its queue, a
-//! read or write of the TUN queue) by pushing an entry onto the submission queue, which costs
+//! packet written to the TUN queue) by pushing an entry onto the submission queue, which costs
 //! no system call. The worker's [`Ring::drive`] task then enters the kernel once for everything
 //! pushed since its last turn, takes every completion there is and wakes the tasks they belong
 //! to; a busy worker thus does one `io_uring_enter` per turn however many links it serves,
@@ -242,7 +242,6 @@ pub(crate) fn available() -> Result<(), String> {
     let needed = [
         (opcode::Recv::CODE, "recv"),
         (opcode::SendMsg::CODE, "sendmsg"),
-        (opcode::Read::CODE, "read"),
         (opcode::Writev::CODE, "writev"),
         (opcode::AsyncCancel::CODE, "cancel"),
     ];
@@ -322,8 +321,9 @@ impl Ring {
             }
             if busy {
                 // Let the woken tasks run (and push their next operations) before the next
-                // turn, so one enter carries them all.
-                tokio::task::yield_now().await;
+                // turn, so one enter carries them all. Not `yield_now`, which would also make
+                // the runtime poll its epoll reactor on every turn.
+                requeue().await;
             } else {
                 poll_fn(|cx| self.poll_idle(cx)).await;
             }
@@ -377,6 +377,21 @@ impl Ring {
             }
         }
     }
+}
+
+/// Puts the calling task at the back of the worker's run queue once: the tasks woken before
+/// it run first.
+async fn requeue() {
+    let mut queued = false;
+    poll_fn(|cx| {
+        if std::mem::replace(&mut queued, true) {
+            Poll::Ready(())
+        } else {
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await;
 }
 
 impl State {
@@ -641,32 +656,6 @@ impl Ring {
         let r = result(res);
         if let Ok(n) = r {
             // SAFETY: the kernel wrote `n <= len` bytes at the start of the spare capacity.
-            unsafe { buf.set_len(buf.len() + n.min(len as usize)) };
-        }
-        (r, buf)
-    }
-
-    /// Reads once from `fd` into `buf`'s spare capacity (which must not be empty); `buf`'s
-    /// length grows by what was read.
-    pub(crate) async fn read(
-        self: &Rc<Self>,
-        fd: RawFd,
-        mut buf: BytesMut,
-    ) -> (io::Result<usize>, BytesMut) {
-        let spare = buf.spare_capacity_mut();
-        let len = u32::try_from(spare.len()).unwrap_or(u32::MAX);
-        let entry = opcode::Read::new(Fd(fd), spare.as_mut_ptr().cast(), len)
-            .offset(u64::MAX)
-            .build();
-        // SAFETY: as in `recv`.
-        let (res, hold) = unsafe { self.start(entry, Hold::Buf(buf)) }.await;
-        let mut buf = match buf_of(hold) {
-            Ok(b) => b,
-            Err(e) => return (Err(e), BytesMut::new()),
-        };
-        let r = result(res);
-        if let Ok(n) = r {
-            // SAFETY: as in `recv`.
             unsafe { buf.set_len(buf.len() + n.min(len as usize)) };
         }
         (r, buf)
