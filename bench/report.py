@@ -218,6 +218,25 @@ def saturation_table(sat, st, has_stock, stock_name):
             f"hop): {spread(d296['frames_per_s'], 1e6, 3, ' M frames/s')} at 296 B, "
             f"{spread(d1340['gbit_per_s'], 1, 2, ' Gbit/s')} at 1340 B.",
         ]
+    vs = sat.get("ratios_hyphae_over_hyphae_vs") or []
+    if vs:
+        by = {(r["frame_len"], r["figure"]): r for r in vs}
+        drv, other = st.get("driver", "?"), st.get("vs_driver", "?")
+        out += [
+            "",
+            f"The same hyphae on `--driver {other}` ran in every round as well (fresh process, same "
+            f"turn order), so the two drivers are compared round by round: `--driver {drv}` over "
+            f"`--driver {other}`, median of the per-round ratios (lowest..highest), inconclusive "
+            f"when that spread reaches 1.",
+            "",
+            "| frame | frames delivered | frames per router CPU-second |",
+            "|---|---|---|",
+        ]
+        for fl in (296, 1340):
+            out.append(
+                f"| {fl} B | {ratio(by.get((fl, 'frames_per_s')))} | "
+                f"{ratio(by.get((fl, 'frames_per_cpu_s')))} |"
+            )
     loads = ", ".join(r.get("loadavg", "?") for r in sat["rounds"])
     out += ["", f"Load average at the start of each round: {loads}.", ""]
     return out

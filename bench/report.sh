@@ -13,9 +13,13 @@ echo "== criterion (codecs, control plane, forwarding table)"
 cargo bench --locked -p hyphae-bench --bench wire --bench control --bench fib -- \
     --warm-up-time 1 --measurement-time 3 2>&1 | tee "$out/criterion.txt"
 
+# The uring run also measures hyphae on the portable driver in every round (the drivers
+# compared round by round); the portable run measures it against stock and paced.
 for driver in uring portable; do
     echo "== transit ($driver)"
-    target/release/transit --driver "$driver" --json "$out/transit-$driver.json" \
+    vs=()
+    [ "$driver" = uring ] && vs=(--vs-driver portable)
+    target/release/transit --driver "$driver" "${vs[@]}" --json "$out/transit-$driver.json" \
         | tee "$out/transit-$driver.txt"
 done
 

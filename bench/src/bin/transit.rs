@@ -64,6 +64,10 @@ struct Args {
     /// Router I/O driver: uring or portable.
     #[arg(long, default_value = "uring")]
     driver: String,
+    /// Also measure hyphae on this driver at saturation, as a further subject ("hyphae-vs")
+    /// in every round, with per-round ratios of `--driver` over it.
+    #[arg(long)]
+    vs_driver: Option<String>,
     /// Router data-plane workers.
     #[arg(long, default_value_t = 1)]
     workers: usize,
@@ -166,6 +170,7 @@ fn main() -> Result<()> {
             .clone()
             .unwrap_or_else(|| exe.with_file_name("relay")),
         driver: args.driver.clone(),
+        vs_driver: args.vs_driver.clone(),
         workers: args.workers,
         rcvbuf: args.router_rcvbuf,
         dir: dir.clone(),
@@ -278,7 +283,8 @@ fn run(args: &Args, launch: &Launch, cpus: &[usize]) -> Result<()> {
                 "relay": {"path": launch.relay.display().to_string()},
             },
             "settings": {
-                "driver": args.driver, "workers": args.workers, "seconds": args.seconds,
+                "driver": args.driver, "vs_driver": args.vs_driver, "workers": args.workers,
+                "seconds": args.seconds,
                 "saturation_rounds": args.saturation_rounds, "warmup_s": warmup(args),
                 "rate": args.rate, "paced_seconds": args.paced_seconds,
                 "paced_rounds": args.rounds.max(1), "router_rcvbuf": args.router_rcvbuf,
@@ -333,6 +339,9 @@ struct SatRound {
 /// The saturation rounds: every subject once per round, the first one rotating.
 fn saturation(args: &Args, launch: &Launch) -> Result<Saturation> {
     let mut subjects = vec![Subject::Router(Kind::Hyphae)];
+    if launch.vs_driver.is_some() {
+        subjects.push(Subject::Router(Kind::HyphaeVs));
+    }
     if launch.stock.is_some() {
         subjects.push(Subject::Router(Kind::Stock));
     }
@@ -462,12 +471,17 @@ impl Saturation {
     /// Hyphae over stock at `frame_len`: frames/s, frames per CPU-second and Gbit/s, each as
     /// per-round ratios (`None` without stock).
     fn ratios(&self, frame_len: usize) -> Option<[(&'static str, Ratio); 3]> {
-        let stock = Subject::Router(Kind::Stock);
-        if !self.subjects.contains(&stock) {
+        self.ratios_over(Kind::Stock, frame_len)
+    }
+
+    /// The same, hyphae over `other` (`None` if it is not a subject).
+    fn ratios_over(&self, other: Kind, frame_len: usize) -> Option<[(&'static str, Ratio); 3]> {
+        let other = Subject::Router(other);
+        if !self.subjects.contains(&other) {
             return None;
         }
         let h = self.summary(Subject::Router(Kind::Hyphae), frame_len);
-        let s = self.summary(stock, frame_len);
+        let s = self.summary(other, frame_len);
         Some([
             ("frames_per_s", Ratio::of(&h.frames_per_s, &s.frames_per_s)),
             (
@@ -512,6 +526,13 @@ impl Saturation {
                     g.show()
                 );
             }
+            if let Some([(_, f), (_, c), _]) = self.ratios_over(Kind::HyphaeVs, fl) {
+                println!(
+                    "  hyphae/hyphae-vs {fl:>5} B (driver over driver): frames/s {}, frames per CPU-s {}",
+                    f.show(),
+                    c.show()
+                );
+            }
         }
     }
 
@@ -530,6 +551,7 @@ impl Saturation {
             .collect();
         let mut summary = Vec::new();
         let mut ratios = Vec::new();
+        let mut vs = Vec::new();
         for fl in FRAME_LENS {
             for &s in &self.subjects {
                 let m = self.summary(s, fl);
@@ -548,11 +570,18 @@ impl Saturation {
                 v["figure"] = json!(figure);
                 ratios.push(v);
             }
+            for (figure, r) in self.ratios_over(Kind::HyphaeVs, fl).into_iter().flatten() {
+                let mut v = r.json();
+                v["frame_len"] = json!(fl);
+                v["figure"] = json!(figure);
+                vs.push(v);
+            }
         }
         json!({
             "subjects": self.subjects.iter().map(|s| s.name()).collect::<Vec<_>>(),
             "seconds": self.seconds, "rounds": rounds, "summary": summary,
             "ratios_hyphae_over_stock": ratios,
+            "ratios_hyphae_over_hyphae_vs": vs,
         })
     }
 }

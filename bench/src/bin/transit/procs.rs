@@ -21,6 +21,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
     Hyphae,
+    /// hyphae on the other driver (`--vs-driver`).
+    HyphaeVs,
     /// Stock mycelium 0.7.10.
     Stock,
 }
@@ -29,6 +31,7 @@ impl Kind {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Hyphae => "hyphae",
+            Self::HyphaeVs => "hyphae-vs",
             Self::Stock => "stock",
         }
     }
@@ -41,6 +44,8 @@ pub(crate) struct Launch {
     pub(crate) stock: Option<PathBuf>,
     pub(crate) relay: PathBuf,
     pub(crate) driver: String,
+    /// The driver of [`Kind::HyphaeVs`].
+    pub(crate) vs_driver: Option<String>,
     pub(crate) workers: usize,
     pub(crate) rcvbuf: Option<usize>,
     /// Where routers keep their keys, configs and logs (one subdirectory per start).
@@ -79,11 +84,15 @@ impl Router {
         // The TCP ports the router listens on, all of which must answer before it is up.
         let mut listens = vec![port, api];
         match kind {
-            Kind::Hyphae => {
+            Kind::Hyphae | Kind::HyphaeVs => {
                 let key = dir.join("key");
                 std::fs::write(&key, [0x77u8; 32])?;
                 cmd = pinned_command(&launch.hyphae, cpu);
-                router_args(&mut cmd, &key, port, api, &launch.driver, launch.workers);
+                let driver = match (kind, &launch.vs_driver) {
+                    (Kind::HyphaeVs, Some(d)) => d,
+                    _ => &launch.driver,
+                };
+                router_args(&mut cmd, &key, port, api, driver, launch.workers);
                 if let Some(n) = launch.rcvbuf {
                     cmd.args(["--tcp-rcvbuf", &n.to_string()]);
                 }
