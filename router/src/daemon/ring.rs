@@ -53,6 +53,9 @@ const MAX_IOV: usize = 1024;
 const MAX_DETACHED: usize = 1024;
 /// Most idle batches kept for detached writes.
 const SPARE_BATCHES: usize = 64;
+/// Times an entry is offered to a full submission queue (entering the kernel in between)
+/// before the operation fails.
+const PUSH_TRIES: usize = 64;
 /// The `user_data` of cancellation requests, whose completions carry nothing.
 const CANCEL: u64 = u64::MAX;
 /// How long a dropped ring waits for the kernel to give back operations in flight.
@@ -145,6 +148,8 @@ struct Tally {
     enters: u64,
     submitted: u64,
     completions: u64,
+    /// Entries the kernel never took (the submission queue stayed full).
+    refused: u64,
 }
 
 struct State {
@@ -165,6 +170,8 @@ struct State {
         reason = "each goes back into a slot as the box it was"
     )]
     spare: Vec<Box<Batch>>,
+    /// Wakers of operations completed while an entry waited for room, for the next turn.
+    wake_later: Vec<Waker>,
     tally: Tally,
 }
 
@@ -270,6 +277,7 @@ impl Ring {
                 detached: 0,
                 detached_done: (0, 0),
                 spare: Vec::new(),
+                wake_later: Vec::new(),
                 tally: Tally::default(),
             }),
             idle: Cell::new(None),
@@ -292,8 +300,17 @@ impl Ring {
     unsafe fn start(self: &Rc<Self>, entry: squeue::Entry, hold: Hold) -> Op {
         let mut st = self.state.borrow_mut();
         let idx = st.slot(Slot::Waiting { waker: None, hold });
-        st.push(&entry.user_data(u64::from(idx)));
-        st.in_flight += 1;
+        if st.push(&entry.user_data(u64::from(idx))) {
+            st.in_flight += 1;
+        } else if let Slot::Waiting { hold, .. } =
+            std::mem::replace(&mut st.slots[idx as usize], Slot::Free)
+        {
+            // Never submitted: it fails at once, with its memory back.
+            st.slots[idx as usize] = Slot::Done {
+                res: -libc::EAGAIN,
+                hold,
+            };
+        }
         drop(st);
         self.kick();
         Op {
@@ -340,6 +357,7 @@ impl Ring {
             st.enter();
         }
         busy |= st.reap(wake) > 0;
+        wake.append(&mut st.wake_later);
         let (written, failed) = std::mem::take(&mut st.detached_done);
         drop(st);
         if (written, failed) != (0, 0)
@@ -409,17 +427,26 @@ impl State {
         }
     }
 
-    /// Pushes an entry, entering the kernel first if the submission queue is full.
-    fn push(&mut self, entry: &squeue::Entry) {
-        loop {
+    /// Pushes an entry, entering the kernel first if the submission queue is full (and
+    /// taking completions, if the completion queue is what holds it up). False if the kernel
+    /// kept refusing: the entry was not pushed.
+    fn push(&mut self, entry: &squeue::Entry) -> bool {
+        for _ in 0..PUSH_TRIES {
             // SAFETY: the caller of `Ring::start` vouched for the entry's pointers;
             // cancellations carry none.
             if unsafe { self.uring.submission().push(entry) }.is_ok() {
                 self.pushed += 1;
-                return;
+                return true;
             }
             self.enter();
+            if self.uring.submission().is_full() {
+                let mut later = std::mem::take(&mut self.wake_later);
+                self.reap(&mut later);
+                self.wake_later = later;
+            }
         }
+        self.tally.refused += 1;
+        false
     }
 
     /// Submits what was pushed (and lets the kernel post completed work).
@@ -517,7 +544,8 @@ impl Drop for State {
                 .collect();
             for i in live {
                 let c = opcode::AsyncCancel::new(i as u64).build().user_data(CANCEL);
-                self.push(&c);
+                // One that cannot be pushed leaves its operation to end with the ring.
+                let _ = self.push(&c);
             }
             let ts = Timespec::from(DRAIN_WAIT / 10);
             let args = SubmitArgs::new().timespec(&ts);
@@ -555,6 +583,7 @@ impl Drop for State {
             enters = self.tally.enters,
             submitted = self.tally.submitted,
             completions = self.tally.completions,
+            refused = self.tally.refused,
             "io_uring ring closed"
         );
     }
@@ -610,7 +639,9 @@ impl Drop for Op {
                 let c = opcode::AsyncCancel::new(u64::from(self.idx))
                     .build()
                     .user_data(CANCEL);
-                st.push(&c);
+                // One that cannot be pushed leaves the operation to complete on its own (the
+                // link's socket closes, or the ring ends).
+                let _ = st.push(&c);
                 drop(st);
                 self.ring.kick();
             }
@@ -690,7 +721,16 @@ impl Ring {
             want,
             packets,
         });
-        st.push(&entry.user_data(u64::from(idx)));
+        if !st.push(&entry.user_data(u64::from(idx))) {
+            // Never submitted: the caller writes the buffers itself.
+            let Slot::Detached { mut hold, .. } =
+                std::mem::replace(&mut st.slots[idx as usize], Slot::Free)
+            else {
+                return Err(Vec::new());
+            };
+            st.free.push(idx);
+            return Err(hold.take());
+        }
         st.in_flight += 1;
         st.detached += 1;
         drop(st);
@@ -855,6 +895,45 @@ mod tests {
                 ),
                 "{e}"
             );
+        });
+    }
+
+    #[test]
+    fn detached_writes_are_written_in_order_and_counted_when_they_complete() {
+        on_ring(|ring| async move {
+            let counts = Rc::new(Cell::new((0u64, 0u64)));
+            let c = counts.clone();
+            ring.on_detached(move |w, f| c.set((c.get().0 + w, c.get().1 + f)));
+            let (a, mut b) = pair();
+            for i in 0..10u8 {
+                let bufs = vec![Bytes::from(vec![i; 100]), Bytes::from(vec![i; 28])];
+                ring.write_detached(a.as_raw_fd(), bufs, 2).unwrap();
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while counts.get().0 < 20 {
+                assert!(tokio::time::Instant::now() < deadline, "{:?}", counts.get());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(counts.get(), (20, 0), "20 packets written, none failed");
+            let got = tokio::task::spawn_blocking(move || {
+                let mut v = vec![0; 1280];
+                b.read_exact(&mut v).unwrap();
+                v
+            })
+            .await
+            .unwrap();
+            let want: Vec<u8> = (0..10u8).flat_map(|i| [i; 128]).collect();
+            assert_eq!(got, want);
+
+            // To a socket whose peer is gone, writes fail and are counted as failed.
+            let (a, b) = pair();
+            drop(b);
+            for _ in 0..50 {
+                let _ = ring.write_detached(a.as_raw_fd(), vec![Bytes::from(vec![0; 4096])], 1);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            assert!(counts.get().1 > 0, "failures counted: {:?}", counts.get());
+            assert_eq!(in_flight(&ring), 0);
         });
     }
 
