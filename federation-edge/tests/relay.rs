@@ -15,16 +15,8 @@ use hyphae_edge::config::Config;
 use hyphae_edge::server::{self, Serving};
 use hyphae_edge::testkit::{FakeHomeserver, FederationClient, RequestBody, TestCa, checksum};
 use hyphae_router::daemon::{self, Running};
-use hyphae_test_support::{Capability, require};
+use hyphae_test_support::{Capability, free_port, require};
 use serde_json::{Value, json};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("hyphae-edge-relay-{}-{name}", std::process::id()));

@@ -152,6 +152,26 @@ fn strict_value(v: Option<&OsStr>) -> bool {
     v.is_some_and(|v| !v.is_empty() && v != "0")
 }
 
+/// A port free on this host for TCP on `127.0.0.1` and `[::]` and for UDP on `[::]`, for a node
+/// under test to bind its peer listeners (TCP and QUIC share one number) or an API. Another
+/// process may take it before the test binds it; tests that start routers retry or tolerate
+/// that.
+pub fn free_port() -> u16 {
+    use std::net::{Ipv6Addr, TcpListener, UdpSocket};
+    loop {
+        let port = match TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0)).and_then(|l| l.local_addr())
+        {
+            Ok(a) => a.port(),
+            Err(e) => panic!("no free port: {e}"),
+        };
+        if UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,8 +18,8 @@ pub(crate) fn root() -> Result<(), Missing> {
     }
 }
 
-/// Submission-queue entries of the probe ring: tokio-uring's default, so the ring is the one the
-/// router's `uring` driver sets up first (`uring_available` in `router/src/daemon/worker.rs`).
+/// Submission-queue entries of the probe ring: the size of the ring the router's `uring` driver
+/// sets up (`SQ_ENTRIES` in `router/src/daemon/ring.rs`).
 #[cfg(target_os = "linux")]
 const RING_ENTRIES: u32 = 256;
 

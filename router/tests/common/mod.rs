@@ -6,7 +6,7 @@
 pub mod netns;
 
 use std::io::{Read, Write};
-use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv6Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,6 +20,8 @@ use hyphae_wire::identity::{PublicKey, SecretKey};
 use hyphae_wire::seal::{SealingKey, UserDataKind};
 use hyphae_wire::{Interval, Metric, RouterId, SeqNo};
 use serde_json::Value;
+
+pub use hyphae_test_support::free_port;
 
 /// The drivers `test` runs under here: portable always, uring where io_uring works (see
 /// [`driver_here`]).
@@ -36,20 +38,6 @@ pub fn drivers(test: &str) -> Vec<&'static str> {
 #[track_caller]
 pub fn driver_here(test: &str, driver: &str) -> bool {
     driver != "uring" || require(test, Capability::IoUring)
-}
-
-/// A free TCP port that is also free for UDP.
-pub fn free_port() -> u16 {
-    loop {
-        let probe = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
-        let p = match probe {
-            Ok(a) => a.port(),
-            Err(e) => panic!("no free port: {e}"),
-        };
-        if UdpSocket::bind(("::", p)).is_ok() && TcpListener::bind(("::", p)).is_ok() {
-            return p;
-        }
-    }
 }
 
 pub struct Node {

@@ -4,12 +4,15 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{Read, Write};
-use std::net::{Ipv6Addr, TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+#[allow(unused_imports, reason = "not every test file binds ports")]
+pub use hyphae_test_support::free_port;
 
 /// What one run of the CLI did.
 #[derive(Debug)]
@@ -85,21 +88,6 @@ pub fn hyphae_vars(args: &[&str], stdin: Option<&str>, vars: &[(&str, Option<&st
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stdout_bytes: stdout,
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    }
-}
-
-/// A port free for TCP and UDP on every address (the router binds `[::]`).
-pub fn free_port() -> u16 {
-    loop {
-        let port = {
-            let l = TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0)).unwrap();
-            l.local_addr().unwrap().port()
-        };
-        if UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)).is_ok()
-            && TcpListener::bind(("127.0.0.1", port)).is_ok()
-        {
-            return port;
-        }
     }
 }
 
