@@ -146,7 +146,11 @@ def transit_body(t, head, drv):
         "",
         f"Measured {t['started_utc']} on {m['line']}; load average {m['loadavg_at_start']} at the "
         f"start. {hy.get('version') or 'hyphae-router'} built from `{commit}`"
-        + (f"; stock: {stock_name} (`{stock['path']}`)." if stock else "; no stock binary was at hand.")
+        + (
+            f"; stock: {stock_name} (`{stock['path']}`)."
+            if stock
+            else ("; stock is measured at saturation only, and this run has none." if not t.get("saturation") else "; no stock binary was at hand.")
+        )
         + " The command:",
         "",
         "```sh",

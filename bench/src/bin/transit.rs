@@ -225,7 +225,12 @@ fn run(args: &Args, launch: &Launch, cpus: &[usize]) -> Result<()> {
     let (started_unix, started_utc) = meta::now_utc();
     let command = meta::command_line();
     let hyphae = meta::hyphae_identity(&launch.hyphae);
-    let stock = launch.stock.as_deref().map(meta::stock_identity);
+    // Stock runs only at saturation: a paced-only run does not name it.
+    let stock = launch
+        .stock
+        .as_deref()
+        .filter(|_| args.seconds > 0.0)
+        .map(meta::stock_identity);
     println!("transit on {}", machine.line());
     println!(
         "  started {started_utc}, load average {}",
@@ -246,6 +251,9 @@ fn run(args: &Args, launch: &Launch, cpus: &[usize]) -> Result<()> {
             p.display(),
             id["version"].as_str().unwrap_or("version unknown")
         ),
+        (Some(_), None) => {
+            println!("  stock: not measured (it runs at saturation only, and --seconds is 0)");
+        }
         _ => println!(
             "  stock: not measured (no --stock, $HYPHAE_STOCK_MYCELIUM or \
              ../shared/bin/mycelium-0.7.10)"
