@@ -35,12 +35,13 @@ const FOREIGN: Ipv6Addr = Ipv6Addr::new(0x5ff, 0, 0, 0, 0, 0, 0, 1);
 /// The UDP port test listeners use inside their namespace.
 const UDP_PORT: u16 = 7001;
 
-/// Whether `test` can run here: root, network namespaces, and the stock binary if a node is
-/// stock. Prints the `SKIPPED:` line where not.
+/// Whether `test` can run here: root, network namespaces, the stock binary if a node is
+/// stock, and io_uring if a node runs that driver. Prints the `SKIPPED:` line where not.
 fn runs(test: &str, kinds: &[Kind]) -> bool {
     require(test, Capability::Root)
         && require(test, Capability::NetNs)
         && (!kinds.contains(&Stock) || require(test, Capability::StockMycelium))
+        && (!kinds.contains(&HyphaeUring) || require(test, Capability::IoUring))
 }
 
 /// Waits until `a` and `b` each select a route to the other's /64.

@@ -558,8 +558,6 @@ impl Saturation {
             })
             .collect();
         let mut summary = Vec::new();
-        let mut ratios = Vec::new();
-        let mut vs = Vec::new();
         for fl in FRAME_LENS {
             for &s in &self.subjects {
                 let m = self.summary(s, fl);
@@ -572,24 +570,27 @@ impl Saturation {
                     "p50_us": m.p50_us.json(), "p99_us": m.p99_us.json(),
                 }));
             }
-            for (figure, r) in self.ratios(fl).into_iter().flatten() {
-                let mut v = r.json();
-                v["frame_len"] = json!(fl);
-                v["figure"] = json!(figure);
-                ratios.push(v);
-            }
-            for (figure, r) in self.ratios_over(Kind::HyphaeVs, fl).into_iter().flatten() {
-                let mut v = r.json();
-                v["frame_len"] = json!(fl);
-                v["figure"] = json!(figure);
-                vs.push(v);
-            }
         }
+        // Hyphae over `other`, every frame size and figure.
+        let ratios_over = |other: Kind| -> Vec<Value> {
+            FRAME_LENS
+                .into_iter()
+                .flat_map(|fl| {
+                    let rows = self.ratios_over(other, fl).into_iter().flatten();
+                    rows.map(move |(figure, r)| {
+                        let mut v = r.json();
+                        v["frame_len"] = json!(fl);
+                        v["figure"] = json!(figure);
+                        v
+                    })
+                })
+                .collect()
+        };
         json!({
             "subjects": self.subjects.iter().map(|s| s.name()).collect::<Vec<_>>(),
             "seconds": self.seconds, "rounds": rounds, "summary": summary,
-            "ratios_hyphae_over_stock": ratios,
-            "ratios_hyphae_over_hyphae_vs": vs,
+            "ratios_hyphae_over_stock": ratios_over(Kind::Stock),
+            "ratios_hyphae_over_hyphae_vs": ratios_over(Kind::HyphaeVs),
         })
     }
 }

@@ -479,12 +479,12 @@ impl State {
         } = self;
         for cqe in uring.completion() {
             n += 1;
-            let Ok(idx) = usize::try_from(cqe.user_data()) else {
-                continue;
-            };
             if cqe.user_data() == CANCEL {
                 continue;
             }
+            let Ok(idx) = usize::try_from(cqe.user_data()) else {
+                continue;
+            };
             let Some(slot) = slots.get_mut(idx) else {
                 continue;
             };
@@ -659,14 +659,6 @@ fn result(res: i32) -> io::Result<usize> {
     usize::try_from(res).map_err(|_| io::Error::from_raw_os_error(-res))
 }
 
-/// The buffer an operation held, or an error if it held something else (a bug).
-fn buf_of(hold: Hold) -> Result<BytesMut, io::Error> {
-    match hold {
-        Hold::Buf(b) => Ok(b),
-        _ => Err(io::Error::other("io_uring: operation lost its buffer")),
-    }
-}
-
 impl Ring {
     /// Receives from the stream socket `fd` into `buf`'s spare capacity (which must not be
     /// empty); `buf`'s length grows by what was received.
@@ -680,9 +672,11 @@ impl Ring {
         let entry = opcode::Recv::new(Fd(fd), spare.as_mut_ptr().cast(), len).build();
         // SAFETY: the entry points into `buf`'s heap allocation, which the hold owns.
         let (res, hold) = unsafe { self.start(entry, Hold::Buf(buf)) }.await;
-        let mut buf = match buf_of(hold) {
-            Ok(b) => b,
-            Err(e) => return (Err(e), BytesMut::new()),
+        let Hold::Buf(mut buf) = hold else {
+            return (
+                Err(io::Error::other("io_uring: operation lost its buffer")),
+                BytesMut::new(),
+            );
         };
         let r = result(res);
         if let Ok(n) = r {
@@ -695,7 +689,7 @@ impl Ring {
     /// Writes `bufs` to `fd` in one `writev` without waiting for it: for a TUN queue, where
     /// a write is one whole packet and never waits for room, so the writes of a turn go to the
     /// kernel together in the turn's one enter. What became of them is counted (see
-    /// [`Ring::take_detached`]). At most [`MAX_DETACHED`] such writes are in flight, and
+    /// [`Ring::on_detached`]). At most [`MAX_DETACHED`] such writes are in flight, and
     /// a batch has at most [`MAX_IOV`] buffers: past either, the buffers come back and the
     /// caller writes them itself.
     pub(crate) fn write_detached(

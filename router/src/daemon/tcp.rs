@@ -12,7 +12,7 @@ use super::endpoint::{Endpoint, Proto, canonical, link_kind};
 use super::error::StartError;
 use super::forward::Forwarder;
 use super::inbox::ControlMsg;
-use super::link::{PortableRead, PortableWrite};
+use super::link::{LinkRead, LinkWrite, PortableRead, PortableWrite};
 use super::peer::{self, LinkInfo, TCP_NOTSENT_LOWAT};
 use super::peers::PeerType;
 
@@ -143,20 +143,26 @@ impl Tcp {
                 }
             };
             let (r, w) = super::link::uring_halves(ring, std);
-            spawn_local(async move {
-                let _slot = slot;
-                if let Some(up) = peer::up(&fwd, info).await {
-                    peer::serve(fwd, up, r, w).await;
-                }
-            });
-            return;
+            return run_link(fwd, info, slot, r, w);
         }
         let (r, w) = stream.into_split();
-        spawn_local(async move {
-            let _slot = slot;
-            if let Some(up) = peer::up(&fwd, info).await {
-                peer::serve(fwd, up, PortableRead(r), PortableWrite(w)).await;
-            }
-        });
+        run_link(fwd, info, slot, PortableRead(r), PortableWrite(w));
     }
+}
+
+/// Runs a link on its halves on this worker until it ends; an inbound link holds its place
+/// (`slot`) meanwhile.
+fn run_link<R: LinkRead + 'static, W: LinkWrite + 'static>(
+    fwd: Forwarder,
+    info: LinkInfo,
+    slot: Option<Slot>,
+    r: R,
+    w: W,
+) {
+    spawn_local(async move {
+        let _slot = slot;
+        if let Some(up) = peer::up(&fwd, info).await {
+            peer::serve(fwd, up, r, w).await;
+        }
+    });
 }

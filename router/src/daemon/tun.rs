@@ -182,7 +182,7 @@ impl TunQueue {
     /// Writes one packet (virtio-net header first) gathered from `parts`. A TUN write hands
     /// the packet to the kernel's receive path at once; it does not wait for room.
     pub(crate) fn write(&self, parts: &[IoSlice<'_>]) -> io::Result<()> {
-        let fd = self.0.get_ref().as_raw_fd();
+        let fd = self.fd();
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let count = libc::c_int::try_from(parts.len())
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;

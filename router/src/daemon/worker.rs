@@ -161,15 +161,11 @@ pub(crate) fn spawn_thread<F: FnOnce() + Send + 'static>(
 pub(crate) fn pick_driver(choice: DriverChoice) -> Result<Driver, StartError> {
     match choice {
         DriverChoice::Portable | DriverChoice::Auto => Ok(Driver::Portable),
-        DriverChoice::Uring => match uring_available() {
+        DriverChoice::Uring => match super::ring::available() {
             Ok(()) => Ok(Driver::Uring),
             Err(e) => Err(StartError::Other(format!("io_uring unavailable: {e}"))),
         },
     }
-}
-
-fn uring_available() -> Result<(), String> {
-    super::ring::available()
 }
 
 /// The worker thread's body: builds its runtime (tokio, current thread; the io_uring driver

@@ -461,20 +461,12 @@ impl Forwarder {
                         vec![b.slice(d.payload.start - VNET_HDR_LEN..d.payload.end)]
                     }
                 };
-                match ring.write_detached(tun.fd(), bufs, packets) {
-                    Ok(()) => {
-                        i = end;
-                        continue;
-                    }
-                    Err(bufs) => {
-                        let parts: Vec<IoSlice<'_>> =
-                            bufs.iter().map(|b| IoSlice::new(b)).collect();
-                        let r = tun.write(&parts);
-                        self.count_tun_write(r, packets, t);
-                        i = end;
-                        continue;
-                    }
+                if let Err(bufs) = ring.write_detached(tun.fd(), bufs, packets) {
+                    let parts: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+                    self.count_tun_write(tun.write(&parts), packets, t);
                 }
+                i = end;
+                continue;
             }
             let r = match merged {
                 Some((m, n)) => {
