@@ -25,7 +25,7 @@
 //! | front ends | `api` (+ `metrics`), `local_socket` |
 //! | threads | `control`, `worker` |
 //! | tasks and links | `message_task` (+ `topic_forward`), `discovery`, `tcp`, `quic`, `peer` |
-//! | data path | `forward` (+ `l3`, the IPv6 overlay), `link` (I/O halves and drivers), `ring` (io_uring), `tun`, `sockopt` |
+//! | data path | `forward` (+ `l3`, the IPv6 overlay), `link` (I/O halves and drivers), `calibrate` (`--driver auto`), `ring` (io_uring), `tun`, `sockopt` |
 //! | shared vocabulary | `inbox` (commands), `shared`, `peers`, `keys`, [`endpoint`], [`config`], `error` |
 //!
 //! # The path of one forwarded frame
@@ -67,6 +67,7 @@ pub mod endpoint;
 
 mod admission;
 mod api;
+mod calibrate;
 mod control;
 mod discovery;
 mod error;

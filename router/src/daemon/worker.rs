@@ -27,7 +27,7 @@ use super::ring::Ring;
 use super::shared::Shared;
 use super::tcp::Tcp;
 use super::tun::TunQueue;
-use super::{discovery, local_socket, message_task};
+use super::{calibrate, discovery, local_socket, message_task};
 
 /// The worker that runs the node's single tasks beside its share of the links: the message
 /// task (so a message packet from one of its links, or a request on the local socket, reaches
@@ -155,16 +155,46 @@ pub(crate) fn spawn_thread<F: FnOnce() + Send + 'static>(
         .map_err(|e| StartError::Other(format!("spawning thread {name}: {e}")))
 }
 
-/// Decides the driver once, at start. `auto` is the portable driver: measured on the machine
-/// these figures come from (bench/README.md, "io_uring"), it is never slower outside the noise
-/// and it runs where io_uring is disabled; `uring` runs the workers' links on io_uring.
+/// Decides the driver once, at start. `auto` measures both on this host ([`calibrate`]) and
+/// takes io_uring only where it was clearly faster, the portable driver otherwise and where
+/// io_uring is unavailable; `uring` runs the workers' links on io_uring or fails.
 pub(crate) fn pick_driver(choice: DriverChoice) -> Result<Driver, StartError> {
     match choice {
-        DriverChoice::Portable | DriverChoice::Auto => Ok(Driver::Portable),
+        DriverChoice::Portable => Ok(Driver::Portable),
         DriverChoice::Uring => match super::ring::available() {
             Ok(()) => Ok(Driver::Uring),
             Err(e) => Err(StartError::Other(format!("io_uring unavailable: {e}"))),
         },
+        DriverChoice::Auto => Ok(auto_driver()),
+    }
+}
+
+/// `--driver auto`: see [`calibrate`]; every outcome is logged once.
+fn auto_driver() -> Driver {
+    if let Err(e) = super::ring::available() {
+        tracing::info!("driver auto: portable (io_uring unavailable: {e})");
+        return Driver::Portable;
+    }
+    match calibrate::measure() {
+        Ok(turns) => {
+            let v = calibrate::verdict(&turns);
+            let (lo, hi) = v.ratios.unwrap_or((f64::NAN, f64::NAN));
+            tracing::info!(
+                "driver auto: {}: io_uring took {lo:.2}..{hi:.2} of the portable driver's time \
+                 in {} turns (it needs at most {:.2} in every turn)",
+                match v.driver {
+                    Driver::Uring => "uring",
+                    Driver::Portable => "portable",
+                },
+                turns.len(),
+                1.0 - calibrate::MARGIN,
+            );
+            v.driver
+        }
+        Err(e) => {
+            tracing::warn!("driver auto: portable (measuring the drivers failed: {e})");
+            Driver::Portable
+        }
     }
 }
 
