@@ -42,6 +42,54 @@ both_drivers!(
 
 const CONVERGE: Duration = Duration::from_secs(10);
 
+/// `--driver auto` times both drivers at start and says which it took and on what figures; a
+/// node on either choice links with one on the other.
+#[test]
+fn auto_driver_says_what_it_measured_and_runs_what_it_chose() {
+    let a = Node::start("auto", "auto", 1, &[]);
+    let line = a
+        .log()
+        .lines()
+        .find(|l| l.contains("driver auto:"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no choice logged: {}", a.log()));
+    let chose_uring = line.contains("driver auto: uring");
+    assert!(
+        chose_uring || line.contains("driver auto: portable"),
+        "{line}"
+    );
+    if common::driver_here("auto_driver_says_what_it_measured", "uring") {
+        // io_uring is here: the choice rests on the turns, and says so.
+        assert!(
+            line.contains("io_uring took") && line.contains("in 5 turns"),
+            "{line}"
+        );
+    }
+    let running = a
+        .log()
+        .lines()
+        .find(|l| l.contains("hyphae-router running"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    let want = if chose_uring {
+        "driver=Uring"
+    } else {
+        "driver=Portable"
+    };
+    assert!(running.contains(want), "chose {line:?}, runs {running:?}");
+    // A node on the other driver links with it and both learn each other's subnet.
+    let other = if chose_uring { "portable" } else { "uring" };
+    if common::driver_here("auto_driver_says_what_it_measured (peer)", other) {
+        let b = Node::start("b", other, 2, &peers(&[&a], false));
+        let (sa, sb) = (a.subnet(), b.subnet());
+        let learnt = wait_until(CONVERGE, || {
+            let has = |n: &Node, s: &str| n.selected().iter().any(|r| r["subnet"] == s);
+            (has(&a, &sb) && has(&b, &sa)).then_some(())
+        });
+        assert!(learnt.is_some(), "no routes: {}\n{}", a.log(), b.log());
+    }
+}
+
 /// `flags` plus the reference's Hello interval, for a node that test peers talk to: they do
 /// not answer Hellos, and with hyphae's 300 ms default the node would drop them in 1.5 s.
 fn fake_peer_timers(flags: &[String]) -> Vec<String> {

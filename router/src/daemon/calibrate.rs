@@ -27,7 +27,7 @@ const TURN_BYTES: usize = 4 << 20;
 const FRAME: usize = 296;
 /// Frames per vectored write, as a link's writer gathers them under load.
 const BATCH: usize = 64;
-/// A turn that takes longer than this failed (the whole measurement takes about 50 ms).
+/// A turn that takes longer than this failed (the whole measurement takes about 30 ms).
 const TURN_LIMIT: Duration = Duration::from_secs(2);
 
 /// One turn of each driver: the time each took to move [`TURN_BYTES`].
@@ -71,7 +71,8 @@ pub(crate) fn verdict(turns: &[Turn]) -> Verdict {
     }
 }
 
-/// Times [`TURNS`] turns of each driver, on this thread, alternating which goes first.
+/// Times [`TURNS`] turns of each driver, on this thread, alternating which goes first, after
+/// one warm-up turn of each.
 pub(crate) fn measure() -> io::Result<Vec<Turn>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -79,6 +80,10 @@ pub(crate) fn measure() -> io::Result<Vec<Turn>> {
     tokio::task::LocalSet::new().block_on(&rt, async {
         let ring = Ring::new()?;
         let driving = tokio::task::spawn_local(ring.clone().drive());
+        // A warm-up of each, not counted: the first turn pays for the runtime's and the
+        // allocator's first use.
+        timed(Driver::Portable, &ring).await?;
+        timed(Driver::Uring, &ring).await?;
         let mut turns = Vec::with_capacity(TURNS);
         for i in 0..TURNS {
             let (portable, uring) = if i % 2 == 0 {

@@ -175,19 +175,21 @@ fn auto_driver() -> Driver {
         tracing::info!("driver auto: portable (io_uring unavailable: {e})");
         return Driver::Portable;
     }
+    let start = std::time::Instant::now();
     match calibrate::measure() {
         Ok(turns) => {
             let v = calibrate::verdict(&turns);
             let (lo, hi) = v.ratios.unwrap_or((f64::NAN, f64::NAN));
             tracing::info!(
                 "driver auto: {}: io_uring took {lo:.2}..{hi:.2} of the portable driver's time \
-                 in {} turns (it needs at most {:.2} in every turn)",
+                 in {} turns (it needs at most {:.2} in every turn; measured in {} ms)",
                 match v.driver {
                     Driver::Uring => "uring",
                     Driver::Portable => "portable",
                 },
                 turns.len(),
                 1.0 - calibrate::MARGIN,
+                start.elapsed().as_millis(),
             );
             v.driver
         }
