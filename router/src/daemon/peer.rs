@@ -70,6 +70,7 @@ pub(crate) async fn up(fwd: &Forwarder, info: LinkInfo) -> Option<Up> {
         counters: PeerCounters::default(),
         close,
         drained: Default::default(),
+        direct: Default::default(),
     });
     tracing::info!(peer = handle.id.0, endpoint = %info.endpoint, kind = info.kind.as_str(),
         worker = fwd.worker(), "peer up");
@@ -105,6 +106,14 @@ pub(crate) async fn serve<R: LinkRead + 'static, W: LinkWrite + 'static>(
     } = link;
     let shared = fwd.shared().clone();
     let endpoint = handle.endpoint;
+    let writer = DirectGuard {
+        h: handle.clone(),
+        w: writer,
+        held: false,
+    };
+    if let Some(fd) = reader.tcp_fd() {
+        handle.direct.open(fd);
+    }
     let writer_task = spawn_local(write_loop(handle.clone(), writer, data_rx, ctl_rx));
     let counters = fwd.counters();
     let mut shutdown = shared.shutdown.clone();
@@ -190,11 +199,27 @@ pub(crate) async fn serve<R: LinkRead + 'static, W: LinkWrite + 'static>(
     tracing::info!(peer = handle.id.0, %endpoint, "peer down");
 }
 
+/// A link's write half, which ends direct writes to its socket (see
+/// `PeerHandle::try_enqueue`) before it closes, however its task ends: the socket's
+/// descriptor must not be closed, and perhaps reused, under a direct write.
+struct DirectGuard<W> {
+    h: Arc<PeerHandle>,
+    w: W,
+    /// Whether this writer holds the socket now.
+    held: bool,
+}
+
+impl<W> Drop for DirectGuard<W> {
+    fn drop(&mut self) {
+        self.h.direct.close(self.held);
+    }
+}
+
 /// Writes a link's control and data queues (control first) in vectored batches until the
 /// link closes or a write fails.
 async fn write_loop<W: LinkWrite>(
     h: Arc<PeerHandle>,
-    mut w: W,
+    mut w: DirectGuard<W>,
     mut data_rx: mpsc::UnboundedReceiver<QueuedRun>,
     mut ctl_rx: mpsc::UnboundedReceiver<Bytes>,
 ) {
@@ -226,9 +251,19 @@ async fn write_loop<W: LinkWrite>(
                 }
             }
         }
+        // The socket is this writer's while it writes: no direct write (from another thread,
+        // see `PeerHandle::try_enqueue`) starts meanwhile, and the end of one the socket did
+        // not take whole goes first.
+        h.direct.hold().await;
+        w.held = true;
         let ctl_bytes: usize = batch.iter().map(Bytes::len).sum();
         let mut data_bytes = 0;
         let mut frames = batch.len() as u64;
+        if let Some(rest) = h.direct.take_rest() {
+            data_bytes += rest.bytes.len();
+            frames += u64::from(rest.frames);
+            batch.insert(0, rest.bytes);
+        }
         for run in runs.drain(..) {
             data_bytes += run.bytes.len();
             frames += u64::from(run.frames);
@@ -240,12 +275,14 @@ async fn write_loop<W: LinkWrite>(
         let (r, b) = tokio::select! {
             biased;
             _ = close_rx.wait_for(|c| *c) => break,
-            r = w.write_batch(std::mem::take(&mut batch)) => r,
+            r = w.w.write_batch(std::mem::take(&mut batch)) => r,
         };
         batch = b;
         batch.clear();
         h.queued.fetch_sub(data_bytes, Relaxed);
         h.ctl_queued.fetch_sub(ctl_bytes, Relaxed);
+        h.direct.release();
+        w.held = false;
         if data_bytes > 0 {
             h.drained.notify_waiters();
         }

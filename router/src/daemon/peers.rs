@@ -1,10 +1,13 @@
 //! The live peer links as every thread sees them: one [`PeerHandle`] per link, in a
 //! [`PeerTable`] that readers load without locks.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering::{Relaxed, Release};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, AtomicUsize, Ordering::Acquire};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
 use bytes::Bytes;
@@ -21,6 +24,99 @@ pub(crate) const PEER_QUEUE_BYTES: usize = 512 * 1024;
 /// counted: a full route table's Updates (about 60,000 routes) fit, a peer that stops reading
 /// while it floods requests does not grow the node.
 pub(crate) const CONTROL_QUEUE_BYTES: usize = 4 << 20;
+
+thread_local! {
+    /// The data-plane worker this thread is, if it is one.
+    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Marks this thread as data-plane worker `idx` (for [`PeerHandle::try_enqueue`]).
+pub(crate) fn set_current_worker(idx: usize) {
+    WORKER.with(|w| w.set(Some(idx)));
+}
+
+/// The socket of a link's direct writes ([`PeerHandle::try_enqueue`]) and who holds it.
+#[derive(Debug)]
+pub(crate) struct Direct {
+    /// The link's TCP socket once it is served; -1 before, and for QUIC links.
+    fd: AtomicI32,
+    /// [`Direct::IDLE`], [`Direct::BUSY`] (the link's writer or a direct write is writing) or
+    /// [`Direct::CLOSED`] (the writer is gone and the socket may be closed).
+    state: AtomicU8,
+    /// The unwritten end of a direct write the socket did not take whole: the writer writes it
+    /// before anything else.
+    rest: Mutex<Option<QueuedRun>>,
+}
+
+impl Default for Direct {
+    fn default() -> Self {
+        Self {
+            fd: AtomicI32::new(-1),
+            state: AtomicU8::new(Self::IDLE),
+            rest: Mutex::new(None),
+        }
+    }
+}
+
+impl Direct {
+    const IDLE: u8 = 0;
+    const BUSY: u8 = 1;
+    const CLOSED: u8 = 2;
+
+    /// Allows direct writes to `fd`, which stays open until [`Direct::close`].
+    pub(crate) fn open(&self, fd: RawFd) {
+        self.fd.store(fd, Release);
+    }
+
+    fn try_hold(&self) -> bool {
+        self.state
+            .compare_exchange(Self::IDLE, Self::BUSY, Acquire, Relaxed)
+            .is_ok()
+    }
+
+    /// For the link's writer: waits until no direct write is under way and holds the socket.
+    /// A direct write is one non-blocking system call, so this spins a little, then yields.
+    pub(crate) async fn hold(&self) {
+        let mut tries = 0u32;
+        while !self.try_hold() {
+            tries += 1;
+            if tries.is_multiple_of(64) {
+                tokio::task::yield_now().await;
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    /// Lets go of the socket after [`Direct::hold`] or a direct write.
+    pub(crate) fn release(&self) {
+        self.state.store(Self::IDLE, Release);
+    }
+
+    /// The end of a direct write the writer must write first, if any.
+    pub(crate) fn take_rest(&self) -> Option<QueuedRun> {
+        self.rest.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// For the link's writer as it ends, holding the socket (`held`) or not: no direct write
+    /// starts after this, so its half of the socket may close. Waits (spinning, then yielding
+    /// the thread) for a direct write under way, which is one non-blocking system call.
+    pub(crate) fn close(&self, held: bool) {
+        let mut tries = 0u32;
+        while !held && !self.try_hold() {
+            if self.state.load(Acquire) == Self::CLOSED {
+                return;
+            }
+            tries += 1;
+            if tries.is_multiple_of(64) {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        self.state.store(Self::CLOSED, Release);
+    }
+}
 
 /// How a peer came to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +204,8 @@ pub(crate) struct PeerHandle {
     /// Told after each write, when the data queue has room again (for senders that wait
     /// instead of dropping: this node's own traffic from the TUN device).
     pub(crate) drained: Notify,
+    /// Writes from other threads straight to the socket.
+    pub(crate) direct: Direct,
 }
 
 impl PeerHandle {
@@ -129,7 +227,14 @@ impl PeerHandle {
 
     /// Queues a run if the byte budget allows; gives it back (not counted as dropped) if not,
     /// for a sender that waits for [`PeerHandle::drained`] and tries again.
+    ///
+    /// A thread other than the link's worker writes the run straight to an idle TCP link's
+    /// socket instead (see [`PeerHandle::try_direct`]): a frame then costs no wake of the
+    /// link's worker, which under light load is most of a hop's latency.
     pub(crate) fn try_enqueue(&self, run: Bytes, frames: u32) -> Result<(), Full> {
+        let Some(run) = self.try_direct(run, frames) else {
+            return Ok(());
+        };
         let len = run.len();
         let before = self.queued.fetch_add(len, Relaxed);
         if before != 0 && before + len > PEER_QUEUE_BYTES {
@@ -141,6 +246,57 @@ impl PeerHandle {
             return Err(Full::Closed);
         }
         Ok(())
+    }
+
+    /// Writes `run` to the link's socket on this thread, with one non-blocking system call,
+    /// when this thread is not the link's worker, nothing is queued or being written for the
+    /// link (so nothing this thread queued before is still ahead of it) and no other thread is
+    /// writing; `None` when it did. A run the socket takes only in part leaves its end for the
+    /// writer, ahead of anything queued meanwhile. Otherwise the run comes back, unwritten, for
+    /// the queue.
+    fn try_direct(&self, run: Bytes, frames: u32) -> Option<Bytes> {
+        let fd = self.direct.fd.load(Acquire);
+        if fd < 0
+            || run.is_empty()
+            || WORKER.with(Cell::get) == Some(self.worker)
+            || self.queued.load(Acquire) != 0
+            || self.ctl_queued.load(Acquire) != 0
+            || !self.direct.try_hold()
+        {
+            return Some(run);
+        }
+        // `fd` is open while the socket is held: the writer closes its half only after
+        // `Direct::close`, which waits for the hold.
+        let n = super::sockopt::send_nonblocking(fd, &run);
+        let back = match n {
+            // Nothing written (would block, or an error the writer will meet itself).
+            Err(_) | Ok(0) => Some(run),
+            Ok(n) if n >= run.len() => {
+                self.counters
+                    .tx_frames
+                    .fetch_add(u64::from(frames), Relaxed);
+                self.counters.tx_bytes.fetch_add(n as u64, Relaxed);
+                None
+            }
+            Ok(n) => {
+                // The writer finishes it, first; its frames are counted when written.
+                self.counters.tx_bytes.fetch_add(n as u64, Relaxed);
+                let rest = run.slice(n..);
+                self.queued.fetch_add(rest.len(), Relaxed);
+                *self.direct.rest.lock().unwrap_or_else(|p| p.into_inner()) = Some(QueuedRun {
+                    bytes: rest,
+                    frames,
+                });
+                // Wakes the writer (an empty run).
+                let _ = self.data_tx.send(QueuedRun {
+                    bytes: Bytes::new(),
+                    frames: 0,
+                });
+                None
+            }
+        };
+        self.direct.release();
+        back
     }
 
     /// Queues a control frame. Returns false, queuing nothing and counting the drop, when the
@@ -218,7 +374,16 @@ mod tests {
     use super::*;
 
     fn handle() -> (PeerHandle, mpsc::UnboundedReceiver<Bytes>) {
-        let (data_tx, _) = mpsc::unbounded_channel();
+        let (h, _, ctl_rx) = handle_with_data();
+        (h, ctl_rx)
+    }
+
+    fn handle_with_data() -> (
+        PeerHandle,
+        mpsc::UnboundedReceiver<QueuedRun>,
+        mpsc::UnboundedReceiver<Bytes>,
+    ) {
+        let (data_tx, data_rx) = mpsc::unbounded_channel();
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let addr: SocketAddr = "[::1]:9651".parse().unwrap();
         let h = PeerHandle {
@@ -237,8 +402,124 @@ mod tests {
             counters: PeerCounters::default(),
             close: watch::channel(false).0,
             drained: Notify::new(),
+            direct: Direct::default(),
         };
-        (h, ctl_rx)
+        (h, data_rx, ctl_rx)
+    }
+
+    fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (a, b)
+    }
+
+    fn read_exactly(s: &mut std::net::TcpStream, n: usize) -> Vec<u8> {
+        use std::io::Read;
+        let mut v = vec![0; n];
+        s.read_exact(&mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn another_thread_writes_straight_to_an_idle_link() {
+        use std::os::fd::AsRawFd;
+        let (h, mut data_rx, _ctl) = handle_with_data();
+        let (a, mut b) = tcp_pair();
+        h.direct.open(a.as_raw_fd());
+        // This thread is no worker; the link is worker 0's.
+        h.try_enqueue(Bytes::from_static(b"hello"), 1).unwrap();
+        assert!(data_rx.try_recv().is_err(), "nothing queued");
+        assert_eq!(read_exactly(&mut b, 5), b"hello");
+        assert_eq!(h.counters.tx_frames.load(Relaxed), 1);
+        assert_eq!(h.counters.tx_bytes.load(Relaxed), 5);
+        assert_eq!(h.queued.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn the_links_own_worker_and_a_link_with_work_queue_instead() {
+        use std::os::fd::AsRawFd;
+        let (h, mut data_rx, _ctl) = handle_with_data();
+        let (a, _b) = tcp_pair();
+        let h = Arc::new(h);
+        // Before the link is served there is no socket to write to.
+        h.try_enqueue(Bytes::from_static(b"a"), 1).unwrap();
+        assert_eq!(&data_rx.try_recv().unwrap().bytes[..], b"a");
+        h.queued.store(0, Relaxed);
+        h.direct.open(a.as_raw_fd());
+        // The link's own worker queues: its writer runs on the same thread.
+        let h2 = h.clone();
+        std::thread::spawn(move || {
+            set_current_worker(0);
+            h2.try_enqueue(Bytes::from_static(b"b"), 1).unwrap();
+        })
+        .join()
+        .unwrap();
+        assert_eq!(&data_rx.try_recv().unwrap().bytes[..], b"b");
+        // Something queued and not yet written: a later run must not pass it.
+        h.try_enqueue(Bytes::from_static(b"c"), 1).unwrap();
+        assert_eq!(&data_rx.try_recv().unwrap().bytes[..], b"c");
+        h.queued.store(0, Relaxed);
+        // Control frames waiting count too.
+        h.ctl_queued.store(10, Relaxed);
+        h.try_enqueue(Bytes::from_static(b"d"), 1).unwrap();
+        assert_eq!(&data_rx.try_recv().unwrap().bytes[..], b"d");
+        h.queued.store(0, Relaxed);
+        h.ctl_queued.store(0, Relaxed);
+        // The writer holds the socket.
+        assert!(h.direct.try_hold());
+        h.try_enqueue(Bytes::from_static(b"e"), 1).unwrap();
+        assert_eq!(&data_rx.try_recv().unwrap().bytes[..], b"e");
+        h.queued.store(0, Relaxed);
+        // The writer is gone: never again.
+        h.direct.state.store(Direct::CLOSED, Relaxed);
+        h.try_enqueue(Bytes::from_static(b"f"), 1).unwrap();
+        assert_eq!(&data_rx.try_recv().unwrap().bytes[..], b"f");
+        assert_eq!(h.counters.tx_frames.load(Relaxed), 0, "nothing went direct");
+    }
+
+    #[test]
+    fn a_direct_write_the_socket_takes_in_part_leaves_its_end_first_in_line() {
+        use std::os::fd::AsRawFd;
+        let (h, mut data_rx, _ctl) = handle_with_data();
+        let (a, mut b) = tcp_pair();
+        h.direct.open(a.as_raw_fd());
+        // More than the socket buffers hold while nobody reads.
+        let big: Vec<u8> = (0..16 << 20).map(|i: u32| (i % 251) as u8).collect();
+        h.try_enqueue(Bytes::from(big.clone()), 7).unwrap();
+        let rest_len = h.queued.load(Relaxed);
+        assert!(rest_len > 0 && rest_len < big.len(), "written in part");
+        let wake = data_rx.try_recv().expect("the writer is woken");
+        assert!(wake.bytes.is_empty());
+        // Now a run from anywhere queues behind the end, which counts against the queue's
+        // byte budget (here it is over it: the run is refused, not written).
+        assert!(rest_len > PEER_QUEUE_BYTES);
+        assert!(matches!(
+            h.try_enqueue(Bytes::from_static(b"next"), 1),
+            Err(Full::Queue(_))
+        ));
+        assert!(data_rx.try_recv().is_err());
+        // The writer takes the end first and writes it: the stream is whole and in order.
+        assert!(h.direct.try_hold());
+        let rest = h.direct.take_rest().expect("the end is kept");
+        assert_eq!((rest.bytes.len(), rest.frames), (rest_len, 7));
+        let written = big.len() - rest_len;
+        let total = big.len();
+        let reader = std::thread::spawn(move || read_exactly(&mut b, total));
+        {
+            use std::io::Write;
+            (&a).write_all(&rest.bytes).unwrap();
+        }
+        let got = reader.join().unwrap();
+        assert_eq!(&got[..written], &big[..written]);
+        assert!(got == big, "the end follows the part written directly");
+        assert_eq!(h.counters.tx_bytes.load(Relaxed), written as u64);
+        assert_eq!(
+            h.counters.tx_frames.load(Relaxed),
+            0,
+            "counted by the writer"
+        );
+        h.direct.release();
     }
 
     #[test]

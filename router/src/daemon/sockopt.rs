@@ -1,11 +1,12 @@
 //! What receive-buffer sizing needs from a TCP socket and socket2 does not wrap: the kernel's
 //! RTT estimates (`TCP_INFO`), the bytes waiting unread (`FIONREAD`), the buffer size (with
 //! `SO_RCVBUFFORCE`) and the window clamp (`TCP_WINDOW_CLAMP`), on a descriptor the caller
-//! keeps open; and two process settings (descriptor limit, huge pages). With `tun`, the only
+//! keeps open; a non-blocking send (a link's direct writes); and two process settings (descriptor limit, huge pages). With `tun`, the only
 //! unsafe code in the crate.
 
 #![allow(unsafe_code)]
 
+use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
@@ -47,13 +48,13 @@ pub(crate) fn queued(fd: RawFd) -> Option<u32> {
 /// Sets the receive buffer to `bytes` (the kernel doubles it for bookkeeping). Past
 /// `net.core.rmem_max` only with CAP_NET_ADMIN (SO_RCVBUFFORCE); otherwise capped there.
 #[cfg(target_os = "linux")]
-pub(crate) fn set_rcvbuf(fd: RawFd, bytes: u32) -> std::io::Result<()> {
+pub(crate) fn set_rcvbuf(fd: RawFd, bytes: u32) -> io::Result<()> {
     let set = |opt| int_opt(fd, libc::SOL_SOCKET, opt, bytes);
     set(libc::SO_RCVBUFFORCE).or_else(|_| set(libc::SO_RCVBUF))
 }
 
 #[cfg(target_os = "linux")]
-fn int_opt(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: u32) -> std::io::Result<()> {
+fn int_opt(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: u32) -> io::Result<()> {
     let v = libc::c_int::try_from(v).unwrap_or(libc::c_int::MAX);
     // SAFETY: the kernel reads `size_of::<c_int>()` bytes from `v`, which lives for the call.
     let r = unsafe {
@@ -67,7 +68,7 @@ fn int_opt(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: u32) -> std::io::
     };
     match r {
         0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
+        _ => Err(io::Error::last_os_error()),
     }
 }
 
@@ -99,7 +100,7 @@ pub(crate) fn window_clamp(_fd: RawFd) -> Option<u32> {
 
 /// Caps the window this socket advertises at `bytes`.
 #[cfg(target_os = "linux")]
-pub(crate) fn set_window_clamp(fd: RawFd, bytes: u32) -> std::io::Result<()> {
+pub(crate) fn set_window_clamp(fd: RawFd, bytes: u32) -> io::Result<()> {
     int_opt(fd, libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP, bytes)
 }
 
@@ -111,14 +112,14 @@ pub(crate) fn queued(_fd: RawFd) -> Option<u32> {
 
 /// See the Linux version.
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn set_rcvbuf(_fd: RawFd, _bytes: u32) -> std::io::Result<()> {
-    Err(std::io::ErrorKind::Unsupported.into())
+pub(crate) fn set_rcvbuf(_fd: RawFd, _bytes: u32) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
 }
 
 /// See the Linux version.
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn set_window_clamp(_fd: RawFd, _bytes: u32) -> std::io::Result<()> {
-    Err(std::io::ErrorKind::Unsupported.into())
+pub(crate) fn set_window_clamp(_fd: RawFd, _bytes: u32) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
 }
 
 /// Turns transparent huge pages off for this process. The allocator (mimalloc) asks for them
@@ -127,17 +128,17 @@ pub(crate) fn set_window_clamp(_fd: RawFd, _bytes: u32) -> std::io::Result<()> {
 /// memory should follow what it holds. Only later faults are affected, so the binary calls it
 /// first thing in `main` (the daemon again at start, for embedders).
 #[cfg(target_os = "linux")]
-pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
+pub fn disable_transparent_huge_pages() -> io::Result<()> {
     // SAFETY: prctl with these arguments only sets a flag on this process.
     if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
-        return Err(std::io::Error::last_os_error());
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
 
 /// Nothing to do off Linux.
 #[cfg(not(target_os = "linux"))]
-pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
+pub fn disable_transparent_huge_pages() -> io::Result<()> {
     Ok(())
 }
 
@@ -145,27 +146,42 @@ pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
 /// descriptor, and the usual soft limit of 1024 would refuse links long before the caps do.
 /// Returns the limit now in force.
 #[cfg(target_os = "linux")]
-pub(crate) fn raise_nofile_limit() -> std::io::Result<u64> {
+pub(crate) fn raise_nofile_limit() -> io::Result<u64> {
     let mut l = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit fills the struct it is given.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut l) } != 0 {
-        return Err(std::io::Error::last_os_error());
+        return Err(io::Error::last_os_error());
     }
     let want = l.rlim_max.min(1 << 20);
     if l.rlim_cur < want {
         l.rlim_cur = want;
         // SAFETY: setrlimit reads the struct it is given.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const l) } != 0 {
-            return Err(std::io::Error::last_os_error());
+            return Err(io::Error::last_os_error());
         }
     }
     Ok(l.rlim_cur)
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn raise_nofile_limit() -> std::io::Result<u64> {
-    Err(std::io::Error::other("not Linux"))
+pub(crate) fn raise_nofile_limit() -> io::Result<u64> {
+    Err(io::Error::other("not Linux"))
+}
+
+/// Sends `buf` on the connected socket `fd` without waiting (`MSG_DONTWAIT`) and without
+/// `SIGPIPE`; the bytes the kernel took.
+pub(crate) fn send_nonblocking(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of its length; a bad `fd` is an error, not UB.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }

@@ -210,6 +210,7 @@ fn run(
     home: Option<HomeTasks>,
     cmds: mpsc::Receiver<WorkerCmd>,
 ) {
+    super::peers::set_current_worker(idx);
     let fut = worker_main(idx, shared, driver, listeners, home, cmds);
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
