@@ -8,7 +8,7 @@
 //! turns.
 
 use std::io;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -71,9 +71,17 @@ pub(crate) fn verdict(turns: &[Turn]) -> Verdict {
     }
 }
 
-/// Times [`TURNS`] turns of each driver, on this thread, alternating which goes first, after
-/// one warm-up turn of each.
+/// Times [`TURNS`] turns of each driver, alternating which goes first, after one warm-up
+/// turn of each; on a thread of its own, so that its runtime never meets the caller's.
 pub(crate) fn measure() -> io::Result<Vec<Turn>> {
+    std::thread::Builder::new()
+        .name("hyphae-calibrate".into())
+        .spawn(measure_here)?
+        .join()
+        .map_err(|_| io::Error::other("the measurement panicked"))?
+}
+
+fn measure_here() -> io::Result<Vec<Turn>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -100,33 +108,36 @@ pub(crate) fn measure() -> io::Result<Vec<Turn>> {
     })
 }
 
-/// One driver's turn, bounded by [`TURN_LIMIT`].
+/// One driver's turn, connection included, bounded by [`TURN_LIMIT`].
 async fn timed(driver: Driver, ring: &Rc<Ring>) -> io::Result<Duration> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    let tx = TcpStream::connect(listener.local_addr()?)?;
-    let (rx, _) = listener.accept()?;
-    tx.set_nodelay(true)?;
-    let run = async {
-        match driver {
-            Driver::Portable => {
-                let half = |s: TcpStream| {
-                    s.set_nonblocking(true)?;
-                    tokio::net::TcpStream::from_std(s).map(|s| s.into_split())
-                };
-                let (r, _) = half(rx)?;
-                let (_, w) = half(tx)?;
-                pump(PortableRead(r), PortableWrite(w)).await
-            }
-            Driver::Uring => {
-                let (r, _) = super::link::uring_halves(ring, rx);
-                let (_, w) = super::link::uring_halves(ring, tx);
-                pump(r, w).await
-            }
-        }
-    };
-    tokio::time::timeout(TURN_LIMIT, run)
+    tokio::time::timeout(TURN_LIMIT, turn(driver, ring))
         .await
         .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "turn timed out")))
+}
+
+async fn turn(driver: Driver, ring: &Rc<Ring>) -> io::Result<Duration> {
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let addr = listener.local_addr()?;
+    let (tx, (rx, _)) = tokio::try_join!(tokio::net::TcpStream::connect(addr), listener.accept())?;
+    tx.set_nodelay(true)?;
+    match driver {
+        Driver::Portable => {
+            let (r, _) = rx.into_split();
+            let (_, w) = tx.into_split();
+            pump(PortableRead(r), PortableWrite(w)).await
+        }
+        Driver::Uring => {
+            // The ring's sockets are blocking ones, as the workers' (see `tcp`).
+            let blocking = |s: tokio::net::TcpStream| -> io::Result<TcpStream> {
+                let s = s.into_std()?;
+                s.set_nonblocking(false)?;
+                Ok(s)
+            };
+            let (r, _) = super::link::uring_halves(ring, blocking(rx)?);
+            let (_, w) = super::link::uring_halves(ring, blocking(tx)?);
+            pump(r, w).await
+        }
+    }
 }
 
 /// Writes [`TURN_BYTES`] of frames in batches from `w` while reading them at `r`; the time

@@ -281,15 +281,17 @@ async fn write_loop<W: LinkWrite>(
         batch.clear();
         h.queued.fetch_sub(data_bytes, Relaxed);
         h.ctl_queued.fetch_sub(ctl_bytes, Relaxed);
-        h.direct.release();
-        w.held = false;
         if data_bytes > 0 {
             h.drained.notify_waiters();
         }
         if let Err(e) = r {
+            // Part of a frame may have gone out: the socket stays held, so no direct write
+            // follows it, until the guard closes it.
             tracing::debug!(peer = h.id.0, "write: {e}");
             break;
         }
+        h.direct.release();
+        w.held = false;
         h.counters.tx_frames.fetch_add(frames, Relaxed);
         h.counters.tx_bytes.fetch_add(bytes as u64, Relaxed);
     }

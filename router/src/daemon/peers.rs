@@ -259,10 +259,17 @@ impl PeerHandle {
         if fd < 0
             || run.is_empty()
             || WORKER.with(Cell::get) == Some(self.worker)
-            || self.queued.load(Acquire) != 0
-            || self.ctl_queued.load(Acquire) != 0
+            || self.queued.load(Relaxed) != 0
+            || self.ctl_queued.load(Relaxed) != 0
             || !self.direct.try_hold()
         {
+            return Some(run);
+        }
+        // Again under the hold: the first look may be stale (another direct write may have
+        // left an end for the writer since). Whoever held the socket before changed the
+        // counters before letting go of it, and the hold was taken with Acquire.
+        if self.queued.load(Relaxed) != 0 || self.ctl_queued.load(Relaxed) != 0 {
+            self.direct.release();
             return Some(run);
         }
         // `fd` is open while the socket is held: the writer closes its half only after
@@ -283,10 +290,13 @@ impl PeerHandle {
                 self.counters.tx_bytes.fetch_add(n as u64, Relaxed);
                 let rest = run.slice(n..);
                 self.queued.fetch_add(rest.len(), Relaxed);
-                *self.direct.rest.lock().unwrap_or_else(|p| p.into_inner()) = Some(QueuedRun {
+                let mut slot = self.direct.rest.lock().unwrap_or_else(|p| p.into_inner());
+                debug_assert!(slot.is_none(), "an end is left only with nothing queued");
+                *slot = Some(QueuedRun {
                     bytes: rest,
                     frames,
                 });
+                drop(slot);
                 // Wakes the writer (an empty run).
                 let _ = self.data_tx.send(QueuedRun {
                     bytes: Bytes::new(),
