@@ -117,9 +117,13 @@ fn routers_on_one_link_discover_each_other_and_peer() {
     // Each beacons at start, again after 5 s, then every 60 s; whichever hears the other first
     // dials it over TCP on the link-local address.
     let rb = Router::start(&b, &dir, 82);
+    // Until one has dialed and the other has taken the link (it logs that a moment after the
+    // dialer's connect returns, so both are waited for).
     let discovered = |r: &Router| r.log().contains("kind=\"linkLocalDiscovery\"");
+    let accepted = |r: &Router| r.log().contains("kind=\"inbound\"");
+    let linked = || (discovered(&ra) && accepted(&rb)) || (discovered(&rb) && accepted(&ra));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !(discovered(&ra) || discovered(&rb)) && Instant::now() < deadline {
+    while !linked() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     let (la, lb) = (ra.log(), rb.log());
