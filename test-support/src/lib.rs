@@ -172,6 +172,15 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Both ends of a TCP connection over `127.0.0.1`: the connecting one first.
+pub fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+    use std::net::{TcpListener, TcpStream};
+    let l = TcpListener::bind("127.0.0.1:0").expect("a listener on 127.0.0.1");
+    let a = TcpStream::connect(l.local_addr().expect("its address")).expect("connect");
+    let (b, _) = l.accept().expect("accept");
+    (a, b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -248,6 +248,12 @@ impl PeerHandle {
         Ok(())
     }
 
+    /// Whether no data or control bytes are queued for the link or being written by its writer
+    /// (the writer gives its bytes back only after the write).
+    fn nothing_queued(&self) -> bool {
+        self.queued.load(Relaxed) == 0 && self.ctl_queued.load(Relaxed) == 0
+    }
+
     /// Writes `run` to the link's socket on this thread, with one non-blocking system call,
     /// when this thread is not the link's worker, nothing is queued or being written for the
     /// link (so nothing this thread queued before is still ahead of it) and no other thread is
@@ -259,8 +265,7 @@ impl PeerHandle {
         if fd < 0
             || run.is_empty()
             || WORKER.with(Cell::get) == Some(self.worker)
-            || self.queued.load(Relaxed) != 0
-            || self.ctl_queued.load(Relaxed) != 0
+            || !self.nothing_queued()
             || !self.direct.try_hold()
         {
             return Some(run);
@@ -268,7 +273,7 @@ impl PeerHandle {
         // Again under the hold: the first look may be stale (another direct write may have
         // left an end for the writer since). Whoever held the socket before changed the
         // counters before letting go of it, and the hold was taken with Acquire.
-        if self.queued.load(Relaxed) != 0 || self.ctl_queued.load(Relaxed) != 0 {
+        if !self.nothing_queued() {
             self.direct.release();
             return Some(run);
         }
@@ -381,6 +386,8 @@ impl PeerTable {
 
 #[cfg(test)]
 mod tests {
+    use hyphae_test_support::tcp_pair;
+
     use super::*;
 
     fn handle() -> (PeerHandle, mpsc::UnboundedReceiver<Bytes>) {
@@ -415,13 +422,6 @@ mod tests {
             direct: Direct::default(),
         };
         (h, data_rx, ctl_rx)
-    }
-
-    fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (b, _) = l.accept().unwrap();
-        (a, b)
     }
 
     fn read_exactly(s: &mut std::net::TcpStream, n: usize) -> Vec<u8> {

@@ -770,8 +770,9 @@ impl Ring {
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
     use std::time::Duration;
+
+    use hyphae_test_support::tcp_pair;
 
     use super::*;
 
@@ -788,13 +789,6 @@ mod tests {
         });
     }
 
-    fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (b, _) = l.accept().unwrap();
-        (a, b)
-    }
-
     fn in_flight(ring: &Ring) -> usize {
         ring.state.borrow().in_flight
     }
@@ -802,7 +796,7 @@ mod tests {
     #[test]
     fn receives_and_sends_in_order_across_many_buffers() {
         on_ring(|ring| async move {
-            let (a, mut b) = pair();
+            let (a, mut b) = tcp_pair();
             // 3,000 buffers: more than one sendmsg can carry.
             let bufs: Vec<Bytes> = (0..3000u32)
                 .map(|i| Bytes::from(i.to_be_bytes().to_vec()))
@@ -838,7 +832,7 @@ mod tests {
     #[test]
     fn a_dropped_receive_is_cancelled_and_its_buffer_freed() {
         on_ring(|ring| async move {
-            let (a, _b) = pair();
+            let (a, _b) = tcp_pair();
             let mut buf = BytesMut::with_capacity(1 << 16);
             buf.extend_from_slice(b"x");
             let recv = ring.recv(a.as_raw_fd(), buf);
@@ -861,7 +855,7 @@ mod tests {
     #[test]
     fn errors_come_back_as_errors_with_the_buffer() {
         on_ring(|ring| async move {
-            let (a, b) = pair();
+            let (a, b) = tcp_pair();
             drop(b);
             let mut buf = BytesMut::with_capacity(64);
             buf.extend_from_slice(b"kept");
@@ -898,7 +892,7 @@ mod tests {
             let counts = Rc::new(Cell::new((0u64, 0u64)));
             let c = counts.clone();
             ring.on_detached(move |w, f| c.set((c.get().0 + w, c.get().1 + f)));
-            let (a, mut b) = pair();
+            let (a, mut b) = tcp_pair();
             for i in 0..10u8 {
                 let bufs = vec![Bytes::from(vec![i; 100]), Bytes::from(vec![i; 28])];
                 ring.write_detached(a.as_raw_fd(), bufs, 2).unwrap();
@@ -920,7 +914,7 @@ mod tests {
             assert_eq!(got, want);
 
             // To a socket whose peer is gone, writes fail and are counted as failed.
-            let (a, b) = pair();
+            let (a, b) = tcp_pair();
             drop(b);
             for _ in 0..50 {
                 let _ = ring.write_detached(a.as_raw_fd(), vec![Bytes::from(vec![0; 4096])], 1);
@@ -933,7 +927,7 @@ mod tests {
 
     #[test]
     fn a_ring_dropped_with_operations_in_flight_ends() {
-        let (a, _b) = pair();
+        let (a, _b) = tcp_pair();
         let fd = a.as_raw_fd();
         on_ring(|ring| async move {
             // Left in flight when the runtime, its tasks and the ring go away.
