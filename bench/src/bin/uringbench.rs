@@ -1,5 +1,5 @@
 //! `uringbench`: does an io_uring loop forward frames faster, or cheaper, than epoll on this
-//! machine? It measures the forwarding core of one data-plane worker, driven four ways, each on
+//! machine? It measures the forwarding core of one data-plane worker, driven three ways, each on
 //! one pinned thread:
 //!
 //! ```text
@@ -9,8 +9,8 @@
 //! * **(a) epoll**: tokio current-thread, `read_buf` into a `BytesMut`, the router's deframer,
 //!   runs of frames queued as `Bytes`, vectored writes: what the router's portable driver does
 //!   (`tokio_fwd.rs`);
-//! * **(b) tokio-uring**: the same on tokio-uring 0.5, owned-buffer `read`, `writev`: what the
-//!   router's uring driver does today (`tokio_fwd.rs`);
+//! * (b), the same on tokio-uring 0.5 (the router's former uring driver), was removed with that
+//!   driver; its last figures are in `bench/README.md`;
 //! * **(c) io-uring**: a hand-written loop on the io-uring crate: `SINGLE_ISSUER|DEFER_TASKRUN`
 //!   (falling back to `COOP_TASKRUN`), multishot receive into a provided-buffer ring, frames
 //!   sent from the buffers they arrived in with one `sendmsg` per output per turn, one
@@ -72,7 +72,7 @@ mod trial;
 #[path = "uringbench/uring_fwd.rs"]
 mod uring_fwd;
 
-/// The router's allocator: (a) and (b) allocate per read as the router does.
+/// The router's allocator: (a) allocates per read as the router does.
 #[cfg(target_os = "linux")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -21,8 +21,7 @@ use super::trial::{DISTURBED_VCPU, Shape, Trial, Variant, run_trial};
 #[command(
     name = "uringbench",
     about = "The forwarding core of one data-plane worker, pinned, over loopback TCP: the \
-             router's epoll and tokio-uring drivers, a raw io-uring loop, and that loop \
-             on epoll"
+             router's portable (epoll) driver, a raw io-uring loop, and that loop on epoll"
 )]
 pub(super) struct Args {
     /// Rounds: in each, every variant runs once per frame size and connection count.
@@ -42,8 +41,7 @@ pub(super) struct Args {
     pub(super) conns: Vec<usize>,
     /// Variants to run.
     #[arg(long, value_delimiter = ',', value_enum,
-          default_values_t = [Variant::Epoll, Variant::TokioUring, Variant::Uring,
-                              Variant::EpollLoop])]
+          default_values_t = [Variant::Epoll, Variant::Uring, Variant::EpollLoop])]
     pub(super) variants: Vec<Variant>,
     /// vCPU of the forwarding thread.
     #[arg(long, default_value_t = 1)]
@@ -62,7 +60,7 @@ pub(super) struct Args {
     /// TCP_NOTSENT_LOWAT on the forwarder's sockets, as the router sets it (0: unset).
     #[arg(long, default_value_t = 128 * 1024)]
     pub(super) notsent_lowat: u32,
-    /// (a), (b): bytes queued for one output before its readers wait.
+    /// (a): bytes queued for one output before its readers wait.
     #[arg(long, default_value_t = 4 << 20)]
     pub(super) queue_limit: usize,
     /// (c), (d): buffers in the pool (a power of two).

@@ -295,9 +295,6 @@ pub(super) fn print_summary(
             println!("{common}{own}");
         }
     }
-    if let Some(t) = trials.iter().find(|t| t.variant == Variant::TokioUring) {
-        println!("(b) tokio-uring ring: {}", t.setup);
-    }
     match syscall_note {
         Some(n) => println!("\nsystem calls: {n}"),
         None if !counted.is_empty() => {

@@ -1,4 +1,4 @@
-//! Variants (a) and (b): the router's link code (`router/src/daemon/link.rs`, `peer.rs`,
+//! Variant (a): the router's link code (`router/src/daemon/link.rs`, `peer.rs`,
 //! `forward.rs`) reduced to forwarding, on one current-thread runtime.
 //!
 //! Per inbound connection a reader task reads into the spare capacity of a `BytesMut` (256 KiB
@@ -8,12 +8,13 @@
 //! to 512 runs and writes them with vectored writes. The router drops frames when a queue is
 //! over budget; here the reader waits instead, so every frame is delivered and counted.
 //!
-//! (a) runs on tokio (epoll, `read_buf`, `write_vectored`); (b) on tokio-uring 0.5 with the
-//! router's ring flags (owned-buffer `read`, `writev`), whose ring tokio polls through epoll.
+//! It runs on tokio (epoll, `read_buf`, `write_vectored`). Variant (b), the same on tokio-uring
+//! 0.5 (the router's former uring driver), was removed with that driver; its last figures are in
+//! `bench/README.md`.
 
 use std::cell::Cell;
 use std::io::{self, IoSlice};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::rc::Rc;
 
 use anyhow::{Result, bail};
@@ -54,41 +55,6 @@ pub(super) fn run_epoll(ins: Vec<TcpStream>, outs: Vec<TcpStream>, limit: usize)
             .collect::<io::Result<Vec<_>>>()?;
         forward(readers, writers, limit).await
     })
-}
-
-/// (b): tokio-uring 0.5, with the ring flags the router asks for (cooperative task work and
-/// single issuer, where the kernel has them). Returns the flags it got.
-pub(super) fn run_tokio_uring(
-    ins: Vec<TcpStream>,
-    outs: Vec<TcpStream>,
-    limit: usize,
-) -> Result<&'static str> {
-    let mut both = tokio_uring::uring_builder();
-    both.setup_coop_taskrun().setup_single_issuer();
-    let mut coop = tokio_uring::uring_builder();
-    coop.setup_coop_taskrun();
-    let (flags, name) = [(both, "SINGLE_ISSUER|COOP_TASKRUN"), (coop, "COOP_TASKRUN")]
-        .into_iter()
-        .find(|(b, _)| b.build(1).is_ok())
-        .unwrap_or_else(|| (tokio_uring::uring_builder(), "no setup flags"));
-    let rt = tokio_uring::Runtime::new(tokio_uring::builder().uring_builder(&flags))?;
-    rt.block_on(async move {
-        // As the router does: tokio-uring takes blocking sockets.
-        let into = |s: TcpStream| -> io::Result<tokio_uring::net::TcpStream> {
-            s.set_nonblocking(false)?;
-            Ok(tokio_uring::net::TcpStream::from_std(s))
-        };
-        let readers = ins
-            .into_iter()
-            .map(|s| into(s).map(UringRead))
-            .collect::<io::Result<Vec<_>>>()?;
-        let writers = outs
-            .into_iter()
-            .map(|s| into(s).map(UringWrite))
-            .collect::<io::Result<Vec<_>>>()?;
-        forward(readers, writers, limit).await
-    })?;
-    Ok(name)
 }
 
 /// The read half of a link (`link.rs`).
@@ -294,39 +260,5 @@ impl LinkWrite for PortableWrite {
 
     async fn close(&mut self) -> io::Result<()> {
         self.0.shutdown().await
-    }
-}
-
-struct UringRead(tokio_uring::net::TcpStream);
-struct UringWrite(tokio_uring::net::TcpStream);
-
-impl LinkRead for UringRead {
-    async fn read(&mut self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
-        use tokio_uring::buf::BoundedBuf;
-        buf.reserve(READ_CHUNK);
-        let (len, cap) = (buf.len(), buf.capacity());
-        let (r, slice) = self.0.read(BoundedBuf::slice(buf, len..cap)).await;
-        (r, slice.into_inner())
-    }
-}
-
-impl LinkWrite for UringWrite {
-    async fn write_batch(&mut self, mut batch: Vec<Bytes>) -> (io::Result<()>, Vec<Bytes>) {
-        while !batch.is_empty() {
-            let rest = batch.split_off(batch.len().min(MAX_IOV));
-            let (r, mut sent) = self.0.writev(batch).await;
-            match r {
-                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), sent),
-                Ok(n) => advance_batch(&mut sent, n),
-                Err(e) => return (Err(e), sent),
-            }
-            sent.extend(rest);
-            batch = sent;
-        }
-        (Ok(()), batch)
-    }
-
-    async fn close(&mut self) -> io::Result<()> {
-        self.0.shutdown(Shutdown::Write)
     }
 }

@@ -22,8 +22,6 @@ pub(super) const DISTURBED_VCPU: f64 = 0.10;
 pub(super) enum Variant {
     /// (a) tokio current-thread, epoll.
     Epoll,
-    /// (b) tokio-uring 0.5.
-    TokioUring,
     /// (c) a loop on the io-uring crate.
     #[value(name = "io-uring")]
     Uring,
@@ -36,7 +34,6 @@ impl Variant {
     pub(super) fn label(self) -> &'static str {
         match self {
             Self::Epoll => "(a) epoll",
-            Self::TokioUring => "(b) tokio-uring",
             Self::Uring => "(c) io-uring",
             Self::EpollLoop => "(d) epoll loop",
         }
@@ -45,7 +42,6 @@ impl Variant {
     pub(super) fn key(self) -> &'static str {
         match self {
             Self::Epoll => "epoll",
-            Self::TokioUring => "tokio-uring",
             Self::Uring => "io-uring",
             Self::EpollLoop => "epoll-loop",
         }
@@ -246,10 +242,6 @@ pub(super) fn run_trial(
                     Variant::Epoll => {
                         tokio_fwd::run_epoll(fwd_in, fwd_out, limit)?;
                         Outcome::Setup("epoll".into())
-                    }
-                    Variant::TokioUring => {
-                        let s = tokio_fwd::run_tokio_uring(fwd_in, fwd_out, limit)?;
-                        Outcome::Setup(s.into())
                     }
                     Variant::Uring => Outcome::Loop(uring_fwd::run(fwd_in, fwd_out, cfg, &e)?),
                     Variant::EpollLoop => Outcome::Loop(epoll_fwd::run(
