@@ -88,7 +88,7 @@ struct Args {
     /// Paced rate, frames/s.
     #[arg(long, default_value_t = 50_000)]
     rate: u64,
-    /// Seconds of the paced run, per path and placement.
+    /// Seconds of the paced run, per path and placement (0: no paced runs).
     #[arg(long, default_value_t = 12.0)]
     paced_seconds: f64,
     /// Rounds the paced run is split into; in each, the three paths take turns, and each path
@@ -152,6 +152,9 @@ const PACED_FRAME_LEN: usize = 296;
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.seconds <= 0.0 && args.paced_seconds <= 0.0 {
+        bail!("nothing to measure: --seconds and --paced-seconds are both 0");
+    }
     procs::set_timer_slack();
     // The CPUs this process may use, before anything is pinned.
     let cpus = procs::allowed_cpus()?;
@@ -268,7 +271,10 @@ fn run(args: &Args, launch: &Launch, cpus: &[usize]) -> Result<()> {
         None
     };
     let mut paced = Vec::new();
-    for &placement in &args.placement {
+    if args.paced_seconds <= 0.0 {
+        println!("paced runs: none (--paced-seconds 0)");
+    }
+    for &placement in args.placement.iter().filter(|_| args.paced_seconds > 0.0) {
         let pair = match cpus[..] {
             [a, b, ..] => [a, b],
             _ if placement == Placement::Unpinned => [0, 0],
