@@ -269,6 +269,15 @@ async fn write_loop<W: LinkWrite>(
             frames += u64::from(run.frames);
             batch.push(run.bytes);
         }
+        // A direct write that left an end for this writer wakes it with an empty run; the end
+        // may already have gone out with an earlier batch. An empty write returns 0, which
+        // would read as a dead socket: empty runs are not written.
+        batch.retain(|b| !b.is_empty());
+        if batch.is_empty() {
+            h.direct.release();
+            w.held = false;
+            continue;
+        }
         let bytes: usize = batch.iter().map(Bytes::len).sum();
         // A peer that stopped reading blocks this write for ever: when the link is closed
         // (the peer declared dead, or the reader gone), the write is given up with it.
@@ -320,4 +329,62 @@ fn autotune_ceiling() -> u32 {
             .and_then(|v| v.split_whitespace().nth(2)?.parse::<u32>().ok())
             .map_or(CEILING, |max| max / 2)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use hyphae_test_support::tcp_pair;
+    use tokio::io::AsyncReadExt;
+
+    use super::super::link::PortableWrite;
+    use super::*;
+
+    /// A direct write that the socket takes in part wakes the writer with an empty run. If the
+    /// writer already wrote the end with an earlier batch (it was woken by a control frame
+    /// while the direct write held the socket), the empty run arrives alone: it must not be
+    /// written, since an empty write returns 0, which reads as a dead socket.
+    #[test]
+    fn an_empty_run_alone_does_not_close_the_link() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let (h, data_rx, ctl_rx) = PeerHandle::for_test();
+            let h = Arc::new(h);
+            let (a, b) = tcp_pair();
+            for s in [&a, &b] {
+                s.set_nonblocking(true).unwrap();
+            }
+            let (_read, write) = tokio::net::TcpStream::from_std(a).unwrap().into_split();
+            let mut b = tokio::net::TcpStream::from_std(b).unwrap();
+            let w = DirectGuard {
+                h: h.clone(),
+                w: PortableWrite(write),
+                held: false,
+            };
+            let writer = spawn_local(write_loop(h.clone(), w, data_rx, ctl_rx));
+            h.data_tx
+                .send(QueuedRun {
+                    bytes: Bytes::new(),
+                    frames: 0,
+                })
+                .unwrap();
+            // The writer takes the empty run in a batch of its own.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(h.enqueue(Bytes::from_static(b"after"), 1));
+            let mut got = [0; 5];
+            tokio::time::timeout(Duration::from_secs(10), b.read_exact(&mut got))
+                .await
+                .expect("the run after it is written")
+                .unwrap();
+            assert_eq!(&got, b"after");
+            assert!(!*h.close.borrow(), "the link is up");
+            assert!(!writer.is_finished());
+            assert_eq!(h.counters.tx_frames.load(Relaxed), 1);
+            assert_eq!(h.queued.load(Relaxed), 0);
+        });
+    }
 }

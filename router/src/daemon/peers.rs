@@ -239,6 +239,11 @@ impl PeerHandle {
         let before = self.queued.fetch_add(len, Relaxed);
         if before != 0 && before + len > PEER_QUEUE_BYTES {
             self.queued.fetch_sub(len, Relaxed);
+            // A link whose writer has ended keeps what it never wrote counted: its queue is
+            // full for ever, and a sender waiting for room must hear it is closed instead.
+            if self.data_tx.is_closed() {
+                return Err(Full::Closed);
+            }
             return Err(Full::Queue(run));
         }
         if self.data_tx.send(QueuedRun { bytes: run, frames }).is_err() {
@@ -385,25 +390,17 @@ impl PeerTable {
 }
 
 #[cfg(test)]
-mod tests {
-    use hyphae_test_support::tcp_pair;
-
-    use super::*;
-
-    fn handle() -> (PeerHandle, mpsc::UnboundedReceiver<Bytes>) {
-        let (h, _, ctl_rx) = handle_with_data();
-        (h, ctl_rx)
-    }
-
-    fn handle_with_data() -> (
-        PeerHandle,
+impl PeerHandle {
+    /// A TCP link's handle, inbound on worker 0, and the receiving ends of its queues.
+    pub(crate) fn for_test() -> (
+        Self,
         mpsc::UnboundedReceiver<QueuedRun>,
         mpsc::UnboundedReceiver<Bytes>,
     ) {
         let (data_tx, data_rx) = mpsc::unbounded_channel();
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-        let addr: SocketAddr = "[::1]:9651".parse().unwrap();
-        let h = PeerHandle {
+        let addr = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 9651));
+        let h = Self {
             id: PeerId(1),
             endpoint: Endpoint {
                 proto: Proto::Tcp,
@@ -423,6 +420,18 @@ mod tests {
         };
         (h, data_rx, ctl_rx)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use hyphae_test_support::tcp_pair;
+
+    use super::*;
+
+    fn handle() -> (PeerHandle, mpsc::UnboundedReceiver<Bytes>) {
+        let (h, _, ctl_rx) = PeerHandle::for_test();
+        (h, ctl_rx)
+    }
 
     fn read_exactly(s: &mut std::net::TcpStream, n: usize) -> Vec<u8> {
         use std::io::Read;
@@ -432,9 +441,22 @@ mod tests {
     }
 
     #[test]
+    fn a_closed_link_with_a_full_queue_says_closed() {
+        let (h, data_rx, _ctl) = PeerHandle::for_test();
+        h.queued.store(PEER_QUEUE_BYTES, Relaxed);
+        let full = h.try_enqueue(Bytes::from_static(b"x"), 1);
+        assert!(matches!(full, Err(Full::Queue(_))), "live: wait for room");
+        // The writer is gone with bytes it never wrote still counted.
+        drop(data_rx);
+        let closed = h.try_enqueue(Bytes::from_static(b"x"), 1);
+        assert!(matches!(closed, Err(Full::Closed)), "closed, not full");
+        assert_eq!(h.queued.load(Relaxed), PEER_QUEUE_BYTES);
+    }
+
+    #[test]
     fn another_thread_writes_straight_to_an_idle_link() {
         use std::os::fd::AsRawFd;
-        let (h, mut data_rx, _ctl) = handle_with_data();
+        let (h, mut data_rx, _ctl) = PeerHandle::for_test();
         let (a, mut b) = tcp_pair();
         h.direct.open(a.as_raw_fd());
         // This thread is no worker; the link is worker 0's.
@@ -449,7 +471,7 @@ mod tests {
     #[test]
     fn the_links_own_worker_and_a_link_with_work_queue_instead() {
         use std::os::fd::AsRawFd;
-        let (h, mut data_rx, _ctl) = handle_with_data();
+        let (h, mut data_rx, _ctl) = PeerHandle::for_test();
         let (a, _b) = tcp_pair();
         let h = Arc::new(h);
         // Before the link is served there is no socket to write to.
@@ -491,7 +513,7 @@ mod tests {
     #[test]
     fn a_direct_write_the_socket_takes_in_part_leaves_its_end_first_in_line() {
         use std::os::fd::AsRawFd;
-        let (h, mut data_rx, _ctl) = handle_with_data();
+        let (h, mut data_rx, _ctl) = PeerHandle::for_test();
         let (a, mut b) = tcp_pair();
         h.direct.open(a.as_raw_fd());
         // More than the socket buffers hold while nobody reads.
