@@ -285,6 +285,7 @@ impl PeerHandle {
         // `fd` is open while the socket is held: the writer closes its half only after
         // `Direct::close`, which waits for the hold.
         let n = super::sockopt::send_nonblocking(fd, &run);
+        let mut wake = false;
         let back = match n {
             // Nothing written (would block, or an error the writer will meet itself).
             Err(_) | Ok(0) => Some(run),
@@ -307,15 +308,18 @@ impl PeerHandle {
                     frames,
                 });
                 drop(slot);
-                // Wakes the writer (an empty run).
-                let _ = self.data_tx.send(QueuedRun {
-                    bytes: Bytes::new(),
-                    frames: 0,
-                });
+                wake = true;
                 None
             }
         };
         self.direct.release();
+        if wake {
+            // Wakes the writer (an empty run), once the socket is free for it to take.
+            let _ = self.data_tx.send(QueuedRun {
+                bytes: Bytes::new(),
+                frames: 0,
+            });
+        }
         back
     }
 
