@@ -458,6 +458,42 @@ mod tests {
     }
 
     #[test]
+    fn close_waits_for_a_direct_write_under_way_and_ends_them_all() {
+        let d = Arc::new(Direct::default());
+        assert!(d.try_hold(), "a direct write under way");
+        let closer = {
+            let d = d.clone();
+            std::thread::spawn(move || d.close(false))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!closer.is_finished(), "close waits for the write");
+        d.release();
+        closer.join().unwrap();
+        assert!(!d.try_hold(), "no direct write after close");
+        // A writer that holds the socket as it ends closes at once.
+        let d = Direct::default();
+        assert!(d.try_hold());
+        d.close(true);
+        assert!(!d.try_hold());
+    }
+
+    #[test]
+    fn a_direct_write_that_fails_leaves_the_run_for_the_writer() {
+        use std::os::fd::AsRawFd;
+        let (h, mut data_rx, _ctl) = PeerHandle::for_test();
+        let (a, _b) = tcp_pair();
+        // Sending on it fails (EPIPE; no signal).
+        a.shutdown(std::net::Shutdown::Write).unwrap();
+        h.direct.open(a.as_raw_fd());
+        h.try_enqueue(Bytes::from_static(b"x"), 1).unwrap();
+        assert_eq!(&data_rx.try_recv().unwrap().bytes[..], b"x", "queued");
+        assert_eq!(h.queued.load(Relaxed), 1);
+        assert_eq!(h.counters.tx_frames.load(Relaxed), 0);
+        assert_eq!(h.counters.tx_bytes.load(Relaxed), 0);
+        assert!(h.direct.try_hold(), "the socket is let go");
+    }
+
+    #[test]
     fn another_thread_writes_straight_to_an_idle_link() {
         use std::os::fd::AsRawFd;
         let (h, mut data_rx, _ctl) = PeerHandle::for_test();
