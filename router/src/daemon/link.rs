@@ -218,7 +218,7 @@ mod uring {
             if buf.capacity() == buf.len() {
                 buf.reserve(READ_MIN);
             }
-            self.ring.recv(self.sock.as_raw_fd(), buf).await
+            self.ring.recv(self.sock.clone(), buf).await
         }
 
         fn tcp_fd(&self) -> Option<RawFd> {
@@ -228,11 +228,10 @@ mod uring {
 
     impl LinkWrite for UringWrite {
         async fn write_batch(&mut self, mut batch: Vec<Bytes>) -> (io::Result<()>, Vec<Bytes>) {
-            let fd = self.sock.as_raw_fd();
             let mut held = self.batch.take().unwrap_or_else(Batch::new);
             let mut r = Ok(());
             while !batch.is_empty() {
-                let (n, h, sent) = self.ring.send(fd, held, batch).await;
+                let (n, h, sent) = self.ring.send(self.sock.clone(), held, batch).await;
                 held = h;
                 batch = sent;
                 match n {

@@ -44,8 +44,9 @@ use tokio::io::unix::AsyncFd;
 /// Submission-queue entries. A full queue is submitted on the spot, so this bounds nothing
 /// but the batch one `io_uring_enter` can carry.
 const SQ_ENTRIES: u32 = 256;
-/// Completion-queue entries (the kernel keeps overflowing completions, so this too is only
-/// a batch size).
+/// Completion-queue entries. More completions at once go to the kernel's overflow list,
+/// which only an `io_uring_enter` moves back into the queue (see [`Ring::turn`]): so this too
+/// is only a batch size.
 const CQ_ENTRIES: u32 = 4096;
 /// Most `iovec`s in one send (the kernel's `UIO_MAXIOV`).
 const MAX_IOV: usize = 1024;
@@ -116,14 +117,19 @@ impl Batch {
     }
 }
 
+/// The file an operation works on. The kernel looks a descriptor's number up only when it
+/// takes the entry, which may be after the task that pushed it is gone: the operation keeps
+/// the file open until its completion, so the number cannot name another file meanwhile.
+pub(crate) type File = Rc<dyn AsRawFd>;
+
 /// One operation's place in the ring's table (its index is the entry's `user_data`).
-#[derive(Debug)]
 enum Slot {
     Free,
     /// In flight, its future waiting.
     Waiting {
         waker: Option<Waker>,
         hold: Hold,
+        file: File,
     },
     /// Completed, its future not yet polled.
     Done {
@@ -133,13 +139,27 @@ enum Slot {
     /// In flight, its future dropped: freed when the completion arrives.
     Orphan {
         hold: Hold,
+        file: File,
     },
     /// A write nobody waits for, of `want` bytes carrying `packets` packets.
     Detached {
         hold: Box<Batch>,
+        file: File,
         want: usize,
         packets: u64,
     },
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Free => "Free",
+            Self::Waiting { .. } => "Waiting",
+            Self::Done { .. } => "Done",
+            Self::Orphan { .. } => "Orphan",
+            Self::Detached { .. } => "Detached",
+        })
+    }
 }
 
 /// What one ring has done, for the log at its end.
@@ -172,6 +192,12 @@ struct State {
     spare: Vec<Box<Batch>>,
     /// Wakers of operations completed while an entry waited for room, for the next turn.
     wake_later: Vec<Waker>,
+    /// Slots whose operation's cancellation found the submission queue full: pushed on the
+    /// next turns until one takes it (an orphan must not wait for its peer, which may never
+    /// send again). Not a reason to turn on its own: the queue was full for want of an enter,
+    /// which the next turn makes anyway, and a kernel that keeps refusing must not make the
+    /// drive spin.
+    cancel_later: Vec<u32>,
     tally: Tally,
 }
 
@@ -205,8 +231,9 @@ impl std::fmt::Debug for Ring {
     }
 }
 
-/// The setup flags tried, best first, and how the log names them.
-fn build() -> io::Result<(IoUring, &'static str)> {
+/// A ring of `sq` submission and `cq` completion entries, with the setup flags tried best
+/// first; and how the log names the flags it got.
+fn build(sq: u32, cq: u32) -> io::Result<(IoUring, &'static str)> {
     type Set = fn(&mut io_uring::Builder);
     let tries: [(Set, &'static str); 3] = [
         (
@@ -228,9 +255,9 @@ fn build() -> io::Result<(IoUring, &'static str)> {
     let mut last = None;
     for (set, name) in tries {
         let mut b = IoUring::builder();
-        b.setup_cqsize(CQ_ENTRIES);
+        b.setup_cqsize(cq);
         set(&mut b);
-        match b.build(SQ_ENTRIES) {
+        match b.build(sq) {
             Ok(r) => return Ok((r, name)),
             Err(e) => last = Some(e),
         }
@@ -241,7 +268,7 @@ fn build() -> io::Result<(IoUring, &'static str)> {
 /// Whether this kernel lets the process build a ring that has every operation the driver
 /// uses (`kernel.io_uring_disabled`, seccomp and old kernels say no).
 pub(crate) fn available() -> Result<(), String> {
-    let (ring, _) = build().map_err(|e| e.to_string())?;
+    let (ring, _) = build(SQ_ENTRIES, CQ_ENTRIES).map_err(|e| e.to_string())?;
     let mut probe = io_uring::Probe::new();
     ring.submitter()
         .register_probe(&mut probe)
@@ -261,7 +288,12 @@ pub(crate) fn available() -> Result<(), String> {
 impl Ring {
     /// Builds a ring and registers its descriptor with the current runtime.
     pub(crate) fn new() -> io::Result<Rc<Self>> {
-        let (uring, setup) = build()?;
+        Self::sized(SQ_ENTRIES, CQ_ENTRIES)
+    }
+
+    /// The same with `sq` submission and `cq` completion entries.
+    fn sized(sq: u32, cq: u32) -> io::Result<Rc<Self>> {
+        let (uring, setup) = build(sq, cq)?;
         let fd = uring.as_raw_fd();
         // SAFETY: the ring owns `fd` and closes it only when `State` drops, after `readable`
         // (declared before it in `Ring`) has deregistered it.
@@ -278,6 +310,7 @@ impl Ring {
                 detached_done: (0, 0),
                 spare: Vec::new(),
                 wake_later: Vec::new(),
+                cancel_later: Vec::new(),
                 tally: Tally::default(),
             }),
             idle: Cell::new(None),
@@ -297,9 +330,13 @@ impl Ring {
     ///
     /// Every pointer in `entry` points into `hold` (heap memory that moving `hold` does not
     /// move) or stays valid until the completion arrives for another reason.
-    unsafe fn start(self: &Rc<Self>, entry: squeue::Entry, hold: Hold) -> Op {
+    unsafe fn start(self: &Rc<Self>, entry: squeue::Entry, hold: Hold, file: File) -> Op {
         let mut st = self.state.borrow_mut();
-        let idx = st.slot(Slot::Waiting { waker: None, hold });
+        let idx = st.slot(Slot::Waiting {
+            waker: None,
+            hold,
+            file,
+        });
         if st.push(&entry.user_data(u64::from(idx))) {
             st.in_flight += 1;
         } else if let Slot::Waiting { hold, .. } =
@@ -347,12 +384,18 @@ impl Ring {
         }
     }
 
-    /// One turn: enter the kernel if anything was pushed or completions wait to be posted,
-    /// then take every completion. True if it did anything.
+    /// One turn: enter the kernel if anything was pushed or completions wait to be posted
+    /// (task work, or completions the full completion queue sent to the kernel's overflow
+    /// list), then take every completion. True if it did anything.
     fn turn(&self, wake: &mut Vec<Waker>) -> bool {
         let mut st = self.state.borrow_mut();
         let mut busy = false;
-        if st.pushed > 0 || st.uring.submission().taskrun() {
+        st.push_cancels();
+        let kernel_work = {
+            let sq = st.uring.submission();
+            sq.taskrun() || sq.cq_overflow()
+        };
+        if st.pushed > 0 || kernel_work {
             busy |= st.pushed > 0;
             st.enter();
         }
@@ -373,7 +416,10 @@ impl Ring {
         self.idle.set(Some(cx.waker().clone()));
         {
             let mut st = self.state.borrow_mut();
-            if st.pushed > 0 || !st.uring.completion().is_empty() {
+            if st.pushed > 0
+                || st.uring.submission().cq_overflow()
+                || !st.uring.completion().is_empty()
+            {
                 return Poll::Ready(());
             }
         }
@@ -387,9 +433,11 @@ impl Ring {
                     return Poll::Ready(());
                 }
                 Poll::Ready(Ok(mut guard)) => {
-                    if !self.state.borrow_mut().uring.completion().is_empty() {
+                    let mut st = self.state.borrow_mut();
+                    if !st.uring.completion().is_empty() || st.uring.submission().cq_overflow() {
                         return Poll::Ready(());
                     }
+                    drop(st);
                     guard.clear_ready();
                 }
             }
@@ -413,6 +461,17 @@ async fn requeue() {
 }
 
 impl State {
+    /// Pushes the cancellations that found no room before; keeps those that still find none.
+    fn push_cancels(&mut self) {
+        let mut later = std::mem::take(&mut self.cancel_later);
+        later.retain(|&idx| {
+            // Its operation may have completed meanwhile.
+            matches!(self.slots.get(idx as usize), Some(Slot::Orphan { .. }))
+                && !self.push(&cancel(idx))
+        });
+        self.cancel_later = later;
+    }
+
     /// Takes a free place in the table for `slot`; its index.
     fn slot(&mut self, slot: Slot) -> u32 {
         match self.free.pop() {
@@ -457,7 +516,8 @@ impl State {
                 self.tally.submitted += n as u64;
                 self.pushed = self.pushed.saturating_sub(n);
             }
-            // EBUSY: the completion queue overflowed; the next reap makes room. EINTR and
+            // EBUSY: the completion queue is full and completions wait in the overflow list;
+            // the next reap makes room and the next turn's enter moves them in. EINTR and
             // EAGAIN: try again on the next turn.
             Err(e) => tracing::trace!("io_uring_enter: {e}"),
         }
@@ -489,22 +549,25 @@ impl State {
                 continue;
             };
             match std::mem::replace(slot, Slot::Free) {
-                Slot::Waiting { waker, hold } => {
+                Slot::Waiting { waker, hold, file } => {
+                    drop(file);
                     *slot = Slot::Done {
                         res: cqe.result(),
                         hold,
                     };
                     wake.extend(waker);
                 }
-                Slot::Orphan { hold } => {
-                    drop(hold);
+                Slot::Orphan { hold, file } => {
+                    drop((hold, file));
                     free.push(idx as u32);
                 }
                 Slot::Detached {
                     mut hold,
+                    file,
                     want,
                     packets,
                 } => {
+                    drop(file);
                     if usize::try_from(cqe.result()).ok() == Some(want) {
                         detached_done.0 += packets;
                     } else {
@@ -543,9 +606,8 @@ impl Drop for State {
                 .map(|(i, _)| i)
                 .collect();
             for i in live {
-                let c = opcode::AsyncCancel::new(i as u64).build().user_data(CANCEL);
                 // One that cannot be pushed leaves its operation to end with the ring.
-                let _ = self.push(&c);
+                let _ = self.push(&cancel(u32::try_from(i).unwrap_or(u32::MAX)));
             }
             let ts = Timespec::from(DRAIN_WAIT / 10);
             let args = SubmitArgs::new().timespec(&ts);
@@ -570,10 +632,11 @@ impl Drop for State {
                 );
                 for s in self.slots.drain(..) {
                     match s {
-                        Slot::Waiting { hold, .. } | Slot::Orphan { hold } => {
-                            std::mem::forget(hold)
+                        // The files too: the kernel may still use their numbers.
+                        Slot::Waiting { hold, file, .. } | Slot::Orphan { hold, file } => {
+                            std::mem::forget((hold, file))
                         }
-                        Slot::Detached { hold, .. } => std::mem::forget(hold),
+                        Slot::Detached { hold, file, .. } => std::mem::forget((hold, file)),
                         Slot::Free | Slot::Done { .. } => {}
                     }
                 }
@@ -634,14 +697,13 @@ impl Drop for Op {
         let mut st = self.ring.state.borrow_mut();
         let idx = self.idx as usize;
         match std::mem::replace(&mut st.slots[idx], Slot::Free) {
-            Slot::Waiting { hold, .. } => {
-                st.slots[idx] = Slot::Orphan { hold };
-                let c = opcode::AsyncCancel::new(u64::from(self.idx))
-                    .build()
-                    .user_data(CANCEL);
-                // One that cannot be pushed leaves the operation to complete on its own (the
-                // link's socket closes, or the ring ends).
-                let _ = st.push(&c);
+            Slot::Waiting { hold, file, .. } => {
+                st.slots[idx] = Slot::Orphan { hold, file };
+                // One that cannot be pushed now is pushed on a later turn: the operation
+                // holds its file open, so closing the link's socket would not end it.
+                if !st.push(&cancel(self.idx)) {
+                    st.cancel_later.push(self.idx);
+                }
                 drop(st);
                 self.ring.kick();
             }
@@ -654,24 +716,32 @@ impl Drop for Op {
     }
 }
 
+/// The cancellation of the operation in slot `idx` (its completion carries nothing).
+fn cancel(idx: u32) -> squeue::Entry {
+    opcode::AsyncCancel::new(u64::from(idx))
+        .build()
+        .user_data(CANCEL)
+}
+
 /// A result as the kernel gives it: a count, or minus an errno.
 fn result(res: i32) -> io::Result<usize> {
     usize::try_from(res).map_err(|_| io::Error::from_raw_os_error(-res))
 }
 
 impl Ring {
-    /// Receives from the stream socket `fd` into `buf`'s spare capacity (which must not be
+    /// Receives from the stream socket `file` into `buf`'s spare capacity (which must not be
     /// empty); `buf`'s length grows by what was received.
     pub(crate) async fn recv(
         self: &Rc<Self>,
-        fd: RawFd,
+        file: File,
         mut buf: BytesMut,
     ) -> (io::Result<usize>, BytesMut) {
+        let fd = file.as_raw_fd();
         let spare = buf.spare_capacity_mut();
         let len = u32::try_from(spare.len()).unwrap_or(u32::MAX);
         let entry = opcode::Recv::new(Fd(fd), spare.as_mut_ptr().cast(), len).build();
         // SAFETY: the entry points into `buf`'s heap allocation, which the hold owns.
-        let (res, hold) = unsafe { self.start(entry, Hold::Buf(buf)) }.await;
+        let (res, hold) = unsafe { self.start(entry, Hold::Buf(buf), file) }.await;
         let Hold::Buf(mut buf) = hold else {
             return (
                 Err(io::Error::other("io_uring: operation lost its buffer")),
@@ -686,7 +756,7 @@ impl Ring {
         (r, buf)
     }
 
-    /// Writes `bufs` to `fd` in one `writev` without waiting for it: for a TUN queue, where
+    /// Writes `bufs` to `file` in one `writev` without waiting for it: for a TUN queue, where
     /// a write is one whole packet and never waits for room, so the writes of a turn go to the
     /// kernel together in the turn's one enter. What became of them is counted (see
     /// [`Ring::on_detached`]). At most [`MAX_DETACHED`] such writes are in flight, and
@@ -694,7 +764,7 @@ impl Ring {
     /// caller writes them itself.
     pub(crate) fn write_detached(
         self: &Rc<Self>,
-        fd: RawFd,
+        file: File,
         bufs: Vec<Bytes>,
         packets: u64,
     ) -> Result<(), Vec<Bytes>> {
@@ -705,13 +775,14 @@ impl Ring {
         let mut batch = st.spare.pop().unwrap_or_else(Batch::new);
         let want = batch.load(bufs);
         let iovs = u32::try_from(batch.iov.len()).unwrap_or(0);
-        let entry = opcode::Writev::new(Fd(fd), batch.iov.as_ptr(), iovs)
+        let entry = opcode::Writev::new(Fd(file.as_raw_fd()), batch.iov.as_ptr(), iovs)
             .offset(u64::MAX)
             .build();
         // The `iovec`s live in the batch the slot owns until the completion, and point into
         // the buffers it owns.
         let idx = st.slot(Slot::Detached {
             hold: batch,
+            file,
             want,
             packets,
         });
@@ -738,21 +809,21 @@ impl Ring {
         *self.detached_sink.borrow_mut() = Some(Box::new(sink));
     }
 
-    /// Sends the first [`MAX_IOV`] buffers of `bufs` on the stream socket `fd` in one
+    /// Sends the first [`MAX_IOV`] buffers of `bufs` on the stream socket `file` in one
     /// `sendmsg`; returns how many bytes went (possibly fewer than all) and the buffers.
     pub(crate) async fn send(
         self: &Rc<Self>,
-        fd: RawFd,
+        file: File,
         mut batch: Box<Batch>,
         bufs: Vec<Bytes>,
     ) -> (io::Result<usize>, Box<Batch>, Vec<Bytes>) {
         batch.load(bufs);
-        let entry = opcode::SendMsg::new(Fd(fd), &raw const batch.msg)
+        let entry = opcode::SendMsg::new(Fd(file.as_raw_fd()), &raw const batch.msg)
             .flags(libc::MSG_NOSIGNAL as u32)
             .build();
         // SAFETY: the header and its `iovec`s live in the box and point into the buffers it
         // owns; moving the box moves none of them.
-        let (res, hold) = unsafe { self.start(entry, Hold::Batch(batch)) }.await;
+        let (res, hold) = unsafe { self.start(entry, Hold::Batch(batch), file) }.await;
         match hold {
             Hold::Batch(mut b) => {
                 let bufs = b.take();
@@ -797,6 +868,7 @@ mod tests {
     fn receives_and_sends_in_order_across_many_buffers() {
         on_ring(|ring| async move {
             let (a, mut b) = tcp_pair();
+            let a: File = Rc::new(a);
             // 3,000 buffers: more than one sendmsg can carry.
             let bufs: Vec<Bytes> = (0..3000u32)
                 .map(|i| Bytes::from(i.to_be_bytes().to_vec()))
@@ -811,7 +883,7 @@ mod tests {
             let mut batch = Batch::new();
             let mut rest = bufs;
             while !rest.is_empty() {
-                let (n, h, back) = ring.send(a.as_raw_fd(), batch, rest).await;
+                let (n, h, back) = ring.send(a.clone(), batch, rest).await;
                 batch = h;
                 rest = back;
                 crate::daemon::link::advance_batch(&mut rest, n.unwrap());
@@ -822,7 +894,7 @@ mod tests {
             assert_eq!(got, want);
             let mut buf = BytesMut::from(&b"pre"[..]);
             buf.reserve(64);
-            let (n, buf) = ring.recv(a.as_raw_fd(), buf).await;
+            let (n, buf) = ring.recv(a.clone(), buf).await;
             assert_eq!(n.unwrap(), 4);
             assert_eq!(&buf[..], b"prepong", "appended after what was there");
             assert_eq!(in_flight(&ring), 0);
@@ -833,9 +905,10 @@ mod tests {
     fn a_dropped_receive_is_cancelled_and_its_buffer_freed() {
         on_ring(|ring| async move {
             let (a, _b) = tcp_pair();
+            let a: File = Rc::new(a);
             let mut buf = BytesMut::with_capacity(1 << 16);
             buf.extend_from_slice(b"x");
-            let recv = ring.recv(a.as_raw_fd(), buf);
+            let recv = ring.recv(a.clone(), buf);
             // Nothing arrives: the receive is still in flight when it is given up.
             let timed_out = tokio::time::timeout(Duration::from_millis(50), recv).await;
             assert!(timed_out.is_err());
@@ -856,18 +929,19 @@ mod tests {
     fn errors_come_back_as_errors_with_the_buffer() {
         on_ring(|ring| async move {
             let (a, b) = tcp_pair();
+            let a: File = Rc::new(a);
             drop(b);
             let mut buf = BytesMut::with_capacity(64);
             buf.extend_from_slice(b"kept");
             // The peer closed: end of stream first, then a send fails (reset or broken pipe).
-            let (n, buf) = ring.recv(a.as_raw_fd(), buf).await;
+            let (n, buf) = ring.recv(a.clone(), buf).await;
             assert_eq!(n.unwrap(), 0);
             assert_eq!(&buf[..], b"kept");
             let mut batch = Batch::new();
             let mut failed = None;
             for _ in 0..100 {
                 let (r, h, _) = ring
-                    .send(a.as_raw_fd(), batch, vec![Bytes::from(vec![0; 65536])])
+                    .send(a.clone(), batch, vec![Bytes::from(vec![0; 65536])])
                     .await;
                 batch = h;
                 if let Err(e) = r {
@@ -893,9 +967,10 @@ mod tests {
             let c = counts.clone();
             ring.on_detached(move |w, f| c.set((c.get().0 + w, c.get().1 + f)));
             let (a, mut b) = tcp_pair();
+            let a: File = Rc::new(a);
             for i in 0..10u8 {
                 let bufs = vec![Bytes::from(vec![i; 100]), Bytes::from(vec![i; 28])];
-                ring.write_detached(a.as_raw_fd(), bufs, 2).unwrap();
+                ring.write_detached(a.clone(), bufs, 2).unwrap();
             }
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
             while counts.get().0 < 20 {
@@ -915,9 +990,10 @@ mod tests {
 
             // To a socket whose peer is gone, writes fail and are counted as failed.
             let (a, b) = tcp_pair();
+            let a: File = Rc::new(a);
             drop(b);
             for _ in 0..50 {
-                let _ = ring.write_detached(a.as_raw_fd(), vec![Bytes::from(vec![0; 4096])], 1);
+                let _ = ring.write_detached(a.clone(), vec![Bytes::from(vec![0; 4096])], 1);
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             assert!(counts.get().1 > 0, "failures counted: {:?}", counts.get());
@@ -928,13 +1004,107 @@ mod tests {
     #[test]
     fn a_ring_dropped_with_operations_in_flight_ends() {
         let (a, _b) = tcp_pair();
-        let fd = a.as_raw_fd();
+        let a: File = Rc::new(a);
         on_ring(|ring| async move {
             // Left in flight when the runtime, its tasks and the ring go away.
             tokio::task::spawn_local(async move {
-                let _ = ring.recv(fd, BytesMut::with_capacity(4096)).await;
+                let _ = ring.recv(a, BytesMut::with_capacity(4096)).await;
             });
             tokio::task::yield_now().await;
+        });
+    }
+
+    /// A link that ends before the ring's next turn (here: the worker stops) leaves a receive
+    /// pushed but not yet submitted. The operation keeps its socket open, so the number is
+    /// not given to a new socket meanwhile, and whatever the receive does, it does on its own
+    /// socket: a new socket's bytes stay where they are.
+    #[test]
+    fn an_operation_keeps_its_socket_open_until_it_ends() {
+        use std::os::unix::net::UnixStream;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (new, _new_peer) = tokio::task::LocalSet::new().block_on(&rt, async {
+            let ring = Ring::new().expect("io_uring on this host");
+            tokio::task::spawn_local(ring.clone().drive());
+            let (old, _old_peer) = UnixStream::pair().unwrap();
+            let fd = old.as_raw_fd();
+            let old: File = Rc::new(old);
+            let mut recv = Box::pin(ring.recv(old.clone(), BytesMut::with_capacity(4096)));
+            poll_fn(|cx| {
+                assert!(recv.as_mut().poll(cx).is_pending());
+                Poll::Ready(())
+            })
+            .await;
+            drop((recv, old));
+            let (new, mut new_peer) = UnixStream::pair().unwrap();
+            for s in [&new, &new_peer] {
+                assert_ne!(s.as_raw_fd(), fd, "the old socket's number is still taken");
+            }
+            new_peer.write_all(b"secret").unwrap();
+            (new, new_peer)
+        });
+        drop(rt);
+        let mut got = [0; 6];
+        new.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (&new)
+            .read_exact(&mut got)
+            .expect("the new socket's bytes are there");
+        assert_eq!(&got, b"secret");
+    }
+
+    /// More completions at once than the completion queue holds (here 40 receives against 8
+    /// entries, completing while the worker runs without entering the kernel) go to the
+    /// kernel's overflow list. The ring takes them all without anything else being pushed.
+    #[test]
+    fn completions_beyond_the_queue_are_all_taken() {
+        use std::os::unix::net::UnixStream;
+        const N: usize = 40;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let ring = Ring::sized(4, 8).expect("io_uring on this host");
+            tokio::task::spawn_local(ring.clone().drive());
+            let done = Rc::new(Cell::new(0));
+            let mut peers = Vec::new();
+            for _ in 0..N {
+                let (a, p) = UnixStream::pair().unwrap();
+                let (ring, done) = (ring.clone(), done.clone());
+                tokio::task::spawn_local(async move {
+                    let (r, _) = ring.recv(Rc::new(a), BytesMut::with_capacity(64)).await;
+                    r.unwrap();
+                    done.set(done.get() + 1);
+                });
+                peers.push(p);
+            }
+            // Every receive submitted and waiting.
+            for _ in 0..500 {
+                if in_flight(&ring) == N && ring.state.borrow().pushed == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(in_flight(&ring), N, "every receive waiting");
+            let writer = std::thread::spawn(move || {
+                for p in &mut peers {
+                    p.write_all(b"x").unwrap();
+                }
+                peers
+            });
+            // No system call on this thread meanwhile: the completions wait as task work,
+            // and are posted all at once when it next enters the kernel.
+            let peers = writer.join().unwrap();
+            for _ in 0..500 {
+                if done.get() == N {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(done.get(), N, "every receive completed");
+            drop(peers);
         });
     }
 }

@@ -160,6 +160,13 @@ fn ioctl<T>(fd: &impl AsRawFd, request: libc::Ioctl, arg: &mut T) -> io::Result<
 #[derive(Debug)]
 pub(crate) struct TunQueue(AsyncFd<OwnedFd>);
 
+/// The queue's descriptor, for the worker's ring.
+impl AsRawFd for TunQueue {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.get_ref().as_raw_fd()
+    }
+}
+
 impl TunQueue {
     /// Registers a queue with the current runtime.
     pub(crate) fn new(fd: OwnedFd) -> io::Result<Self> {
@@ -167,11 +174,6 @@ impl TunQueue {
         unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
             .map(Self)
             .map_err(io::Error::from)
-    }
-
-    /// The queue's descriptor, for the worker's ring.
-    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
-        self.0.get_ref().as_raw_fd()
     }
 
     /// Waits until the queue may have a packet to read.
@@ -182,7 +184,7 @@ impl TunQueue {
     /// Writes one packet (virtio-net header first) gathered from `parts`. A TUN write hands
     /// the packet to the kernel's receive path at once; it does not wait for room.
     pub(crate) fn write(&self, parts: &[IoSlice<'_>]) -> io::Result<()> {
-        let fd = self.fd();
+        let fd = self.as_raw_fd();
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let count = libc::c_int::try_from(parts.len())
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;

@@ -461,7 +461,7 @@ impl Forwarder {
                         vec![b.slice(d.payload.start - VNET_HDR_LEN..d.payload.end)]
                     }
                 };
-                if let Err(bufs) = ring.write_detached(tun.fd(), bufs, packets) {
+                if let Err(bufs) = ring.write_detached(tun.clone(), bufs, packets) {
                     let parts: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
                     self.count_tun_write(tun.write(&parts), packets, t);
                 }
