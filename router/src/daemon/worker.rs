@@ -247,8 +247,13 @@ async fn worker_main(
                 Some(ring)
             }
             Err(e) => {
-                tracing::error!(worker = idx, "io_uring ring: {e}");
-                return;
+                // The worker must not go: its listener, TUN queue and share of the links
+                // would go with it. The ring's I/O has the portable driver's behaviour.
+                tracing::warn!(
+                    worker = idx,
+                    "io_uring ring: {e}; this worker runs the portable driver"
+                );
+                None
             }
         },
         Driver::Portable => None,
