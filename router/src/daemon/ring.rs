@@ -663,6 +663,10 @@ impl Future for Op {
     type Output = (i32, Hold);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.done {
+            // Its slot may hold another operation by now.
+            return Poll::Pending;
+        }
         let ring = self.ring.clone();
         let mut st = ring.state.borrow_mut();
         let State { slots, free, .. } = &mut *st;
