@@ -150,18 +150,6 @@ enum Slot {
     },
 }
 
-impl std::fmt::Debug for Slot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Free => "Free",
-            Self::Waiting { .. } => "Waiting",
-            Self::Done { .. } => "Done",
-            Self::Orphan { .. } => "Orphan",
-            Self::Detached { .. } => "Detached",
-        })
-    }
-}
-
 /// What one ring has done, for the log at its end.
 #[derive(Debug, Default, Clone, Copy)]
 struct Tally {
@@ -851,17 +839,27 @@ mod tests {
 
     use super::*;
 
-    /// Runs `f` on a current-thread runtime with a ring driven beside it.
-    fn on_ring<F: Future<Output = ()>>(f: impl FnOnce(Rc<Ring>) -> F) {
+    /// Runs `f` on a current-thread runtime with a ring driven beside it; the runtime, its
+    /// tasks and the ring are gone when this returns.
+    fn on_ring<T, F: Future<Output = T>>(f: impl FnOnce(Rc<Ring>) -> F) -> T {
+        on_sized_ring(SQ_ENTRIES, CQ_ENTRIES, f)
+    }
+
+    /// The same with a ring of `sq` submission and `cq` completion entries.
+    fn on_sized_ring<T, F: Future<Output = T>>(
+        sq: u32,
+        cq: u32,
+        f: impl FnOnce(Rc<Ring>) -> F,
+    ) -> T {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         tokio::task::LocalSet::new().block_on(&rt, async {
-            let ring = Ring::new().expect("io_uring on this host");
+            let ring = Ring::sized(sq, cq).expect("io_uring on this host");
             tokio::task::spawn_local(ring.clone().drive());
-            f(ring).await;
-        });
+            f(ring).await
+        })
     }
 
     fn in_flight(ring: &Ring) -> usize {
@@ -1025,13 +1023,7 @@ mod tests {
     #[test]
     fn an_operation_keeps_its_socket_open_until_it_ends() {
         use std::os::unix::net::UnixStream;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let (new, _new_peer) = tokio::task::LocalSet::new().block_on(&rt, async {
-            let ring = Ring::new().expect("io_uring on this host");
-            tokio::task::spawn_local(ring.clone().drive());
+        let (new, _new_peer) = on_ring(|ring| async move {
             let (old, _old_peer) = UnixStream::pair().unwrap();
             let fd = old.as_raw_fd();
             let old: File = Rc::new(old);
@@ -1049,7 +1041,7 @@ mod tests {
             new_peer.write_all(b"secret").unwrap();
             (new, new_peer)
         });
-        drop(rt);
+        // The ring has ended: whatever the receive did, it did by now.
         let mut got = [0; 6];
         new.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         (&new)
@@ -1065,13 +1057,7 @@ mod tests {
     fn completions_beyond_the_queue_are_all_taken() {
         use std::os::unix::net::UnixStream;
         const N: usize = 40;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async {
-            let ring = Ring::sized(4, 8).expect("io_uring on this host");
-            tokio::task::spawn_local(ring.clone().drive());
+        on_sized_ring(4, 8, |ring| async move {
             let done = Rc::new(Cell::new(0));
             let mut peers = Vec::new();
             for _ in 0..N {
