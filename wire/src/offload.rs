@@ -9,8 +9,9 @@
 //!   to this host, so they are written to the device as one super-packet (one system call and
 //!   one pass through the host's TCP stack instead of one per segment).
 //!
-//! Only IPv6 without extension headers is merged or segmented; everything else passes as it
-//! is. The header's fields are little-endian (the TUN device's native order on the hosts this
+//! Only TCP directly over IPv6 is merged; a super-packet may also carry hop-by-hop and
+//! destination options headers before its TCP header (a socket with `IPV6_DSTOPTS`), and is
+//! cut with them on every segment; everything else passes as it is. The header's fields are little-endian (the TUN device's native order on the hosts this
 //! runs on; the device is not switched to big-endian).
 
 use core::net::Ipv6Addr;
@@ -31,6 +32,10 @@ pub const GSO_ECN: u8 = 0x80;
 
 const IPV6_HEADER: usize = 40;
 const NEXT_HEADER_TCP: u8 = 6;
+const NEXT_HEADER_HOP_BY_HOP: u8 = 0;
+const NEXT_HEADER_DEST_OPTS: u8 = 60;
+/// Most extension headers walked before a super-packet's TCP header.
+const MAX_EXTENSION_HEADERS: usize = 4;
 const TCP_MIN_HEADER: usize = 20;
 const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
@@ -92,8 +97,14 @@ impl VnetHdr {
 enum Cut {
     /// Passes it whole, completing a partial checksum at this position if there is one.
     Whole(Option<(usize, usize)>),
-    /// Cuts a TCP super-packet whose headers are `hdr` bytes into `mss`-byte segments.
-    Tcp { hdr: usize, mss: usize, ecn: bool },
+    /// Cuts a TCP super-packet whose TCP header starts at `tcp` and whose headers are `hdr`
+    /// bytes into `mss`-byte segments.
+    Tcp {
+        tcp: usize,
+        hdr: usize,
+        mss: usize,
+        ecn: bool,
+    },
 }
 
 /// The IPv6 packets one read from an `IFF_VNET_HDR` device stands for, written one at a time
@@ -111,8 +122,8 @@ pub struct Segments<'a> {
 
 impl<'a> Segments<'a> {
     /// Checks what the device read: `packet` follows the header `hdr`. Refuses a super-packet
-    /// that is not TCP over IPv6 without extension headers, and checksum positions outside
-    /// the packet.
+    /// that is not TCP over IPv6 (with at most hop-by-hop and destination options headers
+    /// before it), and checksum positions outside the packet.
     pub fn new(hdr: VnetHdr, packet: &'a [u8]) -> Result<Self, DecodeError> {
         let cut = match hdr.gso_type & !GSO_ECN {
             GSO_NONE => {
@@ -130,12 +141,13 @@ impl<'a> Segments<'a> {
                 Cut::Whole(csum)
             }
             GSO_TCPV6 => {
-                let hdr_len = tcp6_header_len(packet)
+                let (tcp, hdr_len) = tcp6_headers(packet)
                     .ok_or(DecodeError::InvalidValue("TCP/IPv6 super-packet"))?;
                 if hdr.gso_size == 0 {
                     return Err(DecodeError::InvalidValue("segment size"));
                 }
                 Cut::Tcp {
+                    tcp,
                     hdr: hdr_len,
                     mss: usize::from(hdr.gso_size),
                     ecn: hdr.gso_type & GSO_ECN != 0,
@@ -177,29 +189,34 @@ impl<'a> Segments<'a> {
                     // field completes it.
                     let mut sum = Checksum(0);
                     sum.add(&out[start..]);
-                    out[field..field + 2].copy_from_slice(&sum.finish().to_be_bytes());
+                    // A complete checksum of 0 goes as 0xffff, the same in one's complement:
+                    // in UDP over IPv6, 0 means none and the receiver drops the datagram
+                    // (RFC 8200 section 8.1).
+                    let csum = match sum.finish() {
+                        0 => 0xffff,
+                        c => c,
+                    };
+                    out[field..field + 2].copy_from_slice(&csum.to_be_bytes());
                 }
                 self.done = true;
             }
-            Cut::Tcp { hdr, ecn, .. } => {
+            Cut::Tcp { tcp, hdr, ecn, .. } => {
                 let payload = &self.packet[hdr + self.at..][..len - hdr];
                 let last = self.at + payload.len() >= self.packet.len() - hdr;
                 out[..hdr].copy_from_slice(&self.packet[..hdr]);
                 out[hdr..].copy_from_slice(payload);
-                let tcp_len = len - IPV6_HEADER;
                 // IPv6 payload length: the headers were checked, the segment fits.
-                out[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
-                let seq = u32::from_be_bytes([out[44], out[45], out[46], out[47]])
-                    .wrapping_add(self.at as u32);
-                out[44..48].copy_from_slice(&seq.to_be_bytes());
-                let flags = &mut out[IPV6_HEADER + 13];
+                out[4..6].copy_from_slice(&((len - IPV6_HEADER) as u16).to_be_bytes());
+                let seq = seq_at(out, tcp).wrapping_add(self.at as u32);
+                out[tcp + 4..tcp + 8].copy_from_slice(&seq.to_be_bytes());
+                let flags = &mut out[tcp + 13];
                 if !last {
                     *flags &= !(TCP_FIN | TCP_PSH);
                 }
                 if self.index > 0 && ecn {
                     *flags &= !TCP_CWR;
                 }
-                write_tcp6_checksum(out);
+                write_tcp_checksum(out, tcp);
                 self.at += payload.len();
                 self.done = last;
             }
@@ -212,15 +229,40 @@ impl<'a> Segments<'a> {
 /// Headers length of an IPv6 packet carrying TCP directly (no extension headers) whose
 /// headers are all present; `None` for anything else.
 fn tcp6_header_len(p: &[u8]) -> Option<usize> {
-    if p.len() < IPV6_HEADER + TCP_MIN_HEADER || p[0] >> 4 != 6 || p[6] != NEXT_HEADER_TCP {
+    match tcp6_headers(p)? {
+        (IPV6_HEADER, hdr) => Some(hdr),
+        _ => None,
+    }
+}
+
+/// Where the TCP header of an IPv6 packet starts and where its headers end, when TCP follows
+/// the IPv6 header directly or after hop-by-hop (first only) and destination options headers,
+/// and all of them are present; `None` for anything else.
+fn tcp6_headers(p: &[u8]) -> Option<(usize, usize)> {
+    if p.len() < IPV6_HEADER || p[0] >> 4 != 6 {
         return None;
     }
     // The IPv6 payload length must describe exactly what is there.
     if usize::from(u16::from_be_bytes([p[4], p[5]])) != p.len() - IPV6_HEADER {
         return None;
     }
-    let tcp = usize::from(p[IPV6_HEADER + 12] >> 4) * 4;
-    (tcp >= TCP_MIN_HEADER && IPV6_HEADER + tcp <= p.len()).then_some(IPV6_HEADER + tcp)
+    let (mut next, mut at) = (p[6], IPV6_HEADER);
+    for i in 0..=MAX_EXTENSION_HEADERS {
+        match next {
+            NEXT_HEADER_TCP => {
+                let tcp = usize::from(*p.get(at + 12)? >> 4) * 4;
+                return (tcp >= TCP_MIN_HEADER && at + tcp <= p.len()).then_some((at, at + tcp));
+            }
+            NEXT_HEADER_DEST_OPTS if i < MAX_EXTENSION_HEADERS => {}
+            NEXT_HEADER_HOP_BY_HOP if i == 0 => {}
+            _ => return None,
+        }
+        // Next header, then the length in 8-byte units after the first 8.
+        let (&n, &units) = (p.get(at)?, p.get(at + 1)?);
+        next = n;
+        at += 8 + usize::from(units) * 8;
+    }
+    None
 }
 
 fn addresses(p: &[u8]) -> (Ipv6Addr, Ipv6Addr) {
@@ -232,12 +274,19 @@ fn addresses(p: &[u8]) -> (Ipv6Addr, Ipv6Addr) {
 }
 
 /// Computes and writes the full TCP checksum of an IPv6/TCP packet (no extension headers).
+#[cfg(test)]
 fn write_tcp6_checksum(p: &mut [u8]) {
+    write_tcp_checksum(p, IPV6_HEADER);
+}
+
+/// Computes and writes the full TCP checksum of an IPv6 packet whose TCP header starts at
+/// `tcp` (checked by the caller).
+fn write_tcp_checksum(p: &mut [u8], tcp: usize) {
     let (src, dst) = addresses(p);
-    let field = IPV6_HEADER + TCP_CSUM;
+    let field = tcp + TCP_CSUM;
     p[field..field + 2].copy_from_slice(&[0, 0]);
-    let mut sum = Checksum::pseudo_header_for(src, dst, p.len() - IPV6_HEADER, NEXT_HEADER_TCP);
-    sum.add(&p[IPV6_HEADER..]);
+    let mut sum = Checksum::pseudo_header_for(src, dst, p.len() - tcp, NEXT_HEADER_TCP);
+    sum.add(&p[tcp..]);
     p[field..field + 2].copy_from_slice(&sum.finish().to_be_bytes());
 }
 
@@ -274,14 +323,20 @@ pub struct TcpMerge {
 /// Largest IPv6 payload a super-packet may carry.
 const MAX_MERGED: usize = u16::MAX as usize;
 
+/// Most segments in one run: it is written as one vector of the headers and every segment's
+/// payload, and a vectored write takes at most 1,024 (`IOV_MAX`). A run of full-sized segments
+/// ends near 48 at the 64 KiB limit; this bounds runs of small ones.
+pub const MAX_SEGMENTS: usize = 64;
+
 impl TcpMerge {
     /// Starts a run with `first`, if it is a TCP/IPv6 segment that can head one (ACK set, no
-    /// SYN, FIN, RST, URG or CWR, and payload).
+    /// SYN, FIN, RST, URG or CWR, payload, and a right checksum: the run goes to the device
+    /// with a partial checksum, which the host takes as checked).
     pub fn start(first: &[u8]) -> Option<Self> {
         let hdr = tcp6_header_len(first)?;
         let flags = first[IPV6_HEADER + 13];
         let payload = first.len() - hdr;
-        if flags & !TCP_PSH != TCP_ACK || payload == 0 {
+        if flags & !TCP_PSH != TCP_ACK || payload == 0 || !tcp6_checksum_ok(first) {
             return None;
         }
         Some(Self {
@@ -297,7 +352,8 @@ impl TcpMerge {
     /// Adds `next` to the run if it continues it: same addresses, traffic class, flow label
     /// and hop limit; same ports, acknowledgment, window and options; starts where the run
     /// ends; the run's segments so far are all `mss` long and `next` is no longer; flags ACK,
-    /// or ACK and PSH (which ends the run). `first` is the run's first packet.
+    /// or ACK and PSH (which ends the run); its checksum right; fewer than [`MAX_SEGMENTS`]
+    /// so far. `first` is the run's first packet.
     pub fn push(&mut self, first: &[u8], next: &[u8]) -> bool {
         let Some(hdr) = tcp6_header_len(next) else {
             return false;
@@ -305,6 +361,7 @@ impl TcpMerge {
         let payload = next.len() - hdr;
         let flags = next[IPV6_HEADER + 13];
         let fits = !self.psh
+            && self.segments < MAX_SEGMENTS
             && hdr == self.hdr
             && payload > 0
             && payload <= self.mss
@@ -318,7 +375,8 @@ impl TcpMerge {
             && first[IPV6_HEADER + 8..IPV6_HEADER + 13] == next[IPV6_HEADER + 8..IPV6_HEADER + 13]
             && first[IPV6_HEADER + 14..IPV6_HEADER + 16] == next[IPV6_HEADER + 14..IPV6_HEADER + 16]
             && first[IPV6_HEADER + 20..hdr] == next[IPV6_HEADER + 20..hdr]
-            && seq(next) == self.next_seq;
+            && seq(next) == self.next_seq
+            && tcp6_checksum_ok(next);
         if fits {
             self.payload += payload;
             self.segments += 1;
@@ -369,7 +427,12 @@ impl TcpMerge {
 }
 
 fn seq(p: &[u8]) -> u32 {
-    u32::from_be_bytes([p[44], p[45], p[46], p[47]])
+    seq_at(p, IPV6_HEADER)
+}
+
+/// The sequence number of the TCP header at `tcp`.
+fn seq_at(p: &[u8], tcp: usize) -> u32 {
+    u32::from_be_bytes([p[tcp + 4], p[tcp + 5], p[tcp + 6], p[tcp + 7]])
 }
 
 #[cfg(test)]
@@ -631,5 +694,135 @@ mod tests {
             seq += 1400;
         }
         assert_eq!(m.segments(), (65535 - 32) / 1400);
+    }
+
+    #[test]
+    fn a_complete_checksum_of_zero_goes_as_ffff() {
+        // A UDP/IPv6 datagram as the kernel hands it over with F_NEEDS_CSUM (the
+        // pseudo-header's sum in the field), one payload word chosen so that the whole sum
+        // is 0xffff: its checksum is 0, which in UDP over IPv6 means "none" (dropped).
+        let udp_len = 16;
+        let mut p = vec![0u8; IPV6_HEADER + udp_len];
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+        p[6] = 17;
+        p[7] = 64;
+        p[8..24].copy_from_slice(&SRC);
+        p[24..40].copy_from_slice(&DST);
+        p[40..42].copy_from_slice(&5353u16.to_be_bytes());
+        p[42..44].copy_from_slice(&443u16.to_be_bytes());
+        p[44..46].copy_from_slice(&(udp_len as u16).to_be_bytes());
+        p[48..52].copy_from_slice(b"QUIC");
+        let (src, dst) = addresses(&p);
+        let mut sum = Checksum::pseudo_header_for(src, dst, udp_len, 17);
+        sum.add(&p[IPV6_HEADER..]);
+        let word = 0xffff - sum.folded();
+        p[54..56].copy_from_slice(&word.to_be_bytes());
+        let partial = Checksum::pseudo_header_for(src, dst, udp_len, 17).folded();
+        p[46..48].copy_from_slice(&partial.to_be_bytes());
+        let hdr = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            csum_start: 40,
+            csum_offset: 6,
+            ..VnetHdr::default()
+        };
+        let out = all(&mut Segments::new(hdr, &p).unwrap());
+        assert_eq!(&out[0][46..48], &[0xff, 0xff]);
+        // And it checks: the sum over everything, the field included, is all ones.
+        let mut check = Checksum::pseudo_header_for(src, dst, udp_len, 17);
+        check.add(&out[0][IPV6_HEADER..]);
+        assert_eq!(check.finish(), 0);
+    }
+
+    #[test]
+    fn a_segment_with_a_bad_checksum_is_not_merged() {
+        // A merged run goes to the device with a partial checksum, which the host takes as
+        // checked: a corrupt segment must go alone, for the host's TCP to drop.
+        let first = tcp(100, TCP_ACK, &[1; 100]);
+        let mut bad = tcp(200, TCP_ACK, &[2; 100]);
+        bad[IPV6_HEADER + 40] ^= 0xff;
+        let m = TcpMerge::start(&first).unwrap();
+        let mut m2 = m;
+        assert!(!m2.push(&first, &bad));
+        assert_eq!(m2, m);
+        assert!(TcpMerge::start(&bad).is_none(), "a corrupt first segment");
+        assert!(
+            m2.push(&first, &tcp(200, TCP_ACK, &[2; 100])),
+            "the good one"
+        );
+    }
+
+    #[test]
+    fn a_run_of_small_segments_fits_one_vectored_write() {
+        // 16-byte segments (an application writing small records with TCP_NODELAY): the run
+        // is written as its headers and one slice per segment, at most IOV_MAX (1,024).
+        let first = tcp(0, TCP_ACK, &[0; 16]);
+        let mut m = TcpMerge::start(&first).unwrap();
+        let mut seq = 16u32;
+        while m.push(&first, &tcp(seq, TCP_ACK, &[0; 16])) {
+            seq += 16;
+        }
+        assert_eq!(m.segments(), MAX_SEGMENTS);
+        assert!(m.segments() < 1024, "headers and every payload in one write");
+    }
+
+    /// `tcp(..)` with an 8-byte destination options header (PadN) before its TCP header.
+    fn with_dest_opts(p: &[u8]) -> Vec<u8> {
+        let mut out = p[..IPV6_HEADER].to_vec();
+        out[6] = NEXT_HEADER_DEST_OPTS;
+        out.extend_from_slice(&[NEXT_HEADER_TCP, 0, 1, 4, 0, 0, 0, 0]);
+        out.extend_from_slice(&p[IPV6_HEADER..]);
+        let len = (out.len() - IPV6_HEADER) as u16;
+        out[4..6].copy_from_slice(&len.to_be_bytes());
+        out
+    }
+
+    #[test]
+    fn a_super_packet_with_destination_options_is_cut_with_them() {
+        // A socket with IPV6_DSTOPTS: the device (TSO6) hands its bursts over whole.
+        let payload: Vec<u8> = (0..3000u32).map(|i| (i * 3) as u8).collect();
+        let sp = with_dest_opts(&super_packet(1000, TCP_ACK | TCP_PSH, &payload));
+        let tso = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_TCPV6,
+            hdr_len: 80,
+            gso_size: 1328,
+            csum_start: 48,
+            csum_offset: 16,
+        };
+        let segs = all(&mut Segments::new(tso, &sp).unwrap());
+        assert_eq!(segs.len(), 3);
+        let mut joined = Vec::new();
+        for (i, s) in segs.iter().enumerate() {
+            // Each is the plain segment with the same options header in front.
+            let mut plain = s[..IPV6_HEADER].to_vec();
+            plain[6] = NEXT_HEADER_TCP;
+            plain.extend_from_slice(&s[IPV6_HEADER + 8..]);
+            let len = (plain.len() - IPV6_HEADER) as u16;
+            plain[4..6].copy_from_slice(&len.to_be_bytes());
+            assert_eq!(
+                &s[IPV6_HEADER..IPV6_HEADER + 8],
+                &sp[IPV6_HEADER..IPV6_HEADER + 8]
+            );
+            assert!(tcp6_checksum_ok(&plain), "segment {i} checksum");
+            assert_eq!(seq(&plain), 1000 + 1328 * i as u32);
+            let psh = if i == 2 { TCP_PSH } else { 0 };
+            assert_eq!(plain[IPV6_HEADER + 13], TCP_ACK | psh, "segment {i} flags");
+            joined.extend_from_slice(&plain[72..]);
+        }
+        assert_eq!(joined, payload);
+        // Routing headers, and hop-by-hop anywhere but first, are still refused.
+        let mut routing = sp.clone();
+        routing[6] = 43;
+        assert!(Segments::new(tso, &routing).is_err());
+        let mut late_hop_by_hop = with_dest_opts(&sp);
+        late_hop_by_hop[IPV6_HEADER] = NEXT_HEADER_HOP_BY_HOP;
+        assert!(Segments::new(tso, &late_hop_by_hop).is_err());
+        // An options header running past the packet.
+        let mut long = with_dest_opts(&super_packet(1, TCP_ACK, &[5; 100]));
+        long[IPV6_HEADER + 1] = 255;
+        assert!(Segments::new(tso, &long).is_err());
+        // Such a packet is not merged (it passes alone).
+        assert!(TcpMerge::start(&with_dest_opts(&tcp(1, TCP_ACK, &[1; 10]))).is_none());
     }
 }
