@@ -90,11 +90,15 @@ pub enum StreamEnd {
     SourceFailed,
     /// The receiver went away (no more credit will come) or the relay refused a part.
     Abandoned,
+    /// The receiver granted no room for `idle` while the body had bytes to send.
+    ReceiverStalled,
 }
 
 /// Sends the rest of `body` (starting with `carry`) in parts of at most `part_size`, never
 /// beyond the credit received on `credits`, through `send(data, more)`. Nothing is sent before
-/// the first credit: it proves the head arrived. The last part carries `more = false`.
+/// the first credit: it proves the head arrived. The last part carries `more = false`. Waits at
+/// most `idle` for the source's next bytes, and as long for credit while there is something to
+/// send.
 pub async fn send_rest<B, F, Fut>(
     body: &mut B,
     mut pending: Bytes,
@@ -119,9 +123,10 @@ where
             continue;
         }
         while credit == 0 && (!pending.is_empty() || !got_credit) {
-            match credits.recv().await {
-                Some(c) => credit += c,
-                None => return StreamEnd::Abandoned,
+            match tokio::time::timeout(idle, credits.recv()).await {
+                Ok(Some(c)) => credit += c,
+                Ok(None) => return StreamEnd::Abandoned,
+                Err(_) => return StreamEnd::ReceiverStalled,
             }
             got_credit = true;
         }
@@ -250,5 +255,31 @@ mod tests {
         )
         .await;
         assert_eq!(end, StreamEnd::Abandoned);
+    }
+
+    #[tokio::test]
+    async fn a_receiver_that_grants_no_room_ends_the_stream() {
+        // The receiver keeps its credit channel open but never grants anything after the
+        // first 3 bytes.
+        let mut b = body(&[b"abc"]);
+        let (ctx, mut crx) = mpsc::channel::<u64>(1);
+        ctx.try_send(3).unwrap();
+        let sent = std::sync::Mutex::new(Vec::new());
+        let idle = Duration::from_millis(50);
+        let stream = send_rest(
+            &mut b,
+            Bytes::from_static(b"xyz"),
+            3,
+            idle,
+            &mut crx,
+            |d, _| {
+                sent.lock().unwrap().push(d);
+                async { true }
+            },
+        );
+        let end = tokio::time::timeout(Duration::from_secs(10), stream).await;
+        assert_eq!(end, Ok(StreamEnd::ReceiverStalled));
+        assert_eq!(sent.lock().unwrap().concat(), b"xyz");
+        drop(ctx);
     }
 }

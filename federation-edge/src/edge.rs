@@ -829,7 +829,14 @@ async fn deliver(
     };
     let idle = Duration::from_secs(60);
     let end = send_rest(&mut body, carry, limits.part_size, idle, &mut credits, send).await;
-    if end == StreamEnd::SourceFailed {
-        let _ = edge.cmd.send(refuse(502)).await;
+    match end {
+        StreamEnd::SourceFailed => {
+            let _ = edge.cmd.send(refuse(502)).await;
+        }
+        // The requester stopped taking the body: end it there too.
+        StreamEnd::ReceiverStalled => {
+            let _ = edge.cmd.send(refuse(504)).await;
+        }
+        StreamEnd::Done | StreamEnd::Abandoned => {}
     }
 }

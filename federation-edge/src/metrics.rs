@@ -197,8 +197,13 @@ impl Metrics {
             ),
             (
                 "relay_dropped_total",
-                "envelopes or items dropped as invalid or stray",
+                "envelopes or items dropped as invalid, stray or over a bound",
                 relay.dropped,
+            ),
+            (
+                "relay_incoming_expired_total",
+                "peer requests abandoned after nothing moved on them for the request timeout",
+                relay.incoming_expired,
             ),
             (
                 "relay_requests_refused_total",

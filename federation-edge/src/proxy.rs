@@ -29,8 +29,8 @@ use crate::auth::constant_time_eq;
 use crate::body::{ChannelBody, FirstPart, read_first, send_rest};
 use crate::config::canonical_ip;
 use crate::edge::{Edge, RequestEvent};
-use crate::egress::REQUEST_HEADERS;
-use crate::relay::{Failure, RequestHead};
+use crate::egress::{REQUEST_HEADERS, RESPONSE_HEADERS};
+use crate::relay::{Failure, RequestHead, ResponseHead};
 use crate::routes::{DEFAULT_PORT, Entry, Fallback, Target};
 
 /// A response body.
@@ -483,16 +483,34 @@ async fn relay(edge: Arc<Edge>, entry: Arc<Entry>, req: Request<Incoming>) -> Re
         guard.disarm();
         Response::new(full(first))
     };
-    *r.status_mut() = StatusCode::from_u16(rhead.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let (status, headers) = relayed_head(&rhead);
+    *r.status_mut() = status;
+    *r.headers_mut() = headers;
+    r
+}
+
+/// The status and headers our homeserver gets from a peer edge's response head: a final
+/// status (200-599, else 502) and only the headers the serving side relays
+/// ([`RESPONSE_HEADERS`]). A peer's framing headers (`content-length`, `transfer-encoding`,
+/// `connection`) would otherwise reach our homeserver's connection.
+fn relayed_head(rhead: &ResponseHead) -> (StatusCode, hyper::HeaderMap) {
+    let status = StatusCode::from_u16(rhead.status)
+        .ok()
+        .filter(|s| (200..600).contains(&s.as_u16()))
+        .unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut headers = hyper::HeaderMap::new();
     for (n, v) in &rhead.headers {
+        if !RESPONSE_HEADERS.contains(&n.as_str()) {
+            continue;
+        }
         if let (Ok(n), Ok(v)) = (
             hyper::header::HeaderName::from_bytes(n.as_bytes()),
             hyper::header::HeaderValue::from_bytes(v),
         ) {
-            r.headers_mut().append(n, v);
+            headers.append(n, v);
         }
     }
-    r
+    (status, headers)
 }
 
 /// Sends the rest of a request body as credit allows.
@@ -545,6 +563,33 @@ fn failed(edge: &Edge, entry: &Entry, f: Failure) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_response_head_carries_only_relayed_headers_and_a_final_status() {
+        let h = |n: &str, v: &'static str| (n.to_owned(), Bytes::from_static(v.as_bytes()));
+        let head = ResponseHead {
+            status: 200,
+            headers: vec![
+                h("content-type", "application/json"),
+                h("content-length", "5"),
+                h("transfer-encoding", "chunked"),
+                h("connection", "close"),
+                h("set-cookie", "a=b"),
+                h("retry-after", "3"),
+            ],
+        };
+        let (status, headers) = relayed_head(&head);
+        assert_eq!(status, StatusCode::OK);
+        let names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["content-type", "retry-after"]);
+        for (code, want) in [(101, 502), (199, 502), (204, 204), (599, 599), (600, 502)] {
+            let head = ResponseHead {
+                status: code,
+                headers: vec![],
+            };
+            assert_eq!(relayed_head(&head).0.as_u16(), want, "{code}");
+        }
+    }
 
     #[test]
     fn public_addresses() {

@@ -31,6 +31,15 @@
 //!   overtake their head, and an edge holds at most one window of any body.
 //! * Nothing is acknowledged early: a request ends with its real response, or fails with
 //!   502/504 (see [`Failure`]).
+//! * A request, ours or a peer's, on which nothing moved for [`Limits::request_timeout`] (no
+//!   head, part or window) ends: ours fails with 504, a peer's is abandoned (the driver stops
+//!   delivering it) and the peer gets a 504 cancel. A response that keeps streaming is never
+//!   cut off for its length.
+//! * What a peer can make us hold is bounded: parts of a body that arrive out of order are
+//!   kept only inside its window, without overlaps, copied out of their envelopes, at most
+//!   [`MAX_AHEAD_PARTS`]; pongs owed to a peer collapse into one; refusals queued for a peer
+//!   stop at [`MAX_QUEUED_REFUSALS`] (the rest are dropped and counted); an envelope holds at
+//!   most [`framing::MAX_ENVELOPE_ITEMS`] items, both ways.
 //! * Liveness: when a peer has owed us an answer for [`Limits::probe_after`] and has sent
 //!   nothing meanwhile, we ping it. A ping unanswered for [`Limits::ping_timeout`] makes the
 //!   driver ask the router about the ping's message ([`Event::CheckDelivery`]): if it reached
@@ -45,7 +54,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyphae_wire::framing::{
-    self, BodyPart, Envelope, ErrorCode, Header, Message, RelayItem, RelayRequest, RelayResponse,
+    self, BodyPart, Envelope, ErrorCode, Header, MAX_ENVELOPE_ITEMS, Message, RelayItem,
+    RelayRequest, RelayResponse,
 };
 
 /// The overlay message topic of the relay.
@@ -53,6 +63,14 @@ pub const TOPIC: &[u8] = b"hyphae/fed/1";
 
 /// A peer edge, named by its router's public key.
 pub type PeerKey = [u8; 32];
+
+/// Most parts of one body kept while they wait for a gap before them to fill (a sender of
+/// ours sends parts of [`Limits::part_size`], so a window holds a handful).
+pub const MAX_AHEAD_PARTS: usize = 1024;
+
+/// Most refusals (503 cancels for requests over a limit) queued for one peer; more are dropped
+/// and counted, and those requests time out at the peer.
+pub const MAX_QUEUED_REFUSALS: usize = 1024;
 
 /// Limits and timers.
 #[derive(Debug, Clone)]
@@ -66,7 +84,8 @@ pub struct Limits {
     pub window: u64,
     /// Largest envelope (an envelope holds at least one item whatever its size).
     pub max_envelope: usize,
-    /// A request with no answer for this long fails with 504.
+    /// A request on which nothing moved for this long (no head, body part or window, either
+    /// way) ends: ours fails with 504, a peer's is abandoned.
     pub request_timeout: Duration,
     /// Probe a peer that has owed an answer this long without sending anything.
     pub probe_after: Duration,
@@ -297,8 +316,13 @@ pub struct Stats {
     pub items_sent: u64,
     /// Envelopes received.
     pub envelopes_received: u64,
-    /// Envelopes or items dropped: undecodable, unknown id, out of window, wrong offset.
+    /// Envelopes or items dropped: undecodable or too many items, unknown id, out of window,
+    /// overlapping or wrong offset, too many parts out of order, refusals over
+    /// [`MAX_QUEUED_REFUSALS`].
     pub dropped: u64,
+    /// Peer requests abandoned here because nothing moved on them for
+    /// [`Limits::request_timeout`].
+    pub incoming_expired: u64,
     /// Body bytes sent (both roles).
     pub body_bytes_sent: u64,
     /// Body bytes received (both roles).
@@ -374,9 +398,12 @@ struct BodyIn {
     consumed: u64,
     /// The window last granted.
     granted: u64,
-    /// Parts that arrived ahead of `next`.
+    /// Parts that arrived ahead of `next`, by offset: inside the window, not overlapping, at
+    /// most [`MAX_AHEAD_PARTS`].
     ahead: BTreeMap<u64, (Bytes, bool)>,
-    /// Whether the last part arrived.
+    /// Where the body ends, once its last part arrived (perhaps ahead of others).
+    end: Option<u64>,
+    /// Whether the last part was passed on.
     done: bool,
 }
 
@@ -384,6 +411,8 @@ struct BodyIn {
 struct Outgoing {
     peer: PeerKey,
     sent_at: Instant,
+    /// When anything last moved: sent, a window for our body, the head, a body part.
+    progress: Instant,
     /// Our request body, when streamed.
     body_out: Option<BodyOut>,
     /// The response body, once its head arrived with `more`.
@@ -394,6 +423,9 @@ struct Outgoing {
 
 #[derive(Debug)]
 struct Incoming {
+    /// When anything last moved: the request, a part of its body, a window for ours, our
+    /// head or a part of our body.
+    progress: Instant,
     /// The request body, when streamed.
     body_in: Option<BodyIn>,
     /// Our response body, when streamed.
@@ -425,6 +457,25 @@ struct Peer {
     outstanding: usize,
 }
 
+/// What waits to leave for one peer in one direction.
+#[derive(Debug)]
+struct Queue {
+    peer: PeerKey,
+    /// From us as the requester.
+    from_requester: bool,
+    items: VecDeque<Item>,
+    /// The pong owed (the last ping's nonce): one however many pings came.
+    pong: Option<u64>,
+    /// Refusals among `items`.
+    refusals: usize,
+}
+
+impl Queue {
+    fn is_empty(&self) -> bool {
+        self.items.is_empty() && self.pong.is_none()
+    }
+}
+
 /// The relay state of one edge. See the module docs.
 #[derive(Debug)]
 pub struct Relay {
@@ -435,8 +486,8 @@ pub struct Relay {
     incoming: HashMap<(PeerKey, u64), Incoming>,
     incoming_per_peer: HashMap<PeerKey, usize>,
     peers: HashMap<PeerKey, Peer>,
-    /// Queued items by destination and direction (`true`: from us as the requester).
-    queues: Vec<(PeerKey, bool, VecDeque<Item>)>,
+    /// Queued items by destination and direction.
+    queues: Vec<Queue>,
     queue_index: HashMap<(PeerKey, bool), usize>,
     /// Peers and directions with an envelope being handed to the router.
     sending: std::collections::HashSet<(PeerKey, bool)>,
@@ -516,6 +567,7 @@ impl Relay {
             Outgoing {
                 peer,
                 sent_at: now,
+                progress: now,
                 body_out: more.then_some(BodyOut {
                     sent: body_len,
                     allowed: 0,
@@ -560,7 +612,10 @@ impl Relay {
                 None => return false,
             },
             Some(p) => match self.incoming.get_mut(&(p, id)) {
-                Some(i) => (p, false, i.body_out.as_mut()),
+                Some(i) => {
+                    i.progress = now;
+                    (p, false, i.body_out.as_mut())
+                }
                 None => return false,
             },
         };
@@ -644,6 +699,7 @@ impl Relay {
             return false;
         }
         i.responded = true;
+        i.progress = now;
         let len = body.len() as u64;
         if more {
             i.body_out = Some(BodyOut {
@@ -717,7 +773,7 @@ impl Relay {
                     || self.incoming.len() >= self.limits.max_incoming
                 {
                     self.stats.requests_refused += 1;
-                    self.queue(peer, false, Item::Cancel { id, code: 503 });
+                    self.queue_refusal(peer, id);
                     return;
                 }
                 *self.incoming_per_peer.entry(peer).or_default() += 1;
@@ -731,6 +787,7 @@ impl Relay {
                 self.incoming.insert(
                     (peer, id),
                     Incoming {
+                        progress: now,
                         body_in,
                         body_out: None,
                         responded: false,
@@ -754,8 +811,10 @@ impl Relay {
             } => {
                 let ok = match self.incoming.get_mut(&(peer, id)) {
                     Some(Incoming {
-                        body_in: Some(b), ..
-                    }) => accept_part(b, offset, data, more),
+                        body_in: Some(b),
+                        progress,
+                        ..
+                    }) => accept_part(b, offset, data, more).inspect(|_| *progress = now),
                     _ => None,
                 };
                 match ok {
@@ -782,8 +841,10 @@ impl Relay {
             Item::Window { id, offset } => {
                 let credit = match self.incoming.get_mut(&(peer, id)) {
                     Some(Incoming {
-                        body_out: Some(o), ..
-                    }) => widen(o, offset),
+                        body_out: Some(o),
+                        progress,
+                        ..
+                    }) => widen(o, offset).inspect(|_| *progress = now),
                     _ => None,
                 };
                 match credit {
@@ -796,10 +857,12 @@ impl Relay {
                     None => self.stats.dropped += 1,
                 }
             }
-            Item::Ping(nonce) => self.queue(peer, false, Item::Pong(nonce)),
+            Item::Ping(nonce) => {
+                let q = self.queue_for(peer, false);
+                self.queues[q].pong = Some(nonce);
+            }
             Item::Response { .. } | Item::Pong(_) => self.stats.dropped += 1,
         }
-        let _ = now;
     }
 
     fn handle_from_server(&mut self, now: Instant, peer: PeerKey, item: Item) {
@@ -819,6 +882,7 @@ impl Relay {
                     return;
                 }
                 o.answered = true;
+                o.progress = now;
                 // The response ends the upload too: whatever of our body is unsent is moot.
                 o.body_out = None;
                 self.stats.responses_received += 1;
@@ -846,8 +910,10 @@ impl Relay {
             } => {
                 let parts = match self.outgoing.get_mut(&id).filter(|o| o.peer == peer) {
                     Some(Outgoing {
-                        body_in: Some(b), ..
-                    }) => accept_part(b, offset, data, more),
+                        body_in: Some(b),
+                        progress,
+                        ..
+                    }) => accept_part(b, offset, data, more).inspect(|_| *progress = now),
                     _ => None,
                 };
                 let Some(parts) = parts else {
@@ -885,8 +951,10 @@ impl Relay {
             Item::Window { id, offset } => {
                 let credit = match self.outgoing.get_mut(&id).filter(|o| o.peer == peer) {
                     Some(Outgoing {
-                        body_out: Some(o), ..
-                    }) => widen(o, offset),
+                        body_out: Some(o),
+                        progress,
+                        ..
+                    }) => widen(o, offset).inspect(|_| *progress = now),
                     _ => None,
                 };
                 match credit {
@@ -903,7 +971,6 @@ impl Relay {
             Item::Pong(_) => {} // `heard` already cleared the ping.
             Item::Request { .. } | Item::Ping(_) => self.stats.dropped += 1,
         }
-        let _ = now;
     }
 
     /// The driver pushed the envelope that carried ping `nonce` (or failed to: `pushed` =
@@ -984,12 +1051,12 @@ impl Relay {
             return;
         }
         self.next_tick = None;
-        // Requests past their deadline.
+        // Requests on which nothing moved for too long.
         let deadline = self.limits.request_timeout;
         let late: Vec<u64> = self
             .outgoing
             .iter()
-            .filter(|(_, o)| now.saturating_duration_since(o.sent_at) >= deadline)
+            .filter(|(_, o)| now.saturating_duration_since(o.progress) >= deadline)
             .map(|(id, _)| *id)
             .collect();
         for id in late {
@@ -998,6 +1065,18 @@ impl Relay {
                 self.queue(peer, true, Item::Cancel { id, code: 504 });
             }
             self.fail(id, Failure::Timeout);
+        }
+        let stalled: Vec<(PeerKey, u64)> = self
+            .incoming
+            .iter()
+            .filter(|(_, i)| now.saturating_duration_since(i.progress) >= deadline)
+            .map(|(key, _)| *key)
+            .collect();
+        for (peer, id) in stalled {
+            self.finish_incoming(peer, id);
+            self.stats.incoming_expired += 1;
+            self.queue(peer, false, Item::Cancel { id, code: 504 });
+            self.events.push_back(Event::Abandoned { peer, id });
         }
         // Pings and probes.
         let mut oldest: HashMap<PeerKey, Instant> = HashMap::new();
@@ -1065,25 +1144,32 @@ impl Relay {
         let idx = self
             .queues
             .iter()
-            .position(|(p, r, q)| !q.is_empty() && !self.sending.contains(&(*p, *r)))?;
-        let (peer, from_requester, q) = &mut self.queues[idx];
-        let (peer, from_requester) = (*peer, *from_requester);
-        let mut items = Vec::new();
+            .position(|q| !q.is_empty() && !self.sending.contains(&(q.peer, q.from_requester)))?;
+        let q = &mut self.queues[idx];
+        let (peer, from_requester) = (q.peer, q.from_requester);
+        let mut items: Vec<Item> = q.pong.take().map(Item::Pong).into_iter().collect();
         let mut size = 0;
-        while let Some(it) = q.front() {
+        while let Some(it) = q.items.front() {
             let s = it.size();
-            if !items.is_empty() && size + s > self.limits.max_envelope {
+            if !items.is_empty() && size + s > self.limits.max_envelope
+                || items.len() == MAX_ENVELOPE_ITEMS
+            {
                 break;
             }
             size += s;
-            items.extend(q.pop_front());
+            if let Some(it) = q.items.pop_front() {
+                if matches!(it, Item::Cancel { code: 503, .. }) {
+                    q.refusals = q.refusals.saturating_sub(1);
+                }
+                items.push(it);
+            }
         }
         if q.is_empty() {
             // Keep the queue list short: drop empty queues.
             self.queues.swap_remove(idx);
             self.queue_index.clear();
-            for (i, (p, r, _)) in self.queues.iter().enumerate() {
-                self.queue_index.insert((*p, *r), i);
+            for (i, q) in self.queues.iter().enumerate() {
+                self.queue_index.insert((q.peer, q.from_requester), i);
             }
         }
         let ping = items.iter().find_map(|i| match i {
@@ -1137,16 +1223,38 @@ impl Relay {
     }
 
     fn queue(&mut self, peer: PeerKey, req_topic: bool, item: Item) {
-        let idx = match self.queue_index.get(&(peer, req_topic)) {
-            Some(i) => *i,
-            None => {
-                self.queues.push((peer, req_topic, VecDeque::new()));
-                let i = self.queues.len() - 1;
-                self.queue_index.insert((peer, req_topic), i);
-                i
-            }
-        };
-        self.queues[idx].2.push_back(item);
+        let idx = self.queue_for(peer, req_topic);
+        self.queues[idx].items.push_back(item);
+    }
+
+    /// Queues a 503 cancel for `peer`'s request `id`, unless [`MAX_QUEUED_REFUSALS`] wait
+    /// already (then it is dropped and counted).
+    fn queue_refusal(&mut self, peer: PeerKey, id: u64) {
+        let idx = self.queue_for(peer, false);
+        let q = &mut self.queues[idx];
+        if q.refusals >= MAX_QUEUED_REFUSALS {
+            self.stats.dropped += 1;
+            return;
+        }
+        q.refusals += 1;
+        q.items.push_back(Item::Cancel { id, code: 503 });
+    }
+
+    /// The index of the queue for `peer` in this direction, made if there is none.
+    fn queue_for(&mut self, peer: PeerKey, req_topic: bool) -> usize {
+        if let Some(i) = self.queue_index.get(&(peer, req_topic)) {
+            return *i;
+        }
+        self.queues.push(Queue {
+            peer,
+            from_requester: req_topic,
+            items: VecDeque::new(),
+            pong: None,
+            refusals: 0,
+        });
+        let i = self.queues.len() - 1;
+        self.queue_index.insert((peer, req_topic), i);
+        i
     }
 
     fn fail(&mut self, id: u64, failure: Failure) {
@@ -1180,7 +1288,7 @@ impl Relay {
     }
 
     fn arm(&mut self, now: Instant) {
-        let busy = !self.outgoing.is_empty() || !self.peers.is_empty();
+        let busy = !self.outgoing.is_empty() || !self.peers.is_empty() || !self.incoming.is_empty();
         if busy && self.next_tick.is_none() {
             self.next_tick = Some(now + self.limits.tick);
         }
@@ -1201,24 +1309,54 @@ impl BodyIn {
 }
 
 /// Takes a part for a receiving body: `Some(parts now in order)`, or `None` if it lies outside
-/// the window, repeats bytes, or follows the last part.
+/// the window, is empty but not the last, overlaps bytes received, lies beyond the end or moves
+/// it, or would be one part too many out of order.
 fn accept_part(b: &mut BodyIn, offset: u64, data: Bytes, more: bool) -> Option<Vec<(Bytes, bool)>> {
     let end = offset.checked_add(data.len() as u64)?;
-    if b.done || offset < b.next || end > b.granted || b.ahead.contains_key(&offset) {
+    if b.done || offset < b.next || end > b.granted || (data.is_empty() && more) {
         return None;
     }
-    b.ahead.insert(offset, (data, more));
-    let mut out = Vec::new();
-    while let Some((data, more)) = b.ahead.remove(&b.next) {
-        b.next += data.len() as u64;
+    match (b.end, more) {
+        (Some(e), true) if end > e => return None,
+        (Some(_), false) => return None,
+        _ => {}
+    }
+    if offset == b.next {
+        if b.ahead.first_key_value().is_some_and(|(o, _)| *o < end) {
+            return None;
+        }
+        // In order: passed on as it is, with whatever now follows it.
+        b.next = end;
         b.done = !more;
-        out.push((data, more));
+        let mut out = vec![(data, more)];
+        while !b.done
+            && let Some((data, more)) = b.ahead.remove(&b.next)
+        {
+            b.next += data.len() as u64;
+            b.done = !more;
+            out.push((data, more));
+        }
         if b.done {
             b.ahead.clear();
-            break;
         }
+        return Some(out);
     }
-    Some(out)
+    // Ahead of a gap: kept only where nothing is yet, copied out of its envelope (a slice
+    // would keep the whole envelope alive).
+    let before = b.ahead.range(..offset).next_back();
+    let after = b.ahead.range(offset..).next();
+    let overlaps = before.is_some_and(|(o, (d, _))| o + d.len() as u64 > offset)
+        || after.is_some_and(|(o, _)| *o < end || (end == *o && !more))
+        || (!more && b.ahead.last_key_value().is_some_and(|(o, _)| *o >= end));
+    if overlaps || b.ahead.len() >= MAX_AHEAD_PARTS {
+        return None;
+    }
+    if !more {
+        b.end = Some(end);
+    }
+    b.ahead
+        .insert(offset, (Bytes::copy_from_slice(&data), more));
+    Some(Vec::new())
 }
 
 /// Widens a send window; the additional credit, or `None` for a finished stream.

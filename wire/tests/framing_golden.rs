@@ -200,3 +200,25 @@ fn edge_flow_control_and_liveness_items_are_pinned() {
         )
     );
 }
+
+#[test]
+fn an_envelope_of_too_many_items_is_refused_whole() {
+    use hyphae_wire::framing::{HEADER_LEN, MAX_ENVELOPE_ITEMS, decode_header};
+    let decode = |n: usize| {
+        let env = Message::Envelope(Envelope {
+            items: (0..n as u64)
+                .map(|nonce| RelayItem::Ping { nonce })
+                .collect(),
+        });
+        let mut b = BytesMut::new();
+        env.encode(1 << 24, &mut b).unwrap();
+        let h = decode_header(&b, 1 << 24).unwrap().unwrap();
+        match Message::decode(h.kind, &b[HEADER_LEN..]) {
+            Ok(Message::Envelope(e)) => Ok(e.items.len()),
+            Ok(_) => panic!("another message"),
+            Err(e) => Err(e),
+        }
+    };
+    assert_eq!(decode(MAX_ENVELOPE_ITEMS), Ok(MAX_ENVELOPE_ITEMS));
+    assert!(decode(MAX_ENVELOPE_ITEMS + 1).is_err());
+}

@@ -629,3 +629,339 @@ fn what_queues_while_an_envelope_is_being_pushed_leaves_together_next() {
     n.a.handle_sent(B, next.from_requester);
     assert!(n.a.poll_transmit().is_none());
 }
+
+/// B after receiving A's request `id` with a streamed body whose first `first` bytes came
+/// inline.
+fn serving_a_streamed_request(limits: Limits, id: u64, first: &'static [u8]) -> Relay {
+    let mut b = Relay::new(limits, 5000);
+    let req = Item::Request {
+        id,
+        head: get("/_matrix/federation/v1/send/1"),
+        body: Bytes::from_static(first),
+        more: true,
+    };
+    b.handle_message(Instant::now(), A, &encode_items(&[req], true));
+    b
+}
+
+/// Parts of request `id`'s body B holds out of order, and their bytes.
+fn held_ahead(b: &Relay, id: u64) -> (usize, u64) {
+    let body = b.incoming[&(A, id)].body_in.as_ref().unwrap();
+    let bytes = body.ahead.values().map(|(d, _)| d.len() as u64).sum();
+    (body.ahead.len(), bytes)
+}
+
+fn part(id: u64, offset: u64, data: Vec<u8>, more: bool) -> Item {
+    Item::Body {
+        id,
+        offset,
+        data: Bytes::from(data),
+        more,
+    }
+}
+
+#[test]
+fn parts_out_of_order_are_held_inside_the_window_without_overlaps() {
+    let window = 64 * 1024;
+    let limits = Limits {
+        window,
+        ..Limits::default()
+    };
+    let mut b = serving_a_streamed_request(limits, 7, b"0123456789");
+    let now = Instant::now();
+    // The gap at 10 stays open; every part lies inside the window but overlaps the one
+    // before it.
+    for k in 1..=64u64 {
+        let p = part(7, 10 + k, vec![b'x'; (window - k) as usize], true);
+        b.handle_message(now, A, &encode_items(&[p], true));
+    }
+    let (parts, bytes) = held_ahead(&b, 7);
+    assert_eq!(parts, 1, "only the first of the overlapping parts");
+    assert!(bytes <= window);
+    assert_eq!(b.stats().dropped, 63);
+    // Empty parts other than the last, and parts beyond a last part, are dropped too.
+    let mut b = serving_a_streamed_request(Limits::default(), 7, b"0123456789");
+    let empties: Vec<Item> = (0..10_000).map(|k| part(7, 11 + k, vec![], true)).collect();
+    b.handle_message(now, A, &encode_items(&empties, true));
+    assert_eq!(held_ahead(&b, 7).0, 0);
+    let last = part(7, 20, vec![b'z'; 5], false);
+    let beyond = part(7, 30, vec![b'z'; 5], true);
+    b.handle_message(now, A, &encode_items(&[last, beyond], true));
+    assert_eq!(held_ahead(&b, 7), (1, 5));
+    // One-byte parts, none overlapping: at most MAX_AHEAD_PARTS kept.
+    let mut b = serving_a_streamed_request(Limits::default(), 7, b"0123456789");
+    let bytes: Vec<Item> = (0..5_000)
+        .map(|k| part(7, 11 + 2 * k, vec![b'y'], true))
+        .collect();
+    b.handle_message(now, A, &encode_items(&bytes, true));
+    assert_eq!(held_ahead(&b, 7).0, MAX_AHEAD_PARTS);
+}
+
+#[test]
+fn parts_held_out_of_order_do_not_keep_their_envelope_alive() {
+    let mut b = serving_a_streamed_request(Limits::default(), 7, b"0123456789");
+    let env = encode_items(&[part(7, 20, vec![b'a'; 100], true)], true);
+    b.handle_message(Instant::now(), A, &env);
+    let body = b.incoming[&(A, 7)].body_in.as_ref().unwrap();
+    let (held, _) = &body.ahead[&20];
+    let inside = env.as_ptr_range();
+    assert!(!inside.contains(&held.as_ptr()), "a slice of the envelope");
+}
+
+#[test]
+fn a_body_that_arrives_out_of_order_is_passed_on_whole_and_in_order() {
+    let mut b = serving_a_streamed_request(Limits::default(), 7, b"0123");
+    let now = Instant::now();
+    let items = [
+        part(7, 12, b"cccc".to_vec(), false),
+        part(7, 8, b"bbbb".to_vec(), true),
+        part(7, 4, b"aaaa".to_vec(), true),
+    ];
+    for it in items {
+        b.handle_message(now, A, &encode_items(&[it], true));
+    }
+    let body: Vec<(Bytes, bool)> = std::iter::from_fn(|| b.poll_event())
+        .filter_map(|e| match e {
+            Event::RequestBody { data, more, .. } => Some((data, more)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        body,
+        [
+            (Bytes::from_static(b"aaaa"), true),
+            (Bytes::from_static(b"bbbb"), true),
+            (Bytes::from_static(b"cccc"), false)
+        ]
+    );
+    assert_eq!(b.stats().dropped, 0);
+}
+
+#[test]
+fn a_served_request_nothing_moves_on_is_abandoned_and_frees_its_slot() {
+    let limits = Limits {
+        max_incoming_per_peer: 4,
+        ..Limits::default()
+    };
+    let timeout = limits.request_timeout;
+    let mut b = Relay::new(limits, 5000);
+    let mut now = Instant::now();
+    for id in 0..4u64 {
+        let req = Item::Request {
+            id,
+            head: get("/_matrix/media/v3/download/b/big"),
+            body: Bytes::new(),
+            more: false,
+        };
+        b.handle_message(now, A, &encode_items(&[req], true));
+    }
+    // Our homeserver answers each with a large body; A never grants a window, never cancels,
+    // never sends anything again.
+    while let Some(e) = b.poll_event() {
+        if let Event::Deliver { peer, id, .. } = e {
+            let head = ResponseHead {
+                status: 200,
+                headers: vec![],
+            };
+            assert!(b.respond(now, peer, id, head, Bytes::from_static(b"part"), true));
+        }
+    }
+    while let Some(t) = b.poll_transmit() {
+        b.handle_sent(t.peer, t.from_requester);
+    }
+    let mut abandoned = Vec::new();
+    let end = now + timeout + Duration::from_secs(1);
+    while now < end {
+        now += Duration::from_millis(500);
+        b.handle_timeout(now);
+        abandoned.extend(std::iter::from_fn(|| b.poll_event()));
+    }
+    abandoned.sort_by_key(|e| match e {
+        Event::Abandoned { id, .. } => *id,
+        _ => u64::MAX,
+    });
+    let want: Vec<Event> = (0..4).map(|id| Event::Abandoned { peer: A, id }).collect();
+    assert_eq!(abandoned, want);
+    assert_eq!(b.incoming_len(), 0);
+    assert_eq!(b.stats().incoming_expired, 4);
+    // A hears of it: a 504 cancel for each.
+    let t = b.poll_transmit().unwrap();
+    let (from_requester, items) = decode_envelope(&t.payload).unwrap();
+    assert!(!from_requester);
+    assert_eq!(
+        items
+            .iter()
+            .filter(|i| matches!(i, Item::Cancel { code: 504, .. }))
+            .count(),
+        4
+    );
+    // And a new request from A is served.
+    let req = Item::Request {
+        id: 99,
+        head: get("/_matrix/federation/v1/version"),
+        body: Bytes::new(),
+        more: false,
+    };
+    b.handle_message(now, A, &encode_items(&[req], true));
+    assert!(matches!(
+        b.poll_event(),
+        Some(Event::Deliver { id: 99, .. })
+    ));
+}
+
+#[test]
+fn a_response_that_keeps_streaming_outlives_the_request_timeout() {
+    let mut n = Net::new();
+    let timeout = n.a.limits().request_timeout;
+    let id =
+        n.a.start_request(
+            n.now,
+            B,
+            get("/_matrix/media/v3/download/b/x"),
+            Bytes::new(),
+            false,
+        )
+        .unwrap();
+    n.run_for(LATENCY);
+    let Some(Event::Deliver { peer, id: bid, .. }) = n.events_b.pop() else {
+        panic!("not delivered");
+    };
+    let head = ResponseHead {
+        status: 200,
+        headers: vec![],
+    };
+    assert!(n.b.respond(n.now, peer, bid, head, Bytes::from_static(b"0"), true));
+    // B sends 64 KiB every 5 s, inside the window, for twice the request timeout; A's
+    // homeserver reads it all.
+    let (mut credit, mut received, part_len) = (0u64, 0u64, 64 * 1024u64);
+    let start = n.now;
+    while n.now.saturating_duration_since(start) < 2 * timeout {
+        n.run_for(Duration::from_secs(5));
+        for e in n.events_b.drain(..) {
+            if let Event::Credit { bytes, .. } = e {
+                credit += bytes;
+            }
+        }
+        assert!(credit >= part_len);
+        credit -= part_len;
+        let data = Bytes::from(vec![1u8; part_len as usize]);
+        assert!(n.b.send_body(n.now, Some(A), bid, data, true));
+        for e in n.events_a.drain(..) {
+            match e {
+                Event::ResponseBody { data, .. } => {
+                    received += data.len() as u64;
+                    n.a.body_consumed(n.now, None, id, data.len() as u64);
+                }
+                Event::Failed { failure, .. } => panic!("failed while streaming: {failure:?}"),
+                _ => {}
+            }
+        }
+    }
+    assert!(received >= 30 * part_len, "{received} bytes");
+    // Once B stops sending, the stream ends after the timeout: A gives up, or B does first
+    // and says so.
+    n.run_for(timeout + Duration::from_secs(1));
+    let failed = n.events_a.iter().find_map(|e| match e {
+        Event::Failed { id: i, failure } if *i == id => Some(*failure),
+        _ => None,
+    });
+    assert!(
+        matches!(failed, Some(Failure::Timeout | Failure::Peer(504))),
+        "{failed:?}"
+    );
+}
+
+#[test]
+fn pongs_owed_to_a_peer_collapse_into_one() {
+    let mut b = Relay::new(Limits::default(), 5000);
+    let now = Instant::now();
+    b.handle_message(now, A, &encode_items(&[Item::Ping(0)], true));
+    // The router has not taken that pong's envelope yet (a slow push).
+    let first = b.poll_transmit().unwrap();
+    let pings: Vec<Item> = (1..=10_000).map(Item::Ping).collect();
+    let env = encode_items(&pings, true);
+    for _ in 0..10 {
+        b.handle_message(now, A, &env);
+    }
+    let queued: usize = b.queues.iter().map(|q| q.items.len()).sum();
+    assert_eq!(queued, 0);
+    b.handle_sent(first.peer, first.from_requester);
+    let next = b.poll_transmit().unwrap();
+    let (_, items) = decode_envelope(&next.payload).unwrap();
+    assert!(matches!(items[..], [Item::Pong(10_000)]), "{items:?}");
+    assert!(b.poll_transmit().is_none());
+}
+
+#[test]
+fn refusals_queued_for_one_peer_stop_at_a_bound() {
+    let limits = Limits {
+        max_incoming_per_peer: 1,
+        ..Limits::default()
+    };
+    let mut b = Relay::new(limits, 5000);
+    let now = Instant::now();
+    let request = |id| Item::Request {
+        id,
+        head: get("/x"),
+        body: Bytes::new(),
+        more: false,
+    };
+    b.handle_message(now, A, &encode_items(&[request(0)], true));
+    let in_flight = b.poll_transmit();
+    assert!(
+        in_flight.is_none(),
+        "nothing to send before the homeserver answers"
+    );
+    // Envelopes of requests over the limit while B's answers cannot leave: one refusal
+    // each, up to the bound.
+    b.handle_message(now, A, &encode_items(&[request(1)], true));
+    let first = b.poll_transmit().unwrap();
+    for round in 0..10u64 {
+        let items: Vec<Item> = (0..1000).map(|k| request(2 + round * 1000 + k)).collect();
+        b.handle_message(now, A, &encode_items(&items, true));
+    }
+    let queued: usize = b.queues.iter().map(|q| q.items.len()).sum();
+    assert_eq!(queued, MAX_QUEUED_REFUSALS);
+    assert_eq!(b.stats().requests_refused, 10_001);
+    assert_eq!(b.stats().dropped, 10_000 - MAX_QUEUED_REFUSALS as u64);
+    // Once the router takes the envelope in flight, the queued refusals leave and new ones
+    // are queued again.
+    b.handle_sent(first.peer, first.from_requester);
+    assert!(b.poll_transmit().is_some());
+    b.handle_message(now, A, &encode_items(&[request(50_000)], true));
+    let queued: usize = b.queues.iter().map(|q| q.items.len()).sum();
+    assert_eq!(queued, 1);
+}
+
+#[test]
+fn an_envelope_never_holds_more_items_than_a_receiver_takes() {
+    let limits = Limits {
+        max_envelope: 64 << 20,
+        max_outgoing: 40_000,
+        ..Limits::default()
+    };
+    let mut a = Relay::new(limits, 1000);
+    let now = Instant::now();
+    for _ in 0..20_000 {
+        a.start_request(now, B, get("/x"), Bytes::new(), false)
+            .unwrap();
+    }
+    let mut b = Relay::new(Limits::default(), 5000);
+    let mut delivered = 0;
+    while let Some(t) = a.poll_transmit() {
+        a.handle_sent(t.peer, t.from_requester);
+        b.handle_message(now, A, &t.payload);
+        delivered += std::iter::from_fn(|| b.poll_event())
+            .filter(|e| matches!(e, Event::Deliver { .. }))
+            .count();
+    }
+    assert_eq!(a.stats().envelopes_sent, 2);
+    assert_eq!(b.stats().envelopes_received, 2, "both decoded");
+    // B serves at most max_incoming_per_peer at once and refuses the rest, each counted
+    // (refusals beyond the queue's bound dropped: nothing drains B's queue here).
+    let served = Limits::default().max_incoming_per_peer;
+    let refused = 20_000 - served as u64;
+    assert_eq!(delivered, served);
+    assert_eq!(b.stats().requests_refused, refused);
+    assert_eq!(b.stats().dropped, refused - MAX_QUEUED_REFUSALS as u64);
+}

@@ -276,12 +276,54 @@ pub enum RelayItem<'a> {
     },
 }
 
+/// Most items one [`Envelope`] may hold. An envelope with more is refused whole when decoded:
+/// a ping takes 2 bytes on the wire and about 100 in memory once decoded, so a large frame of
+/// them must not be taken apart item by item. Senders stop a batch here.
+pub const MAX_ENVELOPE_ITEMS: usize = 16 * 1024;
+
 /// A batch of relayed requests and responses between two edges (kind [`Kind::ENVELOPE`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope<'a> {
-    /// The items, in order.
-    #[serde(borrow)]
+    /// The items, in order; at most [`MAX_ENVELOPE_ITEMS`].
+    #[serde(borrow, deserialize_with = "capped_items")]
     pub items: Vec<RelayItem<'a>>,
+}
+
+/// Decodes an envelope's items, refusing more than [`MAX_ENVELOPE_ITEMS`] before any is
+/// decoded.
+fn capped_items<'de: 'a, 'a, D>(d: D) -> Result<Vec<RelayItem<'a>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Items<'a>(core::marker::PhantomData<&'a ()>);
+
+    impl<'de: 'a, 'a> serde::de::Visitor<'de> for Items<'a> {
+        type Value = Vec<RelayItem<'a>>;
+
+        fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            write!(f, "at most {MAX_ENVELOPE_ITEMS} relay items")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let n = seq.size_hint().unwrap_or(0);
+            if n > MAX_ENVELOPE_ITEMS {
+                return Err(serde::de::Error::invalid_length(n, &self));
+            }
+            let mut items = Vec::with_capacity(n.min(1024));
+            while let Some(item) = seq.next_element()? {
+                if items.len() == MAX_ENVELOPE_ITEMS {
+                    return Err(serde::de::Error::invalid_length(items.len() + 1, &self));
+                }
+                items.push(item);
+            }
+            Ok(items)
+        }
+    }
+
+    d.deserialize_seq(Items(core::marker::PhantomData))
 }
 
 /// Any framed message.
