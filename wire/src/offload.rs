@@ -763,7 +763,10 @@ mod tests {
             seq += 16;
         }
         assert_eq!(m.segments(), MAX_SEGMENTS);
-        assert!(m.segments() < 1024, "headers and every payload in one write");
+        assert!(
+            m.segments() < 1024,
+            "headers and every payload in one write"
+        );
     }
 
     /// `tcp(..)` with an 8-byte destination options header (PadN) before its TCP header.
