@@ -242,6 +242,8 @@ impl Forwarder {
         let mut staged: Option<Staged> = None;
         let mut blocked: Vec<Blocked> = Vec::new();
         let mut last: Option<(u128, Option<(PeerId, PublicKey)>)> = None;
+        // The forwarding table, loaded once per batch at its first lookup.
+        let mut fib = None;
         for buf in packets.drain(..) {
             t.tun_read += 1;
             let packet = &buf[SEALED_PAYLOAD_OFFSET..buf.len() - TRAILER];
@@ -301,7 +303,8 @@ impl Forwarder {
                 Some((n, r)) if n == net => r,
                 _ => {
                     let pk = route_keys.get(&hyphae_wire::Subnet::v6_64(dst)).copied();
-                    let r = shared.fib.lookup(dst).zip(pk);
+                    let fib = fib.get_or_insert_with(|| shared.fib.snapshot());
+                    let r = fib.lookup(dst).zip(pk);
                     last = Some((net, r));
                     r
                 }

@@ -32,10 +32,16 @@ use super::ring::Ring;
 use super::shared::{Shared, WorkerCounters};
 use super::tun::TunQueue;
 
+mod counts;
 mod l3;
+
+use counts::AddressCounts;
 
 /// Most source or destination addresses a worker keeps packet counts for.
 const MAX_STATS_ENTRIES: usize = 16_384;
+/// How many frames ahead of the one being forwarded the slot of its destination's packet
+/// counts is fetched into the cache.
+const PREFETCH_AHEAD: usize = 8;
 /// Frames held per destination /64 while its route is looked for (the reference: 100 inbound).
 const MAX_PENDING_PER_SUBNET: usize = 100;
 /// Frames held per worker while routes are looked for.
@@ -63,12 +69,19 @@ pub(crate) struct PacketStats {
     pub(crate) by_destination: HashMap<Ipv6Addr, Traffic, SeededState>,
 }
 
+/// One worker's packet counts, as the forwarding path keeps them.
+#[derive(Debug)]
+struct Counts {
+    by_source: AddressCounts,
+    by_destination: AddressCounts,
+}
+
 /// The forwarding state of one worker, which only its own thread touches.
 #[derive(Debug)]
 struct State {
     /// Keys to open frames for this node and to seal ICMP errors.
     keys: KeyCache,
-    stats: PacketStats,
+    stats: Counts,
     /// Frames waiting for a route, by the /64 (its upper 64 bits) whose route they need: the
     /// destination's to be forwarded, or, for frames to this node, the source's (for its key).
     pending: HashMap<u64, VecDeque<Held>, SeededState>,
@@ -163,9 +176,9 @@ impl Forwarder {
     ) -> Self {
         let state = State {
             keys: KeyCache::default(),
-            stats: PacketStats {
-                by_source: HashMap::with_hasher(SeededState::new(seed)),
-                by_destination: HashMap::with_hasher(SeededState::new(seed.rotate_left(32))),
+            stats: Counts {
+                by_source: AddressCounts::new(MAX_STATS_ENTRIES, seed),
+                by_destination: AddressCounts::new(MAX_STATS_ENTRIES, seed.rotate_left(32)),
             },
             pending: HashMap::with_hasher(SeededState::new(seed.rotate_left(16))),
             pending_len: 0,
@@ -214,7 +227,16 @@ impl Forwarder {
 
     /// This worker's packet counts by address.
     pub(crate) fn packet_stats(&self) -> PacketStats {
-        self.state.borrow().stats.clone()
+        let st = self.state.borrow();
+        let map = |c: &AddressCounts| {
+            let mut m = HashMap::with_capacity_and_hasher(c.len(), SeededState::new(0));
+            m.extend(c.iter());
+            m
+        };
+        PacketStats {
+            by_source: map(&st.stats.by_source),
+            by_destination: map(&st.stats.by_destination),
+        }
     }
 
     /// Releases frames held for routes that appeared, until shutdown: sleeps until a frame is
@@ -241,12 +263,7 @@ struct Run {
 }
 
 impl Run {
-    fn add(
-        &mut self,
-        map: &mut HashMap<Ipv6Addr, Traffic, SeededState>,
-        addr: Ipv6Addr,
-        len: usize,
-    ) {
+    fn add(&mut self, map: &mut AddressCounts, addr: Ipv6Addr, len: usize) {
         if self.addr != Some(addr) {
             self.flush(map);
             self.addr = Some(addr);
@@ -255,14 +272,9 @@ impl Run {
         self.seen.bytes += len as u64;
     }
 
-    fn flush(&mut self, map: &mut HashMap<Ipv6Addr, Traffic, SeededState>) {
+    fn flush(&mut self, map: &mut AddressCounts) {
         let Some(a) = self.addr.take() else { return };
-        if let Some(e) = map.get_mut(&a) {
-            e.packets += self.seen.packets;
-            e.bytes += self.seen.bytes;
-        } else if map.len() < MAX_STATS_ENTRIES {
-            map.insert(a, self.seen);
-        }
+        map.add(a, self.seen);
         self.seen = Traffic::default();
     }
 }
@@ -380,9 +392,27 @@ impl Forwarder {
         let st = &mut *st;
         let (mut src_run, mut dst_run) = (Run::default(), Run::default());
         let mut staged: Option<Staged> = None;
-        // The last route looked up, reused while the destination /64 stays the same.
+        // The last route looked up, reused while the destination /64 stays the same; the
+        // forwarding table loaded once per batch, at its first lookup.
         let mut last: Option<(u128, Option<PeerId>)> = None;
-        for f in frames.drain(..) {
+        let mut fib = None;
+        let mut frames = frames.drain(..);
+        // The destinations' count slots, fetched PREFETCH_AHEAD frames ahead (once per change
+        // of destination): with many destinations interleaved each is a cache miss.
+        let mut fetched: Option<Ipv6Addr> = None;
+        let mut prefetch = |st: &State, f: Option<&Frame<BytesMut>>| {
+            if let Some(Frame::Data(d)) = f
+                && fetched != Some(d.dst())
+            {
+                fetched = Some(d.dst());
+                st.stats.by_destination.prefetch(d.dst());
+            }
+        };
+        for f in frames.as_slice().iter().take(PREFETCH_AHEAD) {
+            prefetch(st, Some(f));
+        }
+        while let Some(f) = frames.next() {
+            prefetch(st, frames.as_slice().get(PREFETCH_AHEAD - 1));
             let mut frame = match f {
                 Frame::Data(d) => d,
                 Frame::Control(tlv) => {
@@ -436,7 +466,7 @@ impl Forwarder {
             let next = match last {
                 Some((n, hop)) if n == net => hop,
                 _ => {
-                    let hop = shared.fib.lookup(dst);
+                    let hop = fib.get_or_insert_with(|| shared.fib.snapshot()).lookup(dst);
                     last = Some((net, hop));
                     hop
                 }
