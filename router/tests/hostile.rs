@@ -320,3 +320,333 @@ fn routes_are_capped_per_peer_and_in_all() {
     assert_eq!(routes(), 150, "the total cap");
     assert!(node.info()["nodeSubnet"].is_string());
 }
+
+// ---- review: peer links (QUIC) ----------------------------------------------------------
+
+/// A QUIC peer played by the test: client and server configurations as the reference's
+/// (SNI `dummy.mycelium`, any certificate, TLS 1.3).
+mod quic_peer {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::CryptoProvider;
+    use rustls::pki_types::{
+        CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime,
+    };
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    #[derive(Debug)]
+    struct AnyCert(Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    fn transport() -> Arc<quinn::TransportConfig> {
+        let mut t = quinn::TransportConfig::default();
+        t.send_window(256 << 20)
+            .max_concurrent_bidi_streams(8u8.into());
+        Arc::new(t)
+    }
+
+    /// A client endpoint on `bind` (call inside a tokio runtime).
+    pub(crate) fn client(bind: SocketAddr) -> quinn::Endpoint {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+            .with_no_client_auth();
+        let mut c = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(cfg).unwrap()));
+        c.transport_config(transport());
+        let mut ep = quinn::Endpoint::client(bind).unwrap();
+        ep.set_default_client_config(c);
+        ep
+    }
+
+    /// A server endpoint on `bind` (call inside a tokio runtime).
+    pub(crate) fn server(bind: SocketAddr) -> quinn::Endpoint {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cert = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        let mut s =
+            quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(cfg).unwrap()));
+        s.transport_config(transport());
+        quinn::Endpoint::server(s, bind).unwrap()
+    }
+}
+
+fn tokio_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A QUIC peer opens its link stream (the one the node reads), then four more bidirectional
+/// streams (the node allows five) that the node never accepts, and fills each up to its
+/// 10 MiB stream window. The node buffers all of it, unread, for as long as the link lives:
+/// 40 MiB per connection, 320 MiB from one address (8 links), 20 GiB at --max-inbound.
+#[test]
+fn quic_streams_the_node_never_reads_do_not_grow_it() {
+    let (node, _metrics) = node_with_metrics("quicstreams", 61, &["--hello-interval", "20"]);
+    let rt = tokio_rt();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss(node.child.id());
+    let grown = rt.block_on(async {
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            let ep = quic_peer::client("127.0.0.1:0".parse().unwrap());
+            let conn = ep
+                .connect(([127, 0, 0, 1], node.port).into(), "dummy.mycelium")
+                .unwrap()
+                .await
+                .expect("QUIC handshake");
+            // The link stream, with a Hello so the node takes it.
+            let (mut link, link_r) = conn.open_bi().await.unwrap();
+            let mut hello = Vec::new();
+            Tlv::Hello(hyphae_wire::babel::Hello::unicast(SeqNo(1), Interval(2000)))
+                .encode_frame(&mut hello);
+            link.write_all(&hello).await.unwrap();
+            let junk = bytes::Bytes::from(vec![0u8; 10 << 20]);
+            let mut extra = Vec::new();
+            for _ in 0..4 {
+                let Ok(Ok((mut s, r))) =
+                    tokio::time::timeout(Duration::from_secs(2), conn.open_bi()).await
+                else {
+                    eprintln!("the node allows no more streams");
+                    break;
+                };
+                let j = junk.clone();
+                // Whatever of it the node's stream window takes.
+                let _ = tokio::time::timeout(Duration::from_secs(5), s.write_chunk(j)).await;
+                let mut left = junk.clone();
+                while !left.is_empty() {
+                    match tokio::time::timeout(Duration::from_secs(3), s.write(&left)).await {
+                        Ok(Ok(n)) => {
+                            let _ = left.split_to(n);
+                        }
+                        _ => break,
+                    }
+                }
+                extra.push((s, r));
+            }
+            conns.push((ep, conn, link, link_r, extra));
+        }
+        // Let it all arrive.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = rss(node.child.id());
+        let peers = node.get("/api/v1/admin/peers");
+        eprintln!("peers: {}", peers.as_array().map_or(0, Vec::len));
+        after.saturating_sub(before)
+    });
+    eprintln!("RSS grew by {} KiB", grown / 1024);
+    assert!(
+        grown <= 16 << 20,
+        "two QUIC links grew the node by {} KiB of stream data it never reads (bound: 16 MiB)",
+        grown / 1024
+    );
+}
+
+/// A configured QUIC peer is removed (admin API) while the node's dial to it is still in its
+/// handshake. The handshake then completes: the node brings the link up and keeps it, although
+/// the peer is no longer configured. It is not listed by /admin/peers (neither configured nor
+/// inbound), and it is never closed.
+#[test]
+fn a_peer_removed_while_dialing_is_not_linked() {
+    let rt = tokio_rt();
+    let server = rt.block_on(async { quic_peer::server("127.0.0.1:0".parse().unwrap()) });
+    let sport = server.local_addr().unwrap().port();
+    let ep = format!("quic://127.0.0.1:{sport}");
+    let (node, metrics) = node_with_metrics(
+        "removedial",
+        62,
+        &["--hello-interval", "20", "--peers", &ep],
+    );
+    rt.block_on(async {
+        // The node's dial arrives; its handshake waits for us.
+        let incoming = tokio::time::timeout(Duration::from_secs(10), server.accept())
+            .await
+            .expect("the node dials")
+            .unwrap();
+        let (code, body) = http(
+            node.api,
+            "DELETE",
+            &format!("/api/v1/admin/peers/quic%3A%2F%2F127.0.0.1%3A{sport}"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(code, 204, "{body}");
+        assert_eq!(
+            node.get("/api/v1/admin/peers").as_array().map(Vec::len),
+            Some(0)
+        );
+        // Now the handshake completes.
+        let conn = incoming.await.expect("handshake");
+        // Kept (not dropped) while the link is watched: a dropped stream would make the node
+        // close the link by itself.
+        let _stream = match tokio::time::timeout(Duration::from_secs(5), conn.accept_bi()).await {
+            Ok(Ok((s, mut r))) => {
+                let mut buf = vec![0u8; 4096];
+                let got = r.read(&mut buf).await.ok().flatten().unwrap_or(0);
+                eprintln!("the node sent {got} bytes on a link to a removed peer");
+                Some((s, r))
+            }
+            _ => None,
+        };
+        let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+        let listed = node.get("/api/v1/admin/peers");
+        eprintln!(
+            "listed peers: {listed}; hyphae_peers {}",
+            metric(metrics, "hyphae_peers")
+        );
+        assert!(
+            closed.is_ok(),
+            "the node keeps a link to a peer removed before it came up (listed: {listed})"
+        );
+    });
+}
+
+/// Takes `n` QUIC Initial datagrams (distinct connection ids) from a real client, as an
+/// attacker would make them, without ever answering.
+async fn initials(n: usize) -> Vec<Vec<u8>> {
+    let trap = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let to = trap.local_addr().unwrap();
+    let client = quic_peer::client("127.0.0.1:0".parse().unwrap());
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut dcids = std::collections::HashSet::new();
+    let mut pending = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    while out.len() < n {
+        pending.push(client.connect(to, "dummy.mycelium").unwrap());
+        // Let the endpoint driver send it.
+        let (len, _) = trap.recv_from(&mut buf).await.unwrap();
+        let d = &buf[..len];
+        let dcid = d[6..6 + usize::from(d[5])].to_vec();
+        if dcids.insert(dcid) {
+            out.push(d.to_vec());
+        }
+    }
+    out
+}
+
+/// Each QUIC Initial takes an inbound place (shared with TCP links) for up to 10 s, on its
+/// source address as written in the packet: the address is never validated (no Retry). One
+/// datagram per place, which a sender never has to follow up (or even receive an answer for,
+/// so its source can be anything), fills --max-inbound and every real peer, TCP or QUIC, is
+/// refused. Here 32 datagrams from 32 addresses lock out a TCP peer.
+#[test]
+fn unanswered_quic_initials_do_not_lock_out_tcp_peers() {
+    let (node, metrics) = node_with_metrics(
+        "initials",
+        63,
+        &["--hello-interval", "20", "--max-inbound", "32"],
+    );
+    let rt = tokio_rt();
+    let datagrams = rt.block_on(initials(32));
+    let senders: Vec<std::net::UdpSocket> = datagrams
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let s = std::net::UdpSocket::bind(std::net::SocketAddr::from((
+                [127, 0, 4, i as u8 + 1],
+                0,
+            )))
+            .unwrap();
+            s.send_to(d, ("127.0.0.1", node.port)).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    eprintln!(
+        "{} datagrams sent; inbound places held: {}",
+        senders.len(),
+        metric(metrics, "hyphae_inbound_links")
+    );
+    // A real peer over TCP, from an address of its own.
+    let mut honest = connect_from([127, 0, 0, 9], node.port).unwrap();
+    let refused = closed(&mut honest, Duration::from_millis(1000));
+    let total = metric(metrics, "hyphae_inbound_refused_total{reason=\"total\"}");
+    assert!(
+        !refused,
+        "a TCP peer was refused ({total} refused for the total): 32 unanswered QUIC Initials hold every place"
+    );
+}
+
+/// A configured peer that accepts each connection and closes it at once. The node redials it
+/// 500 ms after each link goes down (and every second tick), for ever, with no backoff; the
+/// module says dead peers are redialed every 5 s, as the reference does. A discovered peer
+/// that does this is never forgotten either (its failure count is reset by every PeerUp).
+#[test]
+fn a_peer_that_hangs_up_at_once_is_not_redialed_in_a_tight_loop() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let lport = listener.local_addr().unwrap().port();
+    let ep = format!("tcp://127.0.0.1:{lport}");
+    let (node, _metrics) =
+        node_with_metrics("hangup", 64, &["--hello-interval", "20", "--peers", &ep]);
+    listener.set_nonblocking(true).unwrap();
+    let start = Instant::now();
+    let mut accepts = 0;
+    while start.elapsed() < Duration::from_secs(10) {
+        match listener.accept() {
+            Ok((s, _)) => {
+                accepts += 1;
+                drop(s);
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    let ups = node.log().matches("peer up").count();
+    eprintln!("{accepts} connections in 10 s ({ups} links up)");
+    assert!(
+        accepts <= 3,
+        "{accepts} connections in 10 s to a peer that hangs up at once (every 5 s: 3)"
+    );
+}

@@ -27,6 +27,9 @@ use super::worker::Workers;
 
 /// How often dead configured peers are redialed (the reference's interval).
 const REDIAL_INTERVAL: Duration = Duration::from_secs(5);
+/// A link to a dialed peer that ends sooner than this after it came up counts as a failed
+/// dial.
+const SHORT_LINK: Duration = Duration::from_secs(5);
 /// How long a peer's control queue may stay full before the link is closed.
 const CONTROL_STALL: Duration = Duration::from_secs(10);
 /// Failed connects after which a discovered peer is forgotten (the reference's rule).
@@ -153,12 +156,22 @@ impl Control {
     fn handle(&mut self, now: Instant, m: ControlMsg) {
         match m {
             ControlMsg::PeerUp { handle, link } => {
-                if handle.kind != PeerType::Inbound
-                    && let Some(c) = self.configured.get_mut(&handle.endpoint)
-                {
+                if handle.kind != PeerType::Inbound {
+                    // A dial that completed after its peer was removed (or that another link
+                    // to the endpoint overtook): the link goes at once.
+                    let Some(c) = self
+                        .configured
+                        .get_mut(&handle.endpoint)
+                        .filter(|c| c.state == PeerState::Connecting)
+                    else {
+                        tracing::info!(peer = handle.id.0, endpoint = %handle.endpoint,
+                            "closing link: its peer is no longer configured");
+                        let _ = handle.close.send(true);
+                        return;
+                    };
+                    // The failure count stays until the link has lived (see PeerDown).
                     c.state = PeerState::Alive(handle.id);
                     c.last_connected = Some(now);
-                    c.failures = 0;
                 }
                 self.links.insert(handle.id, (handle.clone(), now));
                 self.router.handle_peer_up(now, handle.id, link);
@@ -170,7 +183,26 @@ impl Control {
                     && c.state == PeerState::Alive(peer)
                 {
                     c.state = PeerState::Dead;
-                    c.next_dial = now + Duration::from_millis(500);
+                    // A link that lived is redialed at once; one that died young (a peer that
+                    // accepts and hangs up) counts as a failed dial, redialed every
+                    // REDIAL_INTERVAL as the reference does, and a discovered peer that keeps
+                    // doing it is forgotten.
+                    let lived = c
+                        .last_connected
+                        .is_some_and(|t| now.saturating_duration_since(t) >= SHORT_LINK);
+                    if lived {
+                        c.failures = 0;
+                        c.next_dial = now + Duration::from_millis(500);
+                    } else {
+                        c.failures += 1;
+                        c.next_dial = now + REDIAL_INTERVAL;
+                        if c.kind == PeerType::LinkLocalDiscovery
+                            && c.failures >= MAX_DISCOVERED_FAILURES
+                        {
+                            tracing::info!(endpoint = %h.endpoint, "forgetting discovered peer after links that died at once");
+                            self.configured.remove(&h.endpoint);
+                        }
+                    }
                 }
                 self.router.handle_peer_down(now, peer);
             }

@@ -89,10 +89,12 @@ pub(crate) struct Quic {
     client: quinn::ClientConfig,
 }
 
-fn transport() -> Arc<quinn::TransportConfig> {
+fn transport(server: bool) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
+    // One stream per link, opened by the dialer: a stream the node never accepts would hold
+    // up to its whole window, unread, for as long as the link lives.
     t.max_concurrent_uni_streams(0u8.into())
-        .max_concurrent_bidi_streams(5u8.into())
+        .max_concurrent_bidi_streams(u8::from(server).into())
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .initial_mtu(1500)
         .datagram_receive_buffer_size(Some(16 << 20))
@@ -122,7 +124,7 @@ impl Quic {
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(
             QuicServerConfig::try_from(server).map_err(|e| e.to_string())?,
         ));
-        server.transport_config(transport());
+        server.transport_config(transport(true));
         let client = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| e.to_string())?
@@ -132,7 +134,7 @@ impl Quic {
         let mut client = quinn::ClientConfig::new(Arc::new(
             QuicClientConfig::try_from(client).map_err(|e| e.to_string())?,
         ));
-        client.transport_config(transport());
+        client.transport_config(transport(false));
         let listen = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             Some(server),
@@ -181,6 +183,16 @@ impl Quic {
                 i = self.listen.accept() => i,
             };
             let Some(incoming) = incoming else { return };
+            // The source address of a first Initial is whatever the sender wrote: it takes no
+            // place until it has answered a Retry (stateless, costs this node nothing).
+            if !incoming.remote_address_validated() {
+                if incoming.may_retry() {
+                    let _ = incoming.retry();
+                } else {
+                    incoming.ignore();
+                }
+                continue;
+            }
             let remote = canonical(incoming.remote_address());
             // The place is taken before the handshake: handshakes in flight count.
             let slot = match fwd.shared().admission.admit(remote.ip()) {
