@@ -81,7 +81,9 @@ impl Tcp {
                         addr: canonical(remote),
                     };
                     match self.fwd.shared().admission.admit(ep.addr.ip()) {
-                        Ok(slot) => self.start(stream, ep, PeerType::Inbound, Some(slot)),
+                        Ok(slot) => {
+                            self.start(stream, ep, PeerType::Inbound, Some(slot));
+                        }
                         Err(why) => tracing::debug!(%ep, ?why, "inbound link refused"),
                     }
                 }
@@ -97,7 +99,12 @@ impl Tcp {
     pub(crate) async fn dial(self, ep: Endpoint, kind: PeerType) {
         let r = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(ep.addr));
         match r.await {
-            Ok(Ok(stream)) => return self.start(stream, ep, kind, None),
+            // A socket that could not be set up counts as a failed dial.
+            Ok(Ok(stream)) => {
+                if self.start(stream, ep, kind, None) {
+                    return;
+                }
+            }
             Ok(Err(e)) => tracing::debug!(%ep, "connect: {e}"),
             Err(_) => tracing::debug!(%ep, "connect timed out"),
         }
@@ -106,14 +113,14 @@ impl Tcp {
     }
 
     /// Sets a new link's socket options and runs it on this worker; an inbound link holds
-    /// its place (`slot`) while it runs.
+    /// its place (`slot`) while it runs. `false` if the socket could not be set up.
     fn start(
         &self,
         stream: tokio::net::TcpStream,
         ep: Endpoint,
         kind: PeerType,
         slot: Option<Slot>,
-    ) {
+    ) -> bool {
         let settings = &self.fwd.shared().settings;
         let _ = stream.set_nodelay(true);
         // Keep the kernel's unsent backlog short: frames wait in our bounded per-peer queue,
@@ -139,14 +146,16 @@ impl Tcp {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(%ep, "socket: {e}");
-                    return;
+                    return false;
                 }
             };
             let (r, w) = super::link::uring_halves(ring, std);
-            return run_link(fwd, info, slot, r, w);
+            run_link(fwd, info, slot, r, w);
+            return true;
         }
         let (r, w) = stream.into_split();
         run_link(fwd, info, slot, PortableRead(r), PortableWrite(w));
+        true
     }
 }
 
