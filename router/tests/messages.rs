@@ -775,3 +775,144 @@ fn a_local_application_that_never_reads_is_cut_off() {
     other.push(1, &b_pk, b"t", b"hello", None);
     assert_eq!(other.recv().0, Kind::PUSHED);
 }
+
+/// How a local-socket connection ends: an application cut off for not reading, or gone with
+/// requests still waiting, leaves nothing behind.
+mod local_socket_ends {
+
+    use std::io::{ErrorKind, Write};
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
+
+    use super::common::{self, Node, http, wait_until};
+    use bytes::BytesMut;
+    use hyphae_wire::framing::{self, Destination, Message, Push, StatusQuery};
+
+    fn fds(n: &Node) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", n.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    fn encode(m: &Message<'_>) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        m.encode(framing::DEFAULT_MAX_BODY, &mut b).unwrap();
+        b.to_vec()
+    }
+
+    fn metric(addr: &str, name: &str) -> Option<u64> {
+        let (_, page) = http(addr.parse().unwrap(), "GET", "/metrics", None)?;
+        page.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
+    }
+
+    /// An application that never reads its answers is "closed" (counted, logged) but the router
+    /// never lets go of the connection: `connection()` waits for its writer, which is stuck in a
+    /// `write_all` to the very application that does not read. The socket, and the outbox of
+    /// answers (up to `--local-socket-outbox-mib`, 256 MiB by default), stay forever.
+    #[test]
+    fn a_connection_closed_for_not_reading_is_really_closed() {
+        let metrics = format!("127.0.0.1:{}", common::free_port());
+        let n = Node::start(
+            "stall",
+            "portable",
+            61,
+            &[
+                "--local-socket-outbox-mib".into(),
+                "1".into(),
+                "--metrics-api-address".into(),
+                metrics.clone(),
+            ],
+        );
+        let before = fds(&n);
+        let mut flood = UnixStream::connect(n.local_socket()).unwrap();
+        let one = encode(&Message::StatusQuery(StatusQuery {
+            tag: 7,
+            id: hyphae_wire::message::MessageId([9; 8]),
+        }));
+        let burst: Vec<u8> = one.iter().copied().cycle().take(one.len() * 4096).collect();
+        flood.set_nonblocking(true).unwrap();
+        // Write until the router says it closed us for not reading.
+        let start = Instant::now();
+        let mut written = 0usize;
+        while metric(&metrics, "hyphae_local_socket_unread_closes_total") != Some(1) {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "never cut off ({written} bytes written, counter {:?})\n{}",
+                metric(&metrics, "hyphae_local_socket_unread_closes_total"),
+                n.log()
+            );
+            match flood.write(&burst[written % burst.len()..]) {
+                Ok(k) => written += k,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        eprintln!(
+            "cut off after {written} bytes of queries; router fds {before} -> {}",
+            fds(&n)
+        );
+        // The router says it closed the connection: a write must now fail with a broken pipe. If
+        // the router still holds its end, the write only finds the (full) socket buffer.
+        let closed = wait_until(Duration::from_secs(10), || match flood.write(&one) {
+            Err(e)
+                if e.kind() == ErrorKind::BrokenPipe || e.kind() == ErrorKind::ConnectionReset =>
+            {
+                Some(true)
+            }
+            _ => None,
+        });
+        assert!(
+            closed.is_some(),
+            "10 s after counting the close, the router still holds the connection open \
+             (router fds {before} -> {}, the write still gets WouldBlock)",
+            fds(&n)
+        );
+    }
+
+    /// An application that pushes with a reply wait and then goes away: the connection's task
+    /// waits for every request task it spawned (they hold the outbox sender), and a push's wait is
+    /// the application's `reply_timeout_ms` uncapped (u32::MAX ms = 49.7 days). The router's end
+    /// of each such socket, its buffers and its tasks stay until then.
+    #[test]
+    fn a_departed_application_does_not_pin_its_connection() {
+        let n = Node::start("leak", "portable", 62, &[]);
+        // A destination with no route: the push is accepted, nobody will ever reply.
+        let nobody = hyphae_wire::identity::SecretKey::from_bytes([63; 32]).public_key();
+        let push = |wait| {
+            encode(&Message::Push(Push {
+                tag: 1,
+                dst: Destination::PublicKey(*nobody.as_bytes()),
+                topic: b"t",
+                payload: b"hello",
+                reply_to: None,
+                reply_timeout_ms: wait,
+            }))
+        };
+        let base = fds(&n);
+        let round = |wait: Option<u32>| {
+            let conns: Vec<UnixStream> = (0..100)
+                .map(|_| {
+                    let mut s = UnixStream::connect(n.local_socket()).unwrap();
+                    s.write_all(&push(wait)).unwrap();
+                    s
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(500));
+            drop(conns);
+            // Well past the 15 s after which a message without a route is aborted.
+            let settled = wait_until(Duration::from_secs(20), || fds(&n) <= base + 5);
+            (settled.is_some(), fds(&n))
+        };
+        let (ok, after_plain) = round(None);
+        assert!(ok, "plain pushes: router fds {base} -> {after_plain}");
+        let (ok, after_wait) = round(Some(u32::MAX));
+        assert!(
+            ok,
+            "100 applications pushed with a reply wait and left 20 s ago: router fds {base} -> \
+             {after_wait} (their sockets are still held)"
+        );
+    }
+}

@@ -470,6 +470,10 @@ async fn msg_receive(
 ) -> Response {
     let topic = match &q.topic {
         Some(t) => match unb64(t) {
+            // No message has a longer topic: such a filter could only hold memory.
+            Some(t) if t.len() > 255 => {
+                return err(StatusCode::BAD_REQUEST, "topic longer than 255 bytes");
+            }
             Some(t) => Some(Bytes::from(t)),
             None => return err(StatusCode::BAD_REQUEST, "topic is not base64"),
         },

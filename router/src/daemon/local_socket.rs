@@ -39,6 +39,21 @@ const SUBSCRIPTION_POLL: Duration = Duration::from_secs(30);
 const MAX_IN_FLIGHT: usize = 1024;
 /// Subscriptions one connection may hold.
 const MAX_SUBSCRIPTIONS: usize = 64;
+/// Longest wait for a reply to a push (as the HTTP API's).
+const MAX_REPLY_WAIT: Duration = Duration::from_secs(3600);
+/// How long the error that closes a connection for bad framing may take to go out.
+const LAST_WORDS: Duration = Duration::from_secs(5);
+
+/// Why a connection's reading ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The application closed its side (or the read failed).
+    Closed,
+    /// It did not read its answers.
+    Unread,
+    /// It sent something that is not a frame.
+    Corrupt,
+}
 /// Payloads this size and above keep the receive buffer they were read into (see [`kept`]).
 const READ_BUFFER: usize = READ_MAX;
 
@@ -266,7 +281,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
         limit: shared.settings.local_socket_outbox,
     };
     let queued = out.queued.clone();
-    let writer = tokio::spawn(async move {
+    let mut writer = tokio::spawn(async move {
         let mut batch = Vec::new();
         while out_rx.recv_many(&mut batch, 256).await > 0 {
             let mut buf = BytesMut::with_capacity(batch.iter().map(Bytes::len).sum());
@@ -285,18 +300,20 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
     let mut sizer = ReadSizer::new();
     let mut buf = BytesMut::new();
     let mut subscriptions = Vec::new();
-    'conn: loop {
+    // Requests being worked on (each holds a way to the writer).
+    let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    let end = 'conn: loop {
         sizer.prepare(&mut buf);
         let read = tokio::select! {
             r = rd.read_buf(&mut buf) => r,
             _ = out.overflow.notified() => {
                 shared.local_socket_unread_closes.fetch_add(1, Relaxed);
                 tracing::warn!("local socket: closing a connection that does not read its answers");
-                break;
+                break End::Unread;
             }
         };
         match read {
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => break End::Closed,
             Ok(n) => {
                 sizer.record(n);
             }
@@ -307,14 +324,17 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
                 Ok(None) => break,
                 Err(e) => {
                     out.send(error(0, ErrorCode::BAD_REQUEST, &format!("closing: {e}")));
-                    break 'conn;
+                    break 'conn End::Corrupt;
                 }
             };
             let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                break 'conn;
+                break 'conn End::Closed;
             };
+            tasks.retain(|t| !t.is_finished());
             match Message::decode(kind, &body) {
-                Ok(m) => request(&shared, &out, &body, m, &mut subscriptions, permit),
+                Ok(m) => request(&shared, &out, &body, m, &mut subscriptions, permit)
+                    .into_iter()
+                    .for_each(|t| tasks.push(t)),
                 Err(e) => {
                     out.send(error(
                         0,
@@ -324,12 +344,44 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
                 }
             }
         }
-    }
+    };
     for s in subscriptions {
-        tokio::task::JoinHandle::abort(&s);
+        s.abort();
     }
     drop(out);
-    let _ = writer.await;
+    // An application that only closed its sending side still gets the answers in flight (a
+    // reply waits at most MAX_REPLY_WAIT); one that is gone, or is being cut off, does not
+    // keep its connection, its requests or their answers.
+    let peer_gone = hung_up(&rd);
+    match end {
+        End::Closed if !peer_gone => {
+            let _ = writer.await;
+            return;
+        }
+        End::Corrupt if !peer_gone => {
+            let _ = tokio::time::timeout(LAST_WORDS, &mut writer).await;
+        }
+        _ => {}
+    }
+    for t in tasks {
+        t.abort();
+    }
+    writer.abort();
+}
+
+/// Whether the application closed both directions of the connection (not just its sending
+/// side): `POLLHUP` on the socket.
+#[allow(unsafe_code)]
+fn hung_up(rd: &tokio::net::unix::OwnedReadHalf) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd {
+        fd: rd.as_ref().as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for a descriptor `rd` keeps open, and no wait.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n == 1 && p.revents & (libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// A payload the message subsystem will hold until the message is done (minutes, for a
@@ -345,7 +397,8 @@ fn kept(body: &Bytes, payload: &[u8]) -> Bytes {
     }
 }
 
-/// Starts the work for one request; answers go to `out` when ready.
+/// Starts the work for one request; answers go to `out` when ready. Returns the task that
+/// works on it, if one does (a subscription's goes to `subscriptions`).
 fn request(
     shared: &Arc<Shared>,
     out: &Outbox,
@@ -353,7 +406,7 @@ fn request(
     m: Message<'_>,
     subscriptions: &mut Vec<tokio::task::JoinHandle<()>>,
     permit: OwnedSemaphorePermit,
-) {
+) -> Option<tokio::task::JoinHandle<()>> {
     let (shared, out) = (shared.clone(), out.clone());
     match m {
         Message::Push(p) => {
@@ -362,8 +415,8 @@ fn request(
             let payload = kept(body, p.payload);
             let wait = p
                 .reply_timeout_ms
-                .map(|ms| Duration::from_millis(u64::from(ms)));
-            tokio::spawn(async move {
+                .map(|ms| Duration::from_millis(u64::from(ms)).min(MAX_REPLY_WAIT));
+            Some(tokio::spawn(async move {
                 let _permit = permit;
                 let dst = match destination(&shared, dst).await {
                     Ok(d) => d,
@@ -387,7 +440,7 @@ fn request(
                     },
                 };
                 out.send(answer);
-            });
+            }))
         }
         Message::Subscribe(s) => {
             drop(permit);
@@ -395,7 +448,15 @@ fn request(
             if subscriptions.len() >= MAX_SUBSCRIPTIONS {
                 let msg = format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection");
                 out.send(error(s.tag, ErrorCode::BAD_REQUEST, &msg));
-                return;
+                return None;
+            }
+            if s.topic.is_some_and(|t| t.len() > 255) {
+                out.send(error(
+                    s.tag,
+                    ErrorCode::BAD_REQUEST,
+                    "topic longer than 255 bytes",
+                ));
+                return None;
             }
             let topic = s.topic.map(|t| body.slice_ref(t));
             subscriptions.push(tokio::spawn(async move {
@@ -421,19 +482,20 @@ fn request(
                     }
                 }
             }));
+            None
         }
         Message::Reply(r) => {
             let (tag, id) = (r.tag, r.id);
             let payload = kept(body, r.payload);
-            tokio::spawn(async move {
+            Some(tokio::spawn(async move {
                 let _permit = permit;
                 let answer = send_reply(&shared, tag, id, None, payload).await;
                 out.send(answer);
-            });
+            }))
         }
         Message::StatusQuery(q) => {
             let (tag, id) = (q.tag, q.id);
-            tokio::spawn(async move {
+            Some(tokio::spawn(async move {
                 let _permit = permit;
                 let answer = match shared
                     .inbox
@@ -472,7 +534,7 @@ fn request(
                     Err(_) => error(tag, ErrorCode::UNAVAILABLE, "message subsystem busy"),
                 };
                 out.send(answer);
-            });
+            }))
         }
         other => {
             out.send(error(
@@ -480,6 +542,7 @@ fn request(
                 ErrorCode::BAD_REQUEST,
                 &format!("{:?} is not a request", other.kind()),
             ));
+            None
         }
     }
 }

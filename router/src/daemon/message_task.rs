@@ -7,6 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -33,6 +34,13 @@ const MAX_SENDERS: usize = 65_536;
 /// tried for the whole 5-minute send window as the reference does: a crashed receiver is
 /// reported to the sender in seconds. (The route query timeout.)
 const UNREACHABLE_ABORT: Duration = Duration::from_secs(15);
+/// Callers parked waiting for a message (long polls, subscriptions between messages), and
+/// callers waiting for the reply to their push, at most; a caller beyond either is answered
+/// at once (no message; or its message's id, without waiting) and counted.
+const MAX_WAITERS: usize = 4096;
+/// A topic someone asked for by name within this long is held: a caller asking for any topic
+/// does not get its messages (a subscription asks again at once after each message).
+const HOLD: Duration = Duration::from_secs(2);
 
 struct Receiver {
     topic: Option<Bytes>,
@@ -50,6 +58,9 @@ struct MessageTask {
     queued: VecDeque<ReceivedMessage>,
     receivers: Vec<Receiver>,
     replies: HashMap<MessageId, (Instant, oneshot::Sender<Result<Pushed, PushError>>)>,
+    /// Topics callers asked for by name, and when last (see [`HOLD`]); at most
+    /// [`MAX_WAITERS`].
+    held: HashMap<Bytes, Instant>,
     senders: HashMap<MessageId, PublicKey>,
     sender_order: VecDeque<MessageId>,
     /// Outbound messages in progress, by destination.
@@ -76,6 +87,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut inbox: mpsc::Receiver<MsgCmd>) 
         queued: VecDeque::new(),
         receivers: Vec::new(),
         replies: HashMap::new(),
+        held: HashMap::new(),
         senders: HashMap::new(),
         sender_order: VecDeque::new(),
         active: HashMap::new(),
@@ -155,11 +167,18 @@ impl MessageTask {
                     }
                     Ok(()) => {
                         self.active.insert(id, dst);
+                        if self.replies.len() >= MAX_WAITERS {
+                            self.replies.retain(|_, (_, tx)| !tx.is_closed());
+                        }
                         match wait {
-                            Some(w) => {
+                            Some(w) if !tx.is_closed() && self.replies.len() < MAX_WAITERS => {
                                 self.replies.insert(id, (now + w, tx));
                             }
-                            None => {
+                            Some(_) if !tx.is_closed() => {
+                                self.shared.message_waits_refused.fetch_add(1, Relaxed);
+                                let _ = tx.send(Ok(Pushed::Queued(id)));
+                            }
+                            _ => {
                                 let _ = tx.send(Ok(Pushed::Queued(id)));
                             }
                         }
@@ -187,33 +206,56 @@ impl MessageTask {
                 timeout,
                 tx,
             } => {
+                // A caller that has gone (its request timed out while this waited in the
+                // inbox) takes nothing.
+                if tx.is_closed() {
+                    return;
+                }
+                if let Some(t) = &topic {
+                    self.hold(now, t);
+                }
                 let pos = self
                     .queued
                     .iter()
-                    .position(|m| topic.as_ref().is_none_or(|t| *t == m.topic));
+                    .position(|m| self.wants(now, topic.as_ref(), &m.topic));
                 match pos {
+                    Some(i) if peek => {
+                        let _ = tx.send(Some(self.queued[i].clone()));
+                    }
                     Some(i) => {
-                        let msg = match peek {
-                            true => self.queued[i].clone(),
-                            false => {
-                                let Some(msg) = self.queued.remove(i) else {
-                                    return;
-                                };
-                                self.m.mark_read(now, msg.src, msg.id);
-                                msg
-                            }
+                        let Some(msg) = self.queued.remove(i) else {
+                            return;
                         };
-                        let _ = tx.send(Some(msg));
+                        let (src, id) = (msg.src, msg.id);
+                        // Read only once handed over; a caller gone meanwhile leaves it queued.
+                        match tx.send(Some(msg)) {
+                            Ok(()) => self.m.mark_read(now, src, id),
+                            Err(msg) => {
+                                if let Some(msg) = msg {
+                                    self.queued.insert(i, msg);
+                                }
+                            }
+                        }
                     }
                     None if timeout.is_zero() => {
                         let _ = tx.send(None);
                     }
-                    None => self.receivers.push(Receiver {
-                        topic,
-                        peek,
-                        deadline: now + timeout,
-                        tx,
-                    }),
+                    None => {
+                        if self.receivers.len() >= MAX_WAITERS {
+                            self.receivers.retain(|r| !r.tx.is_closed());
+                        }
+                        if self.receivers.len() >= MAX_WAITERS {
+                            self.shared.message_waits_refused.fetch_add(1, Relaxed);
+                            let _ = tx.send(None);
+                            return;
+                        }
+                        self.receivers.push(Receiver {
+                            topic,
+                            peek,
+                            deadline: now + timeout,
+                            tx,
+                        });
+                    }
                 }
             }
             MsgCmd::Topics { op, tx } => {
@@ -270,9 +312,13 @@ impl MessageTask {
 
     fn timeout(&mut self, now: Instant) {
         self.m.handle_timeout(now);
-        let (due, keep): (Vec<_>, Vec<_>) =
-            self.receivers.drain(..).partition(|r| r.deadline <= now);
+        let (due, keep): (Vec<_>, Vec<_>) = self
+            .receivers
+            .drain(..)
+            .filter(|r| !r.tx.is_closed())
+            .partition(|r| r.deadline <= now);
         self.receivers = keep;
+        self.replies.retain(|_, (_, tx)| !tx.is_closed());
         for r in due {
             let _ = r.tx.send(None);
         }
@@ -395,26 +441,85 @@ impl MessageTask {
             self.senders.insert(msg.id, msg.src);
             self.sender_order.push_back(msg.id);
         }
-        // A parked receiver whose topic matches takes it at once.
+        // A parked receiver that asked for this topic takes it at once; one that asked for any
+        // topic, if no one holds this one.
         self.receivers.retain(|r| !r.tx.is_closed());
-        if let Some(i) = self
-            .receivers
-            .iter()
-            .position(|r| r.topic.as_ref().is_none_or(|t| *t == msg.topic))
-        {
+        let mut msg = msg;
+        loop {
+            let exact = self
+                .receivers
+                .iter()
+                .position(|r| r.topic.as_ref() == Some(&msg.topic));
+            let held = exact.is_some() || self.is_held(now, &msg.topic);
+            let Some(i) = exact.or_else(|| {
+                (!held)
+                    .then(|| self.receivers.iter().position(|r| r.topic.is_none()))
+                    .flatten()
+            }) else {
+                break;
+            };
             let r = self.receivers.remove(i);
-            if !r.peek {
-                self.m.mark_read(now, msg.src, msg.id);
-            } else if self.queued.len() < MAX_INBOX {
-                self.queued.push_back(msg.clone());
+            if let Some(t) = &r.topic {
+                self.hold(now, t);
             }
-            let _ = r.tx.send(Some(msg));
-            return;
+            if r.peek {
+                if self.queued.len() < MAX_INBOX {
+                    self.queued.push_back(msg.clone());
+                }
+                let _ = r.tx.send(Some(msg));
+                return;
+            }
+            let (src, id) = (msg.src, msg.id);
+            match r.tx.send(Some(msg)) {
+                Ok(()) => {
+                    self.m.mark_read(now, src, id);
+                    return;
+                }
+                // Its caller went in the meantime: the next one, or the queue.
+                Err(back) => match back {
+                    Some(back) => msg = back,
+                    None => return,
+                },
+            }
         }
         if self.queued.len() < MAX_INBOX {
             self.queued.push_back(msg);
         } else {
             tracing::warn!("message inbox full: dropping a message from {}", msg.src);
+        }
+    }
+
+    /// Notes that a caller asked for `topic` by name now.
+    fn hold(&mut self, now: Instant, topic: &Bytes) {
+        if let Some(t) = self.held.get_mut(topic) {
+            *t = now;
+            return;
+        }
+        if self.held.len() >= MAX_WAITERS {
+            self.held
+                .retain(|_, t| now.saturating_duration_since(*t) < HOLD);
+        }
+        if self.held.len() < MAX_WAITERS {
+            self.held.insert(topic.clone(), now);
+        }
+    }
+
+    /// Whether a caller asked for `topic` by name within [`HOLD`], or waits for it now.
+    fn is_held(&self, now: Instant, topic: &[u8]) -> bool {
+        self.held
+            .get(topic)
+            .is_some_and(|t| now.saturating_duration_since(*t) < HOLD)
+            || self
+                .receivers
+                .iter()
+                .any(|r| r.topic.as_deref() == Some(topic))
+    }
+
+    /// Whether a caller that asked for `want` (any topic if `None`) takes a message on `topic`.
+    fn wants(&self, now: Instant, want: Option<&Bytes>, topic: &Bytes) -> bool {
+        match want {
+            Some(w) => w == topic,
+            None => !self.is_held(now, topic),
         }
     }
 
@@ -456,6 +561,323 @@ impl MessageTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    /// A message task on a node of its own (no links, no threads), and the inbox receiver that
+    /// keeps its command channel open.
+    fn task() -> (
+        MessageTask,
+        mpsc::Receiver<MsgCmd>,
+        mpsc::Receiver<super::super::inbox::ControlMsg>,
+    ) {
+        let dir = std::env::temp_dir().join(format!("hyphae-mt-test-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let key = dir.join("key");
+        let settings = super::super::config::Cli::try_parse_from([
+            "hyphae-router",
+            "-k",
+            key.to_str().unwrap(),
+            "--no-tun",
+        ])
+        .unwrap()
+        .settings()
+        .unwrap();
+        let secret = hyphae_wire::identity::SecretKey::from_bytes([5; 32]);
+        let public = secret.public_key();
+        let node = super::super::shared::Node {
+            address: public.address(),
+            subnet: public.subnet(),
+            secret,
+            public,
+            router_id: hyphae_wire::RouterId::new(&public, 0, [1, 2, 3, 4, 5, 6]),
+            start_time: 0,
+            hash_seed: 1,
+            message_id_key: [3; 32],
+        };
+        let (ctl_tx, ctl_rx) = mpsc::channel(1024);
+        let (msg_tx, msg_rx) = mpsc::channel(1024);
+        let (_sd_tx, sd_rx) = tokio::sync::watch::channel(false);
+        let fib = hyphae_proto::fib::FibWriter::new(1);
+        let shared = Arc::new(Shared {
+            node,
+            fib: fib.reader(),
+            peers: super::super::peers::PeerTable::default(),
+            route_keys: arc_swap::ArcSwap::default(),
+            inbox: super::super::inbox::Inboxes {
+                control: ctl_tx,
+                messages: msg_tx,
+            },
+            counters: Vec::new(),
+            key_cache_evictions: std::sync::atomic::AtomicU64::new(0),
+            local_socket_unread_closes: std::sync::atomic::AtomicU64::new(0),
+            message_waits_refused: std::sync::atomic::AtomicU64::new(0),
+            shutdown: sd_rx,
+            admission: super::super::admission::Admission::new(8, 8),
+            settings,
+        });
+        let t = MessageTask {
+            m: Messages::new(Instant::now(), Config::default(), public),
+            shared,
+            keys: KeyCache::default(),
+            queued: VecDeque::new(),
+            receivers: Vec::new(),
+            replies: HashMap::new(),
+            held: HashMap::new(),
+            senders: HashMap::new(),
+            sender_order: VecDeque::new(),
+            active: HashMap::new(),
+            unreachable: HashMap::new(),
+            forwards: HashMap::new(),
+            forward_slots: Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS)),
+            pushed: 0,
+        };
+        (t, msg_rx, ctl_rx)
+    }
+
+    fn received(n: u8) -> ReceivedMessage {
+        ReceivedMessage {
+            id: MessageId([n; 8]),
+            src: hyphae_wire::identity::SecretKey::from_bytes([9; 32]).public_key(),
+            reply: false,
+            topic: Bytes::new(),
+            payload: Bytes::from_static(b"accepted message"),
+        }
+    }
+
+    /// A Receive whose caller has gone (the API gave up after its answer timeout, or the HTTP
+    /// client / subscription went away while the command sat in the inbox) must not consume a
+    /// queued message: it is removed, READ is sent to its sender, and nobody ever gets it.
+    #[test]
+    fn a_receive_whose_caller_has_gone_takes_nothing() {
+        let (mut t, _i, _c) = task();
+        let now = Instant::now();
+        t.queue(now, received(1));
+        assert_eq!(t.queued.len(), 1);
+        // The caller's end is gone before the task gets to the request.
+        let (tx, rx) = oneshot::channel();
+        drop(rx);
+        t.handle(
+            now,
+            MsgCmd::Receive {
+                topic: None,
+                peek: false,
+                timeout: Duration::ZERO,
+                tx,
+            },
+        );
+        // The next receiver must still get the message.
+        let (tx, mut rx) = oneshot::channel();
+        t.handle(
+            now,
+            MsgCmd::Receive {
+                topic: None,
+                peek: false,
+                timeout: Duration::ZERO,
+                tx,
+            },
+        );
+        let got = rx.try_recv().expect("answered");
+        let read_sent = std::iter::from_fn(|| t.m.poll_transmit(now)).count();
+        assert!(
+            got.is_some(),
+            "the accepted message was lost to a caller that had gone ({read_sent} READ sent to its sender)"
+        );
+    }
+
+    /// Long-polls whose callers have gone stay parked until their deadline (up to an hour),
+    /// each holding its topic filter: an HTTP client that opens `GET /messages?timeout=3600`
+    /// and disconnects, in a loop, grows `receivers` without bound (and `next_deadline` scans
+    /// them all on every turn of the task).
+    #[test]
+    fn long_polls_whose_callers_have_gone_are_not_kept() {
+        let (mut t, _i, _c) = task();
+        let now = Instant::now();
+        for _ in 0..10_000 {
+            let (tx, rx) = oneshot::channel();
+            t.handle(
+                now,
+                MsgCmd::Receive {
+                    topic: Some(Bytes::from(vec![b'x'; 4096])),
+                    peek: false,
+                    timeout: Duration::from_secs(3600),
+                    tx,
+                },
+            );
+            drop(rx); // the HTTP client disconnects: axum drops the handler and its receiver
+        }
+        let _ = t.next_deadline();
+        t.timeout(now + Duration::from_secs(1));
+        let held: usize = t
+            .receivers
+            .iter()
+            .map(|r| r.topic.as_ref().map_or(0, Bytes::len))
+            .sum();
+        assert!(
+            t.receivers.len() <= 1024,
+            "{} abandoned long-polls still parked, holding {held} bytes of topic filters",
+            t.receivers.len()
+        );
+    }
+
+    /// hyphae_wire::framing::Subscribe: "`None` subscribes to messages on every topic no other
+    /// subscriber holds". A catch-all subscriber that parked first takes a message on a topic
+    /// another subscriber holds (the federation edge's requests go to whoever polls without a
+    /// topic).
+    #[test]
+    fn a_catch_all_subscriber_does_not_take_a_held_topic() {
+        let (mut t, _i, _c) = task();
+        let now = Instant::now();
+        let (any_tx, mut any_rx) = oneshot::channel();
+        t.handle(
+            now,
+            MsgCmd::Receive {
+                topic: None,
+                peek: false,
+                timeout: Duration::from_secs(30),
+                tx: any_tx,
+            },
+        );
+        let (fed_tx, mut fed_rx) = oneshot::channel();
+        let topic = Bytes::from_static(b"hyphae-federation");
+        t.handle(
+            now,
+            MsgCmd::Receive {
+                topic: Some(topic.clone()),
+                peek: false,
+                timeout: Duration::from_secs(30),
+                tx: fed_tx,
+            },
+        );
+        let mut m = received(2);
+        m.topic = topic;
+        t.queue(now, m);
+        assert!(
+            fed_rx.try_recv().is_ok(),
+            "the topic's own subscriber gets it; the catch-all got it instead: {:?}",
+            any_rx.try_recv().map(|m| m.map(|m| m.topic))
+        );
+    }
+
+    /// The same for pushes that wait for a reply: the waiter stays in `replies` until its
+    /// deadline (an hour over HTTP, u32::MAX ms = 49.7 days over the local socket) after its
+    /// caller has gone and after the message itself finished, so `replies` is not bounded by
+    /// `max_outbound` either.
+    #[test]
+    fn reply_waits_whose_callers_have_gone_are_not_kept() {
+        let (mut t, _i, _c) = task();
+        let now = Instant::now();
+        let dst = hyphae_wire::identity::SecretKey::from_bytes([8; 32]).public_key();
+        for _round in 0..3 {
+            for _ in 0..4096 {
+                let (tx, rx) = oneshot::channel();
+                t.handle(
+                    now,
+                    MsgCmd::Push {
+                        dst,
+                        topic: Bytes::new(),
+                        payload: Bytes::from_static(b"x"),
+                        wait: Some(Duration::from_millis(u64::from(u32::MAX))),
+                        tx,
+                    },
+                );
+                drop(rx);
+            }
+            // The messages end (here: aborted, as for a destination without a route).
+            let ids: Vec<MessageId> = t.active.keys().copied().collect();
+            for id in ids {
+                t.m.abort(now, id);
+            }
+            while t.flush(now) {}
+        }
+        let _ = t.next_deadline();
+        assert!(
+            t.replies.len() <= 4096,
+            "{} reply waiters kept for callers that have gone",
+            t.replies.len()
+        );
+    }
+
+    #[test]
+    fn a_catch_all_takes_what_no_one_holds() {
+        let (mut t, _i, _c) = task();
+        let now = Instant::now();
+        let topic = Bytes::from_static(b"hyphae-federation");
+        // Someone asked for the topic by name: its messages queue for them...
+        let (tx, _rx) = oneshot::channel();
+        t.handle(
+            now,
+            MsgCmd::Receive {
+                topic: Some(topic.clone()),
+                peek: false,
+                timeout: Duration::ZERO,
+                tx,
+            },
+        );
+        let mut m = received(3);
+        m.topic = topic;
+        t.queue(now, m);
+        let mut other = received(4);
+        other.topic = Bytes::from_static(b"other");
+        t.queue(now, other);
+        let ask_any = |t: &mut MessageTask, at: Instant| {
+            let (tx, mut rx) = oneshot::channel();
+            t.handle(
+                at,
+                MsgCmd::Receive {
+                    topic: None,
+                    peek: false,
+                    timeout: Duration::ZERO,
+                    tx,
+                },
+            );
+            rx.try_recv().ok().flatten().map(|m| m.topic)
+        };
+        // ...while a caller asking for any topic gets the others.
+        assert_eq!(ask_any(&mut t, now).as_deref(), Some(&b"other"[..]));
+        assert_eq!(ask_any(&mut t, now), None);
+        // Once no one has asked for it for a while, anyone may take it.
+        let later = now + HOLD;
+        assert_eq!(
+            ask_any(&mut t, later).as_deref(),
+            Some(&b"hyphae-federation"[..])
+        );
+    }
+
+    #[test]
+    fn waiters_beyond_the_bound_are_answered_at_once_and_counted() {
+        let (mut t, _i, _c) = task();
+        let now = Instant::now();
+        let mut live = Vec::new();
+        for _ in 0..MAX_WAITERS {
+            let (tx, rx) = oneshot::channel();
+            t.handle(
+                now,
+                MsgCmd::Receive {
+                    topic: None,
+                    peek: false,
+                    timeout: Duration::from_secs(60),
+                    tx,
+                },
+            );
+            live.push(rx);
+        }
+        let (tx, mut rx) = oneshot::channel();
+        t.handle(
+            now,
+            MsgCmd::Receive {
+                topic: None,
+                peek: false,
+                timeout: Duration::from_secs(60),
+                tx,
+            },
+        );
+        assert_eq!(rx.try_recv(), Ok(None), "answered at once: no message");
+        assert_eq!(t.receivers.len(), MAX_WAITERS);
+        assert_eq!(t.shared.message_waits_refused.load(Relaxed), 1);
+        // A message goes to the first of them.
+        t.queue(now, received(5));
+        assert!(live[0].try_recv().is_ok_and(|m| m.is_some()));
+    }
 
     #[test]
     fn message_ids_are_distinct_and_keyed() {

@@ -156,5 +156,10 @@ pub(crate) async fn prometheus(State(s): State<Arc<Shared>>) -> Response {
         "# TYPE hyphae_local_socket_unread_closes_total counter\nhyphae_local_socket_unread_closes_total {}",
         s.local_socket_unread_closes.load(Relaxed)
     );
+    let _ = writeln!(
+        out,
+        "# TYPE hyphae_message_waits_refused_total counter\nhyphae_message_waits_refused_total {}",
+        s.message_waits_refused.load(Relaxed)
+    );
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }

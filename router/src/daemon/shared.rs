@@ -115,6 +115,9 @@ pub(crate) struct Shared {
     /// Local-socket connections closed because their application left too many answers
     /// unread (`--local-socket-outbox-mib`).
     pub(crate) local_socket_unread_closes: AtomicU64,
+    /// Callers of the message subsystem answered at once because 4,096 waited already (long
+    /// polls, or pushes waiting for their reply).
+    pub(crate) message_waits_refused: AtomicU64,
     /// Becomes true at shutdown.
     pub(crate) shutdown: watch::Receiver<bool>,
     /// The settings.

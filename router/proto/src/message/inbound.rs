@@ -32,7 +32,12 @@ pub(super) struct Inbound {
     pub(super) bytes: usize,
     pub(super) created: Instant,
     pub(super) last_activity: Instant,
-    failed_done: Option<(u64, [u8; 32])>,
+    /// The hash of the stored chunks, once a DONE found them whole; forgotten when a chunk
+    /// changes. A peer repeating DONEs with wrong checksums costs one pass over the message,
+    /// not one per DONE.
+    hash: Option<[u8; 32]>,
+    /// Passes over the whole message so far (hashing it).
+    pub(super) hash_passes: u64,
     pub(super) armed: Option<Instant>,
 }
 
@@ -46,7 +51,8 @@ impl Inbound {
             bytes: 0,
             created: now,
             last_activity: now,
-            failed_done: None,
+            hash: None,
+            hash_passes: 0,
             armed: None,
         }
     }
@@ -93,42 +99,50 @@ impl Inbound {
         }
         self.chunks.insert(index, (offset, data.to_vec()));
         self.bytes = self.bytes - old + data.len();
-        self.failed_done = None;
+        self.hash = None;
         Ok(Some(old))
     }
 
-    /// Verifies a DONE and, if it holds, returns the message. A DONE that failed is not
-    /// verified again (the hash is not recomputed) until a chunk changes.
+    /// Verifies a DONE and, if it holds, returns the message. The chunks are hashed once for
+    /// as long as they do not change, whatever checksums DONEs carry.
     pub(super) fn complete(&mut self, chunk_count: u64, checksum: &[u8; 32]) -> Option<Bytes> {
-        if self.failed_done == Some((chunk_count, *checksum)) {
+        if !self.whole(chunk_count) {
             return None;
         }
-        let r = self.assemble(chunk_count, checksum);
-        if r.is_none() {
-            self.failed_done = Some((chunk_count, *checksum));
-        }
-        r
-    }
-
-    fn assemble(&self, chunk_count: u64, checksum: &[u8; 32]) -> Option<Bytes> {
-        if self.chunks.len() as u64 != chunk_count {
-            return None;
-        }
-        let mut expect = 0u64;
-        for (i, (idx, (off, data))) in self.chunks.iter().enumerate() {
-            if *idx != i as u64 || *off != expect {
-                return None;
+        let chunks = &self.chunks;
+        let passes = &mut self.hash_passes;
+        let hash = self.hash.get_or_insert_with(|| {
+            *passes += 1;
+            let mut h = blake3::Hasher::new();
+            for (_, data) in chunks.values() {
+                h.update(data);
             }
-            expect += data.len() as u64;
-        }
-        if expect != self.total_len {
+            *h.finalize().as_bytes()
+        });
+        if hash != checksum {
             return None;
         }
         let mut buf = Vec::with_capacity(self.bytes);
         for (_, data) in self.chunks.values() {
             buf.extend_from_slice(data);
         }
-        (blake3::hash(&buf).as_bytes() == checksum).then(|| Bytes::from(buf))
+        Some(Bytes::from(buf))
+    }
+
+    /// Whether the chunks are exactly `0..chunk_count`, contiguous from offset 0 to the
+    /// declared length.
+    fn whole(&self, chunk_count: u64) -> bool {
+        if self.chunks.len() as u64 != chunk_count {
+            return false;
+        }
+        let mut expect = 0u64;
+        for (i, (idx, (off, data))) in self.chunks.iter().enumerate() {
+            if *idx != i as u64 || *off != expect {
+                return false;
+            }
+            expect += data.len() as u64;
+        }
+        expect == self.total_len
     }
 }
 

@@ -741,9 +741,9 @@ impl Messages {
             self.stats.unknown += 1;
             return;
         };
-        e.last_activity = now;
         let Some(payload) = e.complete(chunk_count, checksum) else {
-            // As the reference: ignored, no ACK, the message stays pending.
+            // As the reference: ignored, no ACK, the message stays pending (and a wrong DONE
+            // does not keep it from going idle).
             self.stats.bad_done += 1;
             return;
         };

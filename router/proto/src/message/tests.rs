@@ -77,3 +77,61 @@ fn topic_acl_as_the_reference() {
     acl.add_topic(b"open");
     assert!(!acl.allows(b"open", &b));
 }
+
+/// A peer that has filled one pending message must not make the receiver pass over all of it
+/// again with every DONE that names another wrong checksum (a 60-byte packet for a pass over
+/// up to 64 MiB): the chunks are hashed once while they do not change.
+#[test]
+fn dones_with_wrong_checksums_hash_the_message_once() {
+    use super::{Config, Messages};
+    use hyphae_wire::message::{MessageBody, MessageFlags, MessageId, MessagePacket};
+    let now = Instant::now();
+    let own = PublicKey::from([1; 32]);
+    let src = PublicKey::from([2; 32]);
+    let mut m = Messages::new(now, Config::default(), own);
+    let id = MessageId([7; 8]);
+    let data: Vec<u8> = (0..13_000u32).map(|i| (i % 251) as u8).collect();
+    let len = data.len() as u64;
+    let packet = |flags, body| MessagePacket { id, flags, body };
+    m.handle_packet(
+        now,
+        src,
+        packet(
+            MessageFlags::INIT,
+            MessageBody::Init {
+                total_len: len,
+                topic: b"",
+            },
+        ),
+    );
+    let mut count = 0;
+    for (i, chunk) in data.chunks(1300).enumerate() {
+        let body = MessageBody::Chunk {
+            index: i as u64,
+            offset: (i * 1300) as u64,
+            data: chunk,
+        };
+        m.handle_packet(now, src, packet(MessageFlags::CHUNK, body));
+        count += 1;
+    }
+    let done = |m: &mut Messages, checksum: [u8; 32]| {
+        let body = MessageBody::Done {
+            chunk_count: count,
+            checksum,
+        };
+        m.handle_packet(now, src, packet(MessageFlags::DONE, body));
+    };
+    for k in 0..=40u8 {
+        done(&mut m, [k; 32]);
+    }
+    assert_eq!(m.stats().bad_done, 41);
+    assert_eq!(m.inbound[&(src, id)].hash_passes, 1);
+    // The right checksum still completes it.
+    done(&mut m, *blake3::hash(&data).as_bytes());
+    assert!(!m.inbound.contains_key(&(src, id)));
+    let got = std::iter::from_fn(|| m.poll_event()).find_map(|e| match e {
+        super::Event::Received(msg) => Some(msg.payload),
+        _ => None,
+    });
+    assert_eq!(got.as_deref(), Some(&data[..]));
+}
