@@ -120,7 +120,8 @@ pub(crate) async fn serve<R: LinkRead + 'static, W: LinkWrite + 'static>(
     let mut sizer = ReadSizer::new();
     let mut buf = BytesMut::new();
     let mut deframer = Deframer::new();
-    let mut frames = Vec::with_capacity(256);
+    // Grows with what the link reads: an idle link holds none (256 slots were 18 KiB).
+    let mut frames = Vec::new();
     let mut deferred = Vec::new();
     // TCP links: the receive buffer follows the link's bandwidth-delay product (unless the
     // operator fixed it with --tcp-rcvbuf).
