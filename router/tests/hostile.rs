@@ -430,10 +430,10 @@ fn tokio_rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// A QUIC peer opens its link stream (the one the node reads), then four more bidirectional
-/// streams (the node allows five) that the node never accepts, and fills each up to its
-/// 10 MiB stream window. The node buffers all of it, unread, for as long as the link lives:
-/// 40 MiB per connection, 320 MiB from one address (8 links), 20 GiB at --max-inbound.
+/// A QUIC peer opens its link stream (the one the node reads), then tries four more
+/// bidirectional streams the node never accepts and fills each up to its 10 MiB window. When
+/// the node allowed five streams it buffered all of it, unread, for as long as the link lived
+/// (40 MiB per connection); it now allows the one.
 #[test]
 fn quic_streams_the_node_never_reads_do_not_grow_it() {
     let (node, _metrics) = node_with_metrics("quicstreams", 61, &["--hello-interval", "20"]);
@@ -496,9 +496,8 @@ fn quic_streams_the_node_never_reads_do_not_grow_it() {
 }
 
 /// A configured QUIC peer is removed (admin API) while the node's dial to it is still in its
-/// handshake. The handshake then completes: the node brings the link up and keeps it, although
-/// the peer is no longer configured. It is not listed by /admin/peers (neither configured nor
-/// inbound), and it is never closed.
+/// handshake, which then completes: the node must close that link, not keep a link to a peer
+/// no longer configured (and listed nowhere).
 #[test]
 fn a_peer_removed_while_dialing_is_not_linked() {
     let rt = tokio_rt();
@@ -577,11 +576,10 @@ async fn initials(n: usize) -> Vec<Vec<u8>> {
     out
 }
 
-/// Each QUIC Initial takes an inbound place (shared with TCP links) for up to 10 s, on its
-/// source address as written in the packet: the address is never validated (no Retry). One
-/// datagram per place, which a sender never has to follow up (or even receive an answer for,
-/// so its source can be anything), fills --max-inbound and every real peer, TCP or QUIC, is
-/// refused. Here 32 datagrams from 32 addresses lock out a TCP peer.
+/// A QUIC Initial must not take an inbound place (shared with TCP links) before its source
+/// address is validated: one datagram per place, from any address, whose sender never
+/// follows up, would fill --max-inbound and lock out every real peer. Here 32 datagrams from
+/// 32 addresses, then a TCP peer.
 #[test]
 fn unanswered_quic_initials_do_not_lock_out_tcp_peers() {
     let (node, metrics) = node_with_metrics(
@@ -620,10 +618,8 @@ fn unanswered_quic_initials_do_not_lock_out_tcp_peers() {
     );
 }
 
-/// A configured peer that accepts each connection and closes it at once. The node redials it
-/// 500 ms after each link goes down (and every second tick), for ever, with no backoff; the
-/// module says dead peers are redialed every 5 s, as the reference does. A discovered peer
-/// that does this is never forgotten either (its failure count is reset by every PeerUp).
+/// A configured peer that accepts each connection and closes it at once is redialed every
+/// 5 s, as the reference redials dead peers, not 500 ms after each link goes down.
 #[test]
 fn a_peer_that_hangs_up_at_once_is_not_redialed_in_a_tight_loop() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -806,10 +806,9 @@ mod local_socket_ends {
             .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
     }
 
-    /// An application that never reads its answers is "closed" (counted, logged) but the router
-    /// never lets go of the connection: `connection()` waits for its writer, which is stuck in a
-    /// `write_all` to the very application that does not read. The socket, and the outbox of
-    /// answers (up to `--local-socket-outbox-mib`, 256 MiB by default), stay forever.
+    /// An application that never reads its answers is closed (counted, logged), and its socket
+    /// and outbox of answers (up to `--local-socket-outbox-mib`) really go: the router must not
+    /// wait for a writer stuck on the very application that does not read.
     #[test]
     fn a_connection_closed_for_not_reading_is_really_closed() {
         let metrics = format!("127.0.0.1:{}", common::free_port());
@@ -872,10 +871,9 @@ mod local_socket_ends {
         );
     }
 
-    /// An application that pushes with a reply wait and then goes away: the connection's task
-    /// waits for every request task it spawned (they hold the outbox sender), and a push's wait is
-    /// the application's `reply_timeout_ms` uncapped (u32::MAX ms = 49.7 days). The router's end
-    /// of each such socket, its buffers and its tasks stay until then.
+    /// Applications that push with a reply wait (here u32::MAX ms) and then go away: the
+    /// router's end of each socket, its buffers and its tasks go with them, not when the wait
+    /// runs out.
     #[test]
     fn a_departed_application_does_not_pin_its_connection() {
         let n = Node::start("leak", "portable", 62, &[]);

@@ -634,6 +634,28 @@ mod tests {
         (t, msg_rx, ctl_rx)
     }
 
+    /// Asks `t` for a message (`topic`, or any), parking for `timeout`; the answer comes on the
+    /// returned receiver.
+    fn receive(
+        t: &mut MessageTask,
+        now: Instant,
+        topic: Option<Bytes>,
+        timeout: Duration,
+    ) -> oneshot::Receiver<Option<ReceivedMessage>> {
+        let (tx, rx) = oneshot::channel();
+        let peek = false;
+        t.handle(
+            now,
+            MsgCmd::Receive {
+                topic,
+                peek,
+                timeout,
+                tx,
+            },
+        );
+        rx
+    }
+
     fn received(n: u8) -> ReceivedMessage {
         ReceivedMessage {
             id: MessageId([n; 8]),
@@ -646,7 +668,7 @@ mod tests {
 
     /// A Receive whose caller has gone (the API gave up after its answer timeout, or the HTTP
     /// client / subscription went away while the command sat in the inbox) must not consume a
-    /// queued message: it is removed, READ is sent to its sender, and nobody ever gets it.
+    /// queued message (it would be marked read to its sender, and nobody would get it).
     #[test]
     fn a_receive_whose_caller_has_gone_takes_nothing() {
         let (mut t, _i, _c) = task();
@@ -666,16 +688,7 @@ mod tests {
             },
         );
         // The next receiver must still get the message.
-        let (tx, mut rx) = oneshot::channel();
-        t.handle(
-            now,
-            MsgCmd::Receive {
-                topic: None,
-                peek: false,
-                timeout: Duration::ZERO,
-                tx,
-            },
-        );
+        let mut rx = receive(&mut t, now, None, Duration::ZERO);
         let got = rx.try_recv().expect("answered");
         let read_sent = std::iter::from_fn(|| t.m.poll_transmit(now)).count();
         assert!(
@@ -684,24 +697,20 @@ mod tests {
         );
     }
 
-    /// Long-polls whose callers have gone stay parked until their deadline (up to an hour),
-    /// each holding its topic filter: an HTTP client that opens `GET /messages?timeout=3600`
-    /// and disconnects, in a loop, grows `receivers` without bound (and `next_deadline` scans
-    /// them all on every turn of the task).
+    /// Long-polls whose callers have gone must not stay parked until their deadline (up to an
+    /// hour), each holding its topic filter: an HTTP client that opens
+    /// `GET /messages?timeout=3600` and disconnects, in a loop, would grow `receivers` without
+    /// bound.
     #[test]
     fn long_polls_whose_callers_have_gone_are_not_kept() {
         let (mut t, _i, _c) = task();
         let now = Instant::now();
         for _ in 0..10_000 {
-            let (tx, rx) = oneshot::channel();
-            t.handle(
+            let rx = receive(
+                &mut t,
                 now,
-                MsgCmd::Receive {
-                    topic: Some(Bytes::from(vec![b'x'; 4096])),
-                    peek: false,
-                    timeout: Duration::from_secs(3600),
-                    tx,
-                },
+                Some(Bytes::from(vec![b'x'; 4096])),
+                Duration::from_secs(3600),
             );
             drop(rx); // the HTTP client disconnects: axum drops the handler and its receiver
         }
@@ -720,34 +729,15 @@ mod tests {
     }
 
     /// hyphae_wire::framing::Subscribe: "`None` subscribes to messages on every topic no other
-    /// subscriber holds". A catch-all subscriber that parked first takes a message on a topic
-    /// another subscriber holds (the federation edge's requests go to whoever polls without a
-    /// topic).
+    /// subscriber holds": a subscriber to any topic, parked first, must not take a message on
+    /// a topic another one asked for (the federation edge's requests, say).
     #[test]
     fn a_catch_all_subscriber_does_not_take_a_held_topic() {
         let (mut t, _i, _c) = task();
         let now = Instant::now();
-        let (any_tx, mut any_rx) = oneshot::channel();
-        t.handle(
-            now,
-            MsgCmd::Receive {
-                topic: None,
-                peek: false,
-                timeout: Duration::from_secs(30),
-                tx: any_tx,
-            },
-        );
-        let (fed_tx, mut fed_rx) = oneshot::channel();
+        let mut any_rx = receive(&mut t, now, None, Duration::from_secs(30));
         let topic = Bytes::from_static(b"hyphae-federation");
-        t.handle(
-            now,
-            MsgCmd::Receive {
-                topic: Some(topic.clone()),
-                peek: false,
-                timeout: Duration::from_secs(30),
-                tx: fed_tx,
-            },
-        );
+        let mut fed_rx = receive(&mut t, now, Some(topic.clone()), Duration::from_secs(30));
         let mut m = received(2);
         m.topic = topic;
         t.queue(now, m);
@@ -758,10 +748,9 @@ mod tests {
         );
     }
 
-    /// The same for pushes that wait for a reply: the waiter stays in `replies` until its
-    /// deadline (an hour over HTTP, u32::MAX ms = 49.7 days over the local socket) after its
-    /// caller has gone and after the message itself finished, so `replies` is not bounded by
-    /// `max_outbound` either.
+    /// The same for pushes that wait for a reply: a waiter whose caller has gone must not stay
+    /// in `replies` until its deadline (up to u32::MAX ms over the local socket before it was
+    /// capped), after its message finished.
     #[test]
     fn reply_waits_whose_callers_have_gone_are_not_kept() {
         let (mut t, _i, _c) = task();
@@ -803,16 +792,7 @@ mod tests {
         let now = Instant::now();
         let topic = Bytes::from_static(b"hyphae-federation");
         // Someone asked for the topic by name: its messages queue for them...
-        let (tx, _rx) = oneshot::channel();
-        t.handle(
-            now,
-            MsgCmd::Receive {
-                topic: Some(topic.clone()),
-                peek: false,
-                timeout: Duration::ZERO,
-                tx,
-            },
-        );
+        let _rx = receive(&mut t, now, Some(topic.clone()), Duration::ZERO);
         let mut m = received(3);
         m.topic = topic;
         t.queue(now, m);
@@ -820,16 +800,7 @@ mod tests {
         other.topic = Bytes::from_static(b"other");
         t.queue(now, other);
         let ask_any = |t: &mut MessageTask, at: Instant| {
-            let (tx, mut rx) = oneshot::channel();
-            t.handle(
-                at,
-                MsgCmd::Receive {
-                    topic: None,
-                    peek: false,
-                    timeout: Duration::ZERO,
-                    tx,
-                },
-            );
+            let mut rx = receive(t, at, None, Duration::ZERO);
             rx.try_recv().ok().flatten().map(|m| m.topic)
         };
         // ...while a caller asking for any topic gets the others.
@@ -849,28 +820,10 @@ mod tests {
         let now = Instant::now();
         let mut live = Vec::new();
         for _ in 0..MAX_WAITERS {
-            let (tx, rx) = oneshot::channel();
-            t.handle(
-                now,
-                MsgCmd::Receive {
-                    topic: None,
-                    peek: false,
-                    timeout: Duration::from_secs(60),
-                    tx,
-                },
-            );
+            let rx = receive(&mut t, now, None, Duration::from_secs(60));
             live.push(rx);
         }
-        let (tx, mut rx) = oneshot::channel();
-        t.handle(
-            now,
-            MsgCmd::Receive {
-                topic: None,
-                peek: false,
-                timeout: Duration::from_secs(60),
-                tx,
-            },
-        );
+        let mut rx = receive(&mut t, now, None, Duration::from_secs(60));
         assert_eq!(rx.try_recv(), Ok(None), "answered at once: no message");
         assert_eq!(t.receivers.len(), MAX_WAITERS);
         assert_eq!(t.shared.message_waits_refused.load(Relaxed), 1);
