@@ -392,6 +392,13 @@ impl Router {
                 if changed || satisfied {
                     self.send_selected(now, s, None);
                 }
+                // A new source goes to the next hop too: what it holds from us still names
+                // the old one, at a metric below its own; were its own route lost, that stale
+                // entry would pass its feasibility check (which compares one source at a
+                // time) and the two would forward to each other.
+                if adv.is_some_and(|a| a.rid != e.rid) {
+                    self.send_selected(now, s, Some(e.peer));
+                }
             }
         }
     }
