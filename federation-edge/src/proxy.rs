@@ -179,12 +179,80 @@ async fn connect(edge: Arc<Edge>, mut req: Request<Incoming>) -> Response<Body> 
             let upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
                 if let Ok(up) = upgrade.await {
-                    let mut up = TokioIo::new(up);
-                    let mut upstream = upstream;
-                    let _ = tokio::io::copy_bidirectional(&mut up, &mut upstream).await;
+                    tunnel(TokioIo::new(up), upstream).await;
                 }
             });
             Response::new(full(Bytes::new()))
+        }
+    }
+}
+
+/// A direct tunnel with nothing moving either way for this long is closed.
+const TUNNEL_IDLE: Duration = Duration::from_secs(300);
+/// Once one side of a tunnel has closed, the other has this long after the last byte moved to
+/// finish (a target that never answers nor closes must not hold the tunnel).
+const TUNNEL_HALF_CLOSED: Duration = Duration::from_secs(10);
+
+/// Copies both ways between our homeserver's connection `a` and the target `b` until both
+/// have closed, one has been closed for [`TUNNEL_HALF_CLOSED`] without bytes moving, or
+/// nothing moved for [`TUNNEL_IDLE`].
+async fn tunnel<A, B>(a: A, b: B)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+    /// Copies `r` to `w` until `r` ends (then closes `w`'s sending side), noting in `moved`
+    /// when bytes last went.
+    async fn pump(
+        mut r: impl AsyncRead + Unpin,
+        mut w: impl AsyncWrite + Unpin,
+        moved: &AtomicU64,
+        t0: tokio::time::Instant,
+    ) -> std::io::Result<()> {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = r.read(&mut buf).await?;
+            if n == 0 {
+                return w.shutdown().await;
+            }
+            w.write_all(&buf[..n]).await?;
+            moved.store(t0.elapsed().as_millis() as u64, Relaxed);
+        }
+    }
+
+    let t0 = tokio::time::Instant::now();
+    // Milliseconds from t0 to the last byte moved, either way.
+    let moved = AtomicU64::new(0);
+    let (ar, aw) = tokio::io::split(a);
+    let (br, bw) = tokio::io::split(b);
+    let up = pump(ar, bw, &moved, t0);
+    let down = pump(br, aw, &moved, t0);
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (false, false);
+    loop {
+        let last = t0 + Duration::from_millis(moved.load(Relaxed));
+        let limit = if up_done || down_done {
+            TUNNEL_HALF_CLOSED
+        } else {
+            TUNNEL_IDLE
+        };
+        let deadline = last + limit;
+        let ended: std::io::Result<()> = tokio::select! {
+            r = &mut up, if !up_done => { up_done = true; r }
+            r = &mut down, if !down_done => { down_done = true; r }
+            () = tokio::time::sleep_until(deadline) => {
+                // Unless bytes moved while this slept.
+                if t0 + Duration::from_millis(moved.load(Relaxed)) + limit <= tokio::time::Instant::now() {
+                    return;
+                }
+                Ok(())
+            }
+        };
+        if ended.is_err() || (up_done && down_done) {
+            return;
         }
     }
 }

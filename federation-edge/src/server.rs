@@ -37,8 +37,10 @@ impl Serving {
     /// Stops accepting, waits up to [`DRAIN`] for requests in flight; whether all finished.
     pub async fn shutdown(self) -> bool {
         let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
+        for mut t in self.tasks {
+            if tokio::time::timeout(DRAIN, &mut t).await.is_err() {
+                t.abort();
+            }
         }
         let drained = self.edge.drain(DRAIN).await;
         if !drained {
@@ -49,6 +51,41 @@ impl Serving {
         }
         self.edge.stop();
         drained
+    }
+}
+
+/// How long a client of the bridge API may take to send a request head.
+const API_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the bridge API on `listener` until `stop` completes: a connection per task, each
+/// given [`API_HEADER_TIMEOUT`] to send a request head (a client that sends half a head and
+/// stalls must not hold a connection, or the edge's shutdown).
+async fn serve_api(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            () = &mut stop => return,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("api accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(API_HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            let _ = conn.await;
+        });
     }
 }
 
@@ -69,11 +106,10 @@ pub async fn serve(config: Config) -> Result<Serving, String> {
     let tasks = vec![
         tokio::spawn(crate::proxy::serve(edge.clone(), proxy_l, stop_rx)),
         tokio::spawn(async move {
-            let _ = axum::serve(api_l, app)
-                .with_graceful_shutdown(async move {
-                    let _ = api_stop.wait_for(|s| *s).await;
-                })
-                .await;
+            serve_api(api_l, app, async move {
+                let _ = api_stop.wait_for(|s| *s).await;
+            })
+            .await;
         }),
     ];
     Ok(Serving {

@@ -1112,3 +1112,108 @@ async fn raw_text(addr: SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// An edge without a router (its socket does not exist), its homeserver unreachable: enough
+/// for the proxy's tunnels and the API.
+async fn lone_edge(name: &str) -> (Serving, PathBuf) {
+    let dir = scratch(name);
+    let ca = TestCa::generate("lone test CA").unwrap();
+    let ca_pem = dir.join("ca.pem");
+    std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
+    let state = dir.join("state");
+    hyphae_edge::ca::init(&state).unwrap();
+    let text = format!(
+        "proxy = \"127.0.0.1:0\"\napi = \"127.0.0.1:0\"\nrouter = \"unix:{}\"\n\
+         state_dir = \"{}\"\ntunnel_allow = [\"127.0.0.0/8\"]\n[homeserver]\n\
+         server_names = [\"localhost:1\"]\nfederation_url = \"https://127.0.0.1:1\"\n\
+         ca_file = \"{}\"\n",
+        dir.join("none.sock").display(),
+        state.display(),
+        ca_pem.display()
+    );
+    let f = dir.join("edge.toml");
+    std::fs::write(&f, text).unwrap();
+    (start_edge(&f).await, dir)
+}
+
+/// Inodes of this process's TCP sockets (IPv4) whose remote port is `port`.
+fn own_sockets_to(port: u16) -> usize {
+    let ours: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let s = l.to_string_lossy().into_owned();
+            Some(s.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let rem_port = f[2].rsplit(':').next().unwrap();
+            u16::from_str_radix(rem_port, 16).unwrap() == port && ours.contains(f[9])
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_whose_target_never_closes_is_released_when_the_homeserver_leaves() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (s, _dir) = lone_edge("tarpit").await;
+    // A federation target that accepts and then never sends or closes anything.
+    let tarpit = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tport = tarpit.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h2 = held.clone();
+    tokio::spawn(async move {
+        while let Ok((c, _)) = tarpit.accept().await {
+            h2.lock().unwrap().push(c);
+        }
+    });
+    const N: usize = 10;
+    for _ in 0..N {
+        let mut c = tokio::net::TcpStream::connect(s.proxy).await.unwrap();
+        let req = format!("CONNECT 127.0.0.1:{tport} HTTP/1.1\r\nHost: 127.0.0.1:{tport}\r\n\r\n");
+        c.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = c.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        // The homeserver gives up on the destination (Synapse: 60 s) and closes.
+        drop(c);
+    }
+    assert_eq!(held.lock().unwrap().len(), N);
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    // Our own sockets to the tarpit are the edge's upstream halves of the tunnels.
+    let open = own_sockets_to(tport);
+    assert_eq!(
+        open, 0,
+        "{open} tunnels still hold a socket to the target 15 s after the homeserver closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_api_connection_does_not_hold_shutdown_for_ever() {
+    use tokio::io::AsyncWriteExt;
+    let (s, _dir) = lone_edge("apistall").await;
+    // A client of the bridge API that sent half a request head and stalls.
+    let mut c = tokio::net::TcpStream::connect(s.api).await.unwrap();
+    c.write_all(b"GET /api/v1/bridge/status HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    // DRAIN is 10 s: a shutdown must be over well within 20 s.
+    let r = tokio::time::timeout(Duration::from_secs(20), s.shutdown()).await;
+    assert!(
+        r.is_ok(),
+        "shutdown still waiting after {:?} for one stalled API connection",
+        t0.elapsed()
+    );
+    drop(c);
+}
