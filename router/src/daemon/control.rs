@@ -444,6 +444,7 @@ impl Control {
                     tlvs: s.tlvs,
                     updates_filtered: s.updates_filtered,
                     answers_rate_limited: s.answers_rate_limited,
+                    forwards_rate_limited: s.forwards_rate_limited,
                     updates_capped: s.updates_capped,
                     discovered_refused: self.discovered_refused,
                     fib_full_copies: self.fib.full_copies(),

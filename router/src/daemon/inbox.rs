@@ -130,6 +130,8 @@ pub(crate) struct ControlStats {
     pub(crate) updates_filtered: u64,
     /// Requests left unanswered over a peer's per-second budget.
     pub(crate) answers_rate_limited: u64,
+    /// Requests not forwarded over the asking peer's per-second budget.
+    pub(crate) forwards_rate_limited: u64,
     /// Updates for new routes dropped at `--max-routes` or `--max-routes-per-peer`.
     pub(crate) updates_capped: u64,
     /// Beacons from new peers ignored at `--max-discovered-peers`.

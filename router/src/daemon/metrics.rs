@@ -47,6 +47,11 @@ pub(crate) async fn prometheus(State(s): State<Arc<Shared>>) -> Response {
     );
     let _ = writeln!(
         out,
+        "# TYPE hyphae_forwards_rate_limited_total counter\nhyphae_forwards_rate_limited_total {}",
+        c.forwards_rate_limited
+    );
+    let _ = writeln!(
+        out,
         "# TYPE hyphae_updates_capped_total counter\nhyphae_updates_capped_total {}",
         c.updates_capped
     );

@@ -177,7 +177,18 @@ impl Router {
             return;
         }
         let generation = r.generation.saturating_add(1);
-        if generation >= MAX_RR_GENERATION || !self.mark_queried(now, p, false) {
+        if generation >= MAX_RR_GENERATION {
+            return;
+        }
+        if !self
+            .peers
+            .get_mut(&peer)
+            .is_some_and(|n| n.may_forward(now))
+        {
+            self.stats.forwards_rate_limited += 1;
+            return;
+        }
+        if !self.mark_queried(now, p, false) {
             return;
         }
         self.stats.route_requests_forwarded += 1;
@@ -204,17 +215,16 @@ impl Router {
         // repairing a route it lost just now is not held up by the same request from long
         // before (the reference waits 60 s), rarely enough that a flood goes nowhere.
         let key = (s, sr.router_id, sr.seqno);
-        if !self
-            .seqno_cache
-            .insert_unless_within(now, key, SEQNO_RESEND)
-        {
+        if self.seqno_cache.is_recent(now, &key, SEQNO_RESEND) {
             self.stats.seqno_requests_deduped += 1;
             return;
         }
         if let Some(v) = self.selected_route(&s)
             && (v.router_id != sr.router_id || !v.seqno.lt(sr.seqno))
         {
-            self.send_selected(now, s, Some(peer));
+            if self.seqno_cache.insert(now, key, false) {
+                self.send_selected(now, s, Some(peer));
+            }
             return;
         }
         if sr.hop_count < 2 {
@@ -241,6 +251,19 @@ impl Router {
         else {
             return;
         };
+        // Recorded only once it is forwarded, within the asking peer's budget: requests made
+        // up by the thousand take no room from this node's own.
+        if !self
+            .peers
+            .get_mut(&peer)
+            .is_some_and(|n| n.may_forward(now))
+        {
+            self.stats.forwards_rate_limited += 1;
+            return;
+        }
+        if !self.seqno_cache.insert(now, key, false) {
+            return;
+        }
         self.seqno_cache.tried(&key, to);
         if let Some(set) = self.routes.sets.get_mut(&s) {
             set.pending_seqno = Some(Box::new(PendingSeqno {
@@ -438,7 +461,8 @@ impl Router {
         window: Duration,
     ) {
         let key = (s, rid, seqno);
-        if !self.seqno_cache.insert_unless_within(now, key, window) {
+        if self.seqno_cache.is_recent(now, &key, window) || !self.seqno_cache.insert(now, key, true)
+        {
             return;
         }
         self.seqno_cache.tried(&key, to);

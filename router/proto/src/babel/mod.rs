@@ -47,7 +47,7 @@ mod routes;
 mod source;
 mod timers;
 
-pub use neighbour::{ANSWERS_PER_SECOND, LinkKind};
+pub use neighbour::{ANSWERS_PER_SECOND, FORWARDS_PER_SECOND, LinkKind};
 pub use requests::{ROUTE_QUERY_TIMEOUT, SEQNO_DEDUP_TTL};
 pub use routes::SIGNIFICANT_METRIC_IMPROVEMENT;
 pub use source::SOURCE_HOLD;
@@ -214,6 +214,12 @@ pub struct Stats {
     /// Route and seqno requests left unanswered: the asking peer's per-second budget
     /// ([`ANSWERS_PER_SECOND`]) was spent.
     pub answers_rate_limited: u64,
+    /// Route and seqno requests not forwarded: the asking peer's per-second budget for them
+    /// ([`FORWARDS_PER_SECOND`]) was spent.
+    pub forwards_rate_limited: u64,
+    /// Route queries this node made that pushed out one it only forwarded (the query table
+    /// was full).
+    pub forwarded_queries_evicted: u64,
 }
 
 /// The routing control plane of one node. See the module docs.
@@ -660,7 +666,16 @@ impl Router {
         if self.queries.len() >= self.config.max_cache_entries.max(16)
             && !self.queries.contains_key(&subnet)
         {
-            return false;
+            // Full: this node's own queries push out ones it only forwarded.
+            let forwarded = local
+                .then(|| self.queries.iter().find(|(_, q)| !q.local).map(|(s, _)| *s))
+                .flatten();
+            let Some(old) = forwarded else {
+                return false;
+            };
+            self.queries.remove(&old);
+            self.timers.cancel(TimerKey::Query(old));
+            self.stats.forwarded_queries_evicted += 1;
         }
         let until = now + ROUTE_QUERY_TIMEOUT;
         self.queries.insert(subnet, Query { until, local });

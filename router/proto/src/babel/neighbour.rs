@@ -43,6 +43,11 @@ impl LinkKind {
 /// node asks for in normal operation (it asks once per route it needs).
 pub const ANSWERS_PER_SECOND: u32 = 100;
 
+/// Most of one peer's route and seqno requests forwarded to other peers per second: a link
+/// cut far away makes a neighbour ask for hundreds of routes at once (every route through the
+/// cut); a peer making requests up by the thousand gets no further.
+pub const FORWARDS_PER_SECOND: u32 = 1000;
+
 /// One directly connected peer.
 #[derive(Debug, Clone)]
 pub(crate) struct Neighbour {
@@ -56,6 +61,9 @@ pub(crate) struct Neighbour {
     pub(crate) last_dump: Option<Instant>,
     /// Answers to this peer's route and seqno requests in the current second, and since when.
     answers: (Option<Instant>, u32),
+    /// This peer's route and seqno requests forwarded to others in the current second, and
+    /// since when.
+    forwards: (Option<Instant>, u32),
     /// Route entries learned from this peer.
     pub(crate) routes: usize,
 }
@@ -70,6 +78,7 @@ impl Neighbour {
             last_ihu: now,
             last_dump: None,
             answers: (None, 0),
+            forwards: (None, 0),
             routes: 0,
         }
     }
@@ -78,16 +87,14 @@ impl Neighbour {
     /// ([`ANSWERS_PER_SECOND`]); spends it if so. A peer asking for the same route over and
     /// over (or never reading the answers) gets no more than that.
     pub(crate) fn may_answer(&mut self, now: Instant) -> bool {
-        match self.answers {
-            (Some(since), n) if now < since + Duration::from_secs(1) => {
-                self.answers.1 = n.saturating_add(1);
-                n < ANSWERS_PER_SECOND
-            }
-            _ => {
-                self.answers = (Some(now), 1);
-                true
-            }
-        }
+        spend(&mut self.answers, now, ANSWERS_PER_SECOND)
+    }
+
+    /// Whether one more of this peer's requests may be forwarded to other peers this second
+    /// ([`FORWARDS_PER_SECOND`]); spends it if so. A peer making up requests by the
+    /// thousand must not fill this node's query tables, or its neighbours'.
+    pub(crate) fn may_forward(&mut self, now: Instant) -> bool {
+        spend(&mut self.forwards, now, FORWARDS_PER_SECOND)
     }
 
     /// The cost of this link: smoothed RTT plus the static transport cost.
@@ -116,6 +123,20 @@ impl Neighbour {
             .min(u32::from(u16::MAX));
         let cost = (9 * u32::from(self.smoothed) + rtt) / 10;
         self.smoothed = u16::try_from(cost).unwrap_or(u16::MAX - 1);
+    }
+}
+
+/// Spends one of `per_second` in the budget `(since, used)`, which renews each second.
+fn spend(budget: &mut (Option<Instant>, u32), now: Instant, per_second: u32) -> bool {
+    match *budget {
+        (Some(since), n) if now < since + Duration::from_secs(1) => {
+            budget.1 = n.saturating_add(1);
+            n < per_second
+        }
+        _ => {
+            *budget = (Some(now), 1);
+            true
+        }
     }
 }
 

@@ -29,6 +29,8 @@ pub(crate) struct SeqnoCache {
 struct SeqnoSeen {
     until: Instant,
     tried: Vec<PeerId>,
+    /// Sent by this node for a route of its own (not forwarded for a peer).
+    own: bool,
 }
 
 impl SeqnoCache {
@@ -39,24 +41,39 @@ impl SeqnoCache {
         }
     }
 
-    /// Records a request; returns `false` if the same one was recorded less than `window`
-    /// ago (at most [`SEQNO_DEDUP_TTL`]).
-    pub(crate) fn insert_unless_within(
-        &mut self,
+    /// Whether the same request was recorded less than `window` ago (at most
+    /// [`SEQNO_DEDUP_TTL`]).
+    pub(crate) fn is_recent(
+        &self,
         now: Instant,
-        key: (Subnet, RouterId, SeqNo),
+        key: &(Subnet, RouterId, SeqNo),
         window: Duration,
     ) -> bool {
         // Recorded at `until - SEQNO_DEDUP_TTL`; recent if that plus `window` is still ahead.
         let window = window.min(SEQNO_DEDUP_TTL);
-        let recent = |s: &SeqnoSeen| s.until + window > now + SEQNO_DEDUP_TTL;
-        if self.map.get(&key).is_some_and(recent) {
-            return false;
-        }
-        if self.map.len() >= self.cap {
+        self.map
+            .get(key)
+            .is_some_and(|s| s.until + window > now + SEQNO_DEDUP_TTL)
+    }
+
+    /// Records a request (`own`: this node's, not forwarded for a peer); `false` if the cache
+    /// is full. When it is, this node's own requests push out forwarded ones.
+    pub(crate) fn insert(
+        &mut self,
+        now: Instant,
+        key: (Subnet, RouterId, SeqNo),
+        own: bool,
+    ) -> bool {
+        if self.map.len() >= self.cap && !self.map.contains_key(&key) {
             self.gc(now);
             if self.map.len() >= self.cap {
-                return false;
+                let forwarded = own
+                    .then(|| self.map.iter().find(|(_, s)| !s.own).map(|(k, _)| *k))
+                    .flatten();
+                let Some(old) = forwarded else {
+                    return false;
+                };
+                self.map.remove(&old);
             }
         }
         self.map.insert(
@@ -64,6 +81,7 @@ impl SeqnoCache {
             SeqnoSeen {
                 until: now + SEQNO_DEDUP_TTL,
                 tried: Vec::new(),
+                own,
             },
         );
         true
@@ -179,30 +197,41 @@ mod tests {
         let t0 = Instant::now();
         let mut c = SeqnoCache::new(SeededState::new(0), 2);
         let ttl = SEQNO_DEDUP_TTL;
-        assert!(c.insert_unless_within(t0, key(1), ttl));
+        assert!(!c.is_recent(t0, &key(1), ttl));
+        assert!(c.insert(t0, key(1), false));
         let later = t0 + Duration::from_secs(59);
-        assert!(!c.insert_unless_within(later, key(1), ttl), "duplicate");
+        assert!(c.is_recent(later, &key(1), ttl), "duplicate");
         // A shorter window lets the same request through once it has passed.
         let window = Duration::from_secs(1);
         let soon = t0 + Duration::from_millis(900);
-        assert!(
-            !c.insert_unless_within(soon, key(1), window),
-            "within the window"
-        );
-        assert!(
-            c.insert_unless_within(t0 + window, key(1), window),
-            "after it"
-        );
-        assert!(c.insert_unless_within(t0, key(2), ttl));
-        assert!(!c.insert_unless_within(t0, key(3), ttl), "full");
-        assert!(
-            c.insert_unless_within(t0 + 2 * ttl, key(3), ttl),
-            "after the TTL"
-        );
+        assert!(c.is_recent(soon, &key(1), window), "within the window");
+        assert!(!c.is_recent(t0 + window, &key(1), window), "after it");
+        assert!(c.insert(t0, key(2), false));
+        assert!(!c.insert(t0, key(3), false), "full");
+        assert!(c.insert(t0 + 2 * ttl, key(3), false), "after the TTL");
         assert!(c.len() <= 2);
         c.tried(&key(3), PeerId(9));
         assert!(c.was_tried(&key(3), PeerId(9)));
         assert!(!c.was_tried(&key(3), PeerId(8)));
+    }
+
+    #[test]
+    fn own_seqno_requests_push_out_forwarded_ones_when_full() {
+        let t0 = Instant::now();
+        let mut c = SeqnoCache::new(SeededState::new(0), 2);
+        assert!(c.insert(t0, key(1), false));
+        assert!(c.insert(t0, key(2), true));
+        assert!(!c.insert(t0, key(3), false), "a forwarded one waits");
+        assert!(
+            c.insert(t0, key(4), true),
+            "an own one takes the forwarded one's place"
+        );
+        assert!(
+            !c.is_recent(t0, &key(1), SEQNO_DEDUP_TTL),
+            "the forwarded one went"
+        );
+        assert!(!c.insert(t0, key(5), true), "own ones are not pushed out");
+        assert_eq!(c.len(), 2);
     }
 
     #[test]
