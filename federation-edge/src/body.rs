@@ -22,18 +22,36 @@ pub struct FirstPart {
     pub more: bool,
 }
 
-/// Reads `body` up to `limit` bytes, and far enough to know whether more follows.
-pub async fn read_first<B>(body: &mut B, limit: usize) -> Result<FirstPart, B::Error>
+/// Why the start of a body could not be read.
+#[derive(Debug)]
+pub enum FirstPartError<E> {
+    /// The body failed.
+    Body(E),
+    /// No frame came for the idle time.
+    Stalled,
+}
+
+/// Reads `body` up to `limit` bytes, and far enough to know whether more follows, waiting at
+/// most `idle` for each frame.
+pub async fn read_first<B>(
+    body: &mut B,
+    limit: usize,
+    idle: std::time::Duration,
+) -> Result<FirstPart, FirstPartError<B::Error>>
 where
     B: Body<Data = Bytes> + Unpin,
 {
+    let mut next = async || match tokio::time::timeout(idle, body.frame()).await {
+        Ok(f) => f.map(|f| f.map_err(FirstPartError::Body)),
+        Err(_) => Some(Err(FirstPartError::Stalled)),
+    };
     let mut first = BytesMut::new();
     let mut carry = Bytes::new();
     loop {
         if first.len() >= limit || !carry.is_empty() {
             break;
         }
-        match body.frame().await {
+        match next().await {
             Some(f) => {
                 let Ok(d) = f?.into_data() else { continue };
                 let room = limit - first.len();
@@ -56,7 +74,7 @@ where
     if carry.is_empty() {
         // Exactly `limit` bytes so far: see whether anything follows.
         loop {
-            match body.frame().await {
+            match next().await {
                 Some(f) => match f?.into_data() {
                     Ok(d) if !d.is_empty() => {
                         carry = d;
@@ -169,6 +187,20 @@ mod tests {
 
     use super::*;
 
+    const IDLE: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn a_body_that_stalls_before_its_first_part_is_given_up_on() {
+        let (tx, rx) = mpsc::channel(4);
+        tx.try_send(Ok(Frame::data(Bytes::from_static(b"{"))))
+            .unwrap();
+        let mut b = ChannelBody(rx);
+        let idle = Duration::from_millis(50);
+        let r = tokio::time::timeout(Duration::from_secs(10), read_first(&mut b, 100, idle)).await;
+        assert!(matches!(r, Ok(Err(FirstPartError::Stalled))), "{r:?}");
+        drop(tx);
+    }
+
     fn body(chunks: &[&'static [u8]]) -> ChannelBody {
         let (tx, rx) = mpsc::channel(chunks.len() + 1);
         for c in chunks {
@@ -179,24 +211,28 @@ mod tests {
 
     #[tokio::test]
     async fn the_first_part_is_cut_at_the_limit_and_knows_what_follows() {
-        let p = read_first(&mut body(&[b"abc", b"defg"]), 5).await.unwrap();
+        let p = read_first(&mut body(&[b"abc", b"defg"]), 5, IDLE)
+            .await
+            .unwrap();
         assert_eq!(
             (&p.first[..], &p.carry[..], p.more),
             (&b"abcde"[..], &b"fg"[..], true)
         );
-        let p = read_first(&mut body(&[b"abc", b"de"]), 5).await.unwrap();
+        let p = read_first(&mut body(&[b"abc", b"de"]), 5, IDLE)
+            .await
+            .unwrap();
         assert_eq!(
             (&p.first[..], p.carry.is_empty(), p.more),
             (&b"abcde"[..], true, false)
         );
-        let p = read_first(&mut body(&[b"abc", b"de", b"", b"f"]), 5)
+        let p = read_first(&mut body(&[b"abc", b"de", b"", b"f"]), 5, IDLE)
             .await
             .unwrap();
         assert_eq!(
             (&p.first[..], &p.carry[..], p.more),
             (&b"abcde"[..], &b"f"[..], true)
         );
-        let p = read_first(&mut body(&[]), 5).await.unwrap();
+        let p = read_first(&mut body(&[]), 5, IDLE).await.unwrap();
         assert!(p.first.is_empty() && !p.more);
     }
 

@@ -800,7 +800,11 @@ async fn deliver(
             .collect(),
     };
     let limits = edge.limits();
-    let Ok(FirstPart { first, carry, more }) = read_first(&mut body, limits.inline_body).await
+    // A homeserver that sends a head and stalls its body is given up on like one that sends
+    // nothing.
+    let idle = Duration::from_secs(60);
+    let Ok(FirstPart { first, carry, more }) =
+        read_first(&mut body, limits.inline_body, idle).await
     else {
         tracing::warn!("reading our homeserver's response failed");
         let _ = edge.cmd.send(refuse(502)).await;
@@ -827,7 +831,6 @@ async fn deliver(
         let tx = edge.cmd.clone();
         async move { tx.send(cmd).await.is_ok() }
     };
-    let idle = Duration::from_secs(60);
     let end = send_rest(&mut body, carry, limits.part_size, idle, &mut credits, send).await;
     match end {
         StreamEnd::SourceFailed => {

@@ -471,10 +471,27 @@ async fn relay(edge: Arc<Edge>, entry: Arc<Entry>, req: Request<Incoming>) -> Re
             .map(|(n, v)| (n.as_str().to_owned(), Bytes::copy_from_slice(v.as_bytes())))
             .collect(),
     };
+    // The connection was opened for the route as it was then: if the operator has since
+    // re-pinned the name to another key (or removed it, or changed its fallback), the request
+    // is refused and the connection closed, and the homeserver's retry takes the route as it
+    // is now.
+    let current = edge.routes.get(&entry.server_name);
+    if current
+        .as_deref()
+        .is_none_or(|c| c.pubkey != entry.pubkey || c.fallback != entry.fallback)
+    {
+        let mut r = matrix_error(502, "the route to this server changed: reconnect");
+        r.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+        return r;
+    }
     let inline = edge.limits().inline_body;
     let part_size = edge.limits().part_size;
     // The body up to one inline part travels with the head; the rest streams.
-    let Ok(FirstPart { first, carry, more }) = read_first(&mut body, inline).await else {
+    let Ok(FirstPart { first, carry, more }) = read_first(&mut body, inline, BODY_IDLE).await
+    else {
         return matrix_error(400, "could not read the request body");
     };
     let (mut guard, mut events) = match edge.start_request(entry.pubkey, head, first, more).await {

@@ -1217,3 +1217,29 @@ async fn a_stalled_api_connection_does_not_hold_shutdown_for_ever() {
     );
     drop(c);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repinned_route_is_not_served_from_the_old_key_on_kept_alive_connections() {
+    let (w, dest) = World::routed("repin", "never").await;
+    let c = w.client_a().with_timeout(Duration::from_secs(20));
+    let r = c
+        .request(&dest, "GET", "/_matrix/federation/v1/event/%24before", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(w.hs_b.recorded().len(), 1);
+    // The operator re-pins the name to another key (the old one compromised, say, or the
+    // destination moved).
+    w.route_a(&dest, &"cd".repeat(32), "never").await;
+    let r = c
+        .request(&dest, "GET", "/_matrix/federation/v1/event/%24after", None)
+        .await;
+    let status = r.as_ref().map(|r| r.status).ok();
+    assert_eq!(
+        w.hs_b.recorded().len(),
+        1,
+        "after the re-pin, the request still went to the old key's homeserver \
+         (status {status:?}, connections opened {})",
+        c.connections_opened()
+    );
+}
