@@ -315,6 +315,11 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || a.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
+                // site-local (deprecated, still routed on some networks)
+                || (s[0] & 0xffc0) == 0xfec0
+                // IPv4-compatible (::a.b.c.d) and IPv4-translated (::ffff:0:a.b.c.d)
+                || s[..6] == [0; 6]
+                || (s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0)
                 || (s[0] == 0x2001 && s[1] == 0x0db8)
                 || (s[0] & 0xfe00) == 0x0400
                 || (s[0] == 0x64 && s[1] == 0xff9b)
@@ -700,6 +705,10 @@ mod tests {
             "5ff:1::1",
             "2001:db8::1",
             "198.18.0.1",
+            "fec0::1",
+            "::127.0.0.1",
+            "::10.1.2.3",
+            "::ffff:0:127.0.0.1",
         ] {
             assert!(!is_public(a.parse().unwrap()), "{a}");
         }
