@@ -608,7 +608,10 @@ impl Relay {
     ) -> bool {
         let (dst, to_peer_req, out) = match peer {
             None => match self.outgoing.get_mut(&id) {
-                Some(o) => (o.peer, true, o.body_out.as_mut()),
+                Some(o) => {
+                    o.progress = now;
+                    (o.peer, true, o.body_out.as_mut())
+                }
                 None => return false,
             },
             Some(p) => match self.incoming.get_mut(&(p, id)) {
@@ -731,7 +734,14 @@ impl Relay {
     pub fn refuse(&mut self, now: Instant, peer: PeerKey, id: u64, status: u16) {
         if self.incoming.contains_key(&(peer, id)) {
             self.finish_incoming(peer, id);
-            self.queue(peer, false, Item::Cancel { id, code: status });
+            let q = self.queue_for(peer, false);
+            if status == 503 {
+                // Counted with the refusals, as poll_transmit counts every 503 cancel.
+                self.queues[q].refusals += 1;
+            }
+            self.queues[q]
+                .items
+                .push_back(Item::Cancel { id, code: status });
             self.arm(now);
         }
     }

@@ -914,3 +914,33 @@ mod local_socket_ends {
         );
     }
 }
+
+/// An application that writes a push (no reply wait) and closes its socket at once —
+/// fire and forget — must still have its message sent: the router read the whole request
+/// before the close.
+#[test]
+fn a_push_then_close_is_still_sent() {
+    use hyphae_wire::identity::SecretKey;
+    let a = Node::start("ffa", "portable", 111, &[]);
+    let b = Node::start("ffb", "portable", 112, &["--peers".into(), a.tcp()]);
+    let (sa, sb) = (a.subnet(), b.subnet());
+    wait_until(Duration::from_secs(10), || {
+        a.has_route(&sb) && b.has_route(&sa)
+    })
+    .expect("up");
+    let b_pk = SecretKey::from_bytes([112; 32]).public_key();
+    let mut lost = 0;
+    for i in 0..5u8 {
+        let mut app = local::App::connect(&a.local_socket());
+        app.push(1, &b_pk, b"ff", &[i; 8], None);
+        drop(app); // fire and forget: the application closes at once
+        let (st, got) = json_req(&b, "GET", "/api/v1/messages?timeout=5", None);
+        if st != 200 || got["payload"].as_str() != Some(b64(&[i; 8]).as_str()) {
+            lost += 1;
+        }
+    }
+    assert_eq!(
+        lost, 0,
+        "{lost} of 5 pushes written and then closed were never sent"
+    );
+}

@@ -965,3 +965,55 @@ fn an_envelope_never_holds_more_items_than_a_receiver_takes() {
     assert_eq!(b.stats().requests_refused, refused);
     assert_eq!(b.stats().dropped, refused - MAX_QUEUED_REFUSALS as u64);
 }
+
+/// The mirror of `a_response_that_keeps_streaming_outlives_the_request_timeout`: a
+/// request body that keeps streaming (16 KiB every 5 s, well inside the window, so no window
+/// comes back for minutes) is a request on which parts move; it must not be cut off at the
+/// request timeout.
+#[test]
+fn a_request_body_that_keeps_streaming_outlives_the_request_timeout() {
+    let mut n = Net::new();
+    let timeout = n.a.limits().request_timeout;
+    let id =
+        n.a.start_request(
+            n.now,
+            B,
+            get("/_matrix/federation/v1/send/1"),
+            Bytes::from_static(b"0"),
+            true,
+        )
+        .unwrap();
+    n.run_for(LATENCY);
+    let Some(Event::Deliver { peer, id: bid, .. }) = n.events_b.pop() else {
+        panic!("not delivered");
+    };
+    assert_eq!(peer, A);
+    let (mut credit, mut received, part_len) = (0u64, 0u64, 16 * 1024u64);
+    let start = n.now;
+    while n.now.saturating_duration_since(start) < 2 * timeout {
+        n.run_for(Duration::from_secs(5));
+        for e in n.events_a.drain(..) {
+            match e {
+                Event::Credit { bytes, .. } => credit += bytes,
+                Event::Failed { failure, .. } => {
+                    panic!(
+                        "our upload was cut off after {:?} while its parts kept moving: {failure:?}",
+                        n.now.saturating_duration_since(start)
+                    )
+                }
+                _ => {}
+            }
+        }
+        assert!(credit >= part_len);
+        credit -= part_len;
+        let data = Bytes::from(vec![1u8; part_len as usize]);
+        assert!(n.a.send_body(n.now, None, id, data, true));
+        for e in n.events_b.drain(..) {
+            if let Event::RequestBody { data, .. } = e {
+                received += data.len() as u64;
+                n.b.body_consumed(n.now, Some(A), bid, data.len() as u64);
+            }
+        }
+    }
+    assert!(received >= 30 * part_len, "{received} bytes");
+}

@@ -126,3 +126,52 @@ fn a_route_request_flood_does_not_stop_own_route_discovery() {
         r.queried().filter(|(s, _)| *s == wanted).count()
     );
 }
+
+/// A request that comes again after SEQNO_RESEND (its first copy lost, or the asker repairing
+/// again) is forwarded again, to the best next hop.
+#[test]
+fn a_repeated_seqno_request_is_forwarded_again() {
+    let t0 = Instant::now();
+    let me = PublicKey::from([1; 32]);
+    let mut r = Router::new(t0, Config::default(), rid(&me));
+    for p in [HONEST, OTHER] {
+        r.handle_peer_up(t0, p, LinkKind::TcpV6);
+    }
+    let origin = PublicKey::from([2; 32]);
+    let s = origin.subnet();
+    r.handle_tlv(
+        t0,
+        OTHER,
+        Tlv::Update(Update {
+            flags: 0,
+            interval: Interval::from_secs(300),
+            seqno: SeqNo(10),
+            metric: Metric(100),
+            subnet: s,
+            router_id: rid(&origin),
+        }),
+    );
+    assert_eq!(r.selected_route(&s).unwrap().next_hop, OTHER);
+    while r.poll_transmit().is_some() {}
+    let sr = SeqnoRequest {
+        seqno: SeqNo(11),
+        hop_count: 64,
+        router_id: rid(&origin),
+        prefix: s,
+    };
+    let mut forwarded = Vec::new();
+    for k in 0..3u64 {
+        // The same request from HONEST, 5 s apart (well past SEQNO_RESEND = 1 s).
+        let t = t0 + Duration::from_secs(1 + 5 * k);
+        r.handle_tlv(t, HONEST, Tlv::SeqnoRequest(sr));
+        let n = std::iter::from_fn(|| r.poll_transmit())
+            .filter(|t| t.peer == OTHER && matches!(t.tlv, Tlv::SeqnoRequest(q) if q.prefix == s))
+            .count();
+        forwarded.push(n);
+    }
+    assert_eq!(
+        forwarded,
+        vec![1, 1, 1],
+        "the same SeqnoRequest, repeated every 5 s, forwarded to the only next hop"
+    );
+}

@@ -300,8 +300,6 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
     let mut sizer = ReadSizer::new();
     let mut buf = BytesMut::new();
     let mut subscriptions = Vec::new();
-    // Requests being worked on (each holds a way to the writer).
-    let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     let end = 'conn: loop {
         sizer.prepare(&mut buf);
         let read = tokio::select! {
@@ -330,11 +328,8 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
             let Ok(permit) = in_flight.clone().acquire_owned().await else {
                 break 'conn End::Closed;
             };
-            tasks.retain(|t| !t.is_finished());
             match Message::decode(kind, &body) {
-                Ok(m) => request(&shared, &out, &body, m, &mut subscriptions, permit)
-                    .into_iter()
-                    .for_each(|t| tasks.push(t)),
+                Ok(m) => request(&shared, &out, &body, m, &mut subscriptions, permit),
                 Err(e) => {
                     out.send(error(
                         0,
@@ -351,7 +346,9 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
     drop(out);
     // An application that only closed its sending side still gets the answers in flight (a
     // reply waits at most MAX_REPLY_WAIT); one that is gone, or is being cut off, does not
-    // keep its connection, its requests or their answers.
+    // keep its connection or their answers. Its requests already read still go through (a
+    // push written just before the close is sent): their tasks end on their own, and a
+    // reply wait whose caller is gone is dropped by the message task.
     let peer_gone = hung_up(&rd);
     match end {
         End::Closed if !peer_gone => {
@@ -362,9 +359,6 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
             let _ = tokio::time::timeout(LAST_WORDS, &mut writer).await;
         }
         _ => {}
-    }
-    for t in tasks {
-        t.abort();
     }
     writer.abort();
 }
@@ -397,8 +391,7 @@ fn kept(body: &Bytes, payload: &[u8]) -> Bytes {
     }
 }
 
-/// Starts the work for one request; answers go to `out` when ready. Returns the task that
-/// works on it, if one does (a subscription's goes to `subscriptions`).
+/// Starts the work for one request; answers go to `out` when ready.
 fn request(
     shared: &Arc<Shared>,
     out: &Outbox,
@@ -406,7 +399,7 @@ fn request(
     m: Message<'_>,
     subscriptions: &mut Vec<tokio::task::JoinHandle<()>>,
     permit: OwnedSemaphorePermit,
-) -> Option<tokio::task::JoinHandle<()>> {
+) {
     let (shared, out) = (shared.clone(), out.clone());
     match m {
         Message::Push(p) => {
@@ -416,7 +409,7 @@ fn request(
             let wait = p
                 .reply_timeout_ms
                 .map(|ms| Duration::from_millis(u64::from(ms)).min(MAX_REPLY_WAIT));
-            Some(tokio::spawn(async move {
+            tokio::spawn(async move {
                 let _permit = permit;
                 let dst = match destination(&shared, dst).await {
                     Ok(d) => d,
@@ -440,7 +433,7 @@ fn request(
                     },
                 };
                 out.send(answer);
-            }))
+            });
         }
         Message::Subscribe(s) => {
             drop(permit);
@@ -448,7 +441,7 @@ fn request(
             if subscriptions.len() >= MAX_SUBSCRIPTIONS {
                 let msg = format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection");
                 out.send(error(s.tag, ErrorCode::BAD_REQUEST, &msg));
-                return None;
+                return;
             }
             if s.topic.is_some_and(|t| t.len() > 255) {
                 out.send(error(
@@ -456,7 +449,7 @@ fn request(
                     ErrorCode::BAD_REQUEST,
                     "topic longer than 255 bytes",
                 ));
-                return None;
+                return;
             }
             let topic = s.topic.map(|t| body.slice_ref(t));
             subscriptions.push(tokio::spawn(async move {
@@ -482,20 +475,19 @@ fn request(
                     }
                 }
             }));
-            None
         }
         Message::Reply(r) => {
             let (tag, id) = (r.tag, r.id);
             let payload = kept(body, r.payload);
-            Some(tokio::spawn(async move {
+            tokio::spawn(async move {
                 let _permit = permit;
                 let answer = send_reply(&shared, tag, id, None, payload).await;
                 out.send(answer);
-            }))
+            });
         }
         Message::StatusQuery(q) => {
             let (tag, id) = (q.tag, q.id);
-            Some(tokio::spawn(async move {
+            tokio::spawn(async move {
                 let _permit = permit;
                 let answer = match shared
                     .inbox
@@ -534,7 +526,7 @@ fn request(
                     Err(_) => error(tag, ErrorCode::UNAVAILABLE, "message subsystem busy"),
                 };
                 out.send(answer);
-            }))
+            });
         }
         other => {
             out.send(error(
@@ -542,7 +534,6 @@ fn request(
                 ErrorCode::BAD_REQUEST,
                 &format!("{:?} is not a request", other.kind()),
             ));
-            None
         }
     }
 }

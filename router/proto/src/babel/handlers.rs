@@ -244,11 +244,9 @@ impl Router {
             })
             .collect();
         candidates.sort_unstable();
-        let Some(to) = candidates
-            .into_iter()
-            .map(|c| c.2)
-            .find(|p| !self.seqno_cache.was_tried(&key, *p))
-        else {
+        // The best one, each time: a request repeated after SEQNO_RESEND (its first copy lost,
+        // or the asker lost its route again) goes where the first went.
+        let Some(to) = candidates.into_iter().map(|c| c.2).next() else {
             return;
         };
         // Recorded only once it is forwarded, within the asking peer's budget: requests made
@@ -264,7 +262,6 @@ impl Router {
         if !self.seqno_cache.insert(now, key, false) {
             return;
         }
-        self.seqno_cache.tried(&key, to);
         if let Some(set) = self.routes.sets.get_mut(&s) {
             set.pending_seqno = Some(Box::new(PendingSeqno {
                 rid: sr.router_id,
@@ -465,7 +462,6 @@ impl Router {
         {
             return;
         }
-        self.seqno_cache.tried(&key, to);
         if let Some(set) = self.routes.sets.get_mut(&s) {
             set.pending_seqno = Some(Box::new(PendingSeqno {
                 rid,

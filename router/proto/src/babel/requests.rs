@@ -28,7 +28,6 @@ pub(crate) struct SeqnoCache {
 #[derive(Debug, Clone)]
 struct SeqnoSeen {
     until: Instant,
-    tried: Vec<PeerId>,
     /// Sent by this node for a route of its own (not forwarded for a peer).
     own: bool,
 }
@@ -76,29 +75,16 @@ impl SeqnoCache {
                 self.map.remove(&old);
             }
         }
+        // A forwarded copy of this node's own request keeps it protected.
+        let own = own || self.map.get(&key).is_some_and(|s| s.own);
         self.map.insert(
             key,
             SeqnoSeen {
                 until: now + SEQNO_DEDUP_TTL,
-                tried: Vec::new(),
                 own,
             },
         );
         true
-    }
-
-    /// Notes that the request `key` was forwarded to `peer`.
-    pub(crate) fn tried(&mut self, key: &(Subnet, RouterId, SeqNo), peer: PeerId) {
-        if let Some(s) = self.map.get_mut(key)
-            && s.tried.len() < MAX_PEERS_PER_ENTRY
-        {
-            s.tried.push(peer);
-        }
-    }
-
-    /// Whether `key` was already forwarded to `peer`.
-    pub(crate) fn was_tried(&self, key: &(Subnet, RouterId, SeqNo), peer: PeerId) -> bool {
-        self.map.get(key).is_some_and(|s| s.tried.contains(&peer))
     }
 
     pub(crate) fn gc(&mut self, now: Instant) {
@@ -210,9 +196,6 @@ mod tests {
         assert!(!c.insert(t0, key(3), false), "full");
         assert!(c.insert(t0 + 2 * ttl, key(3), false), "after the TTL");
         assert!(c.len() <= 2);
-        c.tried(&key(3), PeerId(9));
-        assert!(c.was_tried(&key(3), PeerId(9)));
-        assert!(!c.was_tried(&key(3), PeerId(8)));
     }
 
     #[test]
