@@ -146,7 +146,11 @@ impl Control {
                 () = sleep_until(deadline) => {
                     self.router.handle_timeout(Instant::now());
                 }
-                _ = redial.tick() => self.redial(Instant::now()),
+                _ = redial.tick() => {
+                    let now = Instant::now();
+                    self.redial(now);
+                    self.refresh_used(now);
+                }
                 _ = heard.tick() => self.heard(Instant::now()),
             }
             self.flush();
@@ -287,6 +291,16 @@ impl Control {
             }
         }
         self.last_rx.retain(|id, _| self.links.contains_key(id));
+    }
+
+    /// Routes the data plane used since the last call: those about to expire are asked for
+    /// again (`Router::handle_route_used`).
+    fn refresh_used(&mut self, now: Instant) {
+        let router = &mut self.router;
+        self.shared.route_use.take(|net| {
+            let addr = std::net::Ipv6Addr::from(u128::from(net) << 64);
+            router.handle_route_used(now, Subnet::v6_64(addr));
+        });
     }
 
     fn redial(&mut self, now: Instant) {

@@ -611,6 +611,7 @@ mod tests {
             key_cache_evictions: std::sync::atomic::AtomicU64::new(0),
             local_socket_unread_closes: std::sync::atomic::AtomicU64::new(0),
             message_waits_refused: std::sync::atomic::AtomicU64::new(0),
+            route_use: super::super::shared::RouteUse::new(),
             shutdown: sd_rx,
             admission: super::super::admission::Admission::new(8, 8),
             settings,

@@ -124,4 +124,77 @@ pub(crate) struct Shared {
     pub(crate) settings: Settings,
     /// Caps on inbound links.
     pub(crate) admission: Arc<Admission>,
+    /// The /64s the data plane forwarded to lately.
+    pub(crate) route_use: RouteUse,
+}
+
+/// The /64s the data plane forwarded to lately, for the control thread to refresh routes in
+/// use before they expire (the reference asks for a route again when a packet uses it within
+/// 15 s of its expiry; remote routes are not announced again, so one in constant use would
+/// lapse). A fixed table of slots by hash: a worker notes a /64 with one relaxed store, on a
+/// sample of its route lookups; the control thread takes every note once a second. A
+/// collision loses a note (that route's is taken at a later sample); nothing grows.
+#[derive(Debug)]
+pub(crate) struct RouteUse {
+    slots: Box<[AtomicU64]>,
+}
+
+impl RouteUse {
+    /// Slots in the table.
+    const SLOTS: usize = 4096;
+    /// A worker notes one of this many of its route lookups.
+    pub(crate) const SAMPLE: u32 = 16;
+
+    pub(crate) fn new() -> Self {
+        Self {
+            slots: (0..Self::SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Notes that the /64 whose upper 64 bits are `net` was used (0, outside the overlay, is
+    /// the empty slot).
+    pub(crate) fn note(&self, net: u64) {
+        let i = (net.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as usize % Self::SLOTS;
+        self.slots[i].store(net, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Takes every /64 noted since the last call.
+    pub(crate) fn take(&self, mut f: impl FnMut(u64)) {
+        for s in &self.slots {
+            let net = s.swap(0, std::sync::atomic::Ordering::Relaxed);
+            if net != 0 {
+                f(net);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RouteUse;
+
+    #[test]
+    fn routes_noted_are_taken_once() {
+        let u = RouteUse::new();
+        let nets: Vec<u64> = (1..=100u64)
+            .map(|i| 0x0400_0000_0000_0000 | i << 8)
+            .collect();
+        for n in &nets {
+            u.note(*n);
+            u.note(*n);
+        }
+        let mut taken = Vec::new();
+        u.take(|n| taken.push(n));
+        taken.sort_unstable();
+        // A collision may lose a note, never invent one or keep one.
+        assert!(
+            taken.len() >= 95 && taken.iter().all(|n| nets.contains(n)),
+            "{taken:?}"
+        );
+        taken.dedup();
+        assert!(taken.len() >= 95);
+        let mut again = 0;
+        u.take(|_| again += 1);
+        assert_eq!(again, 0, "taken once");
+    }
 }

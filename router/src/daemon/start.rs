@@ -139,6 +139,7 @@ pub fn start(settings: Settings) -> Result<Running, StartError> {
         key_cache_evictions: AtomicU64::new(0),
         local_socket_unread_closes: AtomicU64::new(0),
         message_waits_refused: AtomicU64::new(0),
+        route_use: super::shared::RouteUse::new(),
         shutdown: shutdown_rx,
         admission: Admission::new(settings.max_inbound, settings.max_inbound_per_address),
         settings: settings.clone(),

@@ -305,6 +305,9 @@ impl Forwarder {
                     let pk = route_keys.get(&hyphae_wire::Subnet::v6_64(dst)).copied();
                     let fib = fib.get_or_insert_with(|| shared.fib.snapshot());
                     let r = fib.lookup(dst).zip(pk);
+                    if r.is_some() {
+                        st.used(shared, net);
+                    }
                     last = Some((net, r));
                     r
                 }

@@ -29,7 +29,7 @@ use super::inbox::{ControlMsg, MsgCmd};
 use super::keys::{KeyCache, Nonces};
 use super::peers::PeerHandle;
 use super::ring::Ring;
-use super::shared::{Shared, WorkerCounters};
+use super::shared::{RouteUse, Shared, WorkerCounters};
 use super::tun::TunQueue;
 
 mod counts;
@@ -92,6 +92,19 @@ struct State {
     tun_out: Vec<l3::Delivered>,
     /// Nonces for what this worker seals.
     nonces: Nonces,
+    /// Route lookups so far, to note one in [`RouteUse::SAMPLE`] as a use of its route.
+    lookups: u32,
+}
+
+impl State {
+    /// A route to the /64 `net` (its upper 64 bits) was looked up and found: note a sample
+    /// of these for the control thread, which refreshes routes in use before they expire.
+    fn used(&mut self, shared: &Shared, net: u128) {
+        self.lookups = self.lookups.wrapping_add(1);
+        if self.lookups.is_multiple_of(RouteUse::SAMPLE) {
+            shared.route_use.note(net as u64);
+        }
+    }
 }
 
 impl Waiting {
@@ -185,6 +198,7 @@ impl Forwarder {
             icmp_budget: (None, 0),
             tun_out: Vec::new(),
             nonces: Nonces::default(),
+            lookups: 0,
         };
         if let Some(ring) = &ring {
             // The ring's TUN writes are counted when they complete.
@@ -467,6 +481,9 @@ impl Forwarder {
                 Some((n, hop)) if n == net => hop,
                 _ => {
                     let hop = fib.get_or_insert_with(|| shared.fib.snapshot()).lookup(dst);
+                    if hop.is_some() {
+                        st.used(shared, net);
+                    }
                     last = Some((net, hop));
                     hop
                 }
