@@ -179,30 +179,66 @@ pub mod key_file {
             /// Its length.
             len: usize,
         },
+        /// The path names something other than a regular file (a directory, a FIFO, a
+        /// device).
+        #[error("key file {path}: not a regular file")]
+        NotAFile {
+            /// The file.
+            path: String,
+        },
         /// No randomness was available to create a key.
         #[error("no randomness to create a key: {0}")]
         Random(getrandom::Error),
     }
 
-    /// Reads the raw 32-byte secret at `path`.
+    /// Reads the raw 32-byte secret at `path`: a regular file of exactly 32 bytes (what it
+    /// is and how long are checked before it is opened, so a FIFO or a device is refused, not
+    /// waited on or read without end).
     pub fn load(path: &Path) -> Result<SecretKey, KeyFileError> {
         let io = |source| KeyFileError::Io {
             path: path.display().to_string(),
             source,
         };
-        let mut bytes = fs::read(path).map_err(io)?;
-        let res = <[u8; 32]>::try_from(bytes.as_slice())
-            .map(SecretKey::from_bytes)
-            .map_err(|_| KeyFileError::BadLength {
+        let meta = fs::metadata(path).map_err(io)?;
+        if !meta.is_file() {
+            return Err(KeyFileError::NotAFile {
                 path: path.display().to_string(),
-                len: bytes.len(),
             });
+        }
+        if meta.len() != 32 {
+            return Err(KeyFileError::BadLength {
+                path: path.display().to_string(),
+                len: usize::try_from(meta.len()).unwrap_or(usize::MAX),
+            });
+        }
+        let mut bytes = [0u8; 32];
+        let read = fs::File::open(path).and_then(|mut f| io::Read::read_exact(&mut f, &mut bytes));
+        let res = read.map(|()| SecretKey::from_bytes(bytes)).map_err(io);
         zeroize::Zeroize::zeroize(&mut bytes);
         res
     }
 
-    /// Loads the key at `path`, or creates it (mode 0640, parent directories as needed) if there
+    /// The file's permission bits, when they let users other than its owner read it (a
+    /// secret key should be mode 0600); `None` when they do not, or off Unix.
+    pub fn readable_by_others(path: &Path) -> Option<u32> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(path).ok()?.permissions().mode() & 0o777;
+            (mode & 0o077 != 0).then_some(mode)
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = path;
+            None
+        }
+    }
+
+    /// Loads the key at `path`, or creates it (mode 0600, parent directories as needed) if there
     /// is no file there. A file that exists but is not a key is an error, never overwritten.
+    /// The new key is written whole to a file of its own and then linked into place, so a
+    /// process starting at the same time, or after a crash, never finds a partial key: it
+    /// finds none, or the whole one.
     pub fn load_or_create(path: &Path) -> Result<SecretKey, KeyFileError> {
         match load(path) {
             Err(KeyFileError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
@@ -216,17 +252,35 @@ pub mod key_file {
             fs::create_dir_all(dir).map_err(io)?;
         }
         let key = SecretKey::generate().map_err(KeyFileError::Random)?;
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        // Distinct for every call, in this process and across processes.
+        static CALLS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+        let call = CALLS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        name.push(std::format!(".new.{}.{call}", std::process::id()));
+        let tmp = path.with_file_name(name);
         let mut opts = fs::OpenOptions::new();
-        opts.write(true).create_new(true);
+        opts.write(true).create(true).truncate(true);
         #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o640);
-        match opts.open(path) {
-            Ok(mut f) => {
-                f.write_all(&key.to_bytes()).map_err(io)?;
-                f.sync_all().map_err(io)?;
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let written = opts.open(&tmp).and_then(|mut f| {
+            f.write_all(&key.to_bytes())?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(io(e));
+        }
+        // A hard link fails if the name exists: the first of two starters wins.
+        let linked = fs::hard_link(&tmp, path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    let _ = fs::File::open(dir).and_then(|d| d.sync_all());
+                }
                 Ok(key)
             }
-            // Another process created it between our read and our create: use theirs.
+            // Another process created it between our read and our link: use theirs.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => load(path),
             Err(e) => Err(io(e)),
         }
@@ -277,7 +331,7 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o640);
+            assert_eq!(mode & 0o777, 0o600);
         }
         let k2 = key_file::load_or_create(&path).unwrap();
         assert_eq!(k1.public_key(), k2.public_key());
@@ -290,5 +344,105 @@ mod tests {
         );
         assert_eq!(std::fs::read(&path).unwrap(), b"short");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(all(feature = "std", unix))]
+    fn key_dir(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("hyphae-key-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[cfg(all(feature = "std", unix))]
+    #[test]
+    fn a_new_key_file_is_the_owners_alone_and_an_open_one_is_told() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = key_dir("perm");
+        let path = dir.join("priv_key.bin");
+        let k = key_file::load_or_create(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(key_file::readable_by_others(&path), None);
+        assert_eq!(key_file::load(&path).unwrap().to_bytes(), k.to_bytes());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(key_file::readable_by_others(&path), Some(0o644));
+        // No temporary file left beside it.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A FIFO (or a device, or a huge file) given as the key file is refused at once, not
+    /// waited on or read without end.
+    #[cfg(all(feature = "std", unix))]
+    #[test]
+    fn a_key_file_that_is_not_a_regular_32_byte_file_is_refused_at_once() {
+        let dir = key_dir("fifo");
+        let path = dir.join("priv_key.bin");
+        let ok = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(key_file::load_or_create(&p).map(|_| ()));
+        });
+        let r = rx.recv_timeout(std::time::Duration::from_secs(3));
+        match r {
+            Ok(r) => assert!(
+                matches!(r, Err(key_file::KeyFileError::NotAFile { .. })),
+                "{r:?}"
+            ),
+            Err(_) => panic!("load_or_create on a FIFO did not return within 3 s"),
+        }
+        let big = dir.join("big");
+        std::fs::write(&big, vec![0u8; 1 << 20]).unwrap();
+        assert!(matches!(
+            key_file::load(&big),
+            Err(key_file::KeyFileError::BadLength { len: 1_048_576, .. })
+        ));
+        assert!(matches!(
+            key_file::load(&dir),
+            Err(key_file::KeyFileError::NotAFile { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Two processes starting at once (or one after a crash) never find a partial key: both
+    /// get the same whole key.
+    #[cfg(all(feature = "std", unix))]
+    #[test]
+    fn starters_racing_to_create_the_key_get_the_same_whole_key() {
+        let dir = key_dir("race");
+        let mut failures = Vec::new();
+        for i in 0..500 {
+            let path = dir.join(format!("k{i}"));
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let keys: Vec<_> = (0..2)
+                .map(|_| {
+                    let (p, b) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        b.wait();
+                        key_file::load_or_create(&p).map(|k| k.public_key())
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect();
+            match (&keys[0], &keys[1]) {
+                (Ok(a), Ok(b)) if a == b => {}
+                other => failures.push(format!("{other:?}")),
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} of 500 races failed, e.g. {:?}",
+            failures.len(),
+            failures.first()
+        );
     }
 }
