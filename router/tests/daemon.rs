@@ -749,3 +749,56 @@ fn a_peer_that_stops_reading_is_closed_and_its_socket_freed(driver: &str) {
     );
     drop(sink);
 }
+
+/// The admin API refuses input it could not honour, as startup does.
+mod admin_input {
+    use super::common::{Node, http};
+
+    /// With --disable-quic a quic:// peer can never be dialed: the API refuses it, as startup does.
+    #[test]
+    fn a_quic_peer_is_refused_when_quic_is_disabled() {
+        let a = Node::start("rq", "portable", 61, &["--disable-quic".into()]);
+        let (status, body) = http(
+            a.api,
+            "POST",
+            "/api/v1/admin/peers",
+            Some(r#"{"endpoint": "quic://127.0.0.1:9"}"#),
+        )
+        .unwrap();
+        let peers = http(a.api, "GET", "/api/v1/admin/peers", None).unwrap().1;
+        assert!(
+            (400..500).contains(&status),
+            "POST quic peer with QUIC disabled: {status} {body:?}; peers now {peers}"
+        );
+    }
+
+    /// A topic over 255 bytes is refused by every endpoint that takes one, as by POST /topics.
+    #[test]
+    fn every_topic_endpoint_checks_the_topic_length() {
+        use base64::Engine;
+        let a = Node::start("rs", "portable", 63, &[]);
+        let long = vec![b'a'; 300];
+        let (s1, _) = http(
+            a.api,
+            "POST",
+            "/api/v1/messages/topics",
+            Some(&serde_json::to_string(&long).unwrap()),
+        )
+        .unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&long);
+        let (s2, _) = http(
+            a.api,
+            "POST",
+            &format!("/api/v1/messages/topics/{b64}/sources"),
+            Some(r#"{"subnet": "400::/64"}"#),
+        )
+        .unwrap();
+        let (_, list) = http(a.api, "GET", "/api/v1/messages/topics", None).unwrap();
+        assert_eq!(
+            s1 / 100,
+            s2 / 100,
+            "POST topics: {s1}; POST topics/<300 bytes>/sources: {s2}; topics now {}",
+            &list[..list.len().min(60)]
+        );
+    }
+}

@@ -14,7 +14,7 @@ use axum::routing::{delete, get};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::endpoint::Endpoint;
+use super::endpoint::{Endpoint, Proto};
 use super::error::StartError;
 use super::inbox::{Admin, Busy, MsgCmd, Pushed, ReplyError, TopicAnswer, TopicOp, unix_secs};
 use super::metrics;
@@ -217,6 +217,11 @@ async fn add_peer(State(s): State<Api>, body: Bytes) -> Response {
         Ok(e) => e,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
+    // As at startup: a peer this node could never dial is refused, not retried for ever.
+    if ep.proto == Proto::Quic && s.settings.quic_port.is_none() {
+        let msg = format!("peer {ep}: QUIC is disabled (--disable-quic)");
+        return (StatusCode::BAD_REQUEST, msg).into_response();
+    }
     match ask(&s, |tx| Admin::AddPeer(ep, tx)).await {
         Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
         Ok(Err(e)) => (StatusCode::CONFLICT, e).into_response(),
@@ -578,7 +583,14 @@ async fn topic_op(s: &Shared, op: TopicOp) -> Result<TopicAnswer, Response> {
 // The error is the HTTP answer itself, as for the async handlers' helpers.
 #[allow(clippy::result_large_err)]
 fn topic_path(t: &str) -> Result<Vec<u8>, Response> {
-    unb64(t).ok_or_else(|| err(StatusCode::BAD_REQUEST, "topic is not base64"))
+    match unb64(t) {
+        None => Err(err(StatusCode::BAD_REQUEST, "topic is not base64")),
+        // As `POST /topics`: no message has a longer topic.
+        Some(t) if t.len() > 255 => {
+            Err(err(StatusCode::BAD_REQUEST, "topic longer than 255 bytes"))
+        }
+        Some(t) => Ok(t),
+    }
 }
 
 #[derive(serde::Deserialize)]

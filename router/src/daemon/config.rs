@@ -8,7 +8,7 @@ use clap::Parser;
 use serde::Deserialize;
 
 use super::admission::{DEFAULT_MAX_INBOUND, DEFAULT_MAX_INBOUND_PER_ADDRESS};
-use super::endpoint::Endpoint;
+use super::endpoint::{Endpoint, Proto};
 
 /// Default TCP listen port (the reference's).
 pub const DEFAULT_TCP_PORT: u16 = 9651;
@@ -238,6 +238,13 @@ pub const DEFAULT_MAX_ROUTES_PER_PEER: usize = 1 << 16;
 /// Default cap on peers found by link-local discovery.
 pub const DEFAULT_MAX_DISCOVERED_PEERS: usize = 64;
 
+/// The smallest and largest receive buffer `--tcp-rcvbuf` takes (the kernel takes an `int`, and
+/// doubles what it is given).
+const MIN_TCP_RCVBUF: usize = 4096;
+const MAX_TCP_RCVBUF: usize = (i32::MAX / 2) as usize;
+/// The largest `--local-socket-outbox-mib` (1 TiB).
+const MAX_OUTBOX_MIB: usize = 1 << 20;
+
 /// A configuration error, printed as one line.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -342,6 +349,28 @@ impl Cli {
             None => DEFAULT_LOCAL_SOCKET_MODE,
         };
         let disable_quic = self.disable_quic || file.disable_quic.unwrap_or(false);
+        if disable_quic && let Some(p) = peers.iter().find(|p| p.proto == Proto::Quic) {
+            return Err(ConfigError::Invalid(format!(
+                "peer {p}: QUIC is disabled (--disable-quic)"
+            )));
+        }
+        let tcp_rcvbuf = self.tcp_rcvbuf.or(file.tcp_rcvbuf);
+        if let Some(n) = tcp_rcvbuf
+            && !(MIN_TCP_RCVBUF..=MAX_TCP_RCVBUF).contains(&n)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "--tcp-rcvbuf must be {MIN_TCP_RCVBUF}..={MAX_TCP_RCVBUF} bytes, not {n}"
+            )));
+        }
+        let outbox_mib = self
+            .local_socket_outbox_mib
+            .or(file.local_socket_outbox_mib)
+            .unwrap_or(256);
+        if !(1..=MAX_OUTBOX_MIB).contains(&outbox_mib) {
+            return Err(ConfigError::Invalid(format!(
+                "--local-socket-outbox-mib must be 1..={MAX_OUTBOX_MIB}, not {outbox_mib}"
+            )));
+        }
         let disable_discovery =
             self.disable_peer_discovery || file.disable_peer_discovery.unwrap_or(false);
         let api_addr = match self.api_addr.or(file.api_addr) {
@@ -418,7 +447,7 @@ impl Cli {
             hello_interval: hello,
             driver,
             log_level,
-            tcp_rcvbuf: self.tcp_rcvbuf.or(file.tcp_rcvbuf),
+            tcp_rcvbuf,
             tcp_window_governor,
             local_socket: match self.local_socket.clone().or(file.local_socket) {
                 Some(p) if p.as_os_str() == "none" => None,
@@ -426,12 +455,7 @@ impl Cli {
                 None => Some(default_local_socket()),
             },
             local_socket_mode,
-            local_socket_outbox: self
-                .local_socket_outbox_mib
-                .or(file.local_socket_outbox_mib)
-                .unwrap_or(256)
-                .clamp(1, 1 << 20)
-                << 20,
+            local_socket_outbox: outbox_mib << 20,
             topic_forward_dir,
             tun_name,
             max_inbound,
@@ -523,7 +547,22 @@ fn parse_socket_mode(s: &str) -> Result<u32, ConfigError> {
 
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), e.message().to_owned()))
+    toml::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), toml_detail(&text, &e)))
+}
+
+/// A TOML error as one line naming where it is: `line N, key: message`.
+fn toml_detail(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().replace('\n', " ");
+    let Some(at) = e.span().map(|s| s.start) else {
+        return msg;
+    };
+    let before = text.get(..at).unwrap_or(text);
+    let n = before.matches('\n').count() + 1;
+    let line = text.lines().nth(n - 1).unwrap_or("");
+    match line.split_once('=') {
+        Some((key, _)) if !key.trim().is_empty() => format!("line {n}, {}: {msg}", key.trim()),
+        _ => format!("line {n}: {msg}"),
+    }
 }
 
 /// `$XDG_RUNTIME_DIR/hyphae/router.sock`, else `/run/hyphae/router.sock` (root) or
@@ -673,5 +712,60 @@ mod tests {
         let s = parse(&["-c", f.to_str().unwrap()]).unwrap();
         assert_eq!(s.local_socket_mode, 0o640);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_tcp_rcvbuf_the_kernel_cannot_take_is_refused() {
+        // setsockopt(SO_RCVBUF) takes a C int: 2^32 reaches the kernel as 0.
+        for bad in ["0", "4294967296", "3000000000"] {
+            let r = parse(&["--tcp-rcvbuf", bad]);
+            assert!(
+                r.is_err(),
+                "--tcp-rcvbuf {bad} accepted: {:?}",
+                r.map(|s| s.tcp_rcvbuf)
+            );
+        }
+    }
+
+    #[test]
+    fn a_local_socket_outbox_of_zero_is_refused() {
+        let r = parse(&["--local-socket-outbox-mib", "0"]);
+        assert!(
+            r.is_err(),
+            "--local-socket-outbox-mib 0 accepted as {:?} bytes",
+            r.map(|s| s.local_socket_outbox)
+        );
+    }
+
+    #[test]
+    fn a_quic_peer_with_quic_disabled_is_refused() {
+        let r = parse(&["--disable-quic", "--peers", "quic://192.0.2.1:9651"]);
+        assert!(r.is_err(), "a quic:// peer is accepted with --disable-quic");
+    }
+
+    #[test]
+    fn file_type_errors_name_the_line_and_key() {
+        let dir = std::env::temp_dir().join(format!("hyphae-cfg-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        let mut bad = Vec::new();
+        for (text, key) in [
+            ("tcp-listen-port = 70000\n", "tcp-listen-port"),
+            ("workers = -1\n", "workers"),
+            ("hello-interval = 1.5\n", "hello-interval"),
+            ("api-addr = \"localhost:8989\"\n", "api-addr"),
+        ] {
+            std::fs::write(&f, text).unwrap();
+            let err = parse(&["-c", f.to_str().unwrap()]).unwrap_err().to_string();
+            if !err.contains(key) {
+                bad.push(format!("{text:?} -> {err:?}"));
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            bad.is_empty(),
+            "errors that do not name the key:\n{}",
+            bad.join("\n")
+        );
     }
 }

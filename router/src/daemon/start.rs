@@ -66,12 +66,6 @@ impl Running {
 /// Starts the node's threads and returns once its sockets are bound.
 pub fn start(settings: Settings) -> Result<Running, StartError> {
     let secret = hyphae_wire::identity::key_file::load_or_create(&settings.key_file)?;
-    if let Some(mode) = hyphae_wire::identity::key_file::readable_by_others(&settings.key_file) {
-        tracing::warn!(
-            "key file {}: mode {mode:03o} lets other users read the node's secret key; chmod 600 it",
-            settings.key_file.display()
-        );
-    }
     let public = secret.public_key();
     let rnd = hyphae_wire::seal::random_nonce()
         .map_err(|e| StartError::Other(format!("no randomness: {e}")))?;
@@ -177,6 +171,13 @@ pub fn start(settings: Settings) -> Result<Running, StartError> {
     })?);
     tracing::info!(workers = settings.workers, driver = ?driver, tcp = settings.tcp_port,
         quic = ?settings.quic_port, api = %settings.api_addr, "hyphae-router running");
+    // Once running: a node that cannot start says why in one line, and only that.
+    if let Some(mode) = hyphae_wire::identity::key_file::readable_by_others(&settings.key_file) {
+        tracing::warn!(
+            "key file {}: mode {mode:03o} lets other users read the node's secret key; chmod 600 it",
+            settings.key_file.display()
+        );
+    }
 
     Ok(Running {
         shared,
