@@ -248,6 +248,19 @@ impl Config {
         if raw.api_token.as_deref() == Some("") {
             return Err(ConfigError::key(path, "api_token", "is empty"));
         }
+        // What a client can send as a bearer token (and the `hyphae` CLI sends): one that
+        // could never match would lock every client out.
+        if raw
+            .api_token
+            .as_deref()
+            .is_some_and(|t| !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(ConfigError::key(
+                path,
+                "api_token",
+                "a token is visible ASCII without spaces",
+            ));
+        }
         if !is_loopback(api.ip()) && raw.api_token.is_none() {
             return Err(ConfigError::key(
                 path,
@@ -455,5 +468,19 @@ federation_url = "https://127.0.0.1:8448"
         let t = GOOD.replace("127.0.0.1:8460", "0.0.0.0:8460");
         let c = parse(&format!("api_token = \"s3cret\"\n{t}")).unwrap();
         assert_eq!(c.api_token.as_deref(), Some("s3cret"));
+    }
+
+    /// A token no client can present (the edge trims what it receives; header values are
+    /// visible ASCII), or that the `hyphae` CLI refuses to send, is refused in the file.
+    #[test]
+    fn an_api_token_no_client_can_send_is_refused() {
+        let mut accepted = Vec::new();
+        for tok in ["two words", " s3cret", "s3cret ", "caf\u{e9}", "tab\there"] {
+            let text = format!("api_token = {tok:?}\n{GOOD}");
+            if parse(&text).is_ok() {
+                accepted.push(tok);
+            }
+        }
+        assert!(accepted.is_empty(), "api_token accepted: {accepted:?}");
     }
 }

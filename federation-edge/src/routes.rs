@@ -145,10 +145,20 @@ impl Routes {
             Ok(bytes) => {
                 let list: Vec<Route> = serde_json::from_slice(&bytes)
                     .map_err(|e| format!("{}: {e}", file.display()))?;
+                if list.len() > MAX_ROUTES {
+                    return Err(format!(
+                        "{}: {} routes, at most {MAX_ROUTES}",
+                        file.display(),
+                        list.len()
+                    ));
+                }
                 let mut map = HashMap::new();
                 for r in &list {
                     let e = Entry::from_route(r).map_err(|e| format!("{}: {e}", file.display()))?;
-                    map.insert(e.server_name.clone(), Arc::new(e));
+                    let name = e.server_name.clone();
+                    if map.insert(name.clone(), Arc::new(e)).is_some() {
+                        return Err(format!("{}: {name} appears twice", file.display()));
+                    }
                 }
                 map
             }
@@ -179,9 +189,15 @@ impl Routes {
         self.len() == 0
     }
 
-    /// The route for exactly this server name.
+    /// The route for this server name (names are kept in lower case, as `upsert` and `remove`
+    /// take them).
     pub fn get(&self, server_name: &str) -> Option<Arc<Entry>> {
-        self.map.load().get(server_name).cloned()
+        let map = self.map.load();
+        if server_name.bytes().any(|b| b.is_ascii_uppercase()) {
+            map.get(&server_name.to_ascii_lowercase()).cloned()
+        } else {
+            map.get(server_name).cloned()
+        }
     }
 
     /// What a `CONNECT host:port` should become. A route named `host` (no port) serves
@@ -353,5 +369,51 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// A routes.json over the cap is refused when loaded (it loaded, and then every change
+    /// through the API, even a removal, was refused), and so is one naming a server twice.
+    #[test]
+    fn a_routes_file_over_the_cap_or_with_a_name_twice_is_refused_at_load() {
+        let dir = tempdir();
+        let list: Vec<Route> = (0..MAX_ROUTES + 2)
+            .map(|i| route(&format!("h{i}.example"), Fallback::Direct))
+            .collect();
+        std::fs::write(dir.join("routes.json"), serde_json::to_vec(&list).unwrap()).unwrap();
+        match Routes::load(&dir) {
+            Err(e) => assert!(e.contains("routes"), "{e}"),
+            Ok(r) => {
+                let removed = r.remove("h0.example");
+                panic!(
+                    "loaded {} routes (cap {MAX_ROUTES}); removing one then gives {removed:?}",
+                    r.len()
+                );
+            }
+        }
+        let twice = vec![
+            route("a.example", Fallback::Direct),
+            route("A.example", Fallback::Direct),
+        ];
+        std::fs::write(dir.join("routes.json"), serde_json::to_vec(&twice).unwrap()).unwrap();
+        let e = Routes::load(&dir).err().unwrap_or_default();
+        assert!(e.contains("twice"), "{e:?}");
+    }
+
+    /// The bridge API finds the route a POST replaces (to forget its old key) by the name as
+    /// sent; `upsert` stores it in lower case: "B.Example" must find "b.example".
+    #[test]
+    fn a_route_is_found_by_any_case_of_its_name() {
+        let dir = tempdir();
+        let r = Routes::load(&dir).unwrap();
+        r.upsert(&[route("b.example", Fallback::Direct)]).unwrap();
+        let before = r.get("B.Example");
+        let mut new = route("B.Example", Fallback::Direct);
+        new.pubkey = "cd".repeat(32);
+        r.upsert(&[new]).unwrap();
+        assert_eq!(r.len(), 1, "replaced");
+        assert!(
+            before.is_some(),
+            "the replaced route was not found by the name the API got"
+        );
     }
 }

@@ -122,7 +122,7 @@ pub struct SendArgs {
     #[arg(short = 'w', long, conflicts_with = "reply_to")]
     pub wait: bool,
     /// With --wait: seconds to wait for the reply.
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", requires = "wait")]
     pub timeout: Option<u64>,
     /// Topic (at most 255 bytes).
     #[arg(short = 't', long)]
@@ -286,5 +286,22 @@ impl TypedValueParser for BearerToken {
             )
             .with_cmd(cmd)),
         }
+    }
+}
+
+#[cfg(test)]
+mod send_args_tests {
+    use super::*;
+
+    /// `message send --timeout S` without `--wait` would be ignored: it is a usage error.
+    #[test]
+    fn a_send_timeout_without_wait_is_a_usage_error() {
+        let pk = "8e08f198dcea2bf9ae8678eb92cd7cf6d0fbb6ea5e5c9a48491778d01bf2be01";
+        let r = Cli::try_parse_from(["hyphae", "message", "send", "--timeout", "30", pk, "hi"]);
+        assert!(
+            r.is_err(),
+            "--timeout without --wait accepted: {:?}",
+            r.map(|c| c.command)
+        );
     }
 }
