@@ -180,12 +180,7 @@ impl Router {
         if generation >= MAX_RR_GENERATION {
             return;
         }
-        if !self
-            .peers
-            .get_mut(&peer)
-            .is_some_and(|n| n.may_forward(now))
-        {
-            self.stats.forwards_rate_limited += 1;
+        if !self.may_forward(now, peer) {
             return;
         }
         if !self.mark_queried(now, p, false) {
@@ -251,12 +246,7 @@ impl Router {
         };
         // Recorded only once it is forwarded, within the asking peer's budget: requests made
         // up by the thousand take no room from this node's own.
-        if !self
-            .peers
-            .get_mut(&peer)
-            .is_some_and(|n| n.may_forward(now))
-        {
-            self.stats.forwards_rate_limited += 1;
+        if !self.may_forward(now, peer) {
             return;
         }
         if !self.seqno_cache.insert(now, key, false) {
@@ -480,6 +470,18 @@ impl Router {
 
     /// Whether `peer`'s request may be answered now (its per-second budget); counts the ones
     /// that may not.
+    /// Whether one more of `peer`'s requests may be forwarded this second (counted if not).
+    fn may_forward(&mut self, now: Instant, peer: PeerId) -> bool {
+        let ok = self
+            .peers
+            .get_mut(&peer)
+            .is_some_and(|n| n.may_forward(now));
+        if !ok {
+            self.stats.forwards_rate_limited += 1;
+        }
+        ok
+    }
+
     fn may_answer(&mut self, now: Instant, peer: PeerId) -> bool {
         let ok = self.peers.get_mut(&peer).is_some_and(|n| n.may_answer(now));
         if !ok {
