@@ -363,6 +363,11 @@ enum Item {
 }
 
 impl Item {
+    /// A 503 cancel: what [`Queue::refusals`] counts.
+    fn is_refusal(&self) -> bool {
+        matches!(self, Self::Cancel { code: 503, .. })
+    }
+
     fn size(&self) -> usize {
         fn hdrs(h: &[(String, Bytes)]) -> usize {
             h.iter().map(|(n, v)| n.len() + v.len() + 4).sum()
@@ -734,14 +739,7 @@ impl Relay {
     pub fn refuse(&mut self, now: Instant, peer: PeerKey, id: u64, status: u16) {
         if self.incoming.contains_key(&(peer, id)) {
             self.finish_incoming(peer, id);
-            let q = self.queue_for(peer, false);
-            if status == 503 {
-                // Counted with the refusals, as poll_transmit counts every 503 cancel.
-                self.queues[q].refusals += 1;
-            }
-            self.queues[q]
-                .items
-                .push_back(Item::Cancel { id, code: status });
+            self.queue(peer, false, Item::Cancel { id, code: status });
             self.arm(now);
         }
     }
@@ -1168,7 +1166,7 @@ impl Relay {
             }
             size += s;
             if let Some(it) = q.items.pop_front() {
-                if matches!(it, Item::Cancel { code: 503, .. }) {
+                if it.is_refusal() {
                     q.refusals = q.refusals.saturating_sub(1);
                 }
                 items.push(it);
@@ -1234,20 +1232,22 @@ impl Relay {
 
     fn queue(&mut self, peer: PeerKey, req_topic: bool, item: Item) {
         let idx = self.queue_for(peer, req_topic);
-        self.queues[idx].items.push_back(item);
+        let q = &mut self.queues[idx];
+        if item.is_refusal() {
+            q.refusals += 1;
+        }
+        q.items.push_back(item);
     }
 
     /// Queues a 503 cancel for `peer`'s request `id`, unless [`MAX_QUEUED_REFUSALS`] wait
     /// already (then it is dropped and counted).
     fn queue_refusal(&mut self, peer: PeerKey, id: u64) {
         let idx = self.queue_for(peer, false);
-        let q = &mut self.queues[idx];
-        if q.refusals >= MAX_QUEUED_REFUSALS {
+        if self.queues[idx].refusals >= MAX_QUEUED_REFUSALS {
             self.stats.dropped += 1;
             return;
         }
-        q.refusals += 1;
-        q.items.push_back(Item::Cancel { id, code: 503 });
+        self.queue(peer, false, Item::Cancel { id, code: 503 });
     }
 
     /// The index of the queue for `peer` in this direction, made if there is none.

@@ -226,15 +226,9 @@ impl MessageTask {
                         let Some(msg) = self.queued.remove(i) else {
                             return;
                         };
-                        let (src, id) = (msg.src, msg.id);
-                        // Read only once handed over; a caller gone meanwhile leaves it queued.
-                        match tx.send(Some(msg)) {
-                            Ok(()) => self.m.mark_read(now, src, id),
-                            Err(msg) => {
-                                if let Some(msg) = msg {
-                                    self.queued.insert(i, msg);
-                                }
-                            }
+                        // A caller gone meanwhile leaves it queued.
+                        if let Some(msg) = self.hand_over(now, tx, msg) {
+                            self.queued.insert(i, msg);
                         }
                     }
                     None if timeout.is_zero() => {
@@ -450,7 +444,7 @@ impl MessageTask {
                 .receivers
                 .iter()
                 .position(|r| r.topic.as_ref() == Some(&msg.topic));
-            let held = exact.is_some() || self.is_held(now, &msg.topic);
+            let held = exact.is_some() || self.held_recently(now, &msg.topic);
             let Some(i) = exact.or_else(|| {
                 (!held)
                     .then(|| self.receivers.iter().position(|r| r.topic.is_none()))
@@ -469,17 +463,10 @@ impl MessageTask {
                 let _ = r.tx.send(Some(msg));
                 return;
             }
-            let (src, id) = (msg.src, msg.id);
-            match r.tx.send(Some(msg)) {
-                Ok(()) => {
-                    self.m.mark_read(now, src, id);
-                    return;
-                }
-                // Its caller went in the meantime: the next one, or the queue.
-                Err(back) => match back {
-                    Some(back) => msg = back,
-                    None => return,
-                },
+            // Its caller went in the meantime: the next one, or the queue.
+            match self.hand_over(now, r.tx, msg) {
+                Some(back) => msg = back,
+                None => return,
             }
         }
         if self.queued.len() < MAX_INBOX {
@@ -504,11 +491,34 @@ impl MessageTask {
         }
     }
 
-    /// Whether a caller asked for `topic` by name within [`HOLD`], or waits for it now.
-    fn is_held(&self, now: Instant, topic: &[u8]) -> bool {
+    /// Gives `msg` to the caller behind `tx` and marks it read to its sender; if that caller
+    /// has gone, it is not marked and comes back.
+    fn hand_over(
+        &mut self,
+        now: Instant,
+        tx: oneshot::Sender<Option<ReceivedMessage>>,
+        msg: ReceivedMessage,
+    ) -> Option<ReceivedMessage> {
+        let (src, id) = (msg.src, msg.id);
+        match tx.send(Some(msg)) {
+            Ok(()) => {
+                self.m.mark_read(now, src, id);
+                None
+            }
+            Err(back) => back,
+        }
+    }
+
+    /// Whether a caller asked for `topic` by name within [`HOLD`].
+    fn held_recently(&self, now: Instant, topic: &[u8]) -> bool {
         self.held
             .get(topic)
             .is_some_and(|t| now.saturating_duration_since(*t) < HOLD)
+    }
+
+    /// Whether a caller asked for `topic` by name within [`HOLD`], or waits for it now.
+    fn is_held(&self, now: Instant, topic: &[u8]) -> bool {
+        self.held_recently(now, topic)
             || self
                 .receivers
                 .iter()
