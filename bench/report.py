@@ -242,7 +242,18 @@ def saturation_table(sat, st, has_stock, stock_name):
                 f"{ratio(by.get((fl, 'frames_per_cpu_s')))} |"
             )
     loads = ", ".join(r.get("loadavg", "?") for r in sat["rounds"])
-    out += ["", f"Load average at the start of each round: {loads}.", ""]
+    out += ["", f"Load average at the start of each round: {loads}."]
+    steals = [r.get("steal_ms") for r in sat["rounds"]]
+    if all(steals):
+        per_round = "; ".join(
+            ", ".join(f"{x['subject']} {x['ms']:.0f} ms" for x in st) for st in steals
+        )
+        out += [
+            "vCPU time the hypervisor took from the machine (steal) while each subject ran, "
+            f"round by round: {per_round}. A round with much of it runs slow for reasons "
+            "outside the router."
+        ]
+    out += [""]
     return out
 
 

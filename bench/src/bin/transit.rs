@@ -348,6 +348,8 @@ struct SatRound {
     loadavg: String,
     order: Vec<Subject>,
     runs: Vec<(Subject, SatRun)>,
+    /// vCPU time the hypervisor took from the machine while each subject ran (ms).
+    steal_ms: Vec<(Subject, f64)>,
 }
 
 /// The saturation rounds: every subject once per round, the first one rotating.
@@ -377,18 +379,27 @@ fn saturation(args: &Args, launch: &Launch) -> Result<Saturation> {
                 .join(", ")
         );
         let mut runs = Vec::new();
+        let mut steal_ms = Vec::new();
         for &s in &order {
+            let steal0 = procs::steal_ms();
             for run in saturate_subject(args, launch, s)
                 .with_context(|| format!("saturation round {}, {}", round + 1, s.name()))?
             {
                 print_sat_run(s, &run);
                 runs.push((s, run));
             }
+            let steal = procs::steal_ms() - steal0;
+            println!(
+                "  (the host took {steal:.0} ms of vCPU time during {})",
+                s.name()
+            );
+            steal_ms.push((s, steal));
         }
         rounds.push(SatRound {
             loadavg,
             order,
             runs,
+            steal_ms,
         });
     }
     Ok(Saturation {
@@ -558,6 +569,7 @@ impl Saturation {
             .map(|(i, r)| {
                 json!({
                     "round": i + 1, "loadavg": r.loadavg,
+                    "steal_ms": r.steal_ms.iter().map(|(s, ms)| json!({"subject": s.name(), "ms": ms})).collect::<Vec<_>>(),
                     "order": r.order.iter().map(|s| s.name()).collect::<Vec<_>>(),
                     "runs": r.runs.iter().map(|(s, run)| run.json(s.name())).collect::<Vec<_>>(),
                 })
@@ -814,6 +826,7 @@ mod tests {
             loadavg: String::new(),
             order: vec![h, s],
             runs: vec![(h, run(a, 1.0)), (s, run(b, 2.0))],
+            steal_ms: Vec::new(),
         };
         let sat = Saturation {
             subjects: vec![h, s],
