@@ -110,6 +110,7 @@ pub(crate) fn run(
             )
             .layer(axum::extract::DefaultBodyLimit::max(MAX_HTTP_BODY))
             .with_state(state.clone());
+        tokio::spawn(super::memory::trim_periodically());
         let mut tasks = Vec::new();
         tasks.push(serve(state.shared.clone(), api, app));
         if let Some(m) = metrics {

@@ -117,6 +117,7 @@ pub(crate) fn run(
     for ep in shared.settings.peers.clone() {
         c.configure(ep, PeerType::Static, now);
     }
+    rt.spawn(super::memory::trim_periodically());
     rt.block_on(c.main(inbox));
 }
 

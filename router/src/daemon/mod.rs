@@ -76,6 +76,7 @@ mod inbox;
 mod keys;
 mod link;
 mod local_socket;
+mod memory;
 mod message_task;
 mod metrics;
 mod peer;
@@ -93,6 +94,7 @@ mod worker;
 #[doc(hidden)]
 pub use control::publish_route_keys;
 pub use error::StartError;
+pub use memory::set_trim as set_memory_trim;
 #[doc(hidden)]
 pub use shared::RouteKeys;
 pub use sockopt::disable_transparent_huge_pages;

@@ -270,6 +270,7 @@ async fn worker_main(
         }
     }
     spawn_local(fwd.clone().release_held());
+    spawn_local(super::memory::trim_periodically());
     spawn_local(fwd.clone().serve_tun());
     let mut quic = None;
     if let Some(sock) = listeners.quic {
