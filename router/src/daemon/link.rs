@@ -352,10 +352,7 @@ mod tests {
 
     #[test]
     fn a_shrink_moves_unread_bytes_to_a_small_buffer() {
-        let mut s = ReadSizer::new();
-        while s.room() < READ_MAX {
-            s.record(s.room());
-        }
+        let mut s = busy();
         let mut buf = BytesMut::with_capacity(2 * READ_MAX);
         buf.extend_from_slice(&[1; 300]);
         s.prepare(&mut buf);
@@ -374,6 +371,15 @@ mod tests {
         assert!(buf.capacity() - buf.len() >= s.room());
     }
 
+    /// A sizer at the most room, as on a busy link.
+    fn busy() -> ReadSizer {
+        let mut s = ReadSizer::new();
+        while s.room() < READ_MAX {
+            s.record(s.room());
+        }
+        s
+    }
+
     /// Fills `buf`'s room as a read would and splits off its whole frames (all but a partial
     /// one of 100 bytes at the end), as the deframer does; returns them.
     fn read_and_split(buf: &mut BytesMut, room: usize) -> Vec<Bytes> {
@@ -390,10 +396,7 @@ mod tests {
 
     #[test]
     fn a_busy_link_takes_turns_between_two_buffers() {
-        let mut s = ReadSizer::new();
-        while s.room() < READ_MAX {
-            s.record(s.room());
-        }
+        let mut s = busy();
         let mut buf = BytesMut::new();
         let mut bases = Vec::new();
         let mut in_flight = Vec::new();
@@ -424,10 +427,7 @@ mod tests {
 
     #[test]
     fn a_buffer_whose_frames_are_gone_is_reused_in_place() {
-        let mut s = ReadSizer::new();
-        while s.room() < READ_MAX {
-            s.record(s.room());
-        }
+        let mut s = busy();
         let mut buf = BytesMut::new();
         s.prepare(&mut buf);
         drop(read_and_split(&mut buf, s.room()));
