@@ -15,7 +15,7 @@ pub(crate) const TRIM_EVERY: Duration = Duration::from_secs(2);
 
 static TRIM: OnceLock<fn()> = OnceLock::new();
 
-/// Sets what [`trim_periodically`] calls, on the calling thread, once per period: the
+/// Sets what each of the node's threads calls for itself, once per period: the
 /// allocator's "collect this thread's freed memory". Only the first call counts; without
 /// one, nothing is trimmed.
 pub fn set_trim(trim: fn()) {
