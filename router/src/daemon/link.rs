@@ -39,8 +39,8 @@ pub(crate) const READ_MIN: usize = 16 * 1024;
 ///
 /// A read that fills at least half of its room doubles it, up to [`READ_MAX`]; after
 /// [`ReadSizer::QUIET_READS`] reads in a row that use less than an eighth of it, it halves, down to
-/// [`READ_MIN`]. A busy link thus reads nearly 512 KiB at a time while an idle one holds 16 KiB
-/// instead of the 512 KiB every link held before.
+/// [`READ_MIN`]. A busy link thus reads up to [`READ_MAX`] at a time while an idle one holds
+/// 16 KiB (every link, busy or not, once held 512 KiB).
 #[derive(Debug, Clone)]
 pub(crate) struct ReadSizer {
     room: usize,
