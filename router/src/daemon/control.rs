@@ -15,7 +15,7 @@ use hyphae_wire::identity::PublicKey;
 use tokio::sync::mpsc;
 
 use hyphae_proto::PeerId;
-use hyphae_proto::babel::{Config, Event, Router};
+use hyphae_proto::babel::{Config, Event, Router, Transmit};
 use hyphae_proto::fib::FibWriter;
 use hyphae_proto::snapshot::SnapshotWriter;
 
@@ -36,6 +36,8 @@ const CONTROL_STALL: Duration = Duration::from_secs(10);
 const MAX_DISCOVERED_FAILURES: u32 = 3;
 /// Messages handled before outputs are flushed (batches FIB publications).
 const BATCH: usize = 256;
+/// The most bytes of consecutive control frames queued to a peer as one buffer.
+const MAX_CONTROL_RUN: usize = 16 * 1024;
 
 #[derive(Debug)]
 struct Configured {
@@ -319,23 +321,26 @@ impl Control {
 
     /// Sends what the router produced, applies forwarding changes and acts on events.
     fn flush(&mut self) {
-        while let Some(t) = self.router.poll_transmit() {
-            let Some((h, _)) = self.links.get(&t.peer) else {
+        let transmits = std::iter::from_fn(|| self.router.poll_transmit());
+        let links = &self.links;
+        let runs = batch_frames(
+            transmits.filter(|t| links.contains_key(&t.peer)),
+            &mut self.tx_buf,
+        );
+        for (peer, run, frames) in runs {
+            let Some((h, _)) = self.links.get(&peer) else {
                 continue;
             };
-            self.tx_buf.reserve(t.tlv.frame_len());
-            t.tlv.encode_frame(&mut self.tx_buf);
-            let frame: Bytes = self.tx_buf.split().freeze();
-            if h.enqueue_control(frame) {
-                self.control_full_since.remove(&t.peer);
+            if h.enqueue_control(run, frames) {
+                self.control_full_since.remove(&peer);
                 continue;
             }
             // A peer that lets its control queue stay full is not reading: it goes, once.
             let now = Instant::now();
-            let since = *self.control_full_since.entry(t.peer).or_insert(now);
+            let since = *self.control_full_since.entry(peer).or_insert(now);
             if now.duration_since(since) >= CONTROL_STALL {
-                self.control_full_since.remove(&t.peer);
-                tracing::warn!(peer = t.peer.0, endpoint = %h.endpoint,
+                self.control_full_since.remove(&peer);
+                tracing::warn!(peer = peer.0, endpoint = %h.endpoint,
                     "closing link: its control queue stayed full for {CONTROL_STALL:?}");
                 let _ = h.close.send(true);
             }
@@ -534,4 +539,158 @@ pub fn publish_route_keys(
         }
     }
     keys.publish(to)
+}
+
+/// Encodes the control frames of one flush into `buf`, each distinct frame once however many
+/// peers it goes to, and returns what each peer is sent as runs of its consecutive frames, in
+/// order: slices of one shared buffer, at most [`MAX_CONTROL_RUN`] bytes each (or one frame),
+/// with their number of frames.
+///
+/// The router sends a route change to every peer but its next hop, one Update after another:
+/// a flood of 4,000 routes to 20 peers was 80,000 frames of about 60 bytes, each encoded and
+/// queued on its own (4.7 MB, and as many queue slots and write vectors); it is now 240 KB,
+/// shared, and about 300 runs.
+fn batch_frames(
+    transmits: impl IntoIterator<Item = Transmit>,
+    buf: &mut BytesMut,
+) -> Vec<(PeerId, Bytes, u32)> {
+    buf.clear();
+    // (peer, start, end in `buf`, frames), in the order they are queued.
+    let mut runs: Vec<(PeerId, usize, usize, u32)> = Vec::new();
+    // Each peer's last run, by index in `runs`.
+    let mut open: HashMap<PeerId, usize> = HashMap::new();
+    let mut last: Option<(hyphae_wire::babel::Tlv, usize, usize)> = None;
+    for t in transmits {
+        let (start, end) = match last {
+            Some((tlv, start, end)) if tlv == t.tlv => (start, end),
+            _ => {
+                let start = buf.len();
+                buf.reserve(t.tlv.frame_len());
+                t.tlv.encode_frame(buf);
+                last = Some((t.tlv, start, buf.len()));
+                (start, buf.len())
+            }
+        };
+        match open.get(&t.peer).map(|&i| &mut runs[i]) {
+            Some(run) if run.2 == start && end - run.1 <= MAX_CONTROL_RUN => {
+                run.2 = end;
+                run.3 += 1;
+            }
+            _ => {
+                open.insert(t.peer, runs.len());
+                runs.push((t.peer, start, end, 1));
+            }
+        }
+    }
+    let shared = buf.split().freeze();
+    runs.into_iter()
+        .map(|(peer, start, end, frames)| (peer, shared.slice(start..end), frames))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyphae_wire::babel::{Tlv, Update};
+    use hyphae_wire::{Interval, Metric, RouterId, SeqNo};
+
+    fn update(n: u16) -> Tlv {
+        let addr = std::net::Ipv6Addr::new(0x400, n, 0, 0, 0, 0, 0, 0);
+        Tlv::Update(Update {
+            flags: 0,
+            interval: Interval(30000),
+            seqno: SeqNo(n),
+            metric: Metric(n % 7),
+            subnet: Subnet::v6_64(addr),
+            router_id: RouterId([n as u8; RouterId::LEN]),
+        })
+    }
+
+    /// What each peer is sent, in order: the encodings of its frames, one after another.
+    fn per_peer(transmits: &[Transmit]) -> HashMap<PeerId, Vec<u8>> {
+        let mut m: HashMap<PeerId, Vec<u8>> = HashMap::new();
+        for t in transmits {
+            t.tlv.encode_frame(m.entry(t.peer).or_default());
+        }
+        m
+    }
+
+    /// What the runs send each peer, checking each run's frame count against its bytes.
+    fn joined(runs: &[(PeerId, Bytes, u32)]) -> HashMap<PeerId, Vec<u8>> {
+        let mut m: HashMap<PeerId, Vec<u8>> = HashMap::new();
+        for (p, b, frames) in runs {
+            let mut rest = &b[..];
+            let mut n = 0;
+            while !rest.is_empty() {
+                let len = hyphae_wire::babel::control_frame_len(rest).expect("a whole frame");
+                rest = &rest[len..];
+                n += 1;
+            }
+            assert_eq!(n, *frames, "frames counted for a run");
+            m.entry(*p).or_default().extend_from_slice(b);
+        }
+        m
+    }
+
+    /// A route flood to every peer but its next hop (peer 1), as `send_selected` queues it:
+    /// each peer gets every frame, in order, as few runs sharing one encoding.
+    #[test]
+    fn a_flood_to_many_peers_is_encoded_once_and_sent_as_runs() {
+        let peers: Vec<PeerId> = (1..=20).map(PeerId).collect();
+        let mut transmits = Vec::new();
+        for n in 0..4000 {
+            for &p in peers.iter().filter(|p| p.0 != 1) {
+                transmits.push(Transmit {
+                    peer: p,
+                    tlv: update(n),
+                });
+            }
+        }
+        let mut buf = BytesMut::new();
+        let runs = batch_frames(transmits.iter().copied(), &mut buf);
+        assert_eq!(joined(&runs), per_peer(&transmits));
+        let one = update(0).frame_len();
+        let runs_per_peer = (4000 * one).div_ceil(MAX_CONTROL_RUN - one);
+        assert!(
+            runs.len() <= 19 * runs_per_peer,
+            "{} runs for 19 peers of {} frames each",
+            runs.len(),
+            4000
+        );
+        assert!(runs.iter().all(|(_, b, _)| b.len() <= MAX_CONTROL_RUN));
+        // Every run is a view of one buffer holding each frame once.
+        let base = runs[0].1.as_ptr() as usize;
+        let span = runs
+            .iter()
+            .map(|(_, b, _)| b.as_ptr() as usize + b.len() - base)
+            .max()
+            .unwrap_or(0);
+        assert_eq!(span, 4000 * one, "frames encoded more than once");
+    }
+
+    /// Any mix of frames and peers (repeats, gaps, one peer twice in a row): each peer is
+    /// sent exactly its frames, in order.
+    #[test]
+    fn every_peer_gets_its_frames_in_order() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |m: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % m
+        };
+        let mut buf = BytesMut::with_capacity(64);
+        for _ in 0..200 {
+            let len = next(600) as usize;
+            let transmits: Vec<Transmit> = (0..len)
+                .map(|_| Transmit {
+                    peer: PeerId(next(5)),
+                    tlv: update(next(40) as u16),
+                })
+                .collect();
+            let runs = batch_frames(transmits.iter().copied(), &mut buf);
+            assert_eq!(joined(&runs), per_peer(&transmits));
+            assert!(runs.iter().all(|(_, b, _)| !b.is_empty()));
+        }
+    }
 }

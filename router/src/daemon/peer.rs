@@ -18,7 +18,7 @@ use super::endpoint::Endpoint;
 use super::forward::Forwarder;
 use super::inbox::ControlMsg;
 use super::link::{LinkRead, LinkWrite, ReadSizer};
-use super::peers::{PeerCounters, PeerHandle, PeerType, QueuedRun};
+use super::peers::{ControlRun, PeerCounters, PeerHandle, PeerType, QueuedRun};
 use super::sockopt;
 
 /// Unsent bytes the kernel may hold per TCP peer socket.
@@ -45,7 +45,7 @@ pub(crate) struct Up {
     /// The link as the rest of the daemon sees it.
     pub(crate) handle: Arc<PeerHandle>,
     data_rx: mpsc::UnboundedReceiver<QueuedRun>,
-    ctl_rx: mpsc::UnboundedReceiver<Bytes>,
+    ctl_rx: mpsc::UnboundedReceiver<ControlRun>,
     /// Held from the start, so a close sent before [`serve`] runs is not lost.
     close_rx: watch::Receiver<bool>,
 }
@@ -222,19 +222,20 @@ async fn write_loop<W: LinkWrite>(
     h: Arc<PeerHandle>,
     mut w: DirectGuard<W>,
     mut data_rx: mpsc::UnboundedReceiver<QueuedRun>,
-    mut ctl_rx: mpsc::UnboundedReceiver<Bytes>,
+    mut ctl_rx: mpsc::UnboundedReceiver<ControlRun>,
 ) {
     let mut close_rx = h.close.subscribe();
     let mut batch: Vec<Bytes> = Vec::with_capacity(WRITE_BATCH);
     let mut runs: Vec<QueuedRun> = Vec::with_capacity(WRITE_BATCH);
+    let mut ctl_frames = 0u64;
     loop {
         tokio::select! {
             biased;
             _ = close_rx.wait_for(|c| *c) => break,
             Some(c) = ctl_rx.recv() => {
-                batch.push(c);
+                take_control(c, &mut batch, &mut ctl_frames);
                 while let Ok(c) = ctl_rx.try_recv() {
-                    batch.push(c);
+                    take_control(c, &mut batch, &mut ctl_frames);
                 }
                 while runs.len() < WRITE_BATCH {
                     match data_rx.try_recv() {
@@ -248,7 +249,7 @@ async fn write_loop<W: LinkWrite>(
                     break;
                 }
                 while let Ok(c) = ctl_rx.try_recv() {
-                    batch.push(c);
+                    take_control(c, &mut batch, &mut ctl_frames);
                 }
             }
         }
@@ -259,7 +260,7 @@ async fn write_loop<W: LinkWrite>(
         w.held = true;
         let ctl_bytes: usize = batch.iter().map(Bytes::len).sum();
         let mut data_bytes = 0;
-        let mut frames = batch.len() as u64;
+        let mut frames = std::mem::take(&mut ctl_frames);
         if let Some(rest) = h.direct.take_rest() {
             data_bytes += rest.bytes.len();
             frames += u64::from(rest.frames);
@@ -306,6 +307,12 @@ async fn write_loop<W: LinkWrite>(
         h.counters.tx_bytes.fetch_add(bytes as u64, Relaxed);
     }
     let _ = h.close.send(true);
+}
+
+/// Adds a queued control run to the writer's batch.
+fn take_control(c: ControlRun, batch: &mut Vec<Bytes>, frames: &mut u64) {
+    *frames += u64::from(c.frames);
+    batch.push(c.bytes);
 }
 
 /// Sets a TCP link's window clamp and receive buffer to `bytes`. If the buffer cannot be set
@@ -445,7 +452,7 @@ mod tests {
                         let mut f = frame(sender, seq);
                         if sender == 0 {
                             // Control frames: bounded, dropped when their queue is full.
-                            h.enqueue_control(f);
+                            h.enqueue_control(f, 1);
                             std::thread::sleep(Duration::from_micros(20));
                             continue;
                         }

@@ -157,6 +157,14 @@ pub(crate) struct PeerCounters {
     pub(crate) dropped_control: AtomicU64,
 }
 
+/// Consecutive control frames queued to one peer in one buffer
+/// ([`PeerHandle::enqueue_control`]).
+#[derive(Debug)]
+pub(crate) struct ControlRun {
+    pub(crate) bytes: Bytes,
+    pub(crate) frames: u32,
+}
+
 /// Why [`PeerHandle::try_enqueue`] took nothing.
 #[derive(Debug)]
 pub(crate) enum Full {
@@ -194,7 +202,7 @@ pub(crate) struct PeerHandle {
     pub(crate) queued: AtomicUsize,
     /// Control frames to send (sent before data); bounded in bytes by
     /// [`PeerHandle::enqueue_control`].
-    pub(crate) ctl_tx: mpsc::UnboundedSender<Bytes>,
+    pub(crate) ctl_tx: mpsc::UnboundedSender<ControlRun>,
     /// Bytes queued on `ctl_tx` and not yet written.
     pub(crate) ctl_queued: AtomicUsize,
     /// Counters.
@@ -323,14 +331,19 @@ impl PeerHandle {
         back
     }
 
-    /// Queues a control frame. Returns false, queuing nothing and counting the drop, when the
-    /// queue holds [`CONTROL_QUEUE_BYTES`] already (or the link is gone).
-    pub(crate) fn enqueue_control(&self, frame: Bytes) -> bool {
-        let len = frame.len();
+    /// Queues `frames` consecutive control frames. Returns false, queuing nothing and counting
+    /// the drops, when the queue would hold more than [`CONTROL_QUEUE_BYTES`] (or the link is
+    /// gone).
+    pub(crate) fn enqueue_control(&self, bytes: Bytes, frames: u32) -> bool {
+        let len = bytes.len();
         let before = self.ctl_queued.fetch_add(len, Relaxed);
-        if before + len > CONTROL_QUEUE_BYTES || self.ctl_tx.send(frame).is_err() {
+        if before + len > CONTROL_QUEUE_BYTES
+            || self.ctl_tx.send(ControlRun { bytes, frames }).is_err()
+        {
             self.ctl_queued.fetch_sub(len, Relaxed);
-            self.counters.dropped_control.fetch_add(1, Relaxed);
+            self.counters
+                .dropped_control
+                .fetch_add(u64::from(frames), Relaxed);
             return false;
         }
         true
@@ -399,7 +412,7 @@ impl PeerHandle {
     pub(crate) fn for_test() -> (
         Self,
         mpsc::UnboundedReceiver<QueuedRun>,
-        mpsc::UnboundedReceiver<Bytes>,
+        mpsc::UnboundedReceiver<ControlRun>,
     ) {
         let (data_tx, data_rx) = mpsc::unbounded_channel();
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
@@ -432,7 +445,7 @@ mod tests {
 
     use super::*;
 
-    fn handle() -> (PeerHandle, mpsc::UnboundedReceiver<Bytes>) {
+    fn handle() -> (PeerHandle, mpsc::UnboundedReceiver<ControlRun>) {
         let (h, _, ctl_rx) = PeerHandle::for_test();
         (h, ctl_rx)
     }
@@ -600,11 +613,11 @@ mod tests {
         let frame = Bytes::from(vec![0u8; 64 * 1024]);
         let fits = CONTROL_QUEUE_BYTES / frame.len();
         for _ in 0..fits {
-            assert!(h.enqueue_control(frame.clone()));
+            assert!(h.enqueue_control(frame.clone(), 1));
         }
-        assert!(!h.enqueue_control(frame.clone()), "over the budget");
+        assert!(!h.enqueue_control(frame.clone(), 1), "over the budget");
         assert!(
-            !h.enqueue_control(Bytes::from_static(&[1; 8])),
+            !h.enqueue_control(Bytes::from_static(&[1; 8]), 1),
             "still full"
         );
         assert_eq!(h.counters.dropped_control.load(Relaxed), 2);
@@ -612,6 +625,6 @@ mod tests {
         // The writer takes one and gives its bytes back: room again.
         assert!(rx.try_recv().is_ok());
         h.ctl_queued.fetch_sub(frame.len(), Relaxed);
-        assert!(h.enqueue_control(frame));
+        assert!(h.enqueue_control(frame, 1));
     }
 }
