@@ -776,6 +776,105 @@ fn a_local_application_that_never_reads_is_cut_off() {
     assert_eq!(other.recv().0, Kind::PUSHED);
 }
 
+/// A subscriber that reads late loses nothing. While its outbox (1 MiB here) holds half of
+/// that, its subscription takes no more messages: they wait in the node's inbox, their senders
+/// still see them as received, not read, and the subscriber gets every one, in order, once it
+/// reads. (A subscription used to take each message and queue it whatever the outbox held:
+/// the connection was cut off for not reading, and what it had taken was gone, reported read.)
+#[test]
+fn a_subscriber_that_reads_late_loses_nothing() {
+    use hyphae_wire::framing::{Message, MessageState};
+    use hyphae_wire::identity::SecretKey;
+
+    const N: usize = 1500;
+    let payload = |i: usize| {
+        let mut p = vec![(i % 251) as u8; 2048];
+        p[..4].copy_from_slice(&(i as u32).to_be_bytes());
+        p
+    };
+    let a = Node::start("late-a", "portable", 121, &[]);
+    let b = Node::start(
+        "late-b",
+        "portable",
+        122,
+        &[
+            "--peers".into(),
+            a.tcp(),
+            "--local-socket-outbox-mib".into(),
+            "1".into(),
+        ],
+    );
+    let (sa, sb) = (a.subnet(), b.subnet());
+    wait_until(Duration::from_secs(10), || {
+        a.has_route(&sb) && b.has_route(&sa)
+    })
+    .expect("up");
+    let b_pk = SecretKey::from_bytes([122; 32]).public_key();
+    let mut sub = local::App::connect(&b.local_socket());
+    sub.subscribe(b"late");
+    std::thread::sleep(Duration::from_millis(100));
+
+    let mut client = local::App::connect(&a.local_socket());
+    let mut ids = Vec::with_capacity(N);
+    for i in 0..N {
+        client.push(i as u64, &b_pk, b"late", &payload(i), None);
+        let (kind, body) = client.recv();
+        match Message::decode(kind, &body) {
+            Ok(Message::Pushed(p)) if p.tag == i as u64 => ids.push(p.id),
+            other => panic!("push {i}: {other:?}"),
+        }
+    }
+    // Every message reaches b's node; the subscriber has read nothing yet.
+    let states = |client: &mut local::App| -> Vec<MessageState> {
+        for (i, id) in ids.iter().enumerate() {
+            client.status(i as u64, *id);
+        }
+        (0..N)
+            .map(|_| {
+                let (kind, body) = client.recv();
+                match Message::decode(kind, &body) {
+                    Ok(Message::Status(s)) => s.state,
+                    other => panic!("status: {other:?}"),
+                }
+            })
+            .collect()
+    };
+    let all_there = wait_until(Duration::from_secs(60), || {
+        let st = states(&mut client);
+        st.iter()
+            .all(|s| matches!(s, MessageState::Received | MessageState::Read))
+            .then_some(st)
+    })
+    .expect("every message reaches b");
+    let read = all_there
+        .iter()
+        .filter(|s| **s == MessageState::Read)
+        .count();
+    assert!(
+        read < N,
+        "all {N} were taken by a subscriber that reads nothing (its outbox is 1 MiB)"
+    );
+    // Now it reads: every message, in order, none twice.
+    for i in 0..N {
+        let (kind, body) = sub.recv();
+        match Message::decode(kind, &body) {
+            Ok(Message::Deliver(d)) => assert_eq!(
+                d.payload,
+                payload(i).as_slice(),
+                "message {i} of {N} ({read} were taken before the subscriber read)"
+            ),
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+    let done = wait_until(Duration::from_secs(20), || {
+        states(&mut client)
+            .iter()
+            .all(|s| *s == MessageState::Read)
+            .then_some(())
+    });
+    assert!(done.is_some(), "every message is read in the end");
+}
+
 /// How a local-socket connection ends: an application cut off for not reading, or gone with
 /// requests still waiting, leaves nothing behind.
 mod local_socket_ends {

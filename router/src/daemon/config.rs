@@ -127,7 +127,7 @@ pub struct Cli {
     pub local_socket_mode: Option<String>,
     /// MiB of answers a local-socket application may leave unread before its connection is
     /// closed (default 256: a federation edge relays bodies of tens of MB, and a busy one
-    /// reads late).
+    /// reads late). Its subscriptions take no message while half of this is unread.
     #[arg(long, value_name = "MIB")]
     pub local_socket_outbox_mib: Option<usize>,
     /// The only directory topic forward sockets may live in (the message API cannot point the

@@ -180,7 +180,8 @@ pub(crate) enum MsgCmd {
         id: MessageId,
         tx: oneshot::Sender<Option<(Status, Instant)>>,
     },
-    /// A message its topic's forward socket did not take: queue it for receivers.
+    /// A message its topic's forward socket did not take, or one a subscription took for a
+    /// connection that has gone since: queue it for receivers.
     Unforwarded(ReceivedMessage),
 }
 

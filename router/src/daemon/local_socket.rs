@@ -64,6 +64,8 @@ struct Outbox {
     queued: Arc<AtomicUsize>,
     /// Told when an answer does not fit.
     overflow: Arc<Notify>,
+    /// Told each time the writer has written a batch.
+    drained: Arc<Notify>,
     /// Answer bytes that may wait for the application to read them (`--local-socket-outbox-mib`);
     /// past this the application is not reading, and its connection is closed.
     limit: usize,
@@ -84,6 +86,34 @@ impl Outbox {
             return false;
         }
         true
+    }
+
+    /// Queues a message a subscription has taken from the node's inbox: never refused for
+    /// the limit, which a subscription respects by taking a message only when the outbox has
+    /// room ([`Outbox::room`]), so the outbox holds at most half the limit plus one message
+    /// per subscription (messages that move here from the inbox's own bounds). False if the
+    /// connection is gone.
+    fn send_taken(&self, b: Bytes) -> bool {
+        let n = b.len();
+        self.queued.fetch_add(n, Relaxed);
+        if self.tx.send(b).is_err() {
+            self.queued.fetch_sub(n, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Waits until the outbox holds less than half its limit, or the connection is gone: an
+    /// application that reads slowly slows its subscriptions down, and the messages wait in the
+    /// node's inbox instead of being taken and lost with a connection cut off for not reading.
+    async fn room(&self) {
+        loop {
+            let drained = self.drained.notified();
+            if self.queued.load(Relaxed) < self.limit / 2 || self.is_closed() {
+                return;
+            }
+            drained.await;
+        }
     }
 
     fn is_closed(&self) -> bool {
@@ -278,9 +308,10 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
         tx,
         queued: Arc::default(),
         overflow: Arc::default(),
+        drained: Arc::default(),
         limit: shared.settings.local_socket_outbox,
     };
-    let queued = out.queued.clone();
+    let (queued, drained) = (out.queued.clone(), out.drained.clone());
     let mut writer = tokio::spawn(async move {
         let mut batch = Vec::new();
         while out_rx.recv_many(&mut batch, 256).await > 0 {
@@ -292,6 +323,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
                 return;
             }
             queued.fetch_sub(buf.len(), Relaxed);
+            drained.notify_waiters();
         }
     });
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -454,6 +486,10 @@ fn request(
             let topic = s.topic.map(|t| body.slice_ref(t));
             subscriptions.push(tokio::spawn(async move {
                 loop {
+                    out.room().await;
+                    if out.is_closed() {
+                        return;
+                    }
                     let t = topic.clone();
                     let cmd = |tx| MsgCmd::Receive {
                         topic: t,
@@ -463,7 +499,9 @@ fn request(
                     };
                     match shared.inbox.ask_messages(cmd, SUBSCRIPTION_POLL).await {
                         Ok(Some(m)) => {
-                            if !out.send(deliver(&shared, &m, None)) {
+                            if !out.send_taken(deliver(&shared, &m, None)) {
+                                // Gone meanwhile: the message goes back for other receivers.
+                                let _ = shared.inbox.messages.send(MsgCmd::Unforwarded(m)).await;
                                 return;
                             }
                         }
