@@ -32,15 +32,17 @@ pub(crate) enum Driver {
 /// whose frames wait to be written, so that its spare cannot be reused, then costs twice the
 /// CPU per frame).
 pub(crate) const READ_MAX: usize = 512 * 1024 - READ_SLACK;
-/// The least, on a quiet link (Hellos, IHUs and the odd Update).
-pub(crate) const READ_MIN: usize = 16 * 1024;
+/// The least, on a quiet link (Hellos, IHUs and the odd Update). Small enough for the
+/// allocator's small-block pages, which links coming and going share without leaving larger
+/// pages partly used.
+pub(crate) const READ_MIN: usize = 4 * 1024;
 
 /// How much spare room a link's next read is offered: it follows what the reads return.
 ///
 /// A read that fills at least half of its room doubles it, up to [`READ_MAX`]; after
 /// [`ReadSizer::QUIET_READS`] reads in a row that use less than an eighth of it, it halves, down to
 /// [`READ_MIN`]. A busy link thus reads up to [`READ_MAX`] at a time while an idle one holds
-/// 16 KiB (every link, busy or not, once held 512 KiB).
+/// 4 KiB (every link, busy or not, once held 512 KiB).
 #[derive(Debug, Clone)]
 pub(crate) struct ReadSizer {
     room: usize,
@@ -317,7 +319,7 @@ mod tests {
             assert!(!s.record(s.room()));
             steps += 1;
         }
-        assert_eq!(steps, 5, "16 KiB to the most in five full reads");
+        assert_eq!(steps, 7, "4 KiB to the most in seven full reads");
         assert!(!s.record(READ_MAX));
         assert_eq!(s.room(), READ_MAX, "capped");
 

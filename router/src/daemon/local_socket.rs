@@ -328,7 +328,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
     });
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     // The room each read is offered follows what the reads return, as on a peer link: an
-    // application that sends now and then holds 16 KiB, a busy one up to `READ_MAX` at a time.
+    // application that sends now and then holds 4 KiB, a busy one up to `READ_MAX` at a time.
     let mut sizer = ReadSizer::new();
     let mut buf = BytesMut::new();
     let mut subscriptions = Vec::new();

@@ -225,8 +225,9 @@ async fn write_loop<W: LinkWrite>(
     mut ctl_rx: mpsc::UnboundedReceiver<ControlRun>,
 ) {
     let mut close_rx = h.close.subscribe();
-    let mut batch: Vec<Bytes> = Vec::with_capacity(WRITE_BATCH);
-    let mut runs: Vec<QueuedRun> = Vec::with_capacity(WRITE_BATCH);
+    // Both grow with what the link writes: a quiet link never holds room for WRITE_BATCH.
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut runs: Vec<QueuedRun> = Vec::new();
     let mut ctl_frames = 0u64;
     loop {
         tokio::select! {
