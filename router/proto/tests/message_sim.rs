@@ -767,7 +767,8 @@ fn status_transitions() {
         }
     );
     sim.run(Duration::from_secs(1));
-    assert_eq!(sim.ours(a).status(id).unwrap().state, State::Read);
+    let st = sim.ours(a).status(id).unwrap();
+    assert_eq!((st.state, st.len, st.dst), (State::Read, 3000, kb));
     assert_eq!(sim.nodes[a].states[&id], vec![State::Received, State::Read]);
     // The record lingers until window + linger, then goes.
     sim.run(Duration::from_secs(599));

@@ -84,7 +84,7 @@ use hyphae_wire::message::{
 };
 
 use inbound::{ChunkReject, Inbound, chunk_fits};
-use outbound::{Finished, Outbound, Phase};
+use outbound::{Finished, KeyTable, Outbound, Phase};
 use rtt::RttTable;
 pub use topic::TopicAcl;
 
@@ -312,6 +312,8 @@ pub struct Messages {
     /// Outbound messages finished, kept for their status until [`Config::linger`] after
     /// their window, at most [`Config::max_delivered_records`].
     finished: BTreeMap<MessageId, Finished>,
+    /// The destinations `finished` names.
+    finished_dsts: KeyTable,
     /// When each finished message is forgotten, in the order they finished (a message that
     /// finished late after an early start may wait behind a later one: at most a window
     /// longer).
@@ -350,6 +352,7 @@ impl Messages {
             acl: TopicAcl::default(),
             outbound: BTreeMap::new(),
             finished: BTreeMap::new(),
+            finished_dsts: KeyTable::default(),
             finished_order: VecDeque::new(),
             finished_armed: None,
             active_outbound: 0,
@@ -442,7 +445,7 @@ impl Messages {
             return Err(PushError::Busy);
         }
         self.outbound.remove(&id);
-        self.finished.remove(&id);
+        self.remove_finished(id);
         self.active_outbound += 1;
         self.outbound_bytes += payload.len();
         let m = Outbound::new(
@@ -496,7 +499,7 @@ impl Messages {
     pub fn status(&self, id: MessageId) -> Option<Status> {
         if let Some(f) = self.finished.get(&id) {
             return Some(Status {
-                dst: f.dst,
+                dst: self.finished_dsts.key(f.dst),
                 reply: f.reply,
                 state: f.state(),
                 created: f.created,
@@ -550,10 +553,11 @@ impl Messages {
             } => self.handle_done(now, src, &packet, chunk_count, &checksum),
             MessageBody::Empty if flags.contains(MessageFlags::READ) => {
                 if let Some(f) = self.finished.get_mut(&id) {
-                    if f.dst != src {
+                    let dst = self.finished_dsts.key(f.dst);
+                    if dst != src {
                         self.stats.unknown += 1;
                     } else if f.on_read() {
-                        let (dst, state) = (f.dst, f.state());
+                        let state = f.state();
                         self.events
                             .push_back(Event::StateChanged { id, dst, state });
                     }
@@ -583,7 +587,13 @@ impl Messages {
         match self.outbound.get_mut(&id) {
             Some(m) if m.dst == *src => Some(m),
             // Finished: nothing to do, but not unknown either.
-            None if self.finished.get(&id).is_some_and(|f| f.dst == *src) => None,
+            None if self
+                .finished
+                .get(&id)
+                .is_some_and(|f| self.finished_dsts.key(f.dst) == *src) =>
+            {
+                None
+            }
             _ => {
                 self.stats.unknown += 1;
                 None
@@ -656,7 +666,7 @@ impl Messages {
         }
         let answers_ours = reply
             && (self.outbound.get(&packet.id).map(|m| m.dst))
-                .or_else(|| self.finished.get(&packet.id).map(|f| f.dst))
+                .or_else(|| (self.finished.get(&packet.id)).map(|f| self.finished_dsts.key(f.dst)))
                 == Some(src);
         if !answers_ours && !self.acl.allows(topic, &src) {
             self.stats.refused_acl += 1;
@@ -1019,21 +1029,31 @@ impl Messages {
     /// Moves outbound message `id` to [`Self::finished`] once it is finished with nothing
     /// left to send, keeping only its status, with a timer for its removal.
     fn settle_out(&mut self, id: MessageId) {
-        let Some((f, remove_at)) = self
+        if self
             .outbound
             .get(&id)
-            .and_then(|m| Some((m.finished()?, m.remove_at)))
-        else {
+            .is_none_or(|m| m.finished(0).is_none())
+        {
+            return;
+        }
+        let Some(m) = self.outbound.remove(&id) else {
             return;
         };
-        self.outbound.remove(&id);
         while self.finished.len() >= self.cfg.max_delivered_records.max(1) {
             let Some((t, old)) = self.finished_order.pop_front() else {
                 break;
             };
             self.forget_finished(t, old);
         }
-        self.finished.insert(id, f);
+        let dst = self.finished_dsts.hold(m.dst);
+        let Some(f) = m.finished(dst) else {
+            self.finished_dsts.release(dst);
+            return;
+        };
+        let remove_at = m.remove_at;
+        if let Some(old) = self.finished.insert(id, f) {
+            self.finished_dsts.release(old.dst);
+        }
         self.finished_order.push_back((remove_at, id));
         self.arm_finished();
     }
@@ -1047,7 +1067,14 @@ impl Messages {
             .get(&id)
             .is_some_and(|f| f.created + window == remove_at)
         {
-            self.finished.remove(&id);
+            self.remove_finished(id);
+        }
+    }
+
+    /// Forgets finished message `id`, if kept.
+    fn remove_finished(&mut self, id: MessageId) {
+        if let Some(f) = self.finished.remove(&id) {
+            self.finished_dsts.release(f.dst);
         }
     }
 

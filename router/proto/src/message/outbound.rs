@@ -19,7 +19,7 @@
 //! chunk. If every chunk was sent once, its own ACK (or its timer) settles it; once a chunk had
 //! to be sent again, the receiver had ignored it, and a DONE follows the last chunk ACK.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -110,15 +110,71 @@ pub(super) struct Outbound {
 /// What is kept of an outbound message once it has finished (received, read or aborted) and
 /// has nothing left to send: its status, until it is forgotten. A finished message is kept
 /// until the linger after its window (600 s after it was pushed, by default), so at steady
-/// traffic there are hundreds of seconds' worth: this is 64 bytes of the 400 a live one takes,
-/// and none of its buffers (its deadline and removal time follow from `created`).
+/// traffic there are hundreds of seconds' worth: this is 32 bytes of the 400 a live one takes,
+/// and none of its buffers (its deadline and removal time follow from `created`; its
+/// destination is an index into a [`KeyTable`]).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Finished {
-    pub(super) dst: PublicKey,
+    pub(super) dst: u32,
     pub(super) created: Instant,
     pub(super) len: u64,
     pub(super) reply: bool,
     pub(super) phase: Phase,
+}
+
+/// The destination keys of finished messages, each held once with the number of records that
+/// name it: a destination's 32 bytes are stored once, not once per message.
+#[derive(Debug, Default)]
+pub(super) struct KeyTable {
+    index: HashMap<PublicKey, u32>,
+    /// Key and records naming it, by index; an entry with no record is free.
+    keys: Vec<(PublicKey, u32)>,
+    free: Vec<u32>,
+}
+
+impl KeyTable {
+    /// The index of `key`, for one more record.
+    pub(super) fn hold(&mut self, key: PublicKey) -> u32 {
+        if let Some(&i) = self.index.get(&key) {
+            self.keys[i as usize].1 += 1;
+            return i;
+        }
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.keys[i as usize] = (key, 1);
+                i
+            }
+            None => {
+                self.keys.push((key, 1));
+                (self.keys.len() - 1) as u32
+            }
+        };
+        self.index.insert(key, i);
+        i
+    }
+
+    /// The key at `i`.
+    pub(super) fn key(&self, i: u32) -> PublicKey {
+        self.keys[i as usize].0
+    }
+
+    /// One record less names the key at `i`; the last frees it.
+    pub(super) fn release(&mut self, i: u32) {
+        let Some(e) = self.keys.get_mut(i as usize) else {
+            return;
+        };
+        e.1 = e.1.saturating_sub(1);
+        if e.1 == 0 {
+            self.index.remove(&e.0);
+            self.free.push(i);
+        }
+    }
+
+    /// Keys held.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.index.len()
+    }
 }
 
 impl Finished {
@@ -224,9 +280,10 @@ impl Outbound {
 
     /// The record to keep once this message is finished and has nothing left to send (an
     /// ABORT still to go keeps it whole).
-    pub(super) fn finished(&self) -> Option<Finished> {
+    /// What is kept once it has finished, its destination at `dst` in a [`KeyTable`].
+    pub(super) fn finished(&self, dst: u32) -> Option<Finished> {
         (!self.is_active() && !self.need_abort).then_some(Finished {
-            dst: self.dst,
+            dst,
             created: self.created,
             len: self.len,
             reply: self.reply,

@@ -1,7 +1,7 @@
 use std::time::{Duration, Instant};
 
 use super::inbound::chunk_fits;
-use super::outbound::layout;
+use super::outbound::{KeyTable, layout};
 use super::rtt::RttTable;
 use hyphae_wire::identity::PublicKey;
 
@@ -134,4 +134,28 @@ fn dones_with_wrong_checksums_hash_the_message_once() {
         _ => None,
     });
     assert_eq!(got.as_deref(), Some(&data[..]));
+}
+
+/// Finished messages name their destination by index: each key is held once, for as long as
+/// any record names it, and its slot is reused once none does.
+#[test]
+fn finished_destinations_are_held_once_and_freed_with_their_last_record() {
+    let key = |n: u8| hyphae_wire::identity::SecretKey::from_bytes([n; 32]).public_key();
+    let mut t = KeyTable::default();
+    let a = t.hold(key(1));
+    let b = t.hold(key(2));
+    assert_ne!(a, b);
+    assert_eq!(t.hold(key(1)), a, "one slot per key");
+    assert_eq!(t.len(), 2);
+    assert_eq!((t.key(a), t.key(b)), (key(1), key(2)));
+    t.release(a);
+    assert_eq!(t.key(a), key(1), "still named by one record");
+    t.release(a);
+    assert_eq!(t.len(), 1, "freed with its last record");
+    let c = t.hold(key(3));
+    assert_eq!(c, a, "the free slot is reused");
+    assert_eq!(t.key(c), key(3));
+    t.release(b);
+    t.release(c);
+    assert_eq!(t.len(), 0);
 }
