@@ -586,7 +586,8 @@ impl Messages {
     fn outbound_from(&mut self, id: MessageId, src: &PublicKey) -> Option<&mut Outbound> {
         match self.outbound.get_mut(&id) {
             Some(m) if m.dst == *src => Some(m),
-            // Finished: nothing to do, but not unknown either.
+            // Finished: nothing to do, but not unknown either (`finished_dst` by hand: `outbound`
+            // is borrowed).
             None if self
                 .finished
                 .get(&id)
@@ -666,7 +667,7 @@ impl Messages {
         }
         let answers_ours = reply
             && (self.outbound.get(&packet.id).map(|m| m.dst))
-                .or_else(|| (self.finished.get(&packet.id)).map(|f| self.finished_dsts.key(f.dst)))
+                .or_else(|| self.finished_dst(packet.id))
                 == Some(src);
         if !answers_ours && !self.acl.allows(topic, &src) {
             self.stats.refused_acl += 1;
@@ -1029,11 +1030,7 @@ impl Messages {
     /// Moves outbound message `id` to [`Self::finished`] once it is finished with nothing
     /// left to send, keeping only its status, with a timer for its removal.
     fn settle_out(&mut self, id: MessageId) {
-        if self
-            .outbound
-            .get(&id)
-            .is_none_or(|m| m.finished(0).is_none())
-        {
+        if !self.outbound.get(&id).is_some_and(Outbound::is_settled) {
             return;
         }
         let Some(m) = self.outbound.remove(&id) else {
@@ -1045,16 +1042,11 @@ impl Messages {
             };
             self.forget_finished(t, old);
         }
-        let dst = self.finished_dsts.hold(m.dst);
-        let Some(f) = m.finished(dst) else {
-            self.finished_dsts.release(dst);
-            return;
-        };
-        let remove_at = m.remove_at;
+        let f = m.finished(self.finished_dsts.hold(m.dst));
         if let Some(old) = self.finished.insert(id, f) {
             self.finished_dsts.release(old.dst);
         }
-        self.finished_order.push_back((remove_at, id));
+        self.finished_order.push_back((m.remove_at, id));
         self.arm_finished();
     }
 
@@ -1069,6 +1061,12 @@ impl Messages {
         {
             self.remove_finished(id);
         }
+    }
+
+    /// The destination of finished message `id`, if kept.
+    fn finished_dst(&self, id: MessageId) -> Option<PublicKey> {
+        let f = self.finished.get(&id)?;
+        Some(self.finished_dsts.key(f.dst))
     }
 
     /// Forgets finished message `id`, if kept.

@@ -278,17 +278,22 @@ impl Outbound {
         }
     }
 
-    /// The record to keep once this message is finished and has nothing left to send (an
-    /// ABORT still to go keeps it whole).
-    /// What is kept once it has finished, its destination at `dst` in a [`KeyTable`].
-    pub(super) fn finished(&self, dst: u32) -> Option<Finished> {
-        (!self.is_active() && !self.need_abort).then_some(Finished {
+    /// Finished, with nothing left to send (an ABORT still to go keeps it whole): only its
+    /// [`Outbound::finished`] record need be kept.
+    pub(super) fn is_settled(&self) -> bool {
+        !self.is_active() && !self.need_abort
+    }
+
+    /// The record to keep once it [`Outbound::is_settled`], its destination at `dst` in a
+    /// [`KeyTable`].
+    pub(super) fn finished(&self, dst: u32) -> Finished {
+        Finished {
             dst,
             created: self.created,
             len: self.len,
             reply: self.reply,
             phase: self.phase,
-        })
+        }
     }
 
     /// Still trying to deliver.
