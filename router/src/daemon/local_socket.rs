@@ -91,8 +91,8 @@ impl Outbox {
     /// Queues a message a subscription has taken from the node's inbox: never refused for
     /// the limit, which a subscription respects by taking a message only when the outbox has
     /// room ([`Outbox::room`]), so the outbox holds at most half the limit plus one message
-    /// per subscription (messages that move here from the inbox's own bounds). False if the
-    /// connection is gone.
+    /// per subscription ([`MAX_SUBSCRIPTIONS`], each message at most the message subsystem's
+    /// largest). False if the connection is gone.
     fn send_taken(&self, b: Bytes) -> bool {
         let n = b.len();
         self.queued.fetch_add(n, Relaxed);
