@@ -1187,6 +1187,12 @@ async fn a_tunnel_whose_target_never_closes_is_released_when_the_homeserver_leav
         // The homeserver gives up on the destination (Synapse: 60 s) and closes.
         drop(c);
     }
+    // The edge answers 200 once its connect completed, which the kernel does before the
+    // tarpit's task gets round to accepting: wait for the task (a busy machine is slow to).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while held.lock().unwrap().len() < N && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(held.lock().unwrap().len(), N);
     tokio::time::sleep(Duration::from_secs(15)).await;
     // Our own sockets to the tarpit are the edge's upstream halves of the tunnels.
