@@ -67,6 +67,7 @@
 //!   buffered bytes, the delivered-message records, the outbound queue. Pending inbound
 //!   messages expire (idle timeout, and the send window); the reference keeps them forever.
 
+mod fifo;
 mod inbound;
 mod outbound;
 mod rtt;
@@ -83,6 +84,7 @@ use hyphae_wire::message::{
     CHUNK_SIZE, MIN_CHUNK_SIZE, MessageBody, MessageFlags, MessageId, MessagePacket,
 };
 
+use fifo::ChunkedFifo;
 use inbound::{ChunkReject, Inbound, chunk_fits};
 use outbound::{Finished, KeyTable, Outbound, Phase};
 use rtt::RttTable;
@@ -316,8 +318,9 @@ pub struct Messages {
     finished_dsts: KeyTable,
     /// When each finished message is forgotten, in the order they finished (a message that
     /// finished late after an early start may wait behind a later one: at most a window
-    /// longer).
-    finished_order: VecDeque<(Instant, MessageId)>,
+    /// longer). This order and `delivered_order` are chunked ([`fifo`]): no buffer doubling
+    /// minutes into a load.
+    finished_order: ChunkedFifo<(Instant, MessageId)>,
     finished_armed: Option<Instant>,
     active_outbound: usize,
     outbound_bytes: usize,
@@ -325,7 +328,7 @@ pub struct Messages {
     per_source: HashMap<PublicKey, usize>,
     inbound_bytes: usize,
     delivered: BTreeMap<(PublicKey, MessageId), Delivered>,
-    delivered_order: VecDeque<(Instant, PublicKey, MessageId)>,
+    delivered_order: ChunkedFifo<(Instant, PublicKey, MessageId)>,
     delivered_armed: Option<Instant>,
     rtt: RttTable,
     timers: BinaryHeap<Reverse<(Instant, TimerKey)>>,
@@ -353,7 +356,7 @@ impl Messages {
             outbound: BTreeMap::new(),
             finished: BTreeMap::new(),
             finished_dsts: KeyTable::default(),
-            finished_order: VecDeque::new(),
+            finished_order: ChunkedFifo::new(),
             finished_armed: None,
             active_outbound: 0,
             outbound_bytes: 0,
@@ -361,7 +364,7 @@ impl Messages {
             per_source: HashMap::new(),
             inbound_bytes: 0,
             delivered: BTreeMap::new(),
-            delivered_order: VecDeque::new(),
+            delivered_order: ChunkedFifo::new(),
             delivered_armed: None,
             rtt,
             timers: BinaryHeap::new(),
