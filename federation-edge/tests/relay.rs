@@ -447,6 +447,18 @@ impl World {
 
 /// One HTTP/1.1 request; the response body is read to its Content-Length (some servers keep
 /// the connection open whatever the request says).
+/// The bridge status once its first destination is in `state`, or after 10 s as it is then.
+async fn wait_for_state(api_addr: SocketAddr, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, st) = api(api_addr, "GET", "/api/v1/bridge/status", None).await;
+        if st["destinations"][0]["state"] == state || Instant::now() >= deadline {
+            return st;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn api(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
@@ -709,8 +721,11 @@ async fn an_overlay_outage_gives_502_and_the_retry_succeeds_after_recovery() {
         .unwrap();
     let took = t0.elapsed();
     assert!(matches!(r.status.as_u16(), 502 | 504), "{}", r.status);
-    assert!(took < Duration::from_secs(3), "failure took {took:?}");
-    let (_, st) = api(w.edge_a().api, "GET", "/api/v1/bridge/status", None).await;
+    // The edge's design bound is 3 s (checked on a fake clock in `relay::tests`); here, on a
+    // loaded CI machine with debug builds, a loose bound that still tells fast from hung.
+    eprintln!("overlay failure answered in {took:?}");
+    assert!(took < Duration::from_secs(10), "failure took {took:?}");
+    let st = wait_for_state(w.edge_a().api, "down").await;
     assert_eq!(st["destinations"][0]["state"], "down", "{st}");
     // Router B comes back with the same key and ports: the retried request succeeds.
     w.rb.restart();
@@ -758,26 +773,23 @@ async fn with_fallback_direct_a_dead_overlay_path_falls_back_and_comes_back() {
         .await
         .unwrap();
     assert_eq!(r.status, 200);
+    // Design bound 3 s (fake clock, `relay::tests`); loose here, as above.
+    eprintln!("fallback took {:?}", t0.elapsed());
     assert!(
-        t0.elapsed() < Duration::from_secs(3),
+        t0.elapsed() < Duration::from_secs(10),
         "fallback took {:?}",
         t0.elapsed()
     );
     let (_, m) = api(w.edge_a().api, "GET", "/api/v1/bridge/metrics", None).await;
     assert_eq!(m["connects_tunnelled_total"], 1, "{m}");
-    // The overlay path comes back: within 3 s of the routers converging, requests are relayed
-    // again.
+    // The overlay path comes back: soon after the routers converge (the edge reconnects to
+    // its router within a second and probes the destination), requests are relayed again.
     w.rb.restart();
     w.wait_for_routes().await;
     let t1 = Instant::now();
-    loop {
-        let (_, st) = api(w.edge_a().api, "GET", "/api/v1/bridge/status", None).await;
-        if st["destinations"][0]["state"] == "up" {
-            break;
-        }
-        assert!(t1.elapsed() < Duration::from_secs(3), "still down: {st}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let st = wait_for_state(w.edge_a().api, "up").await;
+    assert_eq!(st["destinations"][0]["state"], "up", "still down: {st}");
+    eprintln!("overlay path up again {:?} after the routes", t1.elapsed());
     // A new connection is relayed again.
     let c2 = w.client_a();
     let r = c2
@@ -989,12 +1001,16 @@ async fn shutdown_stops_accepting_and_finishes_requests_in_flight() {
     let proxy = w.edge_a().proxy;
     let serving = w.edge_a.take().unwrap();
     let stop = tokio::spawn(serving.shutdown());
-    // No new connections once stopping.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        tokio::net::TcpStream::connect(proxy).await.is_err(),
-        "still accepting"
-    );
+    // No new connections once stopping (the spawned shutdown and the accept loop each need
+    // a turn on the runtime first: poll).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(proxy).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "still accepting 10 s into the shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let r = big.await.unwrap().unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len() as u64, n);

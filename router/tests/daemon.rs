@@ -252,16 +252,28 @@ fn quic_links_are_spread_over_the_workers(driver: &str) {
         ["0", "1"],
         "dialed QUIC links run on both workers: {links:?}"
     );
-    // Every link e accepted on its shared port carries traffic both ways.
+    // Every link e accepted on its shared port carries traffic both ways (b, c and d dial e
+    // on their own: wait for their links too).
+    let quic_in = |inbound: &Value| {
+        inbound
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|p| p["endpoint"]["proto"] == "quic" && p["type"] == "inbound")
+                    .filter(|p| p["rxBytes"].as_u64() > Some(0) && p["txBytes"].as_u64() > Some(0))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let converged = wait_until(CONVERGE, || {
+        let inbound = e.get("/api/v1/admin/peers");
+        (quic_in(&inbound) == 3).then_some(())
+    });
     let inbound = e.get("/api/v1/admin/peers");
-    let quic_in = inbound
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["endpoint"]["proto"] == "quic" && p["type"] == "inbound")
-        .filter(|p| p["rxBytes"].as_u64() > Some(0) && p["txBytes"].as_u64() > Some(0))
-        .count();
-    assert_eq!(quic_in, 3, "{inbound}");
+    assert!(
+        converged.is_some(),
+        "e has 3 busy inbound QUIC links: {inbound}"
+    );
 }
 
 fn frame_crosses_three_hops_with_right_hop_limit(driver: &str) {

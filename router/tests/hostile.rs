@@ -100,7 +100,14 @@ fn route_requests_from_a_peer_that_never_reads_are_bounded() {
         }
         sent += 1000;
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // What the sockets and the control inbox still hold is read after the writes: wait for
+    // the count to reach half of what was sent (or 10 s), then read it and the RSS.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(metrics, "hyphae_answers_rate_limited_total") < sent / 2
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let after = rss(node.child.id());
     let limited = metric(metrics, "hyphae_answers_rate_limited_total");
     eprintln!(
