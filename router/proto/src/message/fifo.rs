@@ -37,11 +37,6 @@ impl<T: Copy> ChunkedFifo<T> {
         (CHUNK_BYTES / size_of::<T>().max(1)).max(16)
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.len
-    }
-
     pub(super) fn push_back(&mut self, v: T) {
         let per = Self::per_chunk();
         match self.chunks.back_mut() {
@@ -76,6 +71,34 @@ impl<T: Copy> ChunkedFifo<T> {
             }
         }
         Some(v)
+    }
+
+    /// Entries held.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Where entry `i` (0 = the front) is: chunk and place in it. Every chunk but the last is
+    /// full and the front one keeps its consumed entries, so this is arithmetic.
+    fn locate(&self, i: usize) -> Option<(usize, usize)> {
+        if i >= self.len {
+            return None;
+        }
+        let per = Self::per_chunk();
+        let at = self.head + i;
+        Some((at / per, at % per))
+    }
+
+    /// Entry `i`, counted from the front.
+    pub(super) fn get(&self, i: usize) -> Option<&T> {
+        let (c, j) = self.locate(i)?;
+        self.chunks.get(c)?.get(j)
+    }
+
+    /// Entry `i`, counted from the front, to change it.
+    pub(super) fn get_mut(&mut self, i: usize) -> Option<&mut T> {
+        let (c, j) = self.locate(i)?;
+        self.chunks.get_mut(c)?.get_mut(j)
     }
 
     /// Bytes held in chunks, used or not.
@@ -114,6 +137,16 @@ mod tests {
             }
             assert_eq!(q.front(), model.front());
             assert_eq!(q.len(), model.len());
+            if !model.is_empty() {
+                let k = (x >> 20) as usize % model.len();
+                assert_eq!(q.get(k), model.get(k));
+                if x.is_multiple_of(7) {
+                    let v = (u64::MAX - i, [3; 40]);
+                    *q.get_mut(k).unwrap() = v;
+                    model[k] = v;
+                }
+            }
+            assert_eq!(q.get(model.len()), None);
         }
         while let Some(v) = model.pop_front() {
             assert_eq!(q.pop_front(), Some(v));

@@ -68,6 +68,7 @@
 //!   messages expire (idle timeout, and the send window); the reference keeps them forever.
 
 mod fifo;
+mod finished;
 mod inbound;
 mod outbound;
 mod rtt;
@@ -85,8 +86,9 @@ use hyphae_wire::message::{
 };
 
 use fifo::ChunkedFifo;
+use finished::FinishedTable;
 use inbound::{ChunkReject, Inbound, chunk_fits};
-use outbound::{Finished, KeyTable, Outbound, Phase};
+use outbound::{Outbound, Phase};
 use rtt::RttTable;
 pub use topic::TopicAcl;
 
@@ -313,14 +315,7 @@ pub struct Messages {
     outbound: BTreeMap<MessageId, Outbound>,
     /// Outbound messages finished, kept for their status until [`Config::linger`] after
     /// their window, at most [`Config::max_delivered_records`].
-    finished: BTreeMap<MessageId, Finished>,
-    /// The destinations `finished` names.
-    finished_dsts: KeyTable,
-    /// When each finished message is forgotten, in the order they finished (a message that
-    /// finished late after an early start may wait behind a later one: at most a window
-    /// longer). This order and `delivered_order` are chunked ([`fifo`]): no buffer doubling
-    /// minutes into a load.
-    finished_order: ChunkedFifo<(Instant, MessageId)>,
+    finished: FinishedTable,
     finished_armed: Option<Instant>,
     active_outbound: usize,
     outbound_bytes: usize,
@@ -340,7 +335,8 @@ pub struct Messages {
 
 impl Messages {
     /// A message subsystem for the node `own`.
-    pub fn new(_now: Instant, mut config: Config, own: PublicKey) -> Self {
+    pub fn new(now: Instant, mut config: Config, own: PublicKey) -> Self {
+        let lifetime = config.send_window + config.linger;
         config.chunk_size = config.chunk_size.clamp(2 * MIN_CHUNK_SIZE, CHUNK_SIZE);
         config.max_in_flight = config.max_in_flight.max(1);
         let rtt = RttTable::new(
@@ -354,9 +350,7 @@ impl Messages {
             own,
             acl: TopicAcl::default(),
             outbound: BTreeMap::new(),
-            finished: BTreeMap::new(),
-            finished_dsts: KeyTable::default(),
-            finished_order: ChunkedFifo::new(),
+            finished: FinishedTable::new(now, lifetime),
             finished_armed: None,
             active_outbound: 0,
             outbound_bytes: 0,
@@ -448,7 +442,7 @@ impl Messages {
             return Err(PushError::Busy);
         }
         self.outbound.remove(&id);
-        self.remove_finished(id);
+        self.finished.remove(&id);
         self.active_outbound += 1;
         self.outbound_bytes += payload.len();
         let m = Outbound::new(
@@ -500,13 +494,14 @@ impl Messages {
 
     /// Status of an outbound message, until [`Config::linger`] after its window.
     pub fn status(&self, id: MessageId) -> Option<Status> {
-        if let Some(f) = self.finished.get(&id) {
+        if let Some((dst, f)) = self.finished.get(&id) {
+            let created = self.finished.created(f);
             return Some(Status {
-                dst: self.finished_dsts.key(f.dst),
+                dst,
                 reply: f.reply,
                 state: f.state(),
-                created: f.created,
-                deadline: f.created + self.cfg.send_window,
+                created,
+                deadline: created + self.cfg.send_window,
                 len: f.len,
             });
         }
@@ -555,8 +550,7 @@ impl Messages {
                 checksum,
             } => self.handle_done(now, src, &packet, chunk_count, &checksum),
             MessageBody::Empty if flags.contains(MessageFlags::READ) => {
-                if let Some(f) = self.finished.get_mut(&id) {
-                    let dst = self.finished_dsts.key(f.dst);
+                if let Some((dst, f)) = self.finished.get_mut(&id) {
                     if dst != src {
                         self.stats.unknown += 1;
                     } else if f.on_read() {
@@ -591,13 +585,7 @@ impl Messages {
             Some(m) if m.dst == *src => Some(m),
             // Finished: nothing to do, but not unknown either (`finished_dst` by hand: `outbound`
             // is borrowed).
-            None if self
-                .finished
-                .get(&id)
-                .is_some_and(|f| self.finished_dsts.key(f.dst) == *src) =>
-            {
-                None
-            }
+            None if self.finished.get(&id).is_some_and(|(dst, _)| dst == *src) => None,
             _ => {
                 self.stats.unknown += 1;
                 None
@@ -1039,60 +1027,30 @@ impl Messages {
         let Some(m) = self.outbound.remove(&id) else {
             return;
         };
-        while self.finished.len() >= self.cfg.max_delivered_records.max(1) {
-            let Some((t, old)) = self.finished_order.pop_front() else {
+        // Forgotten records' places count too, so the order stays bounded whatever ids come.
+        let cap = self.cfg.max_delivered_records.max(1);
+        while self.finished.len() >= cap || self.finished.places() >= 2 * cap {
+            if !self.finished.pop_front() {
                 break;
-            };
-            self.forget_finished(t, old);
+            }
         }
-        let f = m.finished(self.finished_dsts.hold(m.dst));
-        if let Some(old) = self.finished.insert(id, f) {
-            self.finished_dsts.release(old.dst);
-        }
-        self.finished_order.push_back((m.remove_at, id));
+        self.finished.insert(&m);
         self.arm_finished();
-    }
-
-    /// Forgets finished message `id` if `remove_at` is still its removal time (the id may
-    /// have been pushed again since).
-    fn forget_finished(&mut self, remove_at: Instant, id: MessageId) {
-        let window = self.cfg.send_window + self.cfg.linger;
-        if self
-            .finished
-            .get(&id)
-            .is_some_and(|f| f.created + window == remove_at)
-        {
-            self.remove_finished(id);
-        }
     }
 
     /// The destination of finished message `id`, if kept.
     fn finished_dst(&self, id: MessageId) -> Option<PublicKey> {
-        let f = self.finished.get(&id)?;
-        Some(self.finished_dsts.key(f.dst))
-    }
-
-    /// Forgets finished message `id`, if kept.
-    fn remove_finished(&mut self, id: MessageId) {
-        if let Some(f) = self.finished.remove(&id) {
-            self.finished_dsts.release(f.dst);
-        }
+        self.finished.get(&id).map(|(dst, _)| dst)
     }
 
     fn timeout_finished(&mut self, now: Instant) {
         self.finished_armed = None;
-        while let Some(&(t, id)) = self.finished_order.front() {
-            if t > now {
-                break;
-            }
-            self.finished_order.pop_front();
-            self.forget_finished(t, id);
-        }
+        self.finished.expire(now);
         self.arm_finished();
     }
 
     fn arm_finished(&mut self) {
-        let Some(&(t, _)) = self.finished_order.front() else {
+        let Some(t) = self.finished.next_removal() else {
             return;
         };
         if self.finished_armed.is_none_or(|a| t < a) {

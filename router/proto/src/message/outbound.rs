@@ -110,14 +110,15 @@ pub(super) struct Outbound {
 /// What is kept of an outbound message once it has finished (received, read or aborted) and
 /// has nothing left to send: its status, until it is forgotten. A finished message is kept
 /// until the linger after its window (600 s after it was pushed, by default), so at steady
-/// traffic there are hundreds of seconds' worth: this is 32 bytes of the 400 a live one takes,
-/// and none of its buffers (its deadline and removal time follow from `created`; its
-/// destination is an index into a [`KeyTable`]).
+/// traffic there are hundreds of seconds' worth: this is 24 bytes of the 400 a live one takes,
+/// and none of its buffers (its deadline and removal time follow from `created`, nanoseconds
+/// from the [`super::finished::FinishedTable`]'s epoch; its destination is an index into a
+/// [`KeyTable`]).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Finished {
-    pub(super) dst: u32,
-    pub(super) created: Instant,
+    pub(super) created: u64,
     pub(super) len: u64,
+    pub(super) dst: u32,
     pub(super) reply: bool,
     pub(super) phase: Phase,
 }
@@ -286,10 +287,10 @@ impl Outbound {
 
     /// The record to keep once it [`Outbound::is_settled`], its destination at `dst` in a
     /// [`KeyTable`].
-    pub(super) fn finished(&self, dst: u32) -> Finished {
+    pub(super) fn finished(&self, dst: u32, created: u64) -> Finished {
         Finished {
             dst,
-            created: self.created,
+            created,
             len: self.len,
             reply: self.reply,
             phase: self.phase,
