@@ -68,9 +68,9 @@
 //!   messages expire (idle timeout, and the send window); the reference keeps them forever.
 
 mod fifo;
-mod finished;
 mod inbound;
 mod outbound;
+mod records;
 mod rtt;
 mod topic;
 
@@ -85,10 +85,9 @@ use hyphae_wire::message::{
     CHUNK_SIZE, MIN_CHUNK_SIZE, MessageBody, MessageFlags, MessageId, MessagePacket,
 };
 
-use fifo::ChunkedFifo;
-use finished::FinishedTable;
 use inbound::{ChunkReject, Inbound, chunk_fits};
-use outbound::{Outbound, Phase};
+use outbound::{Finished, KeyTable, Outbound, Phase};
+use records::Records;
 use rtt::RttTable;
 pub use topic::TopicAcl;
 
@@ -293,14 +292,18 @@ enum TimerKey {
     Finished,
 }
 
+/// What identifies a message delivered to us, kept for a window so that its repeats are
+/// acknowledged and not delivered twice.
 #[derive(Debug, Clone, Copy)]
-struct Delivered {
+pub(super) struct Delivered {
     total_len: u64,
-    reply: bool,
     chunk_count: u64,
     checksum: [u8; 32],
-    expires: Instant,
+    reply: bool,
 }
+
+/// A delivered message's key: its source (an index into a [`KeyTable`]) and id.
+pub(super) type SourceId = (u32, MessageId);
 
 /// The message subsystem of one node. See the module docs for the calling contract.
 #[derive(Debug)]
@@ -315,15 +318,19 @@ pub struct Messages {
     outbound: BTreeMap<MessageId, Outbound>,
     /// Outbound messages finished, kept for their status until [`Config::linger`] after
     /// their window, at most [`Config::max_delivered_records`].
-    finished: FinishedTable,
+    finished: Records<MessageId, Finished>,
+    /// The destinations `finished` names.
+    finished_dsts: KeyTable,
     finished_armed: Option<Instant>,
     active_outbound: usize,
     outbound_bytes: usize,
     inbound: HashMap<(PublicKey, MessageId), Inbound>,
     per_source: HashMap<PublicKey, usize>,
     inbound_bytes: usize,
-    delivered: BTreeMap<(PublicKey, MessageId), Delivered>,
-    delivered_order: ChunkedFifo<(Instant, PublicKey, MessageId)>,
+    /// Messages delivered to us in the last window, at most [`Config::max_delivered_records`].
+    delivered: Records<SourceId, Delivered>,
+    /// The sources `delivered` names.
+    delivered_srcs: KeyTable,
     delivered_armed: Option<Instant>,
     rtt: RttTable,
     timers: BinaryHeap<Reverse<(Instant, TimerKey)>>,
@@ -336,7 +343,7 @@ pub struct Messages {
 impl Messages {
     /// A message subsystem for the node `own`.
     pub fn new(now: Instant, mut config: Config, own: PublicKey) -> Self {
-        let lifetime = config.send_window + config.linger;
+        let (window, linger) = (config.send_window, config.linger);
         config.chunk_size = config.chunk_size.clamp(2 * MIN_CHUNK_SIZE, CHUNK_SIZE);
         config.max_in_flight = config.max_in_flight.max(1);
         let rtt = RttTable::new(
@@ -350,15 +357,16 @@ impl Messages {
             own,
             acl: TopicAcl::default(),
             outbound: BTreeMap::new(),
-            finished: FinishedTable::new(now, lifetime),
+            finished: Records::new(now, window + linger),
+            finished_dsts: KeyTable::default(),
             finished_armed: None,
             active_outbound: 0,
             outbound_bytes: 0,
             inbound: HashMap::new(),
             per_source: HashMap::new(),
             inbound_bytes: 0,
-            delivered: BTreeMap::new(),
-            delivered_order: ChunkedFifo::new(),
+            delivered: Records::new(now, window),
+            delivered_srcs: KeyTable::default(),
             delivered_armed: None,
             rtt,
             timers: BinaryHeap::new(),
@@ -442,7 +450,9 @@ impl Messages {
             return Err(PushError::Busy);
         }
         self.outbound.remove(&id);
-        self.finished.remove(&id);
+        if let Some(f) = self.finished.remove(&id) {
+            self.finished_dsts.release(f.dst);
+        }
         self.active_outbound += 1;
         self.outbound_bytes += payload.len();
         let m = Outbound::new(
@@ -494,10 +504,9 @@ impl Messages {
 
     /// Status of an outbound message, until [`Config::linger`] after its window.
     pub fn status(&self, id: MessageId) -> Option<Status> {
-        if let Some((dst, f)) = self.finished.get(&id) {
-            let created = self.finished.created(f);
+        if let Some((created, f)) = self.finished.get(&id) {
             return Some(Status {
-                dst,
+                dst: self.finished_dsts.key(f.dst),
                 reply: f.reply,
                 state: f.state(),
                 created,
@@ -550,7 +559,8 @@ impl Messages {
                 checksum,
             } => self.handle_done(now, src, &packet, chunk_count, &checksum),
             MessageBody::Empty if flags.contains(MessageFlags::READ) => {
-                if let Some((dst, f)) = self.finished.get_mut(&id) {
+                if let Some(f) = self.finished.get_mut(&id) {
+                    let dst = self.finished_dsts.key(f.dst);
                     if dst != src {
                         self.stats.unknown += 1;
                     } else if f.on_read() {
@@ -585,7 +595,13 @@ impl Messages {
             Some(m) if m.dst == *src => Some(m),
             // Finished: nothing to do, but not unknown either (`finished_dst` by hand: `outbound`
             // is borrowed).
-            None if self.finished.get(&id).is_some_and(|(dst, _)| dst == *src) => None,
+            None if self
+                .finished
+                .get(&id)
+                .is_some_and(|(_, f)| self.finished_dsts.key(f.dst) == *src) =>
+            {
+                None
+            }
             _ => {
                 self.stats.unknown += 1;
                 None
@@ -636,14 +652,14 @@ impl Messages {
             self.stats.over_limit += 1;
             return;
         }
-        if let Some(d) = self.delivered.get(&key) {
+        if let Some((_, d)) = self.delivered_of(&src, packet.id) {
             if d.total_len == total_len && d.reply == reply {
                 self.stats.duplicates += 1;
                 self.ack(src, packet);
                 return;
             }
             // A different message under the same id: a new one.
-            self.delivered.remove(&key);
+            self.forget_delivered(&src, packet.id);
         }
         if let Some(e) = self.inbound.get_mut(&key) {
             e.last_activity = now;
@@ -687,7 +703,7 @@ impl Messages {
         data: &[u8],
     ) {
         let key = (src, packet.id);
-        if let Some(d) = self.delivered.get(&key) {
+        if let Some((_, d)) = self.delivered_of(&src, packet.id) {
             if chunk_fits(d.total_len, index, offset, data.len() as u64) {
                 self.stats.duplicates += 1;
                 self.ack(src, packet);
@@ -730,7 +746,7 @@ impl Messages {
         checksum: &[u8; 32],
     ) {
         let key = (src, packet.id);
-        if let Some(d) = self.delivered.get(&key) {
+        if let Some((_, d)) = self.delivered_of(&src, packet.id) {
             if d.chunk_count == chunk_count && &d.checksum == checksum {
                 self.stats.duplicates += 1;
                 self.ack(src, packet);
@@ -758,10 +774,9 @@ impl Messages {
             key,
             Delivered {
                 total_len: e.total_len,
-                reply: e.reply,
                 chunk_count,
                 checksum: *checksum,
-                expires: now + self.cfg.send_window,
+                reply: e.reply,
             },
         );
         self.stats.delivered += 1;
@@ -918,43 +933,45 @@ impl Messages {
 
     fn timeout_delivered(&mut self, now: Instant) {
         self.delivered_armed = None;
-        while let Some(&(t, src, id)) = self.delivered_order.front() {
-            if t > now {
-                break;
-            }
-            self.delivered_order.pop_front();
-            if self
-                .delivered
-                .get(&(src, id))
-                .is_some_and(|d| d.expires == t)
-            {
-                self.delivered.remove(&(src, id));
-            }
-        }
+        let srcs = &mut self.delivered_srcs;
+        self.delivered.expire(now, |(src, _), _| srcs.release(src));
         self.arm_delivered();
     }
 
+    /// The record of message `id` delivered from `src`, if kept.
+    fn delivered_of(&self, src: &PublicKey, id: MessageId) -> Option<(Instant, &Delivered)> {
+        self.delivered.get(&(self.delivered_srcs.find(src)?, id))
+    }
+
+    /// Forgets the record of message `id` delivered from `src`, if kept.
+    fn forget_delivered(&mut self, src: &PublicKey, id: MessageId) {
+        let Some(i) = self.delivered_srcs.find(src) else {
+            return;
+        };
+        if self.delivered.remove(&(i, id)).is_some() {
+            self.delivered_srcs.release(i);
+        }
+    }
+
     fn record_delivered(&mut self, now: Instant, key: (PublicKey, MessageId), d: Delivered) {
-        while self.delivered.len() >= self.cfg.max_delivered_records.max(1) {
-            let Some((t, src, id)) = self.delivered_order.pop_front() else {
-                break;
-            };
-            if self
-                .delivered
-                .get(&(src, id))
-                .is_some_and(|d| d.expires == t)
-            {
-                self.delivered.remove(&(src, id));
+        // Forgotten records' places count too, so the order stays bounded whatever ids come.
+        let cap = self.cfg.max_delivered_records.max(1);
+        while self.delivered.len() >= cap || self.delivered.places() >= 2 * cap {
+            match self.delivered.pop_front() {
+                None => break,
+                Some(Some(((src, _), _))) => self.delivered_srcs.release(src),
+                Some(None) => {}
             }
         }
-        let _ = now;
-        self.delivered_order.push_back((d.expires, key.0, key.1));
-        self.delivered.insert(key, d);
+        let src = self.delivered_srcs.hold(key.0);
+        if self.delivered.insert((src, key.1), now, d).is_some() {
+            self.delivered_srcs.release(src);
+        }
         self.arm_delivered();
     }
 
     fn arm_delivered(&mut self) {
-        let Some(&(t, _, _)) = self.delivered_order.front() else {
+        let Some(t) = self.delivered.next_removal() else {
             return;
         };
         if self.delivered_armed.is_none_or(|a| t < a) {
@@ -1030,22 +1047,29 @@ impl Messages {
         // Forgotten records' places count too, so the order stays bounded whatever ids come.
         let cap = self.cfg.max_delivered_records.max(1);
         while self.finished.len() >= cap || self.finished.places() >= 2 * cap {
-            if !self.finished.pop_front() {
-                break;
+            match self.finished.pop_front() {
+                None => break,
+                Some(Some((_, f))) => self.finished_dsts.release(f.dst),
+                Some(None) => {}
             }
         }
-        self.finished.insert(&m);
+        let f = m.finished(self.finished_dsts.hold(m.dst));
+        if let Some(old) = self.finished.insert(id, m.created, f) {
+            self.finished_dsts.release(old.dst);
+        }
         self.arm_finished();
     }
 
     /// The destination of finished message `id`, if kept.
     fn finished_dst(&self, id: MessageId) -> Option<PublicKey> {
-        self.finished.get(&id).map(|(dst, _)| dst)
+        let (_, f) = self.finished.get(&id)?;
+        Some(self.finished_dsts.key(f.dst))
     }
 
     fn timeout_finished(&mut self, now: Instant) {
         self.finished_armed = None;
-        self.finished.expire(now);
+        let dsts = &mut self.finished_dsts;
+        self.finished.expire(now, |_, f| dsts.release(f.dst));
         self.arm_finished();
     }
 

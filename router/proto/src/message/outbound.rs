@@ -110,13 +110,12 @@ pub(super) struct Outbound {
 /// What is kept of an outbound message once it has finished (received, read or aborted) and
 /// has nothing left to send: its status, until it is forgotten. A finished message is kept
 /// until the linger after its window (600 s after it was pushed, by default), so at steady
-/// traffic there are hundreds of seconds' worth: this is 24 bytes of the 400 a live one takes,
-/// and none of its buffers (its deadline and removal time follow from `created`, nanoseconds
-/// from the [`super::finished::FinishedTable`]'s epoch; its destination is an index into a
+/// traffic there are hundreds of seconds' worth: this is 16 bytes of the 400 a live one takes,
+/// and none of its buffers (its creation, from which its deadline and removal time follow, is
+/// the record's start in [`super::records::Records`]; its destination is an index into a
 /// [`KeyTable`]).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Finished {
-    pub(super) created: u64,
     pub(super) len: u64,
     pub(super) dst: u32,
     pub(super) reply: bool,
@@ -152,6 +151,11 @@ impl KeyTable {
         };
         self.index.insert(key, i);
         i
+    }
+
+    /// The index of `key`, if a record names it.
+    pub(super) fn find(&self, key: &PublicKey) -> Option<u32> {
+        self.index.get(key).copied()
     }
 
     /// The key at `i`.
@@ -287,10 +291,9 @@ impl Outbound {
 
     /// The record to keep once it [`Outbound::is_settled`], its destination at `dst` in a
     /// [`KeyTable`].
-    pub(super) fn finished(&self, dst: u32, created: u64) -> Finished {
+    pub(super) fn finished(&self, dst: u32) -> Finished {
         Finished {
             dst,
-            created,
             len: self.len,
             reply: self.reply,
             phase: self.phase,
