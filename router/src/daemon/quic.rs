@@ -21,7 +21,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use hyphae_wire::deframer::decode_datagram;
+use hyphae_wire::DecodeError;
+use hyphae_wire::deframer::{Frame, decode_datagram};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -290,32 +291,21 @@ const DATAGRAM_BATCH: usize = 64;
 /// every datagram already received (up to [`DATAGRAM_BATCH`]) and hands them to the forwarding
 /// path in one call, as the TCP reader does with the frames of one read.
 async fn datagram_loop(fwd: Forwarder, h: Arc<PeerHandle>, conn: quinn::Connection) {
-    let counters = fwd.counters();
     let mut deferred = Vec::new();
+    let mut datagrams = Vec::with_capacity(DATAGRAM_BATCH);
     let mut frames = Vec::with_capacity(DATAGRAM_BATCH);
     let mut close = h.close.subscribe();
-    let take = |d: Bytes, frames: &mut Vec<_>| {
-        h.counters.rx_bytes.fetch_add(d.len() as u64, Relaxed);
-        h.counters.rx_frames.fetch_add(1, Relaxed);
-        match decode_datagram(BytesMut::from(d)) {
-            Ok(f) => frames.push(f),
-            Err(e) => {
-                counters.skipped_control.fetch_add(1, Relaxed);
-                tracing::debug!(peer = h.id.0, "bad datagram: {e}");
-            }
-        }
-    };
     loop {
         let d = tokio::select! {
             _ = close.wait_for(|c| *c) => break,
             d = conn.read_datagram() => d,
         };
         let Ok(d) = d else { break };
-        take(d, &mut frames);
+        datagrams.push(d);
         let mut ended = false;
-        while frames.len() < DATAGRAM_BATCH {
+        while datagrams.len() < DATAGRAM_BATCH {
             match ready_datagram(&conn) {
-                Some(Ok(d)) => take(d, &mut frames),
+                Some(Ok(d)) => datagrams.push(d),
                 Some(Err(_)) => {
                     ended = true;
                     break;
@@ -323,6 +313,15 @@ async fn datagram_loop(fwd: Forwarder, h: Arc<PeerHandle>, conn: quinn::Connecti
                 None => break,
             }
         }
+        let received: usize = datagrams.iter().map(Bytes::len).sum();
+        h.counters.rx_bytes.fetch_add(received as u64, Relaxed);
+        h.counters
+            .rx_frames
+            .fetch_add(datagrams.len() as u64, Relaxed);
+        decode_batch(&mut datagrams, &mut frames, |e| {
+            fwd.counters().skipped_control.fetch_add(1, Relaxed);
+            tracing::debug!(peer = h.id.0, "bad datagram: {e}");
+        });
         // Leaves `frames` empty for the next batch.
         fwd.handle_frames(&h, &mut frames, &mut deferred);
         fwd.send_deferred(&mut deferred).await;
@@ -331,6 +330,26 @@ async fn datagram_loop(fwd: Forwarder, h: Arc<PeerHandle>, conn: quinn::Connecti
         }
     }
     let _ = h.close.send(true);
+}
+
+/// Copies a batch of datagrams back to back into one buffer and decodes each as a frame, in
+/// order; a datagram that is not one whole frame goes to `bad` and is dropped. Frames next to
+/// each other in the buffer go on to the same peer as one run (one queue entry and one wake
+/// for the batch, where a buffer per datagram made every frame a run of its own), and the
+/// batch costs one allocation instead of one per datagram. Leaves `datagrams` empty.
+fn decode_batch(
+    datagrams: &mut Vec<Bytes>,
+    frames: &mut Vec<Frame<BytesMut>>,
+    mut bad: impl FnMut(DecodeError),
+) {
+    let mut buf = BytesMut::with_capacity(datagrams.iter().map(Bytes::len).sum());
+    for d in datagrams.drain(..) {
+        buf.extend_from_slice(&d);
+        match decode_datagram(buf.split()) {
+            Ok(f) => frames.push(f),
+            Err(e) => bad(e),
+        }
+    }
 }
 
 /// A datagram the connection has already received, without waiting for one.
@@ -484,5 +503,67 @@ mod tests {
         h.emit_frame(&[8; 1400], &mut v).unwrap();
         let lens: Vec<usize> = frames_in(Bytes::from(v)).map(|f| f.len()).collect();
         assert_eq!(lens, vec![140, 16, 1440]);
+    }
+
+    #[test]
+    fn a_batch_of_datagrams_decodes_in_order_into_one_buffer() {
+        let h = DataHeader {
+            hop_limit: 9,
+            src: "4a9::1".parse().unwrap(),
+            dst: "4a9::2".parse().unwrap(),
+        };
+        let data = |fill: u8, n: usize| {
+            let mut v = Vec::new();
+            h.emit_frame(&vec![fill; n], &mut v).unwrap();
+            Bytes::from(v)
+        };
+        let mut hello = Vec::new();
+        Tlv::Hello(Hello::unicast(SeqNo(1), Interval(2000))).encode_frame(&mut hello);
+        let (a, b, c) = (data(1, 100), data(2, 256), data(3, 1400));
+        // A data frame cut short, and one with a byte too many: neither is a whole frame.
+        let short = a.slice(..a.len() - 1);
+        let mut long = c.to_vec();
+        long.push(0);
+        let mut datagrams = vec![
+            a.clone(),
+            b.clone(),
+            short,
+            Bytes::from(hello),
+            Bytes::from(long),
+            c.clone(),
+        ];
+        let mut frames = Vec::new();
+        let mut bad = 0;
+        decode_batch(&mut datagrams, &mut frames, |_| bad += 1);
+        assert!(datagrams.is_empty());
+        assert_eq!(
+            bad, 2,
+            "the two datagrams that are not whole frames are dropped"
+        );
+        let mut data_frames = Vec::new();
+        for f in frames.iter() {
+            match f {
+                Frame::Data(d) => data_frames.push(d.as_bytes().to_vec()),
+                Frame::Control(Tlv::Hello(_)) => data_frames.push(b"hello".to_vec()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(
+            data_frames,
+            vec![a.to_vec(), b.to_vec(), b"hello".to_vec(), c.to_vec()],
+            "the good frames come out whole, in the order they were received"
+        );
+        // The first two lie next to each other in one buffer, so the forwarding path joins
+        // them into one run without copying.
+        let mut frames = frames.into_iter().map(|f| match f {
+            Frame::Data(d) => Some(d.into_inner()),
+            _ => None,
+        });
+        let mut first = frames.next().flatten().unwrap();
+        let second = frames.next().flatten().unwrap();
+        let at = first.as_ptr();
+        first.unsplit(second);
+        assert_eq!(first.as_ptr(), at, "joined in place");
+        assert_eq!(&first[..], [a, b].concat());
     }
 }
