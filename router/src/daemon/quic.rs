@@ -336,7 +336,9 @@ async fn datagram_loop(fwd: Forwarder, h: Arc<PeerHandle>, conn: quinn::Connecti
 /// order; a datagram that is not one whole frame goes to `bad` and is dropped. Frames next to
 /// each other in the buffer go on to the same peer as one run (one queue entry and one wake
 /// for the batch, where a buffer per datagram made every frame a run of its own), and the
-/// batch costs one allocation instead of one per datagram. Leaves `datagrams` empty.
+/// batch costs one allocation instead of one per datagram. A frame still queued keeps its
+/// batch's buffer alive, at most [`DATAGRAM_BATCH`] datagrams (under 100 KB), as a frame from
+/// a TCP link keeps its read buffer. Leaves `datagrams` empty.
 fn decode_batch(
     datagrams: &mut Vec<Bytes>,
     frames: &mut Vec<Frame<BytesMut>>,
