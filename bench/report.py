@@ -47,8 +47,19 @@ def written(res, name):
         return "unknown date"
 
 
+def recorded_run(res):
+    """The date and machine `report.sh` wrote to `machine.txt` for the results that record
+    neither (criterion, msgbench); `None` without that file."""
+    try:
+        with open(os.path.join(res, "machine.txt")) as f:
+            day, desc = (l.strip() for l in f.read().splitlines()[:2])
+    except (OSError, ValueError):
+        return None
+    return (day, desc) if day and desc else None
+
+
 def machine():
-    """This machine, for results that do not record theirs (report.sh runs them just before)."""
+    """This machine, written to `machine.txt` by `report.sh` before it runs the benchmarks."""
     cpu = "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
@@ -334,10 +345,16 @@ def other_section(res):
         notes.append("criterion: no figures (`results/criterion.txt` is missing or empty)")
     rows += [f"| criterion `{name}` | {thr} |" for name, thr in crit]
     if rows:
+        run = recorded_run(res)
+        if run:
+            when = f"single runs of {run[0]} on {run[1]}"
+        else:
+            when = (
+                f"single runs (files written {written(res, 'msgbench.json')} and "
+                f"{written(res, 'criterion.txt')}; `results/machine.txt` is missing: machine unknown)"
+            )
         out += [
-            f"From `results/msgbench.json` (written {written(res, 'msgbench.json')}) and "
-            f"`results/criterion.txt` (written {written(res, 'criterion.txt')}), single runs on "
-            f"{machine()}.",
+            f"From `results/msgbench.json` and `results/criterion.txt`, {when}.",
             "",
             "| benchmark | figure |",
             "|---|---|",
@@ -447,7 +464,12 @@ def main():
     ap.add_argument("--results", default=os.path.join(HERE, "results"), help="directory of result files")
     ap.add_argument("--readme", default=os.path.join(HERE, "README.md"), help="file with the figures markers")
     ap.add_argument("--print-only", action="store_true", help="print the figures; write no README or plots")
+    ap.add_argument("--describe-machine", action="store_true", help="print today's UTC date and this machine, for results/machine.txt")
     a = ap.parse_args()
+    if a.describe_machine:
+        print(time.strftime("%Y-%m-%d", time.gmtime()))
+        print(machine())
+        return
     body = table(a.results)
     if not a.print_only:
         for p in plots(a.results):

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 out=bench/results
 mkdir -p "$out" bench/plots
 cargo build --release --locked -p hyphae-router -p hyphae-bench --bins
+# The day and machine of this run, for the results that do not record theirs (criterion, msgbench).
+python3 bench/report.py --describe-machine > "$out/machine.txt"
 
 echo "== criterion (codecs, control plane, forwarding table)"
 cargo bench --locked -p hyphae-bench --bench wire --bench control --bench fib -- \
