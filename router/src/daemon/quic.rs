@@ -492,13 +492,17 @@ mod tests {
     use hyphae_wire::data::DataHeader;
     use hyphae_wire::{Interval, SeqNo};
 
-    #[test]
-    fn runs_split_into_frames() {
-        let h = DataHeader {
+    fn header() -> DataHeader {
+        DataHeader {
             hop_limit: 9,
             src: "4a9::1".parse().unwrap(),
             dst: "4a9::2".parse().unwrap(),
-        };
+        }
+    }
+
+    #[test]
+    fn runs_split_into_frames() {
+        let h = header();
         let mut v = Vec::new();
         h.emit_frame(&[7; 100], &mut v).unwrap();
         Tlv::Hello(Hello::unicast(SeqNo(1), Interval(2000))).encode_frame(&mut v);
@@ -509,11 +513,7 @@ mod tests {
 
     #[test]
     fn a_batch_of_datagrams_decodes_in_order_into_one_buffer() {
-        let h = DataHeader {
-            hop_limit: 9,
-            src: "4a9::1".parse().unwrap(),
-            dst: "4a9::2".parse().unwrap(),
-        };
+        let h = header();
         let data = |fill: u8, n: usize| {
             let mut v = Vec::new();
             h.emit_frame(&vec![fill; n], &mut v).unwrap();
