@@ -313,15 +313,14 @@ async fn datagram_loop(fwd: Forwarder, h: Arc<PeerHandle>, conn: quinn::Connecti
                 None => break,
             }
         }
-        let received: usize = datagrams.iter().map(Bytes::len).sum();
-        h.counters.rx_bytes.fetch_add(received as u64, Relaxed);
         h.counters
             .rx_frames
             .fetch_add(datagrams.len() as u64, Relaxed);
-        decode_batch(&mut datagrams, &mut frames, |e| {
+        let received = decode_batch(&mut datagrams, &mut frames, |e| {
             fwd.counters().skipped_control.fetch_add(1, Relaxed);
             tracing::debug!(peer = h.id.0, "bad datagram: {e}");
         });
+        h.counters.rx_bytes.fetch_add(received as u64, Relaxed);
         // Leaves `frames` empty for the next batch.
         fwd.handle_frames(&h, &mut frames, &mut deferred);
         fwd.send_deferred(&mut deferred).await;
@@ -338,13 +337,14 @@ async fn datagram_loop(fwd: Forwarder, h: Arc<PeerHandle>, conn: quinn::Connecti
 /// for the batch, where a buffer per datagram made every frame a run of its own), and the
 /// batch costs one allocation instead of one per datagram. A frame still queued keeps its
 /// batch's buffer alive, at most [`DATAGRAM_BATCH`] datagrams (under 100 KB), as a frame from
-/// a TCP link keeps its read buffer. Leaves `datagrams` empty.
+/// a TCP link keeps its read buffer. Leaves `datagrams` empty; returns the bytes received.
 fn decode_batch(
     datagrams: &mut Vec<Bytes>,
     frames: &mut Vec<Frame<BytesMut>>,
     mut bad: impl FnMut(DecodeError),
-) {
-    let mut buf = BytesMut::with_capacity(datagrams.iter().map(Bytes::len).sum());
+) -> usize {
+    let total = datagrams.iter().map(Bytes::len).sum();
+    let mut buf = BytesMut::with_capacity(total);
     for d in datagrams.drain(..) {
         buf.extend_from_slice(&d);
         match decode_datagram(buf.split()) {
@@ -352,6 +352,7 @@ fn decode_batch(
             Err(e) => bad(e),
         }
     }
+    total
 }
 
 /// A datagram the connection has already received, without waiting for one.
@@ -536,8 +537,9 @@ mod tests {
         ];
         let mut frames = Vec::new();
         let mut bad = 0;
-        decode_batch(&mut datagrams, &mut frames, |_| bad += 1);
+        let received = decode_batch(&mut datagrams, &mut frames, |_| bad += 1);
         assert!(datagrams.is_empty());
+        assert_eq!(received, a.len() * 2 - 1 + b.len() + 16 + c.len() * 2 + 1);
         assert_eq!(
             bad, 2,
             "the two datagrams that are not whole frames are dropped"
